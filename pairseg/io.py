@@ -1,0 +1,548 @@
+"""Reading and writing volumes and label maps with their geometry.
+
+Arrays are numpy in (z, y, x) order, as ``SimpleITK.GetArrayFromImage`` returns them. Geometry
+travels beside them in ITK/LPS terms, exactly as SimpleITK holds it: ``spacing`` (x, y, z) in mm,
+``origin`` (x, y, z) in mm and ``direction`` (9 floats, row-major; column j is the LPS direction
+of index axis j). A label map written ``like`` an input volume therefore overlays that input with
+no shift and no flip.
+
+Formats: NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha), a DICOM series folder (read
+only) and 3D Slicer segmentations (.seg.nrrd, through slicerio). In a .seg.nrrd the label values
+are not class ids: classes are matched to segments by segment *name* (case-insensitive).
+
+Every write goes to a temporary file in the destination folder which is then renamed over the
+destination (``os.replace``), so a failed write leaves no partial file behind.
+
+Bad inputs raise :class:`pairseg.errors.PairSegInputError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import PairSegInputError
+
+__all__ = [
+    "Volume",
+    "same_geometry",
+    "read_volume",
+    "read_label",
+    "write_labels",
+    "write_volume",
+    "default_colors",
+    "LABEL_SUFFIXES",
+    "IMAGE_SUFFIXES",
+]
+
+PathLike = Union[str, os.PathLike]
+
+IDENTITY_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+#: Suffixes ``write_labels`` accepts (``write_volume`` accepts all but ".seg.nrrd").
+LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".seg.nrrd")
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+#: Colours (RGB 0..1) of common abdominal structures, close to 3D Slicer's anatomy colours.
+NAMED_COLORS: dict[str, tuple[float, float, float]] = {
+    "liver": (0.867, 0.510, 0.396),
+    "right kidney": (0.725, 0.400, 0.325),
+    "left kidney": (0.580, 0.290, 0.220),
+    "kidney": (0.725, 0.400, 0.325),
+    "spleen": (0.616, 0.424, 0.635),
+    "pancreas": (0.976, 0.706, 0.435),
+    "tumor": (0.902, 0.863, 0.275),
+    "tumour": (0.902, 0.863, 0.275),
+}
+_PALETTE: tuple[tuple[float, float, float], ...] = (
+    (0.502, 0.682, 0.502),
+    (0.945, 0.839, 0.569),
+    (0.694, 0.478, 0.396),
+    (0.435, 0.722, 0.824),
+    (0.847, 0.396, 0.310),
+    (0.867, 0.510, 0.396),
+    (0.565, 0.933, 0.565),
+    (0.753, 0.408, 0.690),
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Volume record
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Volume:
+    """An image or label array in (z, y, x) order with its ITK/LPS geometry."""
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = IDENTITY_DIRECTION
+    path: Optional[str] = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.array = np.asarray(self.array)
+        self.spacing = tuple(float(v) for v in self.spacing)  # type: ignore[assignment]
+        self.origin = tuple(float(v) for v in self.origin)  # type: ignore[assignment]
+        self.direction = tuple(float(v) for v in np.asarray(self.direction).ravel())
+        if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
+            raise ValueError("Volume geometry needs 3 spacings, 3 origin values and 9 direction values")
+        if min(self.spacing) <= 0:
+            raise ValueError(f"Volume spacing must be positive, got {self.spacing}")
+        if self.path is not None:
+            self.path = str(self.path)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of the array, (z, y, x)."""
+        return tuple(self.array.shape)
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Spacing in array order (z, y, x), as metrics and distance transforms want it."""
+        return (self.spacing[2], self.spacing[1], self.spacing[0])
+
+    def like(self, array: np.ndarray) -> "Volume":
+        """A new Volume holding ``array`` with this volume's geometry (``path`` is not copied)."""
+        array = np.asarray(array)
+        if array.shape[-3:] != self.array.shape[-3:]:
+            raise ValueError(f"Volume.like: array shape {array.shape} does not match volume shape {self.shape}")
+        return Volume(array, self.spacing, self.origin, self.direction, None)
+
+    def ijk_to_lps(self) -> np.ndarray:
+        """4x4 matrix taking a voxel index (i, j, k) = (x, y, z) to LPS millimetres."""
+        matrix = np.eye(4)
+        matrix[:3, :3] = np.asarray(self.direction).reshape(3, 3) @ np.diag(self.spacing)
+        matrix[:3, 3] = self.origin
+        return matrix
+
+    def to_sitk(self) -> sitk.Image:
+        """SimpleITK image with this geometry (a 4D array (C, z, y, x) becomes a vector image)."""
+        array = self.array
+        if array.dtype == bool:
+            array = array.astype(np.uint8)
+        if array.ndim == 3:
+            image = sitk.GetImageFromArray(array)
+        elif array.ndim == 4:
+            image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(array, 0, -1)), isVector=True)
+        else:
+            raise ValueError(f"Volume.to_sitk needs a 3D (or 4D component-first) array, got shape {array.shape}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, path: Optional[PathLike] = None) -> "Volume":
+        """Volume from a 3D scalar SimpleITK image (array dtype as stored)."""
+        if image.GetDimension() != 3:
+            raise ValueError(f"Volume.from_sitk needs a 3D image, got {image.GetDimension()}D")
+        return cls(
+            sitk.GetArrayFromImage(image),
+            image.GetSpacing(),
+            image.GetOrigin(),
+            image.GetDirection(),
+            None if path is None else str(path),
+        )
+
+
+def _close(a: Sequence[float], b: Sequence[float], tol: float) -> bool:
+    a_, b_ = np.asarray(a, float), np.asarray(b, float)
+    return bool(np.all(np.abs(a_ - b_) <= tol * np.maximum(1.0, np.maximum(np.abs(a_), np.abs(b_)))))
+
+
+def same_geometry(a: Volume, b: Volume, tol: float = 1e-4) -> bool:
+    """True when both volumes have the same grid: shape, spacing, origin and direction.
+
+    Values are compared with ``tol`` absolute below magnitude 1 and relative above (mm for spacing
+    and origin), which absorbs the float32 rounding of NIfTI headers.
+    """
+    return (
+        a.array.shape[-3:] == b.array.shape[-3:]
+        and _close(a.spacing, b.spacing, tol)
+        and _close(a.origin, b.origin, tol)
+        and _close(a.direction, b.direction, tol)
+    )
+
+
+def _geometry_text(v: Volume) -> str:
+    def fmt(values: Sequence[float]) -> str:
+        return "(" + ", ".join(f"{x:.6g}" for x in values) + ")"
+
+    return f"shape {v.shape[-3:]}, spacing {fmt(v.spacing)}, origin {fmt(v.origin)}, direction {fmt(v.direction)}"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def _suffix(path: PathLike) -> str:
+    name = Path(path).name.lower()
+    for suffix in (".seg.nrrd", ".nii.gz"):
+        if name.endswith(suffix):
+            return suffix
+    return Path(name).suffix
+
+
+def _read_dicom_series(folder: Path, series_id: Optional[str]) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    try:
+        ids = list(reader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError as exc:
+        raise PairSegInputError(f"{folder}: cannot scan folder for DICOM series ({_first_line(exc)})") from None
+    if not ids:
+        raise PairSegInputError(f"{folder}: folder holds no DICOM series (and is not an image file)")
+    if series_id is None:
+        if len(ids) > 1:
+            raise PairSegInputError(
+                f"{folder}: folder holds {len(ids)} DICOM series ({', '.join(ids)}); choose one with series_id"
+            )
+        series_id = ids[0]
+    elif series_id not in ids:
+        raise PairSegInputError(f"{folder}: no DICOM series {series_id} (found {', '.join(ids)})")
+    files = reader.GetGDCMSeriesFileNames(str(folder), series_id)
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        raise PairSegInputError(f"{folder}: cannot read DICOM series {series_id} ({_first_line(exc)})") from None
+    if image.GetDimension() == 2 or (image.GetDimension() == 3 and len(files) == 1 and image.GetSize()[2] == 1):
+        raise PairSegInputError(f"{folder}: DICOM series {series_id} has a single slice; a 3D volume is needed")
+    return image
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # SimpleITK errors start with the source location; the useful text is usually last.
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _read_image(path: PathLike, series_id: Optional[str] = None) -> sitk.Image:
+    """Read a 3D scalar image (file or DICOM folder), raising PairSegInputError on any problem."""
+    p = Path(path)
+    if not p.exists():
+        raise PairSegInputError(f"{p}: file not found")
+    if p.is_dir():
+        image = _read_dicom_series(p, series_id)
+    else:
+        try:
+            image = sitk.ReadImage(str(p))
+        except RuntimeError as exc:
+            raise PairSegInputError(f"{p}: cannot read image ({_first_line(exc)})") from None
+    dim = image.GetDimension()
+    if dim != 3:
+        raise PairSegInputError(f"{p}: image is {dim}D (size {image.GetSize()}); a 3D volume is needed")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise PairSegInputError(
+            f"{p}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            "(4D, vector or colour image); a scalar 3D volume is needed"
+        )
+    return image
+
+
+def read_volume(path: PathLike, series_id: Optional[str] = None) -> Volume:
+    """Read a 3D image (NIfTI, NRRD, MHA, or a folder holding one DICOM series) as float32.
+
+    ``series_id`` picks one series when a DICOM folder holds several.
+    """
+    image = _read_image(path, series_id)
+    volume = Volume.from_sitk(image, path)
+    volume.array = volume.array.astype(np.float32, copy=False)
+    return volume
+
+
+def _label_dtype(max_value: int) -> type:
+    if max_value < 256:
+        return np.uint8
+    if max_value < 65536:
+        return np.uint16
+    return np.int32
+
+
+def _check_integral_labels(array: np.ndarray, path: PathLike) -> np.ndarray:
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)):
+            raise PairSegInputError(f"{path}: label map holds NaN or infinite values")
+        rounded = np.rint(array)
+        if np.any(np.abs(array - rounded) > 1e-3):
+            raise PairSegInputError(f"{path}: label map holds non-integer values (is it an image, not labels?)")
+        array = rounded.astype(np.int64)
+    if array.size and array.min() < 0:
+        raise PairSegInputError(f"{path}: label map holds negative values (min {array.min()})")
+    return array
+
+
+def read_label(
+    path: PathLike,
+    class_names: Optional[Sequence[str]] = None,
+    reference: Optional[Volume] = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Read a label map as (labels (z, y, x) uint8/uint16/int32, class names).
+
+    Plain label images (NIfTI, NRRD, MHA): voxel values are class ids 0..K. Without
+    ``class_names`` the classes are named ``label_1 .. label_K`` (K = largest value); with them, a
+    value above ``len(class_names)`` is an error.
+
+    Slicer ``.seg.nrrd``: classes are matched to segments by name (case-insensitive, surrounding
+    spaces ignored); without ``class_names`` the segment names in file order become the classes.
+    A segment whose name matches no class is an error that lists them. Several segments with
+    one class name are merged; where segments overlap (layers), the class later in
+    ``class_names`` wins. A segmentation whose grid is a sub- (or super-) extent of
+    ``reference``'s grid is placed into it.
+
+    ``reference`` (the image the labels belong to): the result is on its grid, or
+    PairSegInputError says how the geometries differ.
+    """
+    if _suffix(path) == ".seg.nrrd":
+        return _read_segmentation(path, class_names, reference)
+    image = _read_image(path)
+    labels_volume = Volume.from_sitk(image, path)
+    labels = _check_integral_labels(labels_volume.array, path)
+    if reference is not None and not same_geometry(labels_volume, reference):
+        raise PairSegInputError(
+            f"{path}: label geometry differs from its image {reference.path or ''}: "
+            f"labels {_geometry_text(labels_volume)}; image {_geometry_text(reference)}"
+        )
+    max_value = int(labels.max()) if labels.size else 0
+    if class_names is None:
+        names = [f"label_{i}" for i in range(1, max_value + 1)]
+    else:
+        names = list(class_names)
+        if max_value > len(names):
+            raise PairSegInputError(
+                f"{path}: label value {max_value} exceeds the {len(names)} classes {names}"
+            )
+    return labels.astype(_label_dtype(max(max_value, len(names))), copy=False), names
+
+
+def _geometry_from_matrix(ijk_to_lps: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    matrix = np.asarray(ijk_to_lps, float)[:3, :3]
+    spacing = np.linalg.norm(matrix, axis=0)
+    if np.any(spacing <= 0):
+        raise ValueError("degenerate voxel axes")
+    direction = matrix / spacing
+    return tuple(spacing), tuple(np.asarray(ijk_to_lps, float)[:3, 3]), tuple(direction.ravel())
+
+
+def _norm_name(name: str) -> str:
+    return " ".join(str(name).split()).lower()
+
+
+def _read_segmentation(
+    path: PathLike, class_names: Optional[Sequence[str]], reference: Optional[Volume]
+) -> tuple[np.ndarray, list[str]]:
+    import slicerio
+
+    p = Path(path)
+    if not p.exists():
+        raise PairSegInputError(f"{p}: file not found")
+    try:
+        seg = slicerio.read_segmentation(str(p))
+    except Exception as exc:  # slicerio / pynrrd raise assorted types
+        raise PairSegInputError(f"{p}: cannot read Slicer segmentation ({exc})") from None
+    voxels = seg.get("voxels")
+    if voxels is None or voxels.ndim not in (3, 4):
+        shape = None if voxels is None else voxels.shape
+        raise PairSegInputError(f"{p}: segmentation voxels have shape {shape}; 3D (or layered 4D) expected")
+    segments = list(seg.get("segments", []))
+    seg_names = [str(s.get("name", s.get("id", f"segment {i}"))) for i, s in enumerate(segments)]
+
+    if class_names is None:
+        names: list[str] = []
+        for name in seg_names:
+            if _norm_name(name) not in {_norm_name(n) for n in names}:
+                names.append(name)
+    else:
+        names = list(class_names)
+    index_of = {_norm_name(n): i + 1 for i, n in enumerate(names)}
+    unknown = [n for n in seg_names if _norm_name(n) not in index_of]
+    if unknown:
+        raise PairSegInputError(
+            f"{p}: segment(s) {unknown} match no class; expected segment names among {names} "
+            "(case-insensitive). Rename the segments or pass the matching class names."
+        )
+
+    spatial = voxels.shape[-3:]
+    labels_ijk = np.zeros(spatial, dtype=_label_dtype(len(names)))
+    order = sorted(range(len(segments)), key=lambda i: index_of[_norm_name(seg_names[i])])
+    for i in order:  # later classes overwrite earlier ones where segments overlap
+        segment = segments[i]
+        value = int(segment.get("labelValue", 1))
+        if value == 0:
+            continue
+        if voxels.ndim == 4:
+            layer = int(segment.get("layer", i if "labelValue" not in segment else 0))
+            if not 0 <= layer < voxels.shape[0]:
+                raise PairSegInputError(f"{p}: segment {seg_names[i]!r} refers to missing layer {layer}")
+            mask = voxels[layer] == value
+        else:
+            mask = voxels == value
+        labels_ijk[mask] = index_of[_norm_name(seg_names[i])]
+
+    try:
+        spacing, origin, direction = _geometry_from_matrix(seg["ijkToLPS"])
+    except ValueError:
+        raise PairSegInputError(f"{p}: segmentation has degenerate voxel axes") from None
+    seg_volume = Volume(np.ascontiguousarray(labels_ijk.transpose(2, 1, 0)), spacing, origin, direction, str(p))
+    if reference is None:
+        return seg_volume.array, names
+    return _place_into(seg_volume, reference), names
+
+
+def _place_into(labels: Volume, reference: Volume, tol: float = 1e-4) -> np.ndarray:
+    """Paste a label map whose grid is a shifted sub/super-extent of ``reference``'s grid."""
+    if same_geometry(labels, reference, tol):
+        return labels.array
+    where = labels.path or "labels"
+    if not (_close(labels.spacing, reference.spacing, tol) and _close(labels.direction, reference.direction, tol)):
+        raise PairSegInputError(
+            f"{where}: label geometry differs from its image {reference.path or ''} (not a crop of the same grid): "
+            f"labels {_geometry_text(labels)}; image {_geometry_text(reference)}"
+        )
+    ref_matrix = reference.ijk_to_lps()
+    offset_xyz = np.linalg.solve(ref_matrix[:3, :3], np.asarray(labels.origin) - np.asarray(reference.origin))
+    rounded = np.rint(offset_xyz)
+    if np.any(np.abs(offset_xyz - rounded) > 1e-2):
+        raise PairSegInputError(
+            f"{where}: label grid is shifted by a fraction of a voxel {tuple(np.round(offset_xyz, 3))} "
+            f"from its image {reference.path or ''}"
+        )
+    off = rounded.astype(int)[::-1]  # z, y, x
+    src = labels.array
+    out = np.zeros(reference.array.shape[-3:], dtype=src.dtype)
+    src_sl, dst_sl = [], []
+    for axis in range(3):
+        lo = max(0, off[axis])
+        hi = min(out.shape[axis], off[axis] + src.shape[axis])
+        if hi <= lo:
+            lo = hi = 0
+        dst_sl.append(slice(lo, hi))
+        src_sl.append(slice(lo - off[axis], hi - off[axis]) if hi > lo else slice(0, 0))
+    inside = src[tuple(src_sl)]
+    if int(np.count_nonzero(src)) != int(np.count_nonzero(inside)):
+        raise PairSegInputError(
+            f"{where}: {int(np.count_nonzero(src)) - int(np.count_nonzero(inside))} labelled voxels lie outside "
+            f"its image {reference.path or ''}"
+        )
+    out[tuple(dst_sl)] = inside
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: PathLike, write: Callable[[str], None]) -> str:
+    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = _suffix(target)
+    stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
+    tmp = target.parent / f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}"
+    try:
+        write(str(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    return str(target)
+
+
+def default_colors(class_names: Sequence[str]) -> list[tuple[float, float, float]]:
+    """One RGB (0..1) colour per class: anatomy colours for known organ names, else a palette."""
+    colors = []
+    for i, name in enumerate(class_names):
+        colors.append(NAMED_COLORS.get(_norm_name(name), _PALETTE[i % len(_PALETTE)]))
+    return colors
+
+
+def write_labels(
+    path: PathLike,
+    labels: np.ndarray,
+    like: Volume,
+    class_names: Optional[Sequence[str]] = None,
+    colors: Optional[Sequence[Sequence[float]]] = None,
+) -> str:
+    """Write a (z, y, x) label map on ``like``'s grid; the format follows the extension.
+
+    .nii / .nii.gz / .nrrd / .mha: a label image (uint8 when it fits). .seg.nrrd: a Slicer
+    segmentation with one segment per class (named from ``class_names``, coloured from ``colors``,
+    RGB 0..1, or :func:`default_colors`); label value i is class i. Returns the path written.
+    """
+    suffix = _suffix(path)
+    if suffix not in LABEL_SUFFIXES:
+        raise ValueError(f"{path}: unsupported label file type {suffix!r}; use one of {LABEL_SUFFIXES}")
+    labels = np.asarray(labels)
+    if labels.shape != like.array.shape[-3:]:
+        raise ValueError(f"{path}: label shape {labels.shape} differs from the reference grid {like.shape}")
+    labels = _check_integral_labels(labels, path)
+    max_value = int(labels.max()) if labels.size else 0
+    names = list(class_names) if class_names is not None else [f"label_{i}" for i in range(1, max_value + 1)]
+    if max_value > len(names):
+        raise ValueError(f"{path}: label value {max_value} exceeds the {len(names)} class names")
+    labels = labels.astype(_label_dtype(max(max_value, len(names))), copy=False)
+
+    if suffix == ".seg.nrrd":
+        rgb = [tuple(float(c) for c in col) for col in colors] if colors is not None else default_colors(names)
+        if len(rgb) < len(names):
+            raise ValueError(f"{path}: {len(rgb)} colours for {len(names)} classes")
+        return _atomic_write(path, lambda tmp: _write_segmentation(tmp, labels, like, names, rgb))
+
+    volume = like.like(labels)
+    return _atomic_write(path, lambda tmp: sitk.WriteImage(volume.to_sitk(), tmp, True))
+
+
+def _write_segmentation(
+    tmp: str, labels: np.ndarray, like: Volume, names: list[str], colors: Sequence[Sequence[float]]
+) -> None:
+    import slicerio
+
+    voxels = np.ascontiguousarray(labels.transpose(2, 1, 0))  # i, j, k
+    nx, ny, nz = voxels.shape
+    segments = []
+    for i, name in enumerate(names, start=1):
+        segments.append(
+            {
+                "id": f"Segment_{i}",
+                "name": str(name),
+                "nameAutoGenerated": False,
+                "color": [float(c) for c in colors[i - 1]][:3],
+                "colorAutoGenerated": False,
+                "labelValue": i,
+                "layer": 0,
+                # Full extent for every segment: older Slicer versions crop a shared layer to
+                # the first segment's extent.
+                "extent": [0, nx - 1, 0, ny - 1, 0, nz - 1],
+            }
+        )
+    segmentation = {
+        "voxels": voxels,
+        "ijkToLPS": like.ijk_to_lps(),
+        "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap",
+        "referenceImageExtentOffset": [0, 0, 0],
+        "segments": segments,
+    }
+    slicerio.write_segmentation(tmp, segmentation)
+
+
+def write_volume(path: PathLike, volume: Volume) -> str:
+    """Write an image (float or integer; a 4D (C, z, y, x) array as a vector image) atomically."""
+    suffix = _suffix(path)
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image file type {suffix!r}; use one of {IMAGE_SUFFIXES}")
+    image = volume.to_sitk()
+    return _atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, True))
