@@ -38,7 +38,9 @@ def _is_int(x: object) -> bool:
 def _usable_slices(volumes: Sequence[VolumeSpec]) -> list:
     """Each volume as a sorted array of unique usable slice indices."""
     if isinstance(volumes, (str, bytes)) or not hasattr(volumes, "__len__"):
-        raise ValueError(f"volumes must be a list of slice counts or slice-index arrays, got {type(volumes).__name__}")
+        raise ValueError(
+            f"volumes must be a list of slice counts or slice-index arrays, got {type(volumes).__name__}"
+        )
     if len(volumes) == 0:
         raise ValueError("no volumes given: need at least one volume to sample pairs from")
     out = []
@@ -171,9 +173,8 @@ def sample_pairs(
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     parts = []
     if mode == "identical":
-        parts.append(
-            np.concatenate([np.stack([np.full(len(s), v), s, np.full(len(s), v), s], axis=1) for v, s in enumerate(slices)])
-        )
+        same = [np.stack([np.full(len(s), v), s, np.full(len(s), v), s], axis=1) for v, s in enumerate(slices)]
+        parts.append(np.concatenate(same))
     if mode in ("intra", "intra+inter"):
         parts.append(_intra(slices, _check_offsets(offsets)))
     if mode in ("inter", "intra+inter"):

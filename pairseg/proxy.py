@@ -166,7 +166,9 @@ def decode_labels(class_probs: Array, threshold: float = 0.5) -> Array:
     """Per-class foreground probabilities (..., K, H, W) -> int64 label map (..., H, W):
     1 + argmax_k p_k where max_k p_k >= threshold, else 0 (background)."""
     if class_probs.ndim < 3:
-        raise ValueError(f"class probabilities must have shape (..., K, H, W), got {tuple(class_probs.shape)}")
+        raise ValueError(
+            f"class probabilities must have shape (..., K, H, W), got {tuple(class_probs.shape)}"
+        )
     if class_probs.shape[-3] < 1:
         raise ValueError("class probabilities need at least one class channel")
     if isinstance(class_probs, torch.Tensor):

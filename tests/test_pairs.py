@@ -10,10 +10,6 @@ import pytest
 from pairseg.pairs import default_offsets, sample_pairs
 
 
-def split(pairs: np.ndarray, n_intra: int):
-    return pairs[:n_intra], pairs[n_intra:]
-
-
 def test_default_offsets():
     assert default_offsets("MR") == (3, 5, 7)
     assert default_offsets("mri") == (3, 5, 7)
@@ -103,7 +99,9 @@ def test_single_volume_two_slices():
 
 def test_margin_filter():
     sizes = [20, 10]
-    pairs = sample_pairs(sizes, mode="intra+inter", offsets=(3,), labelled_ranges=[(5, 9), None], margin=2, seed=0)
+    pairs = sample_pairs(
+        sizes, mode="intra+inter", offsets=(3,), labelled_ranges=[(5, 9), None], margin=2, seed=0
+    )
     v0 = np.concatenate([pairs[pairs[:, 0] == 0, 1], pairs[pairs[:, 2] == 0, 3]])
     assert v0.min() >= 3 and v0.max() <= 11
     intra0 = pairs[(pairs[:, 0] == 0) & (pairs[:, 2] == 0)]
@@ -122,9 +120,7 @@ def test_margin_filter():
 
 
 def test_labelled_ranges_without_margin_keep_everything():
-    np.testing.assert_array_equal(
-        sample_pairs([10], labelled_ranges=[(4, 5)]), sample_pairs([10])
-    )
+    np.testing.assert_array_equal(sample_pairs([10], labelled_ranges=[(4, 5)]), sample_pairs([10]))
 
 
 def test_bad_inputs():
