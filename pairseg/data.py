@@ -1,0 +1,312 @@
+"""Datasets, intensity normalisation, 2.5D stacks and the in-memory slice store.
+
+A training set is read from disk once: every volume is normalised (CT window or MR percentile
+clip), cut into 2.5D stacks (slices z-1, z, z+1 as channels, edges replicated) and resampled to
+the training size. Batches are then gathered from memory by index, so a training step never
+touches the disk.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pairseg.errors import PairSegInputError
+from pairseg.io import Volume, read_label, read_volume
+
+__all__ = [
+    "Volume",
+    "CT_WINDOW",
+    "MR_PERCENTILES",
+    "Case",
+    "Dataset",
+    "load_dataset",
+    "normalize",
+    "stack_25d",
+    "stacks_25d",
+    "resize_slices",
+    "SliceStore",
+    "check_image",
+]
+
+CT_WINDOW = (-200.0, 250.0)
+MR_PERCENTILES = (2.0, 98.0)
+MODALITIES = ("MR", "CT")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+# ---------------------------------------------------------------------------------------------
+# Checks and normalisation
+# ---------------------------------------------------------------------------------------------
+
+
+def check_image(volume: Volume, min_slices: int = 3) -> None:
+    """Reject images the engine cannot segment, naming the file and the problem."""
+    name = volume.path or "image"
+    array = volume.array
+    if array.ndim != 3:
+        raise PairSegInputError(f"{name}: expected a 3D image, got {array.ndim} dimensions")
+    if array.shape[0] < min_slices:
+        raise PairSegInputError(
+            f"{name}: has {array.shape[0]} slice(s); at least {min_slices} are needed for 2.5D input"
+        )
+    if not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise PairSegInputError(f"{name}: contains {bad} NaN or infinite voxel(s)")
+    if array.size == 0 or float(array.max()) == float(array.min()):
+        raise PairSegInputError(f"{name}: image is empty or constant (nothing to segment)")
+
+
+def normalize(array: np.ndarray, modality: str) -> np.ndarray:
+    """Map a volume's intensities to [0, 1] (float32), as the paper preprocesses them.
+
+    CT: clip Hounsfield units to [-200, 250]. MR: clip to the 2nd-98th percentile of the whole
+    volume. Both are then scaled linearly to [0, 1].
+    """
+    modality = modality.upper()
+    array = np.asarray(array, dtype=np.float32)
+    if modality == "CT":
+        low, high = CT_WINDOW
+    elif modality == "MR":
+        low, high = (float(v) for v in np.percentile(array, MR_PERCENTILES))
+    else:
+        raise PairSegInputError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    if high <= low:
+        raise PairSegInputError("image intensities are constant inside the normalisation window")
+    out = np.clip(array, low, high)
+    out -= low
+    out *= 1.0 / (high - low)
+    return out
+
+
+def stack_25d(array: np.ndarray, index: int) -> np.ndarray:
+    """Three adjacent axial slices (z-1, z, z+1) as channels; edge slices are replicated."""
+    depth = array.shape[0]
+    if not 0 <= index < depth:
+        raise IndexError(f"slice {index} outside a volume of {depth} slices")
+    picks = [max(index - 1, 0), index, min(index + 1, depth - 1)]
+    return np.stack([array[z] for z in picks], axis=0)
+
+
+def stacks_25d(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """All 2.5D stacks of a volume at once: (Z, H, W) -> (Z, 3, H, W)."""
+    volume = torch.as_tensor(array)
+    depth = volume.shape[0]
+    index = torch.arange(depth)
+    below = (index - 1).clamp(min=0)
+    above = (index + 1).clamp(max=depth - 1)
+    return torch.stack([volume[below], volume, volume[above]], dim=1)
+
+
+def resize_slices(batch: torch.Tensor, size: tuple[int, int] | int, *, labels: bool = False) -> torch.Tensor:
+    """Resample (N, C, H, W) images bilinearly, or (N, H, W) label maps by nearest neighbour."""
+    if isinstance(size, int):
+        size = (size, size)
+    if labels:
+        if tuple(batch.shape[-2:]) == tuple(size):
+            return batch
+        resized = F.interpolate(batch[:, None].float(), size=size, mode="nearest-exact")
+        return resized[:, 0].to(batch.dtype)
+    if tuple(batch.shape[-2:]) == tuple(size):
+        return batch
+    return F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets on disk
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One annotated volume of a dataset."""
+
+    name: str
+    image: Path
+    label: Path | None = None
+
+
+@dataclass
+class Dataset:
+    """A list of cases with the class names (in label-value order) and the modality."""
+
+    folder: Path
+    cases: list[Case]
+    class_names: list[str]
+    modality: str
+    label_values: list[int] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, names: Iterable[str]) -> "Dataset":
+        keep = set(names)
+        return Dataset(self.folder, [c for c in self.cases if c.name in keep], self.class_names,
+                       self.modality, self.label_values)
+
+
+def _case_name(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES + (".seg.nrrd",):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    for tag in ("_image", "_label", "_seg", "_0000"):
+        if name.endswith(tag):
+            return name[: -len(tag)]
+    return name
+
+
+def parse_classes(text: str | Sequence[str]) -> list[str]:
+    """``liver,"right kidney",spleen`` or a list -> clean class names (no background)."""
+    import csv
+
+    items = next(csv.reader([text], skipinitialspace=True)) if isinstance(text, str) else list(text)
+    names = [item.strip() for item in items if item.strip()]
+    if not names:
+        raise PairSegInputError("no class names given")
+    if len({n.lower() for n in names}) != len(names):
+        raise PairSegInputError(f"duplicate class names in {names}")
+    return names
+
+
+def load_dataset(folder: str | Path, classes: str | Sequence[str] | None = None,
+                 modality: str | None = None) -> Dataset:
+    """Open a dataset folder: a ``dataset.json`` (Medical Segmentation Decathlon style) or a bare
+    folder of ``<case>_image.<ext>`` + ``<case>_label.<ext>`` pairs (then ``classes`` and
+    ``modality`` say what the labels mean)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PairSegInputError(f"{folder}: dataset folder does not exist")
+    manifest = folder / "dataset.json"
+    if manifest.is_file():
+        try:
+            spec = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise PairSegInputError(f"{manifest}: not a readable JSON file ({error})") from error
+        labels = {int(k): str(v) for k, v in spec.get("labels", {}).items()}
+        values = sorted(v for v in labels if v != 0)
+        if not values:
+            raise PairSegInputError(f"{manifest}: 'labels' lists no foreground class")
+        if values != list(range(1, len(values) + 1)):
+            raise PairSegInputError(f"{manifest}: label values must be 1..K, got {values}")
+        names = [labels[v] for v in values]
+        if classes is not None and [n.lower() for n in parse_classes(classes)] != [n.lower() for n in names]:
+            raise PairSegInputError(f"{manifest}: classes {names} differ from the requested {parse_classes(classes)}")
+        found = str(spec.get("modality", {}).get("0", modality or "")).upper()
+        if found not in MODALITIES:
+            raise PairSegInputError(f"{manifest}: modality must be MR or CT, got {found!r}")
+        if modality is not None and modality.upper() != found:
+            raise PairSegInputError(f"{manifest}: dataset modality {found} differs from requested {modality.upper()}")
+        cases = []
+        for entry in spec.get("training", []):
+            image = (folder / entry["image"]).resolve()
+            label = (folder / entry["label"]).resolve() if entry.get("label") else None
+            cases.append(Case(_case_name(image), image, label))
+        if not cases:
+            raise PairSegInputError(f"{manifest}: 'training' lists no case")
+        return Dataset(folder, cases, names, found, values)
+
+    if classes is None or modality is None:
+        raise PairSegInputError(
+            f"{folder}: no dataset.json; give --classes and --modality for a folder of "
+            "<case>_image / <case>_label files")
+    if modality.upper() not in MODALITIES:
+        raise PairSegInputError(f"modality must be MR or CT, got {modality!r}")
+    names = parse_classes(classes)
+    images = {}
+    labels_found = {}
+    for path in sorted(folder.iterdir()):
+        stem = path.name
+        if "_image" in stem:
+            images[_case_name(path)] = path
+        elif "_label" in stem or stem.endswith(".seg.nrrd"):
+            labels_found[_case_name(path)] = path
+    cases = [Case(name, image, labels_found.get(name)) for name, image in sorted(images.items())]
+    if not cases:
+        raise PairSegInputError(f"{folder}: no <case>_image.<ext> files found")
+    return Dataset(folder, cases, names, modality.upper(), list(range(1, len(names) + 1)))
+
+
+def load_case(case: Case, dataset: Dataset) -> tuple[Volume, np.ndarray]:
+    """Read and check one annotated case: (image volume, label map z, y, x uint8)."""
+    image = read_volume(case.image)
+    check_image(image)
+    if case.label is None:
+        raise PairSegInputError(f"{case.image}: case {case.name} has no label file")
+    labels, _ = read_label(case.label, class_names=dataset.class_names, reference=image)
+    if labels.shape != image.array.shape:
+        raise PairSegInputError(
+            f"{case.label}: label shape {labels.shape} differs from image shape {image.array.shape}")
+    high = int(labels.max()) if labels.size else 0
+    if labels.min() < 0 or high > dataset.num_classes:
+        raise PairSegInputError(
+            f"{case.label}: label values up to {high} but only {dataset.num_classes} classes "
+            f"{dataset.class_names} are defined")
+    return image, labels.astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-memory slice store
+# ---------------------------------------------------------------------------------------------
+
+
+class SliceStore:
+    """Every 2.5D stack and label slice of a set of volumes, at the training size, in memory.
+
+    ``images[v]`` is a (Z, 3, S, S) float32 tensor, ``labels[v]`` a (Z, S, S) uint8 tensor.
+    """
+
+    def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor], names: list[str]):
+        self.images = images
+        self.labels = labels
+        self.names = names
+
+    @classmethod
+    def from_arrays(cls, volumes: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                    modality: str, size: int, names: Sequence[str] | None = None) -> "SliceStore":
+        stacks, maps = [], []
+        for array, label in zip(volumes, labels):
+            norm = torch.from_numpy(normalize(array, modality))
+            stacks.append(resize_slices(stacks_25d(norm), size).contiguous())
+            maps.append(resize_slices(torch.from_numpy(np.asarray(label, dtype=np.uint8)), size,
+                                      labels=True).contiguous())
+        return cls(stacks, maps, list(names or [f"case{i}" for i in range(len(stacks))]))
+
+    @property
+    def slice_counts(self) -> list[int]:
+        return [int(x.shape[0]) for x in self.images]
+
+    def labelled_ranges(self) -> list[tuple[int, int] | None]:
+        """First and last slice holding any foreground label, per volume."""
+        ranges: list[tuple[int, int] | None] = []
+        for label in self.labels:
+            rows = torch.nonzero(label.flatten(1).amax(dim=1) > 0).flatten()
+            ranges.append((int(rows[0]), int(rows[-1])) if rows.numel() else None)
+        return ranges
+
+    def class_presence(self, num_classes: int) -> np.ndarray:
+        """(K,) number of volumes in which each class occurs."""
+        present = np.zeros(num_classes, dtype=int)
+        for label in self.labels:
+            values = torch.unique(label).tolist()
+            for value in values:
+                if 1 <= value <= num_classes:
+                    present[value - 1] += 1
+        return present
+
+    def gather(self, volume_index: np.ndarray, slice_index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacks and labels of the given (volume, slice) rows, as new tensors."""
+        images = torch.stack([self.images[v][s] for v, s in zip(volume_index.tolist(), slice_index.tolist())])
+        labels = torch.stack([self.labels[v][s] for v, s in zip(volume_index.tolist(), slice_index.tolist())])
+        return images, labels.long()
+
+    @property
+    def num_slices(self) -> int:
+        return sum(self.slice_counts)

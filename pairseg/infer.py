@@ -1,0 +1,152 @@
+"""Inference: a model file and a volume in, a label map in the volume's own geometry out.
+
+Slices are processed in batches, so memory stays bounded for large CT volumes: only the
+normalised volume, one batch of 2.5D stacks and the output label map are held at once (plus the
+class probabilities when they are asked for, as float16).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from pairseg.data import check_image, normalize, resize_slices
+from pairseg.errors import PairSegInputError
+from pairseg.events import EventSink, null_events
+from pairseg.io import Volume, read_volume, write_labels, write_volume
+from pairseg.modelfile import load_model
+from pairseg.postprocess import keep_largest_component
+from pairseg.proxy import decode_labels
+
+__all__ = ["resolve_device", "predict_volume", "Prediction", "Predictor", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an unavailable device is an error."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PairSegInputError("device 'cuda' requested but no CUDA GPU is available to PyTorch")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise PairSegInputError("device 'mps' requested but Apple MPS is not available")
+    if name not in ("cpu", "mps") and not name.startswith("cuda"):
+        raise PairSegInputError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def predict_volume(model: torch.nn.Module, normalized: np.ndarray, size: int, device: torch.device,
+                   *, batch_size: int = 16, keep_probabilities: bool = False,
+                   events: EventSink = null_events) -> tuple[np.ndarray, np.ndarray | None]:
+    """Segment a normalised (Z, H, W) volume slice batch by slice batch.
+
+    Returns the decoded label map (Z, H, W) uint8 and, when asked, the per-class probabilities
+    (Z, K, H, W) float16 on the native grid.
+    """
+    model.eval()
+    depth, height, width = normalized.shape
+    volume = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))
+    labels = np.zeros((depth, height, width), dtype=np.uint8)
+    probabilities = (np.zeros((depth, model.num_classes, height, width), dtype=np.float16)
+                     if keep_probabilities else None)
+    start = time.monotonic()
+    for first in range(0, depth, batch_size):
+        index = torch.arange(first, min(first + batch_size, depth))
+        stacks = torch.stack([volume[(index - 1).clamp(min=0)], volume[index],
+                              volume[(index + 1).clamp(max=depth - 1)]], dim=1)
+        batch = resize_slices(stacks, size).to(device)
+        probs = model.predict_proba(batch).float()
+        probs = resize_slices(probs, (height, width)).cpu()
+        labels[first:first + len(index)] = decode_labels(probs).numpy().astype(np.uint8)
+        if probabilities is not None:
+            probabilities[first:first + len(index)] = probs.numpy().astype(np.float16)
+        done = first + len(index)
+        elapsed = time.monotonic() - start
+        events("progress", stage="segment", step=done, total=depth, fraction=done / depth,
+               eta_s=elapsed / done * (depth - done))
+    return labels, probabilities
+
+
+@dataclass
+class Prediction:
+    """A segmentation in the input's geometry."""
+
+    labels: Volume
+    probabilities: np.ndarray | None
+    class_names: list[str]
+    class_colors: list[list[float]]
+
+
+class Predictor:
+    """In-process predictor: load a model file once, segment many volumes."""
+
+    def __init__(self, model_path: str | Path, device: str = "auto", batch_size: int = 16):
+        self.device = resolve_device(device)
+        self.model, self.metadata = load_model(model_path, self.device)
+        self.model_path = Path(model_path)
+        self.batch_size = batch_size
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.metadata["class_names"])
+
+    def check_request(self, modality: str | None = None, classes: Sequence[str] | None = None) -> None:
+        """Refuse a request whose modality or classes the model was not trained for."""
+        model_modality = str(self.metadata.get("modality", "")).upper()
+        if modality and modality.upper() != model_modality:
+            raise PairSegInputError(
+                f"{self.model_path}: model was trained on {model_modality}, but the image is {modality.upper()}")
+        if classes is not None and [c.lower() for c in classes] != [c.lower() for c in self.class_names]:
+            raise PairSegInputError(
+                f"{self.model_path}: model classes {self.class_names} differ from the requested {list(classes)}")
+
+    def segment(self, volume: Volume, *, keep_largest: bool = True, keep_probabilities: bool = False,
+                events: EventSink = null_events) -> Prediction:
+        check_image(volume)
+        normalized = normalize(volume.array, self.metadata["modality"])
+        labels, probabilities = predict_volume(
+            self.model, normalized, int(self.metadata["size"]), self.device, batch_size=self.batch_size,
+            keep_probabilities=keep_probabilities, events=events)
+        if keep_largest:
+            labels = keep_largest_component(labels, self.model.num_classes).astype(np.uint8)
+        return Prediction(volume.like(labels), probabilities, self.class_names,
+                          [list(c) for c in self.metadata["class_colors"]])
+
+    def segment_file(self, input_path: str | Path, output_path: str | Path, *,
+                     probabilities_path: str | Path | None = None, keep_largest: bool = True,
+                     modality: str | None = None, events: EventSink = null_events) -> list[Path]:
+        """Read, segment and write one image; outputs appear only once complete."""
+        self.check_request(modality)
+        volume = read_volume(input_path)
+        prediction = self.segment(volume, keep_largest=keep_largest,
+                                  keep_probabilities=probabilities_path is not None, events=events)
+        written = [Path(write_labels(output_path, prediction.labels.array, volume,
+                                     class_names=prediction.class_names, colors=prediction.class_colors))]
+        if probabilities_path is not None:
+            probs = np.moveaxis(prediction.probabilities.astype(np.float32), 1, -1)  # z, y, x, K
+            written.append(Path(write_volume(probabilities_path, volume.like(probs))))
+        return written
+
+
+def list_inputs(path: str | Path) -> list[Path]:
+    """An image file, a DICOM folder, or a folder of image files."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise PairSegInputError(f"{path}: input does not exist")
+    images = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+                    and not p.name.lower().endswith(".seg.nrrd"))
+    return images or [path]  # no image files: treat the folder as one DICOM series
