@@ -1,0 +1,332 @@
+"""Tests of pairseg.io: geometry-exact round trips, DICOM series, .seg.nrrd by name, errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from pairseg import io
+from pairseg.errors import PairSegInputError
+from pairseg.io import Volume, read_label, read_volume, same_geometry, write_labels, write_volume
+
+
+def _rotation(ax: float, az: float) -> np.ndarray:
+    cx, sx, cz, sz = np.cos(ax), np.sin(ax), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ rx
+
+
+# Oblique (rotated), flipped (det -1) and CHAOS-like diag(1, -1, 1) directions.
+DIRECTIONS = {
+    "oblique": _rotation(0.3, 0.5),
+    "flipped": _rotation(0.2, -0.4) @ np.diag([-1.0, 1.0, 1.0]),
+    "chaos": np.diag([1.0, -1.0, 1.0]),
+}
+
+
+def _volume(direction: np.ndarray, shape=(5, 7, 9), seed=0) -> Volume:
+    rng = np.random.default_rng(seed)
+    array = rng.normal(100, 30, shape).astype(np.float32)
+    return Volume(array, (0.7, 1.3, 4.5), (-12.25, 33.5, 107.125), direction.ravel())
+
+
+def _labels(shape=(5, 7, 9)) -> np.ndarray:
+    labels = np.zeros(shape, np.uint8)
+    labels[1:3, 2:5, 1:4] = 1
+    labels[3:5, 0:2, 5:9] = 2
+    labels[0, 6, 8] = 3  # a corner voxel: catches flips of any axis
+    return labels
+
+
+def _world(volume_or_image, index) -> np.ndarray:
+    image = volume_or_image.to_sitk() if isinstance(volume_or_image, Volume) else volume_or_image
+    return np.array(image.TransformIndexToPhysicalPoint(tuple(int(i) for i in index)))
+
+
+@pytest.mark.parametrize("kind", sorted(DIRECTIONS))
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd"])
+def test_label_round_trip_keeps_geometry(tmp_path, kind, suffix):
+    image = _volume(DIRECTIONS[kind])
+    labels = _labels()
+    out = tmp_path / f"labels{suffix}"
+    assert write_labels(out, labels, image, ["a", "b", "c"]) == str(out)
+    back, names = read_label(out, ["a", "b", "c"])
+    np.testing.assert_array_equal(back, labels)
+    assert names == ["a", "b", "c"]
+    # Geometry: the labelled corner voxel lands on the same world point as in the image.
+    if suffix == ".seg.nrrd":
+        back2, _ = read_label(out, ["a", "b", "c"], reference=image)  # same grid: accepted as is
+        np.testing.assert_array_equal(back2, labels)
+    else:
+        written = sitk.ReadImage(str(out))
+        z, y, x = np.argwhere(labels == 3)[0]
+        np.testing.assert_allclose(_world(written, (x, y, z)), _world(image, (x, y, z)), atol=1e-4)
+        assert same_geometry(Volume.from_sitk(written), image)
+        read_label(out, ["a", "b", "c"], reference=image)  # no geometry error
+
+
+@pytest.mark.parametrize("kind", sorted(DIRECTIONS))
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_volume_round_trip(tmp_path, kind, suffix):
+    image = _volume(DIRECTIONS[kind])
+    out = tmp_path / f"image{suffix}"
+    write_volume(out, image)
+    back = read_volume(out)
+    assert back.array.dtype == np.float32
+    assert back.shape == image.shape
+    np.testing.assert_allclose(back.array, image.array, rtol=1e-6)
+    assert same_geometry(back, image, tol=1e-5)
+    for index in [(0, 0, 0), (8, 6, 4), (3, 1, 2)]:
+        np.testing.assert_allclose(_world(back, index), _world(image, index), atol=1e-4)
+    assert back.path == str(out)
+
+
+def test_volume_record_helpers():
+    vol = _volume(DIRECTIONS["oblique"])
+    assert vol.shape == (5, 7, 9)
+    assert vol.spacing_zyx == (4.5, 1.3, 0.7)
+    other = vol.like(np.zeros(vol.shape, np.uint8))
+    assert same_geometry(vol, other) and other.path is None and other.array.dtype == np.uint8
+    with pytest.raises(ValueError):
+        vol.like(np.zeros((2, 2, 2)))
+    shifted = Volume(vol.array, vol.spacing, (vol.origin[0] + 0.01,) + vol.origin[1:], vol.direction)
+    assert not same_geometry(vol, shifted)
+    assert same_geometry(vol, shifted, tol=0.1)
+    # ijk_to_lps agrees with SimpleITK.
+    image = vol.to_sitk()
+    index = (4, 2, 3)
+    np.testing.assert_allclose((vol.ijk_to_lps() @ np.array(index + (1,)))[:3], _world(image, index), atol=1e-9)
+    again = Volume.from_sitk(image)
+    assert same_geometry(again, vol, tol=1e-12)
+    np.testing.assert_array_equal(again.array, vol.array)
+
+
+def _write_dicom_series(volume: Volume, folder: Path) -> None:
+    """Write ``volume`` as an MR DICOM series, one file per slice, with position/orientation tags."""
+    folder.mkdir()
+    image = sitk.Cast(volume.to_sitk(), sitk.sitkInt16)
+    d = volume.direction
+    orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    series_uid = "1.2.826.0.1.3680043.2.1125.1.42"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(image.GetDepth()):
+        slice_ = image[:, :, k]
+        position = image.TransformIndexToPhysicalPoint((0, 0, k))
+        tags = {
+            "0008|0060": "MR",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
+            "0008|0018": f"{series_uid}.{k + 1}",
+            "0020|000d": "1.2.826.0.1.3680043.2.1125.1.41",
+            "0020|000e": series_uid,
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{p:.6f}" for p in position),
+            "0020|0037": orientation,
+            "0018|0050": str(volume.spacing[2]),
+            "0028|0030": f"{volume.spacing[1]}\\{volume.spacing[0]}",
+        }
+        for key, value in tags.items():
+            slice_.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.Execute(slice_)
+
+
+def test_dicom_series(tmp_path):
+    vol = _volume(_rotation(0.25, 0.4), shape=(6, 8, 10))  # oblique, proper rotation (DICOM needs det +1)
+    vol.array = np.round(vol.array).astype(np.float32)
+    _write_dicom_series(vol, tmp_path / "series")
+    back = read_volume(tmp_path / "series")
+    assert back.array.dtype == np.float32
+    np.testing.assert_array_equal(back.array, vol.array)
+    assert same_geometry(back, vol, tol=1e-4)
+    np.testing.assert_allclose(_world(back, (9, 7, 5)), _world(vol, (9, 7, 5)), atol=1e-3)
+
+
+def test_seg_nrrd_names_colours_and_mapping(tmp_path):
+    image = _volume(DIRECTIONS["oblique"])
+    labels = _labels()
+    out = tmp_path / "seg.seg.nrrd"
+    colors = [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)]
+    write_labels(out, labels, image, ["Liver", "spleen", "right kidney"], colors)
+    import slicerio
+
+    seg = slicerio.read_segmentation(str(out))
+    assert [s["name"] for s in seg["segments"]] == ["Liver", "spleen", "right kidney"]
+    np.testing.assert_allclose([s["color"] for s in seg["segments"]], colors)
+    # Class list in another order and case: mapping is by name, not label value.
+    classes = ["right kidney", "LIVER", "Spleen"]
+    back, names = read_label(out, classes, reference=image)
+    assert names == classes
+    expected = np.select([labels == 3, labels == 1, labels == 2], [1, 2, 3], 0)
+    np.testing.assert_array_equal(back, expected)
+    # Without a class list, segment names in file order.
+    back, names = read_label(out)
+    assert names == ["Liver", "spleen", "right kidney"]
+    np.testing.assert_array_equal(back, labels)
+    # A class without a segment is fine (stays empty); a segment without a class is an error.
+    back, _ = read_label(out, ["spleen", "liver", "right kidney", "left kidney"])
+    assert not np.any(back == 4)
+    with pytest.raises(PairSegInputError, match="right kidney"):
+        read_label(out, ["liver", "spleen"])
+
+
+def test_seg_nrrd_overlapping_layers_and_unordered_segments(tmp_path):
+    import slicerio
+
+    image = _volume(DIRECTIONS["flipped"])
+    shape_ijk = image.shape[::-1]
+    seg = slicerio.create_segmentation(shape_ijk, image.ijk_to_lps())
+    big = np.zeros(shape_ijk, bool)
+    big[1:8, 1:6, 1:4] = True
+    small = np.zeros(shape_ijk, bool)
+    small[3:5, 2:4, 2:3] = True  # inside "big": forces a second layer
+    other = np.zeros(shape_ijk, bool)
+    other[0, 6, 4] = True
+    slicerio.add_segment(seg, small, {"id": "s1", "name": "Spleen "})
+    slicerio.add_segment(seg, big, {"id": "s2", "name": "liver"})
+    slicerio.add_segment(seg, other, {"id": "s3", "name": "Left Kidney"})
+    assert seg["voxels"].ndim == 4
+    out = tmp_path / "layers.seg.nrrd"
+    slicerio.write_segmentation(str(out), seg)
+    back, names = read_label(out, ["liver", "left kidney", "spleen"], reference=image)
+    zyx = lambda m: m.transpose(2, 1, 0)  # noqa: E731
+    assert np.all(back[zyx(small)] == 3)  # later class wins where segments overlap
+    assert np.all(back[zyx(big & ~small)] == 1)
+    assert np.all(back[zyx(other)] == 2)
+    assert int(np.count_nonzero(back)) == int((big | small | other).sum())
+
+
+def test_seg_nrrd_smaller_extent_placed_into_reference(tmp_path):
+    image = _volume(DIRECTIONS["oblique"], shape=(6, 10, 12))
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:4, 3:7, 4:9] = 1
+    labels[4, 5, 8] = 2
+    crop = (slice(1, 5), slice(2, 8), slice(3, 10))
+    offset_xyz = (3, 2, 1)
+    origin = tuple(image.ijk_to_lps() @ np.array(offset_xyz + (1,)))[:3]
+    cropped = Volume(labels[crop], image.spacing, origin, image.direction)
+    out = tmp_path / "crop.seg.nrrd"
+    write_labels(out, labels[crop], cropped, ["liver", "spleen"])
+    back, _ = read_label(out, ["liver", "spleen"], reference=image)
+    assert back.shape == image.shape
+    np.testing.assert_array_equal(back, labels)
+    # Larger than the reference: fine while every labelled voxel falls inside...
+    big = np.zeros((8, 12, 14), np.uint8)
+    big[1:7, 1:11, 1:13] = labels
+    origin = tuple(image.ijk_to_lps() @ np.array((-1, -1, -1, 1)))[:3]
+    write_labels(out, big, Volume(big, image.spacing, origin, image.direction), ["liver", "spleen"])
+    np.testing.assert_array_equal(read_label(out, ["liver", "spleen"], reference=image)[0], labels)
+    # ...and an error otherwise.
+    big[0, 0, 0] = 1
+    write_labels(out, big, Volume(big, image.spacing, origin, image.direction), ["liver", "spleen"])
+    with pytest.raises(PairSegInputError, match="outside"):
+        read_label(out, ["liver", "spleen"], reference=image)
+    # A fractional-voxel shift is an error too.
+    origin = tuple(image.ijk_to_lps() @ np.array((0.5, 0, 0, 1)))[:3]
+    write_labels(out, labels, Volume(labels, image.spacing, origin, image.direction), ["liver", "spleen"])
+    with pytest.raises(PairSegInputError, match="fraction"):
+        read_label(out, ["liver", "spleen"], reference=image)
+
+
+def test_label_geometry_mismatch_is_an_error(tmp_path):
+    image = _volume(DIRECTIONS["chaos"])
+    other = Volume(image.array, (0.7, 1.3, 5.0), image.origin, image.direction)
+    out = tmp_path / "lab.nii.gz"
+    write_labels(out, _labels(), other)
+    with pytest.raises(PairSegInputError, match=r"lab\.nii\.gz.*geometry differs"):
+        read_label(out, reference=image)
+    flipped = Volume(image.array, image.spacing, image.origin, np.diag([1.0, 1.0, 1.0]).ravel())
+    write_labels(out, _labels(), flipped)
+    with pytest.raises(PairSegInputError, match="geometry"):
+        read_label(out, reference=image)
+    seg = tmp_path / "lab.seg.nrrd"
+    write_labels(seg, _labels(), other, ["a", "b", "c"])
+    with pytest.raises(PairSegInputError, match="geometry"):
+        read_label(seg, reference=image)
+
+
+def test_plain_label_class_checks(tmp_path):
+    image = _volume(DIRECTIONS["chaos"])
+    out = tmp_path / "lab.nrrd"
+    write_labels(out, _labels(), image)
+    labels, names = read_label(out)
+    assert names == ["label_1", "label_2", "label_3"]
+    with pytest.raises(PairSegInputError, match="exceeds"):
+        read_label(out, ["liver", "spleen"])
+    # A float image is not a label map.
+    write_volume(tmp_path / "img.nrrd", image)
+    with pytest.raises(PairSegInputError, match="non-integer"):
+        read_label(tmp_path / "img.nrrd")
+
+
+def test_read_errors_name_the_file(tmp_path):
+    with pytest.raises(PairSegInputError, match="missing.nii.gz.*not found"):
+        read_volume(tmp_path / "missing.nii.gz")
+    with pytest.raises(PairSegInputError, match="not found"):
+        read_label(tmp_path / "missing.seg.nrrd")
+    garbage = tmp_path / "garbage.nii.gz"
+    garbage.write_bytes(b"this is not an image" * 10)
+    with pytest.raises(PairSegInputError, match="garbage.nii.gz"):
+        read_volume(garbage)
+    bad_seg = tmp_path / "bad.seg.nrrd"
+    bad_seg.write_bytes(b"NRRD0004\nnonsense\n")
+    with pytest.raises(PairSegInputError, match="bad.seg.nrrd"):
+        read_label(bad_seg)
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.Image(8, 8, sitk.sitkFloat32), str(flat))
+    with pytest.raises(PairSegInputError, match="flat.nii.gz.*2D"):
+        read_volume(flat)
+    four = tmp_path / "four.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([sitk.Image(4, 4, 3, sitk.sitkFloat32)] * 2), str(four))
+    with pytest.raises(PairSegInputError, match="four.nii.gz.*4D"):
+        read_volume(four)
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    with pytest.raises(PairSegInputError, match="no DICOM"):
+        read_volume(empty_dir)
+    assert issubclass(PairSegInputError, ValueError)
+
+
+def test_writes_are_atomic(tmp_path, monkeypatch):
+    image = _volume(DIRECTIONS["oblique"])
+    out = tmp_path / "result.nii.gz"
+    write_labels(out, _labels(), image)
+    before = out.read_bytes()
+
+    def failing_write(img, path, *args):
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(io.sitk, "WriteImage", failing_write)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_labels(out, np.zeros(image.shape, np.uint8), image)
+    with pytest.raises(RuntimeError):
+        write_volume(tmp_path / "new.nrrd", image)
+    assert out.read_bytes() == before  # old result intact
+    assert sorted(os.listdir(tmp_path)) == ["result.nii.gz"]  # no partial or temporary file
+
+
+def test_write_labels_rejects_bad_input(tmp_path):
+    image = _volume(DIRECTIONS["oblique"])
+    with pytest.raises(ValueError, match="shape"):
+        write_labels(tmp_path / "x.nii.gz", np.zeros((2, 2, 2), np.uint8), image)
+    with pytest.raises(ValueError, match="unsupported"):
+        write_labels(tmp_path / "x.png", _labels(), image)
+    with pytest.raises(ValueError, match="exceeds"):
+        write_labels(tmp_path / "x.seg.nrrd", _labels(), image, ["a"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_probability_volume_as_vector_image(tmp_path):
+    image = _volume(DIRECTIONS["oblique"])
+    probs = np.random.default_rng(1).random((2,) + image.shape).astype(np.float32)
+    out = tmp_path / "probs.nrrd"
+    write_volume(out, image.like(probs))
+    back = sitk.ReadImage(str(out))
+    assert back.GetNumberOfComponentsPerPixel() == 2
+    np.testing.assert_allclose(np.moveaxis(sitk.GetArrayFromImage(back), -1, 0), probs)
