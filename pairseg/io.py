@@ -34,6 +34,7 @@ __all__ = [
     "same_geometry",
     "read_volume",
     "read_label",
+    "read_label_volume",
     "write_labels",
     "write_volume",
     "default_colors",
@@ -109,10 +110,17 @@ class Volume:
         return (self.spacing[2], self.spacing[1], self.spacing[0])
 
     def like(self, array: np.ndarray) -> "Volume":
-        """A new Volume holding ``array`` with this volume's geometry (``path`` is not copied)."""
+        """A new Volume holding ``array`` with this volume's geometry (``path`` is not copied).
+
+        ``array`` is (z, y, x) like this volume, or (z, y, x, C) for a multi-component image
+        (components last, as SimpleITK's ``GetArrayFromImage`` gives a vector image).
+        """
         array = np.asarray(array)
-        if array.shape[-3:] != self.array.shape[-3:]:
-            raise ValueError(f"Volume.like: array shape {array.shape} does not match volume shape {self.shape}")
+        if array.shape[:3] != self.array.shape[:3] or array.ndim not in (3, 4):
+            raise ValueError(
+                f"Volume.like: array shape {array.shape} does not fit volume shape {self.shape} "
+                "((z, y, x) or (z, y, x, C) expected)"
+            )
         return Volume(array, self.spacing, self.origin, self.direction, None)
 
     def ijk_to_lps(self) -> np.ndarray:
@@ -123,16 +131,16 @@ class Volume:
         return matrix
 
     def to_sitk(self) -> sitk.Image:
-        """SimpleITK image with this geometry (a 4D array (C, z, y, x) becomes a vector image)."""
+        """SimpleITK image with this geometry (a 4D array (z, y, x, C) becomes a vector image)."""
         array = self.array
         if array.dtype == bool:
             array = array.astype(np.uint8)
         if array.ndim == 3:
             image = sitk.GetImageFromArray(array)
         elif array.ndim == 4:
-            image = sitk.GetImageFromArray(np.ascontiguousarray(np.moveaxis(array, 0, -1)), isVector=True)
+            image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=True)
         else:
-            raise ValueError(f"Volume.to_sitk needs a 3D (or 4D component-first) array, got shape {array.shape}")
+            raise ValueError(f"Volume.to_sitk needs a 3D (or 4D components-last) array, got shape {array.shape}")
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)
         image.SetDirection(self.direction)
@@ -164,7 +172,7 @@ def same_geometry(a: Volume, b: Volume, tol: float = 1e-4) -> bool:
     and origin), which absorbs the float32 rounding of NIfTI headers.
     """
     return (
-        a.array.shape[-3:] == b.array.shape[-3:]
+        a.array.shape[:3] == b.array.shape[:3]
         and _close(a.spacing, b.spacing, tol)
         and _close(a.origin, b.origin, tol)
         and _close(a.direction, b.direction, tol)
@@ -175,7 +183,7 @@ def _geometry_text(v: Volume) -> str:
     def fmt(values: Sequence[float]) -> str:
         return "(" + ", ".join(f"{x:.6g}" for x in values) + ")"
 
-    return f"shape {v.shape[-3:]}, spacing {fmt(v.spacing)}, origin {fmt(v.origin)}, direction {fmt(v.direction)}"
+    return f"shape {v.shape[:3]}, spacing {fmt(v.spacing)}, origin {fmt(v.origin)}, direction {fmt(v.direction)}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,6 +296,21 @@ def read_label(
 ) -> tuple[np.ndarray, list[str]]:
     """Read a label map as (labels (z, y, x) uint8/uint16/int32, class names).
 
+    The array of :func:`read_label_volume`, which documents the rules.
+    """
+    volume, names = read_label_volume(path, class_names, reference)
+    return volume.array, names
+
+
+def read_label_volume(
+    path: PathLike,
+    class_names: Optional[Sequence[str]] = None,
+    reference: Optional[Volume] = None,
+) -> tuple[Volume, list[str]]:
+    """Read a label map with its geometry as (Volume of labels uint8/uint16/int32, class names).
+
+    The Volume has ``reference``'s geometry when one is given, else the file's own.
+
     Plain label images (NIfTI, NRRD, MHA): voxel values are class ids 0..K. Without
     ``class_names`` the classes are named ``label_1 .. label_K`` (K = largest value); with them, a
     value above ``len(class_names)`` is an error.
@@ -307,11 +330,13 @@ def read_label(
     image = _read_image(path)
     labels_volume = Volume.from_sitk(image, path)
     labels = _check_integral_labels(labels_volume.array, path)
-    if reference is not None and not same_geometry(labels_volume, reference):
-        raise PairSegInputError(
-            f"{path}: label geometry differs from its image {reference.path or ''}: "
-            f"labels {_geometry_text(labels_volume)}; image {_geometry_text(reference)}"
-        )
+    if reference is not None:
+        if not same_geometry(labels_volume, reference):
+            raise PairSegInputError(
+                f"{path}: label geometry differs from its image {reference.path or ''}: "
+                f"labels {_geometry_text(labels_volume)}; image {_geometry_text(reference)}"
+            )
+        labels_volume = Volume(labels, reference.spacing, reference.origin, reference.direction, str(path))
     max_value = int(labels.max()) if labels.size else 0
     if class_names is None:
         names = [f"label_{i}" for i in range(1, max_value + 1)]
@@ -321,7 +346,8 @@ def read_label(
             raise PairSegInputError(
                 f"{path}: label value {max_value} exceeds the {len(names)} classes {names}"
             )
-    return labels.astype(_label_dtype(max(max_value, len(names))), copy=False), names
+    labels_volume.array = labels.astype(_label_dtype(max(max_value, len(names))), copy=False)
+    return labels_volume, names
 
 
 def _geometry_from_matrix(ijk_to_lps: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
@@ -339,7 +365,7 @@ def _norm_name(name: str) -> str:
 
 def _read_segmentation(
     path: PathLike, class_names: Optional[Sequence[str]], reference: Optional[Volume]
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[Volume, list[str]]:
     import slicerio
 
     p = Path(path)
@@ -394,8 +420,9 @@ def _read_segmentation(
         raise PairSegInputError(f"{p}: segmentation has degenerate voxel axes") from None
     seg_volume = Volume(np.ascontiguousarray(labels_ijk.transpose(2, 1, 0)), spacing, origin, direction, str(p))
     if reference is None:
-        return seg_volume.array, names
-    return _place_into(seg_volume, reference), names
+        return seg_volume, names
+    placed = _place_into(seg_volume, reference)
+    return Volume(placed, reference.spacing, reference.origin, reference.direction, str(p)), names
 
 
 def _place_into(labels: Volume, reference: Volume, tol: float = 1e-4) -> np.ndarray:
@@ -418,7 +445,7 @@ def _place_into(labels: Volume, reference: Volume, tol: float = 1e-4) -> np.ndar
         )
     off = rounded.astype(int)[::-1]  # z, y, x
     src = labels.array
-    out = np.zeros(reference.array.shape[-3:], dtype=src.dtype)
+    out = np.zeros(reference.array.shape[:3], dtype=src.dtype)
     src_sl, dst_sl = [], []
     for axis in range(3):
         lo = max(0, off[axis])
@@ -486,7 +513,7 @@ def write_labels(
     if suffix not in LABEL_SUFFIXES:
         raise ValueError(f"{path}: unsupported label file type {suffix!r}; use one of {LABEL_SUFFIXES}")
     labels = np.asarray(labels)
-    if labels.shape != like.array.shape[-3:]:
+    if labels.shape != like.array.shape[:3]:
         raise ValueError(f"{path}: label shape {labels.shape} differs from the reference grid {like.shape}")
     labels = _check_integral_labels(labels, path)
     max_value = int(labels.max()) if labels.size else 0
@@ -540,7 +567,7 @@ def _write_segmentation(
 
 
 def write_volume(path: PathLike, volume: Volume) -> str:
-    """Write an image (float or integer; a 4D (C, z, y, x) array as a vector image) atomically."""
+    """Write an image (float or integer; a 4D (z, y, x, C) array as a vector image) atomically."""
     suffix = _suffix(path)
     if suffix not in IMAGE_SUFFIXES:
         raise ValueError(f"{path}: unsupported image file type {suffix!r}; use one of {IMAGE_SUFFIXES}")

@@ -11,7 +11,15 @@ import SimpleITK as sitk
 
 from pairseg import io
 from pairseg.errors import PairSegInputError
-from pairseg.io import Volume, read_label, read_volume, same_geometry, write_labels, write_volume
+from pairseg.io import (
+    Volume,
+    read_label,
+    read_label_volume,
+    read_volume,
+    same_geometry,
+    write_labels,
+    write_volume,
+)
 
 
 def _rotation(ax: float, az: float) -> np.ndarray:
@@ -324,9 +332,24 @@ def test_write_labels_rejects_bad_input(tmp_path):
 
 def test_probability_volume_as_vector_image(tmp_path):
     image = _volume(DIRECTIONS["oblique"])
-    probs = np.random.default_rng(1).random((2,) + image.shape).astype(np.float32)
+    probs = np.random.default_rng(1).random(image.shape + (2,)).astype(np.float32)  # z, y, x, K
     out = tmp_path / "probs.nrrd"
     write_volume(out, image.like(probs))
     back = sitk.ReadImage(str(out))
     assert back.GetNumberOfComponentsPerPixel() == 2
-    np.testing.assert_allclose(np.moveaxis(sitk.GetArrayFromImage(back), -1, 0), probs)
+    np.testing.assert_allclose(sitk.GetArrayFromImage(back), probs)
+    assert same_geometry(Volume.from_sitk(sitk.VectorIndexSelectionCast(back, 1)), image)
+    with pytest.raises(ValueError):
+        image.like(np.zeros((2,) + image.shape))  # components first is not accepted
+
+
+@pytest.mark.parametrize("suffix", [".seg.nrrd", ".nrrd"])
+def test_read_label_volume_carries_geometry(tmp_path, suffix):
+    image = _volume(DIRECTIONS["flipped"])
+    out = tmp_path / f"lab{suffix}"
+    write_labels(out, _labels(), image, ["a", "b", "c"])
+    volume, names = read_label_volume(out, ["a", "b", "c"])
+    assert same_geometry(volume, image) and volume.path == str(out)
+    np.testing.assert_array_equal(volume.array, _labels())
+    with_ref, _ = read_label_volume(out, ["a", "b", "c"], reference=image)
+    assert with_ref.spacing == image.spacing and with_ref.origin == image.origin
