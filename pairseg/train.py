@@ -338,7 +338,8 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
     if init_meta is not None:
         options = dict(init_meta.get("options", {}))
     else:
-        options = {"output_stride": config.output_stride}
+        uses_deeplab = arch == "deeplabv3plus" or (arch != "unet" and config.base == "deeplabv3plus")
+        options = {"output_stride": config.output_stride} if uses_deeplab else {}
         if arch == "c2fcn":
             options["aggregate"] = config.aggregate
         if arch in ("c2fcn", "cfcn", "siamfcn") and config.base != "deeplabv3plus":
