@@ -114,13 +114,12 @@ def test_volume_record_helpers():
     np.testing.assert_array_equal(again.array, vol.array)
 
 
-def _write_dicom_series(volume: Volume, folder: Path) -> None:
+def _write_dicom_series(volume: Volume, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.42") -> None:
     """Write ``volume`` as an MR DICOM series, one file per slice, with position/orientation tags."""
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     image = sitk.Cast(volume.to_sitk(), sitk.sitkInt16)
     d = volume.direction
     orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
-    series_uid = "1.2.826.0.1.3680043.2.1125.1.42"
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     for k in range(image.GetDepth()):
@@ -140,7 +139,7 @@ def _write_dicom_series(volume: Volume, folder: Path) -> None:
         }
         for key, value in tags.items():
             slice_.SetMetaData(key, value)
-        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
+        writer.SetFileName(str(folder / f"{series_uid[-2:]}_slice_{k:03d}.dcm"))
         writer.Execute(slice_)
 
 
@@ -153,6 +152,20 @@ def test_dicom_series(tmp_path):
     np.testing.assert_array_equal(back.array, vol.array)
     assert same_geometry(back, vol, tol=1e-4)
     np.testing.assert_allclose(_world(back, (9, 7, 5)), _world(vol, (9, 7, 5)), atol=1e-3)
+
+
+def test_dicom_folder_with_two_series(tmp_path):
+    first = _volume(np.eye(3), shape=(4, 5, 6), seed=1)
+    second = _volume(np.eye(3), shape=(3, 5, 6), seed=2)
+    first.array, second.array = np.round(first.array), np.round(second.array)
+    _write_dicom_series(first, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.51")
+    _write_dicom_series(second, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.52")
+    with pytest.raises(PairSegInputError, match=r"2 DICOM series.*1\.52"):
+        read_volume(tmp_path / "dicom")
+    back = read_volume(tmp_path / "dicom", series_id="1.2.826.0.1.3680043.2.1125.1.52")
+    np.testing.assert_array_equal(back.array, second.array)
+    with pytest.raises(PairSegInputError, match="no DICOM series 9.9"):
+        read_volume(tmp_path / "dicom", series_id="9.9")
 
 
 def test_seg_nrrd_names_colours_and_mapping(tmp_path):

