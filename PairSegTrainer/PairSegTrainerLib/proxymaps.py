@@ -1,0 +1,194 @@
+"""Proxy maps of a slice pair as MRML nodes: what C2FCN/CFCN are trained to see.
+
+For two labelled slices the ground truth of the proxy supervision is, per class k,
+AND_k = (a == k) & (b == k) and XOR_k = (a == k) ^ (b == k) (Wang et al. 2021, Sec. 3.1.2). The
+nodes hold them in slice A's geometry (one-slice volumes placed where slice A is), coloured as in
+the paper's Fig. 3: AND blue, XOR red. With a pairwise model, its predicted AND/XOR probability
+maps for the same pair are added (computed by the engine, torch imported at point of use).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+AND_COLOR = (0.16, 0.35, 1.0)     # blue
+XOR_COLOR = (1.0, 0.16, 0.16)     # red
+AND_VALUE, XOR_VALUE = 1, 2       # values of the combined overlay label map
+COLOR_TABLE_NAME = "PairSegProxyColors"
+
+
+def andXorArrays(labelA: np.ndarray, labelB: np.ndarray) -> tuple:
+    """(AND, XOR) of two label slices, over all classes: AND holds the class id k where both
+    slices are class k (the AND_k maps are disjoint, so nothing is lost), XOR is 1 where some
+    class is present in exactly one slice (any a != b with a or b in the foreground)."""
+    labelA = np.asarray(labelA)
+    labelB = np.asarray(labelB)
+    if labelA.shape != labelB.shape:
+        raise ValueError(f"label slices differ in shape: {labelA.shape} vs {labelB.shape}")
+    andMap = np.where((labelA == labelB) & (labelA > 0), labelA, 0).astype(np.uint8)
+    xorMap = ((labelA != labelB) & ((labelA > 0) | (labelB > 0))).astype(np.uint8)
+    return andMap, xorMap
+
+
+def proxyTargetStack(labelA: np.ndarray, labelB: np.ndarray, numClasses: int) -> np.ndarray:
+    """The engine's target layout ``(P, H, W)`` float32 (architecture.md, pairseg.proxy):
+    K == 1: [background in both, AND, XOR]; K > 1: [AND_1..AND_K, XOR_1..XOR_K]."""
+    a = np.asarray(labelA)
+    b = np.asarray(labelB)
+    ands = [((a == k) & (b == k)) for k in range(1, numClasses + 1)]
+    xors = [((a == k) ^ (b == k)) for k in range(1, numClasses + 1)]
+    if numClasses == 1:
+        stack = [~(ands[0] | xors[0]), ands[0], xors[0]]
+    else:
+        stack = ands + xors
+    return np.stack(stack).astype(np.float32)
+
+
+def resizeNearest(plane: np.ndarray, shape) -> np.ndarray:
+    """Nearest-neighbour resize of a 2-D array (used when slice B's size differs from A's)."""
+    plane = np.asarray(plane)
+    if plane.shape == tuple(shape):
+        return plane
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * plane.shape[0] / shape[0], plane.shape[0] - 1).astype(int)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * plane.shape[1] / shape[1], plane.shape[1] - 1).astype(int)
+    return plane[rows][:, cols]
+
+
+def labelledSlices(labels: np.ndarray) -> np.ndarray:
+    """Indices of the slices (axis 0) that hold any foreground."""
+    return np.flatnonzero(np.asarray(labels).reshape(labels.shape[0], -1).any(axis=1))
+
+
+def choosePair(labelledA, mode: str = "intra", offsets=(3, 5, 7), labelledB=None, seed: Optional[int] = 0):
+    """Pick (slice A, slice B) as the training sampler does.
+
+    ``intra``: slice A in the labelled range of volume A, slice B = A + an offset (or - the
+    offset, whichever stays in the labelled range). ``inter``: slice B at the same relative
+    position in volume B's labelled range. ``identical``: B = A. Deterministic for a seed."""
+    labelledA = np.asarray(labelledA)
+    if labelledA.size == 0:
+        raise ValueError("volume A has no labelled slice")
+    rng = np.random.default_rng(seed)
+    first, last = int(labelledA.min()), int(labelledA.max())
+    if mode == "identical":
+        sliceA = int(rng.integers(first, last + 1))
+        return sliceA, sliceA
+    if mode == "inter":
+        if labelledB is None or len(labelledB) == 0:
+            raise ValueError("an inter-patient pair needs a second volume with labelled slices")
+        labelledB = np.asarray(labelledB)
+        sliceA = int(rng.integers(first, last + 1))
+        relative = 0.5 if last == first else (sliceA - first) / (last - first)
+        firstB, lastB = int(labelledB.min()), int(labelledB.max())
+        return sliceA, int(round(firstB + relative * (lastB - firstB)))
+    if mode != "intra":
+        raise ValueError(f"unknown pair mode {mode!r} (intra, inter or identical)")
+    offsets = [int(o) for o in (offsets or (3,))]
+    offset = int(rng.choice(offsets))
+    if last - first < offset:
+        offset = max(1, last - first)
+    candidates = np.arange(first, last + 1)
+    sliceA = int(rng.choice(candidates))
+    if sliceA + offset <= last:
+        return sliceA, sliceA + offset
+    if sliceA - offset >= first:
+        return sliceA, sliceA - offset
+    return first, min(first + offset, last)
+
+
+@dataclass
+class ProxyMapsResult:
+    """Nodes made by ``PairSegTrainerLogic.proxyMaps`` and the arrays behind them."""
+
+    andNode: object = None             # label map, 1 where both slices have the same class
+    xorNode: object = None             # label map, 2 where exactly one slice has a class
+    overlayNode: object = None         # label map for display: 1 AND (blue), 2 XOR (red)
+    predictedAndNode: object = None    # scalar volume, model's AND probability (max over classes)
+    predictedXorNode: object = None    # scalar volume, model's XOR probability
+    predictedOverlayNode: object = None  # RGB vector volume: blue = AND, red = XOR probability
+    sliceA: int = 0
+    sliceB: int = 0
+    classNames: list = field(default_factory=list)
+    targets: Optional[np.ndarray] = None  # (P, H, W) engine target layout
+    andClasses: Optional[np.ndarray] = None  # (H, W) class id where both slices have that class
+
+    @property
+    def nodes(self) -> list:
+        return [n for n in (self.andNode, self.xorNode, self.overlayNode, self.predictedAndNode,
+                            self.predictedXorNode, self.predictedOverlayNode) if n is not None]
+
+
+def sliceGeometry(volumeNode, sliceIndex: int):
+    """IJK-to-RAS matrix (vtkMatrix4x4) of a one-slice volume placed at ``sliceIndex``."""
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    for row in range(3):
+        matrix.SetElement(row, 3, matrix.GetElement(row, 3) + sliceIndex * matrix.GetElement(row, 2))
+    return matrix
+
+
+def proxyColorTable(scene):
+    """The fixed colour table (0 transparent, 1 AND blue, 2 XOR red), made once per scene."""
+    nodes = scene.GetNodesByClassByName("vtkMRMLColorTableNode", COLOR_TABLE_NAME)
+    if nodes.GetNumberOfItems() > 0:
+        return nodes.GetItemAsObject(0)
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", COLOR_TABLE_NAME)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(3)
+    table.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+    table.SetColor(AND_VALUE, "AND", *AND_COLOR, 1.0)
+    table.SetColor(XOR_VALUE, "XOR", *XOR_COLOR, 1.0)
+    return table
+
+
+def sliceNode(scene, className: str, name: str, volumeNode, sliceIndex: int, plane: np.ndarray,
+              colorTable=None):
+    """A one-slice volume node holding ``plane`` (H, W[, 3]) at slice ``sliceIndex`` of the volume."""
+    import slicer
+
+    node = scene.AddNewNodeByClass(className, scene.GenerateUniqueName(name))
+    node.SetIJKToRASMatrix(sliceGeometry(volumeNode, sliceIndex))
+    node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    array = np.ascontiguousarray(plane[None])
+    slicer.util.updateVolumeFromArray(node, array)
+    node.CreateDefaultDisplayNodes()
+    display = node.GetDisplayNode()
+    if colorTable is not None and display is not None:
+        display.SetAndObserveColorNodeID(colorTable.GetID())
+    return node
+
+
+def setColorTable(node, colorTable) -> None:
+    display = node.GetDisplayNode()
+    if display is not None:
+        display.SetAndObserveColorNodeID(colorTable.GetID())
+
+
+def showInSliceViews(scene, backgroundNode, labelNode=None, foregroundNode=None,
+                     foregroundOpacity: float = 0.6, rasPoint=None) -> None:
+    """Put the nodes into every slice view (through the composite nodes, so it works with or
+    without the application) and move the views to ``rasPoint``."""
+    import slicer
+
+    composites = scene.GetNodesByClass("vtkMRMLSliceCompositeNode")
+    for index in range(composites.GetNumberOfItems()):
+        composite = composites.GetItemAsObject(index)
+        composite.SetBackgroundVolumeID(backgroundNode.GetID() if backgroundNode else None)
+        composite.SetLabelVolumeID(labelNode.GetID() if labelNode else None)
+        composite.SetForegroundVolumeID(foregroundNode.GetID() if foregroundNode else None)
+        composite.SetForegroundOpacity(foregroundOpacity if foregroundNode else 0.0)
+        composite.SetLabelOpacity(0.6)
+    if rasPoint is not None and composites.GetNumberOfItems() > 0:
+        slicer.vtkMRMLSliceNode.JumpAllSlices(scene, *[float(v) for v in rasPoint])
+
+
+def sliceCenterRas(volumeNode, sliceIndex: int):
+    dims = volumeNode.GetImageData().GetDimensions()
+    matrix = sliceGeometry(volumeNode, sliceIndex)
+    point = matrix.MultiplyPoint(((dims[0] - 1) / 2.0, (dims[1] - 1) / 2.0, 0.0, 1.0))
+    return point[:3]

@@ -1,0 +1,459 @@
+"""GUI wiring of the PairSegTrainer module (Qt only here; all work goes through the Logic).
+
+``TrainerPanel`` connects the widgets of ``Resources/UI/PairSegTrainer.ui`` to the parameter
+node and to ``PairSegTrainerLogic``; a QTimer polls the background job (the engine process) and
+moves its progress, ETA, log and curves into the GUI. The Train button turns into Stop while a
+run is active; a stopped run can be resumed from its checkpoint.
+"""
+
+import json
+import os
+import traceback
+
+import qt
+import slicer
+
+from . import config as configModule
+from . import job as jobModule
+from .trainingset import IGNORE, TrainingItem, normalizeName, segmentNames
+
+POLL_MS = 500
+
+
+class TrainerPanel:
+    def __init__(self, ui, logic, parameterClass, moduleWidget):
+        self.ui = ui
+        self.logic = logic
+        self.parameterClass = parameterClass
+        self.moduleWidget = moduleWidget
+        self._parameterNode = None
+        self._guiObserver = None
+        self._nodeObserverTag = None
+        self.job = None
+        self.lastTrainingJob = None
+        self.segmentJob = None
+        self.timer = qt.QTimer()
+        self.timer.setInterval(POLL_MS)
+        self.timer.connect("timeout()", self.onTimer)
+        self._fillCombos()
+        self._connect()
+        self.initializeParameterNode()
+        self.updateGui()
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _fillCombos(self):
+        ui = self.ui
+        for name, label in configModule.ARCHITECTURES:
+            ui.architectureComboBox.addItem(label, name)
+        for modality in configModule.MODALITIES:
+            ui.modalityComboBox.addItem(modality, modality)
+        for mode in configModule.PAIR_MODES:
+            ui.pairModeComboBox.addItem(mode, mode)
+        self.fillDevices(probe=False)
+
+    def fillDevices(self, probe):
+        combo = self.ui.deviceComboBox
+        current = combo.currentData if combo.count else "auto"
+        combo.clear()
+        for value, label in self.logic.listDevices(probe=probe):
+            combo.addItem(label, value)
+        index = combo.findData(current)
+        combo.setCurrentIndex(max(index, 0))
+        gpus = sum(1 for i in range(combo.count) if str(combo.itemData(i)).startswith("cuda"))
+        self.ui.gpusSpinBox.setMaximum(max(1, gpus) if probe else 64)
+
+    def _connect(self):
+        ui = self.ui
+        ui.addCaseButton.connect("clicked()", self.onAddCase)
+        ui.removeCaseButton.connect("clicked()", self.onRemoveCases)
+        ui.trainButton.connect("clicked()", self.onTrainOrStop)
+        ui.resumeButton.connect("clicked()", self.onResume)
+        ui.refreshDevicesButton.connect("clicked()", lambda: self.fillDevices(probe=True))
+        ui.mappingTable.connect("cellChanged(int,int)", self.onMappingEdited)
+        ui.classesLineEdit.connect("editingFinished()", self.refreshMapping)
+        ui.segmentNewButton.connect("clicked()", self.onSegmentNew)
+        ui.addCorrectedButton.connect("clicked()", self.onAddCorrected)
+        ui.fineTuneButton.connect("clicked()", self.onFineTune)
+        ui.pickIntraPairButton.connect("clicked()", lambda: self.onPickPair("intra"))
+        ui.pickInterPairButton.connect("clicked()", lambda: self.onPickPair("inter"))
+        ui.showProxyButton.connect("clicked()", self.onShowProxy)
+        for combo, name in ((ui.architectureComboBox, "arch"), (ui.modalityComboBox, "modality"),
+                            (ui.pairModeComboBox, "pairMode"), (ui.deviceComboBox, "device")):
+            combo.connect("currentIndexChanged(int)", lambda _i, c=combo, n=name: self._setParameter(n, c.currentData))
+        ui.stepsRadioButton.connect("toggled(bool)", lambda on: self._setParameter("useSteps", bool(on)))
+        for edit, name in ((ui.outputFolderPathLineEdit, "outputFolder"), (ui.initFromPathLineEdit, "initFrom"),
+                           (ui.currentModelPathLineEdit, "currentModel"), (ui.proxyModelPathLineEdit, "proxyModel")):
+            edit.connect("currentPathChanged(QString)", lambda path, n=name: self._setParameter(n, path))
+        self.moduleWidget.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.moduleWidget.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+    # -- parameter node ----------------------------------------------------------------------
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.parameterClass(self.logic.getParameterNode()))
+
+    def setParameterNode(self, parameterNode):
+        if self._parameterNode and self._guiObserver is not None:
+            self._parameterNode.disconnectGui(self._guiObserver)
+        if self._nodeObserverTag is not None and self._parameterNode:
+            self._parameterNode.parameterNode.RemoveObserver(self._nodeObserverTag)
+        self._parameterNode = parameterNode
+        if parameterNode:
+            self._guiObserver = parameterNode.connectGui(self.ui)
+            self._nodeObserverTag = parameterNode.parameterNode.AddObserver(
+                "ModifiedEvent", lambda *args: self.updateGui())
+            self._loadManualWidgets()
+
+    @property
+    def node(self):
+        return self._parameterNode.parameterNode
+
+    def _setParameter(self, name, value):
+        if self._parameterNode is not None and value is not None:
+            setattr(self._parameterNode, name, value)
+
+    def _loadManualWidgets(self):
+        p = self._parameterNode
+        ui = self.ui
+        for combo, value in ((ui.architectureComboBox, p.arch), (ui.modalityComboBox, p.modality),
+                             (ui.pairModeComboBox, p.pairMode), (ui.deviceComboBox, p.device)):
+            index = combo.findData(value)
+            if index >= 0:
+                combo.setCurrentIndex(index)
+        ui.stepsRadioButton.setChecked(bool(p.useSteps))
+        ui.epochsRadioButton.setChecked(not p.useSteps)
+        ui.outputFolderPathLineEdit.currentPath = p.outputFolder or os.path.join(os.path.expanduser("~"), "PairSeg")
+        ui.initFromPathLineEdit.currentPath = p.initFrom
+        ui.currentModelPathLineEdit.currentPath = p.currentModel
+        ui.proxyModelPathLineEdit.currentPath = p.proxyModel
+
+    def enter(self):
+        if self._parameterNode is None:
+            self.initializeParameterNode()
+        self.updateGui()
+
+    def exit(self):
+        pass
+
+    def cleanup(self):
+        self.timer.stop()
+        if self.job is not None and self.job.running:
+            self.job.stop()
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event):
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        self.initializeParameterNode()
+
+    # -- training set ------------------------------------------------------------------------
+
+    def items(self):
+        return self.logic.trainingItems(self.node) if self._parameterNode else []
+
+    def mapping(self):
+        try:
+            value = json.loads(self._parameterNode.mapping or "{}")
+            return value if isinstance(value, dict) else {}
+        except ValueError:
+            return {}
+
+    def classNames(self):
+        text = (self._parameterNode.classNames or "").strip()
+        if not text:
+            return None
+        return [name.strip() for name in text.split(",") if name.strip()]
+
+    def onAddCase(self):
+        volume = self.ui.volumeSelector.currentNode()
+        segmentation = self.ui.segmentationSelector.currentNode()
+        if volume is None:
+            slicer.util.errorDisplay("Select a volume first.")
+            return
+        if segmentation is None:
+            slicer.util.errorDisplay(f"Volume '{volume.GetName()}' has no segmentation selected: "
+                                     "pick the segmentation that annotates it.")
+            return
+        self.logic.addToTrainingSet(self.node, volume, segmentation)
+        self.updateGui()
+
+    def onRemoveCases(self):
+        rows = sorted({index.row() for index in self.ui.trainingTable.selectedIndexes()}, reverse=True)
+        items = self.items()
+        for row in rows:
+            if 0 <= row < len(items):
+                del items[row]
+        self.logic.setTrainingItems(self.node, items)
+        self.updateGui()
+
+    def refreshTrainingTable(self):
+        table = self.ui.trainingTable
+        items = self.items()
+        classNames = self.classNames()
+        report = None
+        try:
+            report = self.logic.classReport([i for i in items if i.segmentationNode], classNames, self.mapping())
+        except Exception:
+            report = None
+        table.setRowCount(len(items))
+        for row, item in enumerate(items):
+            status = "no segmentation"
+            if item.segmentationNode is not None and report is not None:
+                assigned = report.assignments.get(item.name, {})
+                unknown = report.unknown.get(item.name, [])
+                status = ", ".join(f"{s} \u2192 {c or 'ignored'}" for s, c in assigned.items())
+                if unknown:
+                    status += ("; " if status else "") + "UNKNOWN: " + ", ".join(unknown)
+            for column, text in enumerate((item.volumeNode.GetName() if item.volumeNode else "(missing)",
+                                           item.segmentationNode.GetName() if item.segmentationNode else "(none)",
+                                           status)):
+                cell = qt.QTableWidgetItem(text)
+                cell.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
+                if column == 2 and "UNKNOWN" in text:
+                    cell.setForeground(qt.QBrush(qt.QColor("red")))
+                table.setItem(row, column, cell)
+
+    def refreshMapping(self):
+        table = self.ui.mappingTable
+        items = [i for i in self.items() if i.segmentationNode is not None]
+        names = []
+        for item in items:
+            for name in segmentNames(item.segmentationNode):
+                if name not in names:
+                    names.append(name)
+        classNames = self.classNames()
+        mapping = self.mapping()
+        from .trainingset import classesFromSegments, matchClass
+
+        classes = classNames if classNames is not None else classesFromSegments(items, mapping)
+        table.blockSignals(True)
+        table.setRowCount(len(names))
+        unknown = []
+        for row, name in enumerate(names):
+            target = matchClass(name, classes, mapping)
+            nameCell = qt.QTableWidgetItem(name)
+            nameCell.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
+            text = "ignore" if target == IGNORE else (target or "")
+            classCell = qt.QTableWidgetItem(text)
+            if target is None or (target != IGNORE and normalizeName(target) not in {normalizeName(c) for c in classes}):
+                unknown.append(name)
+                classCell.setBackground(qt.QBrush(qt.QColor(255, 200, 200)))
+            table.setItem(row, 0, nameCell)
+            table.setItem(row, 1, classCell)
+        table.blockSignals(False)
+        self.ui.mappingStatusLabel.text = (
+            ("Unknown segment names (map them to a class or 'ignore'): " + ", ".join(unknown)) if unknown
+            else (f"Classes: {', '.join(classes)}" if classes else ""))
+
+    def onMappingEdited(self, row, column):
+        if column != 1:
+            return
+        name = self.ui.mappingTable.item(row, 0).text()
+        value = self.ui.mappingTable.item(row, 1).text().strip()
+        mapping = self.mapping()
+        if value.lower() == "ignore":
+            mapping[name] = IGNORE
+        elif value:
+            mapping[name] = value
+        else:
+            mapping.pop(name, None)
+        self._parameterNode.mapping = json.dumps(mapping)
+        self.updateGui()
+
+    # -- GUI state ---------------------------------------------------------------------------
+
+    def updateGui(self):
+        if self._parameterNode is None:
+            return
+        running = self.job is not None and self.job.running
+        self.ui.trainButton.text = "Stop" if running else "Train"
+        self.ui.trainButton.enabled = running or bool(self.items())
+        last = self.lastTrainingJob
+        self.ui.resumeButton.enabled = (not running) and last is not None and last.resumable
+        self.ui.epochsSpinBox.enabled = not self._parameterNode.useSteps
+        self.ui.stepsSpinBox.enabled = bool(self._parameterNode.useSteps)
+        self.ui.fineTuneButton.enabled = not running and bool(self._parameterNode.currentModel) and bool(self.items())
+        self.ui.segmentNewButton.enabled = not running and bool(self._parameterNode.currentModel)
+        self.refreshTrainingTable()
+        self.refreshMapping()
+
+    def _trainingSetFolder(self, name):
+        return os.path.join(self._outputFolder(), f"{name}-trainingset")
+
+    def _outputFolder(self):
+        return self._parameterNode.outputFolder or os.path.join(os.path.expanduser("~"), "PairSeg")
+
+    def buildConfig(self, dataFolder):
+        p = self._parameterNode
+        name = (p.outputName or "pairseg-model").removesuffix(configModule.MODEL_SUFFIX)
+        return configModule.TrainingConfig(
+            dataFolder=dataFolder, outputModel=os.path.join(self._outputFolder(), name + configModule.MODEL_SUFFIX),
+            arch=p.arch, epochs=None if p.useSteps else p.epochs, steps=p.steps if p.useSteps else None,
+            size=p.size, batchSize=p.batchSize, learningRate=p.learningRate, device=p.device or "auto",
+            gpus=p.gpus, valFraction=p.valFraction, pairMode=p.pairMode,
+            offsets=configModule.parseOffsets(p.offsets), interRepeats=p.interRepeats, initFrom=p.initFrom or "")
+
+    # -- train / stop / resume ---------------------------------------------------------------
+
+    def onTrainOrStop(self):
+        if self.job is not None and self.job.running:
+            self.job.stop()
+            self.ui.statusLabel.text = "Stopping (the engine saves a resumable checkpoint)..."
+            return
+        try:
+            name = (self._parameterNode.outputName or "pairseg-model").removesuffix(configModule.MODEL_SUFFIX)
+            folder = self._trainingSetFolder(name)
+            self.ui.statusLabel.text = "Exporting the training set..."
+            slicer.app.processEvents()
+            self.logic.exportTrainingSet(self.items(), folder, classNames=self.classNames(),
+                                         mapping=self.mapping(), modality=self._parameterNode.modality)
+            self._startJob(self.logic.startTraining(self.buildConfig(folder), modelName=name))
+        except Exception as error:
+            self._showError("Training could not start", error)
+
+    def onResume(self):
+        try:
+            self._startJob(self.logic.resumeTraining(self.lastTrainingJob))
+        except Exception as error:
+            self._showError("Training could not resume", error)
+
+    def _startJob(self, job):
+        self.job = job
+        if isinstance(job, _trainingJobClass()):
+            self.lastTrainingJob = job
+        job.onLog = lambda _job, line: self.ui.logTextEdit.appendPlainText(line)
+        for line in job.log:
+            self.ui.logTextEdit.appendPlainText(line)
+        self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = f"{job.name.capitalize()} running..."
+        if getattr(job, "plots", None) is not None:
+            job.updatePlots(force=True)
+            job.plots.show()
+        self.timer.start()
+        self.updateGui()
+
+    def onTimer(self):
+        job = self.job
+        if job is None:
+            self.timer.stop()
+            return
+        try:
+            running = job.poll()
+        except Exception as error:
+            running = False
+            self._showError("Error while following the engine", error)
+        self.ui.progressBar.value = int(round(100 * job.fraction))
+        if running:
+            parts = [f"{job.name.capitalize()}: {100 * job.fraction:.0f} %"]
+            if job.step is not None and job.total:
+                parts.append(f"step {job.step}/{job.total}")
+            if job.epoch is not None:
+                parts.append(f"epoch {job.epoch}")
+            if job.loss is not None:
+                parts.append(f"loss {job.loss:.4f}")
+            parts.append(f"ETA {jobModule.formatDuration(job.etaSeconds)}")
+            self.ui.statusLabel.text = ", ".join(parts)
+            return
+        self.timer.stop()
+        if job.state == jobModule.FINISHED:
+            modelPath = getattr(job, "modelPath", None)
+            self.ui.statusLabel.text = (f"Finished in {jobModule.formatDuration(job.elapsedSeconds)}"
+                                        + (f": {modelPath} (registered for PairSeg)" if modelPath else "."))
+            if modelPath:
+                self._parameterNode.currentModel = modelPath
+                self.ui.currentModelPathLineEdit.currentPath = modelPath
+        elif job.state == jobModule.STOPPED:
+            self.ui.statusLabel.text = "Stopped. Press Resume to continue from the checkpoint."
+        else:
+            self.ui.statusLabel.text = f"Failed: {job.errorMessage}"
+            slicer.util.errorDisplay(f"{job.name.capitalize()} failed:\n{job.errorMessage}")
+        self.updateGui()
+
+    # -- annotate then retrain ---------------------------------------------------------------
+
+    def onSegmentNew(self):
+        volume = self.ui.newVolumeSelector.currentNode()
+        if volume is None:
+            slicer.util.errorDisplay("Select the new volume to segment.")
+            return
+        try:
+            job = self.logic.segmentVolume(volume, self._parameterNode.currentModel,
+                                           device=self._parameterNode.device or "auto",
+                                           onFinished=self._onSegmented)
+            self._startJob(job)
+        except Exception as error:
+            self._showError("Segmentation could not start", error)
+
+    def _onSegmented(self, job):
+        if job.state == jobModule.FINISHED and job.segmentationNode is not None:
+            self.ui.segmentationSelector.setCurrentNode(job.segmentationNode)
+            self.ui.volumeSelector.setCurrentNode(self.ui.newVolumeSelector.currentNode())
+            self.ui.logTextEdit.appendPlainText(
+                f"Created '{job.segmentationNode.GetName()}': correct it in the Segment Editor, then "
+                "press 'Add corrected case to training set'.")
+
+    def onAddCorrected(self):
+        volume = self.ui.newVolumeSelector.currentNode() or self.ui.volumeSelector.currentNode()
+        segmentation = self.ui.segmentationSelector.currentNode()
+        if volume is None or segmentation is None:
+            slicer.util.errorDisplay("Select the corrected volume and its segmentation.")
+            return
+        self.logic.addToTrainingSet(self.node, volume, segmentation)
+        self.updateGui()
+
+    def onFineTune(self):
+        if self.job is not None and self.job.running:
+            return
+        try:
+            baseModel = self._parameterNode.currentModel
+            base = os.path.basename(baseModel).removesuffix(configModule.MODEL_SUFFIX)
+            folder = self._trainingSetFolder(base + "-finetune")
+            job = self.logic.fineTune(self.items(), baseModel, folder, mapping=self.mapping(),
+                                      device=self._parameterNode.device or "auto",
+                                      batchSize=self._parameterNode.batchSize)
+            self._startJob(job)
+        except Exception as error:
+            self._showError("Fine-tuning could not start", error)
+
+    # -- proxy maps --------------------------------------------------------------------------
+
+    def onPickPair(self, mode):
+        ui = self.ui
+        try:
+            sliceA, sliceB = self.logic.pickProxyPair(
+                ui.proxyVolumeASelector.currentNode(), ui.proxySegmentationASelector.currentNode(),
+                ui.proxyVolumeBSelector.currentNode(), ui.proxySegmentationBSelector.currentNode(),
+                mode=mode, offsets=self._parameterNode.offsets, seed=None,
+                modality=self._parameterNode.modality, classNames=self.classNames(), mapping=self.mapping())
+            self._parameterNode.proxySliceA = sliceA
+            self._parameterNode.proxySliceB = sliceB
+        except Exception as error:
+            self._showError("Could not pick a pair", error)
+
+    def onShowProxy(self):
+        ui = self.ui
+        try:
+            volumeB = ui.proxyVolumeBSelector.currentNode()
+            self.logic.proxyMaps(ui.proxyVolumeASelector.currentNode(), self._parameterNode.proxySliceA,
+                                 ui.proxySegmentationASelector.currentNode(), volumeB,
+                                 self._parameterNode.proxySliceB,
+                                 ui.proxySegmentationBSelector.currentNode() if volumeB else None,
+                                 model=self._parameterNode.proxyModel or None, classNames=self.classNames(),
+                                 mapping=self.mapping())
+        except Exception as error:
+            self._showError("Could not make the proxy maps", error)
+
+    def _showError(self, title, error):
+        self.ui.statusLabel.text = f"{title}: {error}"
+        self.ui.logTextEdit.appendPlainText(f"{title}: {error}")
+        if not isinstance(error, (ValueError, jobModule.JobError)):
+            self.ui.logTextEdit.appendPlainText(traceback.format_exc())
+        slicer.util.errorDisplay(f"{title}:\n{error}")
+
+
+def _trainingJobClass():
+    from .logic import TrainingJob
+
+    return TrainingJob
