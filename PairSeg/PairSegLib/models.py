@@ -1,0 +1,207 @@
+"""Model files seen from Slicer: metadata without torch, and the shared model registry.
+
+``readModelMetadata(path)`` reads the JSON metadata of a ``.pairseg`` model file (a PyTorch zip
+archive) WITHOUT importing torch: the archive's pickle is read with an unpickler that builds
+nothing but placeholders for tensors (no code can run), so the module can describe a model
+before torch is installed.
+
+``ModelRegistry`` is the list of models the user has registered (the PairSegTrainer module
+registers each model it trains) and of recently used model files. It is one JSON file in the
+user's PairSeg folder, shared by both modules::
+
+    {"format": "pairseg-model-registry", "version": 1,
+     "models": [{"path": "/abs/model.pairseg", "name": "...", "source": "trainer", "registered": "ISO time"}],
+     "recent": ["/abs/model.pairseg", ...]}
+
+The folder is ``$PAIRSEG_USER_DIR`` when set, else ``~/.pairseg``. Writes are atomic.
+"""
+
+import collections
+import json
+import os
+import pickle
+import tempfile
+import time
+import zipfile
+
+MODEL_FORMAT = "pairseg-model"
+MODEL_SUFFIX = ".pairseg"
+REGISTRY_FORMAT = "pairseg-model-registry"
+MAX_RECENT = 10
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, unreadable or not a PairSeg model."""
+
+
+class _Placeholder:
+    """Stands for torch objects (tensors, storages) inside the pickle; holds nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Placeholder()
+
+    def __setstate__(self, state):
+        pass
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Only OrderedDict and inert placeholders may be built: safe on untrusted files."""
+
+    def find_class(self, module, name):
+        if module == "collections" and name == "OrderedDict":
+            return collections.OrderedDict
+        if module == "torch" or module.startswith("torch."):
+            return _Placeholder
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in model file")
+
+    def persistent_load(self, pid):
+        return None
+
+
+def readModelMetadata(path):
+    """The metadata dict of a PairSeg model file; ModelFileError with a clear message otherwise."""
+    path = os.fspath(path)
+    if not path:
+        raise ModelFileError("No model file selected.")
+    if not os.path.isfile(path):
+        raise ModelFileError(f"Model file not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickleNames = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            if not pickleNames:
+                raise ModelFileError(f"{path}: not a PairSeg model file (no data record)")
+            with archive.open(pickleNames[0]) as stream:
+                payload = _MetadataUnpickler(stream).load()
+    except ModelFileError:
+        raise
+    except Exception as error:
+        raise ModelFileError(f"{path}: not a readable PairSeg model file (corrupt or another format: "
+                             f"{type(error).__name__})") from error
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path}: not a PairSeg model file")
+    try:
+        metadata = json.loads(payload["metadata"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: model metadata is missing or corrupt") from error
+    if not isinstance(metadata, dict) or not metadata.get("class_names"):
+        raise ModelFileError(f"{path}: model metadata has no class names")
+    return metadata
+
+
+def describeModel(metadata):
+    """Short human-readable lines: classes, modality, architecture, training data, validation Dice."""
+    lines = []
+    names = list(metadata.get("class_names") or [])
+    lines.append("Classes: " + (", ".join(names) if names else "?"))
+    lines.append(f"Modality: {metadata.get('modality', '?')}    Architecture: {metadata.get('arch', '?')}"
+                 f"    Input size: {metadata.get('size', '?')}")
+    training = metadata.get("training") or {}
+    if training:
+        cases = training.get("cases")
+        caseCount = len(cases) if isinstance(cases, (list, tuple)) else cases
+        parts = []
+        if caseCount is not None:
+            parts.append(f"{caseCount} case(s)")
+        if training.get("slices") is not None:
+            parts.append(f"{training['slices']} slices")
+        if training.get("pairs") is not None:
+            parts.append(f"{training['pairs']} pairs")
+        lines.append("Training data: " + (", ".join(parts) if parts else "recorded"))
+    validation = metadata.get("validation") or {}
+    dice = validation.get("dice") if isinstance(validation, dict) else None
+    meanDice = validation.get("mean_dice") if isinstance(validation, dict) else None
+    if isinstance(dice, dict) and dice:
+        perClass = ", ".join(f"{k} {v:.3f}" for k, v in dice.items() if isinstance(v, (int, float)))
+        lines.append(f"Validation Dice: {meanDice:.3f} ({perClass})" if isinstance(meanDice, (int, float))
+                     else f"Validation Dice: {perClass}")
+    elif isinstance(meanDice, (int, float)):
+        lines.append(f"Validation Dice: {meanDice:.3f}")
+    else:
+        lines.append("Validation Dice: not recorded")
+    return lines
+
+
+def userFolder():
+    """The user's PairSeg folder ($PAIRSEG_USER_DIR, else ~/.pairseg)."""
+    return os.environ.get("PAIRSEG_USER_DIR") or os.path.join(os.path.expanduser("~"), ".pairseg")
+
+
+def defaultRegistryPath():
+    return os.path.join(userFolder(), "registered_models.json")
+
+
+class ModelRegistry:
+    """Registered and recently used model files (see module docstring for the JSON format)."""
+
+    def __init__(self, path=None):
+        self.path = os.fspath(path) if path else defaultRegistryPath()
+
+    def _load(self):
+        try:
+            with open(self.path, encoding="utf-8") as stream:
+                data = json.load(stream)
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict) or data.get("format") != REGISTRY_FORMAT:
+            data = {}
+        data.setdefault("format", REGISTRY_FORMAT)
+        data.setdefault("version", 1)
+        data["models"] = [m for m in data.get("models", []) if isinstance(m, dict) and m.get("path")]
+        data["recent"] = [p for p in data.get("recent", []) if isinstance(p, str)]
+        return data
+
+    def _save(self, data):
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".registry-", suffix=".json", dir=folder)
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                json.dump(data, stream, indent=2)
+            os.replace(temporary, self.path)
+        except BaseException:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+            raise
+
+    def registeredModels(self, existingOnly=True):
+        models = self._load()["models"]
+        return [m for m in models if not existingOnly or os.path.isfile(m["path"])]
+
+    def registerModel(self, path, name=None, source="trainer"):
+        path = os.path.abspath(os.fspath(path))
+        data = self._load()
+        data["models"] = [m for m in data["models"] if os.path.abspath(m["path"]) != path]
+        data["models"].append({"path": path, "name": name or os.path.splitext(os.path.basename(path))[0],
+                               "source": source, "registered": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self._save(data)
+
+    def unregisterModel(self, path):
+        path = os.path.abspath(os.fspath(path))
+        data = self._load()
+        data["models"] = [m for m in data["models"] if os.path.abspath(m["path"]) != path]
+        data["recent"] = [p for p in data["recent"] if os.path.abspath(p) != path]
+        self._save(data)
+
+    def recentModels(self, existingOnly=True):
+        return [p for p in self._load()["recent"] if not existingOnly or os.path.isfile(p)]
+
+    def addRecentModel(self, path, maxCount=MAX_RECENT):
+        path = os.path.abspath(os.fspath(path))
+        data = self._load()
+        data["recent"] = ([path] + [p for p in data["recent"] if os.path.abspath(p) != path])[:maxCount]
+        self._save(data)
+
+    def knownModels(self):
+        """Registered models first, then recent files not registered: [(label, path)]."""
+        entries, seen = [], set()
+        for model in self.registeredModels():
+            entries.append((f"{model['name']} (registered)", model["path"]))
+            seen.add(os.path.abspath(model["path"]))
+        for path in self.recentModels():
+            if os.path.abspath(path) not in seen:
+                entries.append((os.path.basename(path), path))
+                seen.add(os.path.abspath(path))
+        return entries

@@ -1,0 +1,196 @@
+"""MRML <-> engine files: volume export with exact geometry, label import as segments.
+
+Everything here runs on the main thread (MRML is not thread-safe). Nothing is added to the
+scene until the caller applies a finished result, so failures leave the scene as it was.
+"""
+
+import os
+
+import numpy as np
+import slicer
+import vtk
+
+from .terminology import setSegmentTerminology
+
+GEOMETRY_TOLERANCE = 1e-3
+
+
+class InputError(ValueError):
+    """Bad input from the user: the message says what is wrong and what to do."""
+
+
+def checkInputVolume(volumeNode):
+    """Raise InputError unless ``volumeNode`` is a 3D single-component scalar volume with data."""
+    if volumeNode is None:
+        raise InputError("No input volume selected.")
+    if not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise InputError(f"'{volumeNode.GetName()}' is not a grey-level (scalar) volume: "
+                         "select an MR or CT image volume.")
+    imageData = volumeNode.GetImageData()
+    if imageData is None or imageData.GetNumberOfPoints() == 0:
+        raise InputError(f"Volume '{volumeNode.GetName()}' has no image data.")
+    if imageData.GetNumberOfScalarComponents() != 1:
+        raise InputError(f"Volume '{volumeNode.GetName()}' has {imageData.GetNumberOfScalarComponents()} "
+                         "components per voxel: PairSeg needs a single-component (grey-level) volume.")
+    dimensions = imageData.GetDimensions()
+    if min(dimensions) < 2:
+        raise InputError(f"Volume '{volumeNode.GetName()}' is 2D ({dimensions[0]} x {dimensions[1]} x "
+                         f"{dimensions[2]} voxels): PairSeg needs a 3D volume with several slices.")
+    return dimensions
+
+
+def volumeModality(volumeNode):
+    """'CT', 'MR' or None: from DICOM attributes when present, else a conservative intensity guess."""
+    shNode = slicer.mrmlScene.GetSubjectHierarchyNode() if slicer.mrmlScene else None
+    modality = volumeNode.GetAttribute("DICOM.Modality")
+    if not modality and shNode is not None:
+        itemId = shNode.GetItemByDataNode(volumeNode)
+        while itemId and not modality:
+            modality = shNode.GetItemAttribute(itemId, "DICOM.Modality")
+            itemId = shNode.GetItemParent(itemId)
+    if modality:
+        modality = modality.upper()
+        return "MR" if modality in ("MR", "MRI") else modality
+    array = slicer.util.arrayFromVolume(volumeNode)
+    sample = array[:: max(1, array.shape[0] // 8)].ravel()[::7]
+    if sample.size and np.mean(sample < -500) > 0.01:  # air in Hounsfield units
+        return "CT"
+    return None
+
+
+def checkModality(volumeNode, modelModality):
+    """Raise InputError when the volume is clearly of another modality than the model's."""
+    modelModality = str(modelModality or "").upper()
+    if not modelModality:
+        return
+    volumeKind = volumeModality(volumeNode)
+    if volumeKind and volumeKind != modelModality and volumeKind in ("CT", "MR"):
+        raise InputError(f"The model was trained on {modelModality} images, but '{volumeNode.GetName()}' "
+                         f"is a {volumeKind} image: choose a {volumeKind} model.")
+    if modelModality == "CT" and volumeKind is None:
+        low = float(slicer.util.arrayFromVolume(volumeNode).min())
+        if low > -100:
+            raise InputError(f"The model was trained on CT images (Hounsfield units), but "
+                             f"'{volumeNode.GetName()}' has no air-like values (minimum {low:g}): it does not "
+                             "look like a CT image in Hounsfield units.")
+
+
+def exportVolume(volumeNode, path):
+    """Write the volume's voxels and geometry (IJK-to-RAS, without parent transforms) to ``path``."""
+    storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storageNode.SetFileName(os.fspath(path))
+    storageNode.SetUseCompression(False)
+    if not storageNode.WriteData(volumeNode):
+        raise IOError(f"Could not write volume '{volumeNode.GetName()}' to {path}")
+    return path
+
+
+def _matrixDifference(a, b):
+    return max(abs(a.GetElement(i, j) - b.GetElement(i, j)) for i in range(4) for j in range(4))
+
+
+def readLabelImage(path, referenceVolumeNode, numberOfClasses):
+    """Read an engine label map as vtkOrientedImageData, checked against the input's geometry."""
+    labelNode = slicer.vtkMRMLLabelMapVolumeNode()  # never added to the scene
+    storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storageNode.SetFileName(os.fspath(path))
+    storageNode.SetCenterImage(False)
+    if not os.path.isfile(path) or not storageNode.ReadData(labelNode) or labelNode.GetImageData() is None:
+        raise IOError(f"The engine's result {path} could not be read.")
+    expected, found = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    referenceVolumeNode.GetIJKToRASMatrix(expected)
+    labelNode.GetIJKToRASMatrix(found)
+    if labelNode.GetImageData().GetDimensions() != referenceVolumeNode.GetImageData().GetDimensions() \
+            or _matrixDifference(expected, found) > GEOMETRY_TOLERANCE:
+        raise IOError("The engine's result does not have the input volume's geometry.")
+    low, high = labelNode.GetImageData().GetScalarRange()
+    if low < 0 or high > numberOfClasses:
+        raise IOError(f"The engine's result holds label {high:g}, but the model has {numberOfClasses} classes.")
+    image = slicer.vtkOrientedImageData()
+    cast = vtk.vtkImageCast()
+    cast.SetInputData(labelNode.GetImageData())
+    cast.SetOutputScalarTypeToUnsignedChar() if numberOfClasses < 256 else cast.SetOutputScalarTypeToShort()
+    cast.Update()
+    image.ShallowCopy(cast.GetOutput())
+    image.SetImageToWorldMatrix(expected)  # exactly the input's geometry
+    return image
+
+
+def buildSegments(labelImage, classNames, classColors):
+    """One vtkSegment per class (label value k+1), sharing one labelmap; named, coloured, coded."""
+    binaryName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    segments = []
+    for index, name in enumerate(classNames):
+        segment = slicer.vtkSegment()
+        segment.SetName(str(name))
+        color = classColors[index] if classColors and index < len(classColors) else (0.5, 0.5, 0.5)
+        segment.SetColor(*[float(c) for c in color[:3]])
+        segment.AddRepresentation(binaryName, labelImage)
+        segment.SetLabelValue(index + 1)
+        setSegmentTerminology(segment, name)
+        segments.append(segment)
+    return segments
+
+
+def findSegmentByName(segmentation, name):
+    """ID of the first segment whose name matches ``name`` (case and spaces ignored), or None."""
+    wanted = " ".join(str(name).lower().replace("_", " ").split())
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        if " ".join(segment.GetName().lower().replace("_", " ").split()) == wanted:
+            return segmentation.GetNthSegmentID(index)
+    return None
+
+
+def applySegments(segmentationNode, segments):
+    """Add the segments; a segment with the same name is replaced in place (same ID and position).
+
+    Other segments of the segmentation are not modified.
+    """
+    segmentation = segmentationNode.GetSegmentation()
+    wasModifying = segmentationNode.StartModify()
+    try:
+        for segment in segments:
+            existingId = findSegmentByName(segmentation, segment.GetName())
+            if existingId is None:
+                segmentation.AddSegment(segment)
+                continue
+            index = segmentation.GetSegmentIndex(existingId)
+            segmentation.RemoveSegment(existingId)
+            insertBefore = segmentation.GetNthSegmentID(index) if index < segmentation.GetNumberOfSegments() else ""
+            segmentation.AddSegment(segment, existingId, insertBefore or "")
+    finally:
+        segmentationNode.EndModify(wasModifying)
+
+
+def placeBeside(node, referenceNode):
+    """Put ``node``'s subject-hierarchy item under the same parent (study) as ``referenceNode``'s."""
+    shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+    if shNode is None:
+        return
+    referenceItem = shNode.GetItemByDataNode(referenceNode)
+    if not referenceItem:
+        return
+    parent = shNode.GetItemParent(referenceItem)
+    item = shNode.GetItemByDataNode(node)
+    if not item:
+        item = shNode.CreateItem(parent, node)
+    elif shNode.GetItemParent(item) != parent:
+        shNode.SetItemParent(item, parent)
+
+
+def newSegmentationNode(volumeNode, name=None):
+    """A segmentation node for ``volumeNode``: reference geometry, parent transform, SH placement."""
+    scene = slicer.mrmlScene
+    name = name or scene.GenerateUniqueName(f"{volumeNode.GetName()} PairSeg")
+    segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    segmentationNode.CreateDefaultDisplayNodes()
+    prepareSegmentationNode(segmentationNode, volumeNode)
+    return segmentationNode
+
+
+def prepareSegmentationNode(segmentationNode, volumeNode):
+    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    if volumeNode.GetParentTransformNode() is not None and segmentationNode.GetParentTransformNode() is None:
+        segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetParentTransformNode().GetID())
+    placeBeside(segmentationNode, volumeNode)
