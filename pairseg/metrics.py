@@ -248,7 +248,8 @@ def format_table(summary: Mapping[str, Any], cases: Optional[Cases] = None) -> s
             lines.append(case_name.ljust(case_w) + "".join(c.rjust(width) for c in cells) + mean_cell.rjust(width))
         lines.append("")
     has_hd = "hd95_mean" in summary["mean"]
-    header = ["Dice/case (%)", "± std", "Dice global", "ASSD (mm)", "± std", "n empty"] + (["HD95 (mm)"] if has_hd else [])
+    header = ["Dice/case (%)", "± std", "Dice global", "ASSD (mm)", "± std", "n empty"]
+    header += ["HD95 (mm)"] if has_hd else []
     col_w = max(len(h) for h in header) + 2
     label_w = max([8] + [len(n) for n in names]) + 2
     lines.append(f"Summary over {summary['n_cases']} case(s)")

@@ -35,7 +35,9 @@ _CT = {"air": -1000.0, "body": -80.0, "wall": 40.0, "spine": 400.0, "csf": 10.0,
        "liver": 60.0, "rk": 160.0, "lk": 160.0, "medulla": 110.0, "spleen": 50.0}
 
 
-def _smooth_field(rng: np.random.Generator, coords: Sequence[np.ndarray], amplitude: float, waves: int = 4) -> np.ndarray:
+def _smooth_field(
+    rng: np.random.Generator, coords: Sequence[np.ndarray], amplitude: float, waves: int = 4
+) -> np.ndarray:
     """Sum of random low-frequency plane waves over normalised coordinates."""
     field = np.zeros(np.broadcast_shapes(*(c.shape for c in coords)), dtype=np.float32)
     for _ in range(waves):
