@@ -244,27 +244,16 @@ def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
 
 
 def cmd_evaluate(args) -> int:
-    import numpy as np
-
-    from pairseg.io import read_label
+    from pairseg.io import read_label, read_label_volume
     from pairseg.metrics import evaluate_case, format_table, summarize
 
     pred_root, ref_root = Path(args.pred), Path(args.ref)
     names = _class_names_for(ref_root, args.classes)
     cases = []
     for case, pred_path, ref_path in _pair_files(pred_root, ref_root):
-        ref, ref_names = read_label(ref_path, class_names=names)
-        class_names = names or ref_names
-        if class_names is None:
-            class_names = [str(v) for v in range(1, int(ref.max()) + 1)]
-        from pairseg.io import read_volume
-
-        reference_volume = read_volume(ref_path) if not str(ref_path).endswith(".seg.nrrd") else None
-        pred, _ = read_label(pred_path, class_names=class_names, reference=reference_volume)
-        if pred.shape != ref.shape:
-            raise PairSegInputError(f"{pred_path}: shape {pred.shape} differs from reference {ref.shape}")
-        spacing = read_volume(ref_path).spacing if reference_volume is None else reference_volume.spacing
-        result = evaluate_case(np.asarray(pred), np.asarray(ref), tuple(reversed(spacing)), class_names, hd95=args.hd95)
+        reference, class_names = read_label_volume(ref_path, class_names=names)
+        pred, _ = read_label(pred_path, class_names=class_names, reference=reference)
+        result = evaluate_case(pred, reference.array, reference.spacing_zyx, class_names, hd95=args.hd95)
         result["case"] = case
         cases.append(result)
     summary = summarize(cases)
