@@ -147,6 +147,7 @@ class PairSegTrainerLogic:
 
     def classReport(self, items, classNames=None, mapping=None):
         """How each case's segments map to classes (unknown names listed, never dropped)."""
+        items = toItems(items)
         if classNames is None:
             classNames = trainingset.classesFromSegments(items, mapping)
         return trainingset.classReport(items, classNames, mapping)
@@ -326,9 +327,8 @@ class PairSegTrainerLogic:
                 raise JobError(f"could not import {path} as segments")
             return segmentationNode
         finally:
-            for node in (labelNode.GetDisplayNode(), labelNode, storage, colorNode):
-                if node is not None and node.GetScene() is not None:
-                    scene.RemoveNode(node)
+            for node in (labelNode, storage, colorNode):
+                trainingset.removeNode(scene, node)
 
     # -- proxy maps --------------------------------------------------------------------------
 

@@ -219,6 +219,26 @@ def checkGeometry(volumeNode, segmentationNode, caseName: str = "") -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def removeNode(scene, node) -> None:
+    """Remove a temporary node with its display and storage nodes."""
+    if node is None or node.GetScene() is None:
+        return
+    extra = []
+    if hasattr(node, "GetNumberOfDisplayNodes"):
+        extra += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    if hasattr(node, "GetNumberOfStorageNodes"):
+        extra += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+    scene.RemoveNode(node)
+    for other in extra:
+        if other is not None and other.GetScene() is not None:
+            scene.RemoveNode(other)
+
+
+def _nodeIds(scene, className) -> set:
+    nodes = scene.GetNodesByClass(className)
+    return {nodes.GetItemAsObject(i).GetID() for i in range(nodes.GetNumberOfItems())}
+
+
 def _scene(node):
     scene = node.GetScene()
     if scene is None:
@@ -295,6 +315,7 @@ def exportLabelArray(item, classNames, assignments: dict) -> np.ndarray:
     if ids.GetNumberOfValues() == 0:
         return np.zeros(dims[::-1], np.uint8)
     scene = _scene(item.volumeNode)
+    colorTablesBefore = _nodeIds(scene, "vtkMRMLColorTableNode")
     labelNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__pairseg_export__")
     try:
         ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
@@ -306,10 +327,10 @@ def exportLabelArray(item, classNames, assignments: dict) -> np.ndarray:
         if not np.allclose(volumeIjkToRas(labelNode), volumeIjkToRas(item.volumeNode), atol=1e-6):
             raise TrainingSetError(f"case '{item.name}': label map geometry differs from the volume's")
     finally:
-        displayNode = labelNode.GetDisplayNode()
-        if displayNode is not None:
-            scene.RemoveNode(displayNode)
-        scene.RemoveNode(labelNode)
+        removeNode(scene, labelNode)
+        # the export makes a colour table for the label map: not ours to keep
+        for nodeId in _nodeIds(scene, "vtkMRMLColorTableNode") - colorTablesBefore:
+            removeNode(scene, scene.GetNodeByID(nodeId))
     if exported.shape != tuple(dims[::-1]):
         raise TrainingSetError(f"case '{item.name}': label map shape {exported.shape} differs from "
                                f"the volume's {tuple(dims[::-1])}")
@@ -346,7 +367,7 @@ def writeLabelArray(labels: np.ndarray, volumeNode, path: Path) -> None:
         slicer.util.updateVolumeFromArray(labelNode, np.ascontiguousarray(labels, dtype=np.uint8))
         writeVolume(labelNode, path)
     finally:
-        scene.RemoveNode(labelNode)
+        removeNode(scene, labelNode)
 
 
 def exportTrainingSet(items, folder, classNames=None, mapping=None, modality: str = "MR",

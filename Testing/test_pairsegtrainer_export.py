@@ -1,0 +1,173 @@
+"""PairSegTrainer: training-set export from a real MRML scene, class mapping, bad inputs, and
+the module file importing headless."""
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from test_pairsegtrainer_helpers import (CHAOS_CLASSES, addSegmentation, addVolume, ijkToRas,  # noqa: F401
+                                         loadChaosCase, obliqueDirections, sitkIjkToRas, trainerLib,
+                                         trainerLogic)
+
+
+def _syntheticCase(scene, name="synthetic", directions=None, spacing=(0.8, 1.3, 2.5), origin=(12.5, -40.0, 7.0)):
+    rng = np.random.default_rng(3)
+    image = rng.normal(100, 20, (9, 24, 20)).astype(np.float32)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:7, 4:14, 3:9] = 1
+    labels[3:8, 12:20, 11:18] = 2
+    volume = addVolume(scene, image, name, spacing, origin, directions)
+    segmentation = addSegmentation(scene, volume, labels, {2: "Spleen", 1: "LIVER"})
+    return volume, segmentation, image, labels
+
+
+def test_export_oblique_volume_exact_geometry_and_labels(trainerLogic, mrml_scene, tmp_path):
+    volume, segmentation, image, labels = _syntheticCase(mrml_scene, "oblique", obliqueDirections())
+    before = mrml_scene.GetNumberOfNodes()
+    manifest = trainerLogic.exportTrainingSet([(volume, segmentation)], tmp_path / "set",
+                                              classNames=["liver", "spleen"], modality="ct")
+    assert mrml_scene.GetNumberOfNodes() == before  # temporary nodes cleaned up
+    assert manifest["labels"] == {"0": "background", "1": "liver", "2": "spleen"}
+    assert manifest["modality"] == {"0": "CT"}
+    entry = manifest["training"][0]
+    assert entry["segments"] == {"Spleen": "spleen", "LIVER": "liver"}
+    assert entry["voxels"] == {"liver": int((labels == 1).sum()), "spleen": int((labels == 2).sum())}
+    written = json.loads((tmp_path / "set" / "dataset.json").read_text())
+    assert written["training"][0]["image"] == "./oblique_image.nrrd"
+    imageFile = sitk.ReadImage(str(tmp_path / "set" / "oblique_image.nrrd"))
+    labelFile = sitk.ReadImage(str(tmp_path / "set" / "oblique_label.nrrd"))
+    for written_image in (imageFile, labelFile):
+        np.testing.assert_allclose(sitkIjkToRas(written_image), ijkToRas(volume), atol=1e-9)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(imageFile), image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(labelFile), labels)
+
+
+def test_export_real_chaos_case_maps_classes_by_name(trainerLogic, mrml_scene, tmp_path, chaos_dir, harness):
+    volume, segmentation, labels = loadChaosCase(harness, mrml_scene, chaos_dir, "002")
+    manifest = trainerLogic.exportTrainingSet([(volume, segmentation)], tmp_path / "chaos", classNames=CHAOS_CLASSES)
+    assert [manifest["labels"][str(i + 1)] for i in range(4)] == CHAOS_CLASSES
+    # Slicer may store the voxels in another axis order than the file it read: compare both
+    # files in one physical orientation (same voxels at the same physical places).
+    original = sitk.DICOMOrient(sitk.ReadImage(str(chaos_dir / "case_002_label.nii.gz")), "LPS")
+    exported = sitk.DICOMOrient(sitk.ReadImage(str(tmp_path / "chaos" / "case_002_label.nrrd")), "LPS")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), sitk.GetArrayFromImage(original))
+    np.testing.assert_allclose(exported.GetSpacing(), original.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(exported.GetOrigin(), original.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(exported.GetDirection(), original.GetDirection(), atol=1e-6)
+    # The engine reads the exported set as a dataset with the same classes.
+    pytest.importorskip("pairseg.data")
+    from pairseg.data import load_dataset
+
+    dataset = load_dataset(tmp_path / "chaos")
+    assert dataset.class_names == CHAOS_CLASSES and dataset.modality == "MR"
+    assert [c.name for c in dataset.cases] == ["case_002"]
+
+
+def test_default_classes_and_explicit_mapping(trainerLogic, mrml_scene, tmp_path):
+    volume, segmentation, _, labels = _syntheticCase(mrml_scene)
+    segmentation.GetSegmentation().AddEmptySegment("tumour", "tumour")
+    report = trainerLogic.classReport([(volume, segmentation)], ["liver", "spleen"])
+    assert report.unknown == {"synthetic": ["tumour"]} and not report.ok
+    assert report.assignments["synthetic"] == {"Spleen": "spleen", "LIVER": "liver"}
+    # mapping a name to "" leaves it out on purpose; mapping renames
+    manifest = trainerLogic.exportTrainingSet([(volume, segmentation)], tmp_path / "a", classNames=["organ A", "liver"],
+                                              mapping={"spleen": "organ A", "tumour": ""})
+    assert manifest["training"][0]["segments"] == {"Spleen": "organ A", "LIVER": "liver", "tumour": ""}
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "a" / "synthetic_label.nrrd")))
+    np.testing.assert_array_equal(exported, np.choose(labels, [0, 2, 1]))
+    # without a class list: segment names in order of appearance
+    manifest = trainerLogic.exportTrainingSet([(volume, segmentation)], tmp_path / "b", mapping={"tumour": ""})
+    assert manifest["labels"] == {"0": "background", "1": "Spleen", "2": "LIVER"}
+
+
+def test_bad_inputs_give_clear_errors(trainerLogic, mrml_scene, tmp_path):
+    lib = trainerLib()
+    error = lib.TrainingSetError
+    volume, segmentation, image, labels = _syntheticCase(mrml_scene)
+    with pytest.raises(error, match="empty"):
+        trainerLogic.exportTrainingSet([], tmp_path / "x")
+    with pytest.raises(error, match="has no segmentation"):
+        trainerLogic.exportTrainingSet([(volume, None)], tmp_path / "x")
+    segmentation.GetSegmentation().AddEmptySegment("kidney", "kidney")
+    with pytest.raises(error, match=r"match no class.*'kidney'"):
+        trainerLogic.exportTrainingSet([(volume, segmentation)], tmp_path / "x", classNames=["liver", "spleen"])
+    # segmentation drawn on another grid (other spacing) than the volume it is paired with
+    other = addVolume(mrml_scene, image[:, ::2, ::2].copy(), "coarse", spacing=(1.6, 2.6, 2.5), origin=(12.5, -40.0, 7.0))
+    coarse = addSegmentation(mrml_scene, other, labels[:, ::2, ::2], {1: "liver", 2: "spleen"})
+    with pytest.raises(error, match="geometry mismatch"):
+        trainerLogic.exportTrainingSet([(volume, coarse)], tmp_path / "x", classNames=["liver", "spleen"])
+    # half-voxel shift is a mismatch too
+    shifted = addVolume(mrml_scene, image, "shifted", spacing=(0.8, 1.3, 2.5), origin=(12.9, -40.0, 7.0))
+    with pytest.raises(error, match="geometry mismatch"):
+        trainerLogic.exportTrainingSet([(shifted, segmentation)], tmp_path / "x", classNames=["liver", "spleen", "kidney"])
+    # a label map is not an image
+    labelNode = mrml_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    import slicer
+
+    slicer.util.updateVolumeFromArray(labelNode, labels)
+    with pytest.raises(error, match="not a scalar image"):
+        trainerLogic.exportTrainingSet([(labelNode, segmentation)], tmp_path / "x")
+    # segments that exist but hold no voxel
+    empty = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    empty.GetSegmentation().AddEmptySegment("liver", "liver")
+    with pytest.raises(error, match="no labelled voxel"):
+        trainerLogic.exportTrainingSet([(volume, empty)], tmp_path / "x", classNames=["liver"])
+    # two cases with the same name
+    with pytest.raises(error, match="two cases"):
+        trainerLogic.exportTrainingSet([(volume, segmentation), (volume, segmentation)], tmp_path / "x",
+                                       mapping={"kidney": ""})
+    assert not (tmp_path / "x" / "dataset.json").exists()
+
+
+def test_config_command_lines_and_validation(tmp_path):
+    lib = trainerLib()
+    from PairSegTrainerLib import config
+
+    (tmp_path / "dataset.json").write_text("{}")
+    cfg = lib.TrainingConfig(dataFolder=str(tmp_path), outputModel=str(tmp_path / "m.pairseg"), steps=20,
+                             size=64, batchSize=2, device="cpu", offsets="3, 5,7", python="py")
+    cfg.validate()
+    command = cfg.commandLine()
+    assert command[:4] == ["py", "-m", "pairseg", "train"]
+    for flag, value in (("--steps", "20"), ("--size", "64"), ("--batch-size", "2"), ("--offsets", "3,5,7"),
+                        ("--arch", "c2fcn"), ("--pair-mode", "intra+inter"), ("--events", "json")):
+        assert command[command.index(flag) + 1] == value
+    assert "--epochs" not in command and "--resume" not in command
+    multi = cfg.copy(gpus=4, resume=True, initFrom="").commandLine()
+    assert multi[:7] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", "-m"]
+    assert "--resume" in multi
+    with pytest.raises(config.ConfigError, match="nothing to resume"):
+        cfg.copy(resume=True).validate()
+    with pytest.raises(config.ConfigError, match="architecture"):
+        cfg.copy(arch="resnet").validate()
+    with pytest.raises(config.ConfigError, match="dataset.json"):
+        cfg.copy(dataFolder=str(tmp_path / "nothing")).validate()
+    with pytest.raises(config.ConfigError, match="offsets"):
+        config.parseOffsets("3,x")
+    assert config.versionedModelPath(str(tmp_path / "liver.pairseg")).endswith("liver_v2.pairseg")
+    assert config.versionedModelPath(str(tmp_path / "liver_v7.pairseg")).endswith("liver_v8.pairseg")
+
+
+def test_training_set_in_parameter_node(load_module, mrml_scene):
+    module = load_module("PairSegTrainer")
+    logic = module.PairSegTrainerLogic()
+    parameterNode = logic.getParameterNode()
+    first = _syntheticCase(mrml_scene, "first")
+    second = _syntheticCase(mrml_scene, "second")
+    logic.addToTrainingSet(parameterNode, first[0], first[1])
+    items = logic.addToTrainingSet(parameterNode, second[0], second[1])
+    assert [i.name for i in items] == ["first", "second"]
+    logic.addToTrainingSet(parameterNode, first[0], second[1])  # replaces the segmentation of "first"
+    items = logic.trainingItems(parameterNode)
+    assert len(items) == 2 and items[0].segmentationNode is second[1]
+    # the module file imports headless, with its parameter class and widget class
+    assert hasattr(module, "PairSegTrainerParameterNode") and hasattr(module, "PairSegTrainerWidget")
+    import ast
+    import pathlib
+
+    tree = ast.parse(pathlib.Path(module.__file__).read_text())
+    topImports = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    topImports |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert topImports <= {"importlib", "logging", "slicer", "PairSegTrainerLib"}

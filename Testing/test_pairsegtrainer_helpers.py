@@ -1,0 +1,115 @@
+"""Shared helpers and fixtures of the PairSegTrainer tests (no tests in this file).
+
+Scenes are built on the shared headless harness (Testing/slicer_harness.py, fixtures in
+Testing/conftest.py): real MRML nodes, real segmentation export and storage nodes.
+"""
+
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAOS_CLASSES = ["liver", "right kidney", "left kidney", "spleen"]
+# Segment names as users type them: other case, underscores, another order (mapping by NAME).
+CHAOS_SEGMENT_NAMES = {4: "Spleen", 1: "Liver", 3: "left_kidney", 2: "Right Kidney"}
+
+
+def trainerLib():
+    """Import PairSegTrainerLib as Slicer would (module folder on sys.path)."""
+    folder = str(ROOT / "PairSegTrainer")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    import PairSegTrainerLib
+
+    return PairSegTrainerLib
+
+
+def addVolume(scene, array, name="volume", spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), directions=None):
+    import slicer
+
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array))
+    node.SetSpacing(*spacing)
+    node.SetOrigin(*origin)
+    if directions is not None:
+        node.SetIJKToRASDirections([list(row) for row in directions])
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def obliqueDirections(angleX=0.3, angleZ=0.5):
+    """Columns = IJK axes in RAS: a rotation about z then x (a truly oblique volume)."""
+    cz, sz, cx, sx = math.cos(angleZ), math.sin(angleZ), math.cos(angleX), math.sin(angleX)
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    return rx @ rz
+
+
+def addSegmentation(scene, volumeNode, labels, names, name=None):
+    """Segmentation on the volume's grid: segment ``names[value]`` = (labels == value), added in
+    the order of ``names`` (so label values are NOT segment indices)."""
+    import slicer
+
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or volumeNode.GetName() + " segmentation")
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+    for value, segmentName in names.items():
+        node.GetSegmentation().AddEmptySegment(segmentName, segmentName)
+        slicer.util.updateSegmentBinaryLabelmapFromArray((labels == value).astype(np.uint8), node,
+                                                         segmentName, volumeNode)
+    return node
+
+
+def loadChaosCase(harness, scene, chaosDir, caseId):
+    """A CHAOS case loaded the way Slicer loads files, with its labels as named segments."""
+    import slicer
+
+    volume = harness.loadVolume(str(chaosDir / f"case_{caseId}_image.nii.gz"), name=f"case_{caseId}")
+    labelNode = harness.loadVolume(str(chaosDir / f"case_{caseId}_label.nii.gz"),
+                                   name=f"case_{caseId}_labelmap", labelmap=True)
+    labels = slicer.util.arrayFromVolume(labelNode).copy()
+    segmentation = addSegmentation(scene, volume, labels, CHAOS_SEGMENT_NAMES, f"case_{caseId} segmentation")
+    scene.RemoveNode(labelNode)
+    return volume, segmentation, labels
+
+
+def ijkToRas(node):
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def sitkIjkToRas(image):
+    """4x4 IJK-to-RAS of a SimpleITK image (LPS -> RAS flips x and y)."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = direction * np.array(image.GetSpacing())[None, :]
+    matrix[:3, 3] = image.GetOrigin()
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return flip @ matrix
+
+
+@pytest.fixture
+def trainerLogic(mrml_scene, tmp_path):
+    """A PairSegTrainerLogic on the harness scene with a private model registry."""
+    lib = trainerLib()
+    from PairSegTrainerLib.logic import modelRegistryClass
+
+    registry = modelRegistryClass()(tmp_path / "registry" / "registered_models.json")
+    return lib.PairSegTrainerLogic(registry=registry)
+
+
+def engineAvailable():
+    try:
+        import pairseg.train  # noqa: F401
+        import pairseg.cli  # noqa: F401
+    except ImportError as error:
+        pytest.skip(f"PairSeg engine not importable: {error}")
+
+
