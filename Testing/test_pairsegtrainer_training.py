@@ -1,0 +1,177 @@
+"""PairSegTrainer: real training runs on two CHAOS cases started through startTraining (the
+engine CLI in a background process), followed through its JSON events to a registered model;
+stop -> checkpoint -> resume; fine-tune from the model; the event plumbing with a stand-in engine."""
+
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from test_pairsegtrainer_helpers import (CHAOS_CLASSES, engineAvailable, loadChaosCase,  # noqa: F401
+                                         trainerLib, trainerLogic)
+
+TINY = dict(size=64, batchSize=2, device="cpu", epochs=None, learningRate=1e-3)
+
+
+def _exportChaos(logic, harness, scene, chaosDir, folder, cases=("002", "003")):
+    items = []
+    for case in cases:
+        volume, segmentation, _ = loadChaosCase(harness, scene, chaosDir, case)
+        items.append((volume, segmentation))
+    logic.exportTrainingSet(items, folder, classNames=CHAOS_CLASSES, modality="MR")
+    return items
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+def test_training_run_to_registered_model(trainerLogic, mrml_scene, harness, chaos_dir, tmp_path):
+    engineAvailable()
+    lib = trainerLib()
+    items = _exportChaos(trainerLogic, harness, mrml_scene, chaos_dir, tmp_path / "set")
+    output = tmp_path / "models" / "chaos-tiny.pairseg"
+    job = trainerLogic.startTraining(lib.TrainingConfig(dataFolder=str(tmp_path / "set"), outputModel=str(output),
+                                                        steps=20, valFraction=0.5, **TINY))
+    seen = []
+    job.onEvent = lambda _job, event: seen.append(event["event"])
+    job.wait(timeout=240)
+    assert job.state == "finished", job.log[-10:]
+    for kind in ("start", "progress", "validation", "checkpoint", "done"):
+        assert kind in seen, f"no {kind} event: {seen}"
+    assert job.fraction == 1.0 and job.step == 20 and job.total == 20
+    assert job.curves.lossSteps == [float(s) for s in range(1, 21)]
+    assert all(np.isfinite(job.curves.lossValues))
+    assert len(job.curves.valEpochs) >= 1 and set(job.curves.classDice) == set(CHAOS_CLASSES)
+    # live curves in plot nodes
+    steps, losses = job.plots.lossArrays()
+    np.testing.assert_allclose(losses, job.curves.lossValues)
+    assert job.plots.lossChart.GetNumberOfPlotSeriesNodes() == 1
+    assert job.plots.diceChart.GetNumberOfPlotSeriesNodes() == 1 + len(CHAOS_CLASSES)
+    # registered model: PairSeg's registry lists it; metadata records classes and seen cases
+    assert job.modelPath == str(output) and output.is_file()
+    assert [m["path"] for m in trainerLogic.registry.registeredModels()] == [str(output)]
+    assert job.metadata["class_names"] == CHAOS_CLASSES and job.metadata["arch"] == "c2fcn"
+    assert len(job.metadata["training"]["seen_cases"]) == 1  # the other case is the validation case
+    assert not (tmp_path / "models" / "chaos-tiny.pairseg.stop").exists()
+
+    # predicted proxy maps of the trained model for an intra-patient pair
+    volume, segmentation = items[0]
+    sliceA, sliceB = trainerLogic.pickProxyPair(volume, segmentation, mode="intra", classNames=CHAOS_CLASSES)
+    assert abs(sliceA - sliceB) in (3, 5, 7)
+    result = trainerLogic.proxyMaps(volume, sliceA, segmentation, volume, sliceB, segmentation, model=str(output))
+    import slicer
+
+    pAnd = slicer.util.arrayFromVolume(result.predictedAndNode)
+    pXor = slicer.util.arrayFromVolume(result.predictedXorNode)
+    assert pAnd.shape == pXor.shape == (1, 256, 256)
+    assert 0.0 <= pAnd.min() and pAnd.max() <= 1.0 and 0.0 <= pXor.min() and pXor.max() <= 1.0
+    rgb = slicer.util.arrayFromVolume(result.predictedOverlayNode)
+    assert rgb.shape == (1, 256, 256, 3) and rgb.dtype == np.uint8
+
+    # annotate-then-retrain: fine-tune from this model -> next version, seen cases carried over
+    fine = trainerLogic.fineTune(items[:1], str(output), str(tmp_path / "finetune-set"), steps=4, **{
+        k: v for k, v in TINY.items() if k not in ("size", "epochs", "learningRate")})
+    fine.wait(timeout=180)
+    assert fine.state == "finished", fine.log[-10:]
+    assert fine.modelPath.endswith("chaos-tiny_v2.pairseg")
+    assert fine.config.initFrom == str(output)
+    assert "case_002" in fine.metadata["training"]["seen_cases"]
+    assert fine.metadata["training"]["init_from"]
+    assert {m["name"] for m in trainerLogic.registry.registeredModels()} == {"chaos-tiny", "chaos-tiny_v2"}
+
+
+@pytest.mark.slow
+@pytest.mark.chaos
+def test_stop_leaves_checkpoint_that_resumes(trainerLogic, mrml_scene, harness, chaos_dir, tmp_path):
+    engineAvailable()
+    lib = trainerLib()
+    _exportChaos(trainerLogic, harness, mrml_scene, chaos_dir, tmp_path / "set", cases=("008",))
+    output = tmp_path / "stop" / "stopped.pairseg"
+    job = trainerLogic.startTraining(lib.TrainingConfig(dataFolder=str(tmp_path / "set"), outputModel=str(output),
+                                                        steps=10, valFraction=0.0, **TINY))
+
+    def stopEarly(runningJob, event):
+        if event["event"] == "progress" and event.get("step", 0) >= 2 and not runningJob.stopRequested:
+            runningJob.stop()
+
+    job.onEvent = stopEarly
+    job.wait(timeout=180)
+    assert job.state == "stopped", job.log[-10:]
+    assert job.checkpoint and (tmp_path / "stop" / "stopped.pairseg.ckpt").is_file()
+    assert not output.exists()  # no partial model
+    assert job.resumable and trainerLogic.registry.registeredModels() == []
+    stoppedAt = job.step
+    assert 2 <= stoppedAt < 10
+
+    resumed = job.resume()
+    resumed.wait(timeout=180)
+    assert resumed.state == "finished", resumed.log[-10:]
+    assert "--resume" in resumed.command
+    progress = [e for e in resumed.events if e["event"] == "progress"]
+    assert progress[0]["step"] == stoppedAt + 1 and progress[-1]["step"] == 10
+    assert resumed.curves is job.curves and resumed.curves.lossSteps[-1] == 10.0
+    assert output.is_file() and [m["path"] for m in trainerLogic.registry.registeredModels()] == [str(output)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Event plumbing with a stand-in engine (fast; no torch)
+# ----------------------------------------------------------------------------------------------
+
+FAKE_ENGINE = textwrap.dedent("""
+    import json, signal, sys, time
+    mode = sys.argv[1]
+    def emit(**event):
+        print(json.dumps(event), flush=True)
+    emit(event="start", arch="c2fcn")
+    print("a plain log line", flush=True)
+    print("a warning on stderr", file=sys.stderr, flush=True)
+    if mode == "error":
+        emit(event="error", message="dataset.json lists no case", kind="input")
+        sys.exit(2)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    for step in range(1, 6 if mode == "ok" else 1000):
+        emit(event="progress", stage="train", step=step, total=5, epoch=1, loss=1.0 / step,
+             fraction=step / 5, eta_s=5 - step)
+        if stop:
+            emit(event="checkpoint", path="ckpt", step=step, epoch=0, stopped=True)
+            emit(event="stopped", step=step, total=5, checkpoint="ckpt")
+            sys.exit(130)
+        time.sleep(0.02 if mode == "ok" else 0.05)
+    emit(event="validation", epoch=1, dice={"liver": 0.5, "spleen": None}, mean_dice=0.5)
+    emit(event="done", outputs=["model.pairseg"])
+""")
+
+
+def _fakeJob(mode):
+    lib = trainerLib()
+    return lib.EngineJob([sys.executable, "-c", FAKE_ENGINE, mode], name="fake").start()
+
+
+def test_job_events_progress_and_curves():
+    job = _fakeJob("ok").wait(timeout=30)
+    assert job.state == "finished" and job.returnCode == 0
+    assert job.fraction == 1.0 and job.outputs == ["model.pairseg"]
+    assert job.curves.lossValues == pytest.approx([1.0, 0.5, 1 / 3, 0.25, 0.2])
+    assert job.curves.meanDice == [0.5] and job.curves.classDice["liver"] == [0.5]
+    assert np.isnan(job.curves.classDice["spleen"][0])
+    assert "a plain log line" in job.log and "a warning on stderr" in job.log
+    assert json.dumps(job.events)  # events stay JSON-able
+
+
+def test_job_error_and_stop():
+    failed = _fakeJob("error").wait(timeout=30, raiseOnError=False)
+    assert failed.state == "failed" and failed.returnCode == 2
+    assert failed.errorMessage == "dataset.json lists no case" and failed.errorKind == "input"
+    with pytest.raises(trainerLib().JobError, match="lists no case"):
+        _fakeJob("error").wait(timeout=30)
+    running = _fakeJob("long")
+    while running.poll() and running.step is None:
+        pass
+    running.stop()
+    running.wait(timeout=30)
+    assert running.state == "stopped" and running.checkpoint == "ckpt"
+    from PairSegTrainerLib.job import formatDuration
+
+    assert formatDuration(75) == "1m15s" and formatDuration(None) == "?" and formatDuration(7300) == "2h01m"
