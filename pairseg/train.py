@@ -417,6 +417,8 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
             halt = threading.Event()
             iterator = _batch_iterator(plan, store, batches, step, config, device, dist.rank, halt)
             for images, labels in iterator:
+                # Dropout draws depend only on (seed, step, rank): a resumed run repeats them exactly.
+                torch.manual_seed((config.seed * 1_000_003 + step * 7_919 + dist.rank) % (2 ** 63))
                 images = [t.to(device, non_blocking=True) for t in images]
                 labels = [t.to(device, non_blocking=True) for t in labels]
                 if config.channels_last:
