@@ -1,0 +1,205 @@
+"""pairseg.train: the one training loop (events, checkpoints, exact resume, fine-tuning, archs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pairseg.augment import AugmentConfig
+from pairseg.errors import PairSegInputError
+from pairseg.modelfile import load_model, read_metadata, safe_torch_load
+from pairseg.phantoms import make_phantom_dataset
+from pairseg.train import TrainConfig, checkpoint_path, train
+
+CLASSES = ["liver", "right kidney", "left kidney", "spleen"]
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    """Three small non-square phantoms (12 x 40 x 56)."""
+    return make_phantom_dataset(tmp_path_factory.mktemp("small"), n_cases=3, shape=(12, 40, 56), seed=3)
+
+
+def _config(data, out, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), arch="c2fcn", size=32, batch_size=4, lr=1e-3, device="cpu",
+                output_stride=16, cases=["case_000", "case_001"], pair_mode="intra", offsets=[5])
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class Recorder:
+    def __init__(self, stop_file: Path | None = None, stop_at: int | None = None):
+        self.events: list[tuple[str, dict]] = []
+        self.stop_file, self.stop_at = stop_file, stop_at
+
+    def __call__(self, name, **fields):
+        json.dumps(fields, default=str)  # every event must be serialisable
+        self.events.append((name, fields))
+        if name == "progress" and self.stop_at is not None and fields["step"] == self.stop_at:
+            self.stop_file.touch()
+
+    def names(self):
+        return [n for n, _ in self.events]
+
+    def of(self, name):
+        return [f for n, f in self.events if n == name]
+
+
+@pytest.fixture(scope="module")
+def full_run(small_data, tmp_path_factory):
+    """An uninterrupted 2-epoch run (3 steps per epoch) with a validation case."""
+    out = tmp_path_factory.mktemp("full") / "full.pairseg"
+    recorder = Recorder()
+    result = train(_config(small_data, out, epochs=2, cases=["case_000", "case_001", "case_002"],
+                           val_fraction=0.34), recorder)
+    return out, recorder, result
+
+
+def test_events_sequence_and_model_metadata(full_run):
+    out, recorder, result = full_run
+    names = recorder.names()
+    assert names[names.index("start")] == "start" and "message" in names[: names.index("start")]
+    start = recorder.of("start")[0]
+    assert start["total_steps"] == 6 and start["steps_per_epoch"] == 3 and start["val_cases"] == 1
+    assert start["classes"] == CLASSES and start["modality"] == "MR"
+    progress = recorder.of("progress")
+    assert [p["step"] for p in progress] == [1, 2, 3, 4, 5, 6]
+    assert [p["epoch"] for p in progress] == [1, 1, 1, 2, 2, 2]
+    for p in progress:
+        assert p["total"] == 6 and 0 < p["fraction"] <= 1 and p["loss"] > 0 and "eta_s" in p
+    assert progress[-1]["fraction"] == 1.0
+    validation = recorder.of("validation")
+    assert [v["epoch"] for v in validation] == [1, 2]
+    assert set(validation[0]["dice"]) == set(CLASSES) and 0 <= validation[0]["mean_dice"] <= 1
+    assert [c["epoch"] for c in recorder.of("checkpoint")] == [1, 2]
+    assert names[-1] == "done" and recorder.of("done")[0]["outputs"] == [str(out)]
+    # Order: start < progress < validation < checkpoint (per epoch) < done.
+    first = {n: names.index(n) for n in ("start", "progress", "validation", "checkpoint", "done")}
+    assert first["start"] < first["progress"] < first["validation"] < first["checkpoint"] < first["done"]
+    assert result.steps == 6 and result.epochs == 2 and not result.stopped
+    assert not checkpoint_path(out).exists()  # removed once the model file is written
+
+    meta = read_metadata(out)
+    for key in ("engine_version", "arch", "options", "class_names", "class_colors", "modality",
+                "preprocessing", "size", "training", "validation", "sha256", "created"):
+        assert key in meta, key
+    assert meta["class_names"] == CLASSES and len(meta["class_colors"]) == 4
+    assert meta["size"] == 32 and meta["options"]["output_stride"] == 16
+    assert meta["preprocessing"]["mr_percentiles"] == [2, 98]
+    training = meta["training"]
+    assert len(training["cases"]) == 2 and training["slices"] == 24 and training["samples_per_epoch"] == 14
+    assert training["settings"]["lr"] == 1e-3 and training["settings"]["batch_size"] == 4
+    assert sorted(training["seen_cases"]) == sorted(training["cases"])
+    assert len(training["history"]) == 2 and "val_mean_dice" in training["history"][0]
+    assert set(meta["validation"]["dice"]) == set(CLASSES)
+
+
+def test_stop_then_resume_equals_uninterrupted(small_data, tmp_path):
+    reference = tmp_path / "ref.pairseg"
+    train(_config(small_data, reference, epochs=2))
+    out = tmp_path / "resumed.pairseg"
+    stop = tmp_path / "STOP"
+    recorder = Recorder(stop, stop_at=4)  # the stop is seen after step 4 or 5: mid-way through epoch 2
+    result = train(_config(small_data, out, epochs=2, stop_file=str(stop)), recorder)
+    stopped_at = result.steps
+    assert result.stopped and stopped_at in (4, 5) and result.model_path is None
+    assert not out.exists() and checkpoint_path(out).is_file()
+    assert recorder.names()[-1] == "stopped"
+    ckpt = safe_torch_load(checkpoint_path(out), "checkpoint")
+    assert (ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]) == (stopped_at, 1, stopped_at - 3)
+    # No temporary files beside the checkpoint (atomic writes).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["STOP", "ref.pairseg", "resumed.pairseg.ckpt"]
+
+    stop.unlink()
+    resumed = Recorder()
+    result = train(_config(small_data, out, epochs=2, resume=True), resumed)
+    assert not result.stopped and result.steps == 6
+    assert [p["step"] for p in resumed.of("progress")] == list(range(stopped_at + 1, 7))
+    assert resumed.of("start")[0]["start_step"] == stopped_at
+    a, _ = load_model(reference)
+    b, meta = load_model(out)
+    for name, tensor in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert meta["training"]["steps"] == 6 and meta["training"]["epochs"] == 2
+
+
+def test_resume_refuses_other_settings_or_missing_checkpoint(small_data, tmp_path):
+    out = tmp_path / "m.pairseg"
+    with pytest.raises(PairSegInputError, match="no checkpoint"):
+        train(_config(small_data, out, steps=1, resume=True))
+    stop = tmp_path / "STOP"
+    stop.touch()
+    assert train(_config(small_data, out, steps=3, stop_file=str(stop))).stopped
+    with pytest.raises(PairSegInputError, match="size"):
+        train(_config(small_data, out, steps=3, size=48, resume=True))
+
+
+def test_init_from_fine_tunes_and_accumulates_seen_cases(full_run, small_data, tmp_path):
+    base, _, _ = full_run
+    out = tmp_path / "tuned.pairseg"
+    recorder = Recorder()
+    train(_config(small_data, out, arch=None, steps=1, cases=["case_002"], init_from=str(base)), recorder)
+    meta = read_metadata(out)
+    before = read_metadata(base)["training"]["seen_cases"]
+    assert meta["arch"] == "c2fcn" and meta["options"] == read_metadata(base)["options"]
+    assert meta["training"]["seen_cases"] == before + ["case_002"]
+    assert meta["training"]["init_from"] == str(base)
+    with pytest.raises(PairSegInputError, match="not unet"):
+        train(_config(small_data, tmp_path / "x.pairseg", arch="unet", steps=1, init_from=str(base)))
+    assert not (tmp_path / "x.pairseg").exists()
+
+
+def test_init_from_refuses_other_classes_or_modality(full_run, small_data, tmp_path):
+    base, _, _ = full_run
+    manifest = json.loads((small_data / "dataset.json").read_text())
+    for entry in manifest["training"]:
+        entry["image"] = str((small_data / entry["image"]).resolve())
+        entry["label"] = str((small_data / entry["label"]).resolve())
+    ct = tmp_path / "ct"
+    ct.mkdir()
+    (ct / "dataset.json").write_text(json.dumps({**manifest, "modality": {"0": "CT"}}))
+    with pytest.raises(PairSegInputError, match="modality"):
+        train(_config(ct, tmp_path / "a.pairseg", steps=1, init_from=str(base)))
+    other = tmp_path / "other"
+    other.mkdir()
+    labels = dict(manifest["labels"], **{"4": "pancreas"})
+    (other / "dataset.json").write_text(json.dumps({**manifest, "labels": labels}))
+    with pytest.raises(PairSegInputError, match="classes"):
+        train(_config(other, tmp_path / "b.pairseg", steps=1, init_from=str(base)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "other"]
+
+
+@pytest.mark.parametrize("arch, extra", [
+    ("deeplabv3plus", {}), ("unet", {}), ("cfcn", {}), ("siamfcn", {}), ("c2fcn", {"base": "unet"}),
+    ("c2fcn", {"aggregate": "max", "pair_mode": "intra+inter", "offsets": None}),
+])
+def test_every_architecture_trains_through_the_loop(arch, extra, small_data, tmp_path):
+    out = tmp_path / f"{arch}.pairseg"
+    recorder = Recorder()
+    result = train(_config(small_data, out, arch=arch, steps=2, batch_size=2,
+                           augment=AugmentConfig(flip_lr=True), **extra), recorder)
+    assert result.steps == 2 and out.is_file()
+    model, meta = load_model(out)
+    assert meta["arch"] == arch and model.arch == arch
+    if "base" in extra:
+        assert meta["options"]["base"] == "unet"
+    if arch in ("deeplabv3plus", "unet"):
+        assert recorder.of("start")[0]["samples_per_epoch"] == 24  # every slice once
+    assert all(p["loss"] > 0 for p in recorder.of("progress"))
+
+
+def test_budget_and_size_checks(small_data, tmp_path):
+    with pytest.raises(PairSegInputError, match="either"):
+        train(_config(small_data, tmp_path / "m", epochs=1, steps=1))
+    with pytest.raises(PairSegInputError, match="at least 1"):
+        train(_config(small_data, tmp_path / "m", steps=0))
+    with pytest.raises(PairSegInputError, match="--size"):
+        train(_config(small_data, tmp_path / "m", steps=1, size=8))
+    with pytest.raises(PairSegInputError, match="no case named"):
+        train(_config(small_data, tmp_path / "m", steps=1, cases=["nope"]))
+    with pytest.raises(PairSegInputError, match="val-fraction"):
+        train(_config(small_data, tmp_path / "m", steps=1, val_fraction=0.9, cases=["case_000"]))
+    assert list(tmp_path.iterdir()) == []
