@@ -13,6 +13,7 @@ import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.util import VTKObservationMixin
 
 import PairSegTrainerLib.logic as _trainerLogic
 
@@ -63,11 +64,12 @@ class PairSegTrainerParameterNode:
     proxySliceB: int = 3
 
 
-class PairSegTrainerWidget(ScriptedLoadableModuleWidget):
+class PairSegTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """Loads the .ui file and hands it to PairSegTrainerLib.widget.TrainerPanel."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
         self.panel = None
 
     def setup(self):
@@ -94,6 +96,7 @@ class PairSegTrainerWidget(ScriptedLoadableModuleWidget):
     def cleanup(self):
         if self.panel:
             self.panel.cleanup()
+        self.removeObservers()
 
 
 class PairSegTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogic.PairSegTrainerLogic):

@@ -180,7 +180,8 @@ class TrainerPanel:
         self.updateGui()
 
     def onRemoveCases(self):
-        rows = sorted({index.row() for index in self.ui.trainingTable.selectedIndexes()}, reverse=True)
+        selection = self.ui.trainingTable.selectionModel().selectedRows()
+        rows = sorted({index.row() for index in selection}, reverse=True)
         items = self.items()
         for row in rows:
             if 0 <= row < len(items):
