@@ -1,0 +1,235 @@
+"""The `pairseg` command line: train / segment / evaluate / info / demo, JSON events, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+import torch
+
+from pairseg import __version__
+from pairseg.cli import EXIT_BAD_INPUT, EXIT_STOPPED, main
+from pairseg.io import Volume, read_label, write_labels, write_volume
+from pairseg.modelfile import read_metadata, save_model
+from pairseg.networks import build_model
+from pairseg.phantoms import make_phantom_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["liver", "right kidney", "left kidney", "spleen"]
+
+
+def run(capsys, *argv) -> tuple[int, list[dict], str]:
+    """Run the CLI in-process; return (exit code, JSON events, stderr)."""
+    threads = torch.get_num_threads()
+    try:
+        code = main([str(a) for a in argv])
+    finally:
+        torch.set_num_threads(threads)
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines() if line.startswith('{"event"')]
+    return code, events, captured.out + captured.err
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    return make_phantom_dataset(tmp_path_factory.mktemp("cli-data"), n_cases=3, shape=(12, 40, 56), seed=7)
+
+
+@pytest.fixture(scope="module")
+def bare_folders(small_data, tmp_path_factory):
+    """The same cases as a bare folder (no dataset.json) for training and one for validation."""
+    root = tmp_path_factory.mktemp("bare")
+    train_dir, val_dir = root / "train", root / "val"
+    for folder, names in ((train_dir, ["case_000", "case_001"]), (val_dir, ["case_002"])):
+        folder.mkdir()
+        for name in names:
+            for kind in ("image", "label"):
+                shutil.copy(small_data / f"{name}_{kind}.nii.gz", folder / f"{name}_{kind}.nii.gz")
+    return train_dir, val_dir
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory):
+    torch.manual_seed(1)
+    model = build_model("c2fcn", 4, 3, base="unet", width=4)
+    meta = {"class_names": CLASSES, "class_colors": [[0.1 * k, 0.5, 0.5] for k in range(1, 5)],
+            "modality": "MR", "size": 32}
+    return save_model(tmp_path_factory.mktemp("cli-model") / "tiny.pairseg", model, meta)
+
+
+TRAIN_ARGS = ["--size", "32", "--batch-size", "4", "--output-stride", "16", "--pair-mode", "intra",
+              "--offsets", "5", "--device", "cpu", "--lr", "1e-3", "--events", "json"]
+
+
+def test_python_dash_m_pairseg():
+    done = subprocess.run([sys.executable, "-m", "pairseg", "--version"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and __version__ in done.stdout
+    done = subprocess.run([sys.executable, "-m", "pairseg", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    for command in ("train", "segment", "evaluate", "proxy-maps", "info", "demo"):
+        assert command in done.stdout
+
+
+def test_train_bare_folder_with_validation_json_events(bare_folders, tmp_path, capsys):
+    train_dir, val_dir = bare_folders
+    out = tmp_path / "model.pairseg"
+    code, events, _ = run(capsys, "train", "--data", train_dir, "--out", out, "--classes",
+                          'liver,"right kidney",left kidney,spleen', "--modality", "mr", "--val", val_dir,
+                          "--epochs", "1", *TRAIN_ARGS)
+    assert code == 0
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "message" and "start" in kinds and kinds[-1] == "done"
+    assert kinds.index("start") < kinds.index("progress") < kinds.index("validation") < kinds.index("checkpoint")
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [p["step"] for p in progress] == [1, 2, 3]
+    assert all({"step", "total", "epoch", "loss", "eta_s", "fraction", "stage"} <= set(p) for p in progress)
+    validation = next(e for e in events if e["event"] == "validation")
+    assert validation["epoch"] == 1 and set(validation["dice"]) == set(CLASSES)
+    assert all("time" in e for e in events)
+    meta = read_metadata(out)
+    assert meta["class_names"] == CLASSES and meta["modality"] == "MR"
+    assert meta["training"]["cases"] == ["case_000", "case_001"]
+    assert set(meta["validation"]["dice"]) == set(CLASSES)
+
+    code, _, text = run(capsys, "info", out)
+    assert code == 0 and "right kidney" in text and "c2fcn" in text and "validation" in text
+    code, _, text = run(capsys, "info", out, "--json")
+    assert code == 0 and json.loads(text)["sha256"] == meta["sha256"]
+
+
+def test_stop_file_exit_130_then_resume(small_data, tmp_path, capsys):
+    out = tmp_path / "m.pairseg"
+    stop = tmp_path / "STOP"
+    stop.touch()
+    args = ["train", "--data", small_data, "--out", out, "--cases", "case_000,case_001", "--steps", "3", *TRAIN_ARGS]
+    code, events, _ = run(capsys, *args, "--stop-file", stop)
+    assert code == EXIT_STOPPED
+    assert [e["event"] for e in events][-2:] == ["checkpoint", "stopped"]
+    assert not out.exists() and Path(str(out) + ".ckpt").is_file()
+    stop.unlink()
+    code, events, _ = run(capsys, *args, "--resume")
+    assert code == 0 and out.is_file() and not Path(str(out) + ".ckpt").exists()
+    assert [e["step"] for e in events if e["event"] == "progress"] == [2, 3]
+
+
+def test_train_bad_input_exit_2(small_data, tmp_path, capsys):
+    code, events, _ = run(capsys, "train", "--data", tmp_path / "nowhere", "--out", tmp_path / "m.pairseg",
+                          "--steps", "1", "--events", "json")
+    assert code == EXIT_BAD_INPUT
+    assert events[-1]["event"] == "error" and events[-1]["kind"] == "input" and "nowhere" in events[-1]["message"]
+    code, events, _ = run(capsys, "train", "--data", small_data, "--out", tmp_path / "m.pairseg", "--steps", "1",
+                          "--resume", *TRAIN_ARGS)
+    assert code == EXIT_BAD_INPUT and "no checkpoint" in events[-1]["message"]
+    code, _, text = run(capsys, "train", "--data", tmp_path / "nowhere", "--out", tmp_path / "m.pairseg")
+    assert code == EXIT_BAD_INPUT and "error:" in text  # human mode: a readable line on stderr
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(SystemExit):  # argparse: --epochs and --steps exclude each other
+        main(["train", "--data", "x", "--out", "y", "--epochs", "1", "--steps", "1"])
+
+
+def test_segment_one_file_with_probabilities(small_data, untrained_model, tmp_path, capsys):
+    image = small_data / "case_002_image.nii.gz"
+    out, probs = tmp_path / "seg" / "case.seg.nrrd", tmp_path / "probs.nrrd"
+    code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input", image, "--output", out,
+                          "--probabilities", probs, "--events", "json", "--device", "cpu")
+    assert code == 0
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "progress" in kinds
+    assert events[-1]["outputs"] == [str(out), str(probs)] and events[-1]["classes"] == CLASSES
+    seg = slicerio.read_segmentation(str(out))
+    assert [s["name"] for s in seg["segments"]] == CLASSES
+    np.testing.assert_allclose(seg["segments"][2]["color"], [0.3, 0.5, 0.5], atol=1e-3)
+    assert sitk.ReadImage(str(probs)).GetNumberOfComponentsPerPixel() == 4
+
+
+def test_segment_folder_batch_size_and_largest_component(small_data, untrained_model, tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for name in ("case_000", "case_002"):
+        shutil.copy(small_data / f"{name}_image.nii.gz", inputs / f"{name}_image.nii.gz")
+    results = {}
+    for tag, extra in (("a", ["--batch-size", "1"]), ("b", ["--batch-size", "16"]),
+                       ("raw", ["--no-largest-component"])):
+        out = tmp_path / tag
+        code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input", inputs, "--output", out,
+                              "--device", "cpu", "--events", "json", "--probabilities", tmp_path / f"p{tag}", *extra)
+        assert code == 0
+        assert sorted(p.name for p in out.iterdir()) == ["case_000.nii.gz", "case_002.nii.gz"]
+        assert sorted(p.name for p in (tmp_path / f"p{tag}").iterdir()) == [
+            "case_000.probabilities.nii.gz", "case_002.probabilities.nii.gz"]
+        fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+        assert fractions == sorted(fractions) and fractions[-1] == 1.0
+        results[tag] = {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in out.iterdir()}
+    from pairseg.postprocess import keep_largest_component
+
+    for name in results["a"]:
+        np.testing.assert_array_equal(results["a"][name], results["b"][name])
+        np.testing.assert_array_equal(results["a"][name], keep_largest_component(results["raw"][name], 4))
+
+
+def test_segment_refuses_other_modality(small_data, untrained_model, tmp_path, capsys):
+    out = tmp_path / "out.nii.gz"
+    code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input",
+                          small_data / "case_000_image.nii.gz", "--output", out, "--modality", "CT",
+                          "--events", "json", "--device", "cpu")
+    assert code == EXIT_BAD_INPUT and "MR" in events[-1]["message"] and "CT" in events[-1]["message"]
+    assert not out.exists()
+
+
+def _perturbed(small_data, folder: Path, names):
+    folder.mkdir()
+    for name in names:
+        labels, _ = read_label(small_data / f"{name}_label.nii.gz")
+        image = sitk.ReadImage(str(small_data / f"{name}_label.nii.gz"))
+        shifted = np.roll(labels, 1, axis=2)
+        write_labels(folder / f"{name}.nii.gz", shifted, Volume(labels, image.GetSpacing(), image.GetOrigin(),
+                                                                image.GetDirection()))
+
+
+def test_evaluate_folders_matched_by_case_name(small_data, tmp_path, capsys):
+    preds = tmp_path / "preds"
+    _perturbed(small_data, preds, ["case_001", "case_002"])
+    report = tmp_path / "report" / "metrics.json"
+    code, _, text = run(capsys, "evaluate", "--pred", preds, "--ref", small_data, "--json", report)
+    assert code == 0
+    for word in ("case_001", "case_002", "liver", "spleen"):
+        assert word in text
+    assert "case_000" not in text  # no prediction for it
+    data = json.loads(report.read_text())
+    assert [c["case"] for c in data["cases"]] == ["case_001", "case_002"]
+    for case in data["cases"]:
+        assert set(case["dice"]) == set(CLASSES)
+        assert 0.3 < case["dice"]["liver"] < 1.0 and case["assd"]["liver"] > 0
+    assert "summary" in data
+
+
+def test_evaluate_single_files_and_identity(small_data, tmp_path, capsys):
+    ref = small_data / "case_000_label.nii.gz"
+    code, _, _ = run(capsys, "evaluate", "--pred", ref, "--ref", ref, "--json", tmp_path / "m.json")
+    assert code == 0
+    case = json.loads((tmp_path / "m.json").read_text())["cases"][0]
+    assert all(v == 1.0 for v in case["dice"].values()) and all(v == 0.0 for v in case["assd"].values())
+    code, _, text = run(capsys, "evaluate", "--pred", tmp_path, "--ref", small_data)
+    assert code == EXIT_BAD_INPUT and "no case names in common" in text
+
+
+def test_demo_with_tiny_settings(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, events, _ = run(capsys, "demo", "--out", out, "--steps", "2", "--size", "32", "--batch-size", "2",
+                          "--device", "cpu", "--events", "json")
+    assert code == 0
+    done = events[-1]
+    assert done["event"] == "done" and len(done["outputs"]) == 3
+    for path in done["outputs"]:
+        assert Path(path).is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["metrics"]["dice"]) == set(CLASSES)
+    assert metrics["held_out"] not in metrics["training_cases"]

@@ -1,0 +1,147 @@
+"""pairseg.infer: label maps in the input's own geometry, batching, probabilities, post-processing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicerio
+import torch
+
+from pairseg.errors import PairSegInputError
+from pairseg.infer import Predictor, list_inputs, predict_volume, resolve_device
+from pairseg.io import Volume, read_volume, write_volume
+from pairseg.modelfile import save_model
+from pairseg.networks import build_model
+from pairseg.postprocess import keep_largest_component
+from pairseg.proxy import decode_labels
+
+CLASSES = ["liver", "spleen"]
+COLORS = [[0.9, 0.5, 0.4], [0.6, 0.4, 0.6]]
+
+
+@pytest.fixture(scope="module")
+def untrained_model(tmp_path_factory):
+    """An untrained (random) tiny C2FCN: plumbing only; its output is arbitrary but fixed."""
+    torch.manual_seed(0)
+    model = build_model("c2fcn", 2, 3, base="unet", width=4)
+    meta = {"class_names": CLASSES, "class_colors": COLORS, "modality": "MR", "size": 32}
+    return save_model(tmp_path_factory.mktemp("model") / "tiny.pairseg", model, meta)
+
+
+def _oblique(shape=(7, 40, 56)) -> Volume:
+    rng = np.random.default_rng(4)
+    array = rng.normal(100.0, 30.0, shape).astype(np.float32)
+    array[:, 10:30, 15:40] += 200.0  # a bright block for the model to notice
+    angle = np.radians(25.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0, 0, 1.0]])
+    tilt = np.array([[1.0, 0, 0], [0, np.cos(0.3), -np.sin(0.3)], [0, np.sin(0.3), np.cos(0.3)]])
+    direction = rotation @ tilt @ np.diag([1.0, -1.0, 1.0])  # oblique, with a flipped y axis
+    return Volume(array, (0.7, 1.3, 4.5), (-12.5, 40.0, 7.25), tuple(direction.ravel()))
+
+
+def test_output_in_input_geometry(untrained_model, tmp_path):
+    source = tmp_path / "oblique.nrrd"
+    write_volume(source, _oblique())
+    predictor = Predictor(untrained_model, "cpu")
+    outputs = predictor.segment_file(source, tmp_path / "out.nii.gz")
+    assert outputs == [tmp_path / "out.nii.gz"]
+    image, labels = sitk.ReadImage(str(source)), sitk.ReadImage(str(outputs[0]))
+    assert labels.GetSize() == image.GetSize() == (56, 40, 7)
+    np.testing.assert_allclose(labels.GetSpacing(), image.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(labels.GetOrigin(), image.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(labels.GetDirection(), image.GetDirection(), atol=1e-5)
+    values = sitk.GetArrayFromImage(labels)
+    assert values.dtype == np.uint8 and values.max() <= 2
+
+
+def test_seg_nrrd_carries_class_names_and_colours(untrained_model, tmp_path):
+    source = tmp_path / "oblique.nii.gz"
+    write_volume(source, _oblique())
+    Predictor(untrained_model, "cpu").segment_file(source, tmp_path / "out.seg.nrrd")
+    seg = slicerio.read_segmentation(str(tmp_path / "out.seg.nrrd"))
+    assert [s["name"] for s in seg["segments"]] == CLASSES
+    for segment, color in zip(seg["segments"], COLORS):
+        np.testing.assert_allclose(segment["color"], color, atol=1e-3)
+    np.testing.assert_allclose(seg["ijkToLPS"], read_volume(source).ijk_to_lps(), atol=1e-4)
+
+
+def test_largest_component_by_default(untrained_model):
+    predictor = Predictor(untrained_model, "cpu")
+    volume = _oblique()
+    raw = predictor.segment(volume, keep_largest=False).labels.array
+    default = predictor.segment(volume).labels.array
+    np.testing.assert_array_equal(default, keep_largest_component(raw, 2))
+
+
+def test_result_independent_of_batch_size(untrained_model):
+    volume = _oblique(shape=(9, 40, 56))
+    results = [Predictor(untrained_model, "cpu", batch_size=b).segment(volume, keep_probabilities=True)
+               for b in (1, 4, 16)]
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.labels.array, results[0].labels.array)
+        np.testing.assert_allclose(other.probabilities.astype(np.float32),
+                                   results[0].probabilities.astype(np.float32), atol=2e-3)
+
+
+def test_probabilities_file_consistent_with_labels(untrained_model, tmp_path):
+    source = tmp_path / "in.nii.gz"
+    write_volume(source, _oblique())
+    predictor = Predictor(untrained_model, "cpu")
+    predictor.segment_file(source, tmp_path / "labels.nii.gz", probabilities_path=tmp_path / "probs.nii.gz",
+                           keep_largest=False)
+    probs_image = sitk.ReadImage(str(tmp_path / "probs.nii.gz"))
+    assert probs_image.GetNumberOfComponentsPerPixel() == 2
+    assert probs_image.GetSize() == (56, 40, 7)
+    np.testing.assert_allclose(probs_image.GetDirection(), sitk.ReadImage(str(source)).GetDirection(), atol=1e-5)
+    probs = sitk.GetArrayFromImage(probs_image)  # z, y, x, K
+    assert probs.min() >= 0.0 and probs.max() <= 1.0
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "labels.nii.gz")))
+    decoded = decode_labels(torch.from_numpy(np.moveaxis(probs, -1, 1).astype(np.float32))).numpy()
+    # Away from exact ties (float16 storage), the labels are the decoded probabilities.
+    top = np.sort(probs, axis=-1)
+    clear = (np.abs(top[..., -1] - 0.5) > 2e-3) & (top[..., -1] - top[..., -2] > 2e-3)
+    assert clear.mean() > 0.5
+    np.testing.assert_array_equal(labels[clear], decoded[clear])
+
+
+def test_predict_volume_native_grid_and_progress():
+    model = build_model("unet", 3, 3, width=4)
+    seen = []
+    labels, probs = predict_volume(model, np.random.rand(5, 40, 56).astype(np.float32), 32, torch.device("cpu"),
+                                   batch_size=2, keep_probabilities=True,
+                                   events=lambda name, **f: seen.append(f["step"]))
+    assert labels.shape == (5, 40, 56) and labels.dtype == np.uint8
+    assert probs.shape == (5, 3, 40, 56) and probs.dtype == np.float16
+    assert seen == [2, 4, 5]
+
+
+def test_check_request_and_bad_images(untrained_model, tmp_path):
+    predictor = Predictor(untrained_model, "cpu")
+    assert predictor.class_names == CLASSES
+    predictor.check_request("mr", ["Liver", "Spleen"])
+    with pytest.raises(PairSegInputError, match="trained on MR"):
+        predictor.check_request("CT")
+    with pytest.raises(PairSegInputError, match="classes"):
+        predictor.check_request(None, ["liver"])
+    flat = Volume(np.full((5, 20, 20), 3.0, np.float32))
+    write_volume(tmp_path / "flat.nii.gz", flat)
+    with pytest.raises(PairSegInputError, match="flat.nii.gz.*constant"):
+        predictor.segment_file(tmp_path / "flat.nii.gz", tmp_path / "out.nii.gz")
+    assert not (tmp_path / "out.nii.gz").exists()
+
+
+def test_resolve_device_and_list_inputs(tmp_path):
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(PairSegInputError, match="unknown device"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PairSegInputError, match="CUDA"):
+            resolve_device("cuda")
+    with pytest.raises(PairSegInputError, match="does not exist"):
+        list_inputs(tmp_path / "nothing")
+    for name in ("b.nii.gz", "a.nrrd", "c.seg.nrrd", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_inputs(tmp_path)] == ["a.nrrd", "b.nii.gz"]
+    assert list_inputs(tmp_path / "a.nrrd") == [tmp_path / "a.nrrd"]
