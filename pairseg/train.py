@@ -30,7 +30,7 @@ import torch
 from pairseg import __version__
 from pairseg.augment import AugmentConfig, augment_batch
 from pairseg.data import Dataset, SliceStore, load_case, load_dataset, normalize
-from pairseg.distributed import DistributedContext
+from pairseg.distributed import DistributedContext, tensor_digest
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
 from pairseg.infer import predict_volume
@@ -172,7 +172,15 @@ class EpochPlan:
         return max(1, len(self.rows(0)) // global_batch)
 
     def batches(self, epoch: int, rank: int = 0) -> list[np.ndarray]:
-        """This rank's batches: every rank gets the same number; each global batch is split."""
+        """This rank's batches: every rank gets the same number; each global batch is split.
+
+        Global batch ``b`` is rows ``[b*G, (b+1)*G)`` of the epoch's shuffled rows (G = batch
+        size x world size) and rank ``r`` takes its ``r``-th slice of ``batch_size`` rows. So the
+        ranks' batches of an epoch together hold every row once, except the last ``len % G``
+        rows, which are dropped (a different remainder each epoch, as the shuffle changes), and
+        the concatenation of the ranks' batch ``b`` is exactly a one-process run's batch ``b``
+        with ``batch_size x world size``. A set smaller than G is repeated to fill one batch.
+        """
         rows = self.rows(epoch)
         size = self.config.batch_size
         global_batch = size * self.world_size
@@ -277,11 +285,25 @@ class _StopRequest:
         return self.flag
 
 
-def _signature(dataset: Dataset, config: TrainConfig, arch: str) -> dict:
-    """What a checkpoint must agree with to be resumed."""
-    return {"arch": arch, "size": config.size, "batch_size": config.batch_size,
+def _signature(dataset: Dataset, config: TrainConfig, arch: str, world_size: int = 1) -> dict:
+    """What a checkpoint must agree with to be resumed. The global batch (batch size x ranks)
+    counts, not the per-rank one: a checkpoint from 2 ranks x 4 resumes in 1 process x 8."""
+    return {"arch": arch, "size": config.size, "global_batch_size": config.batch_size * world_size,
             "classes": dataset.class_names, "cases": [c.name for c in dataset.cases],
             "pair_mode": config.pair_mode, "seed": config.seed}
+
+
+def _read_checkpoint(ckpt_file: Path, signature: dict) -> dict:
+    if not ckpt_file.is_file():
+        raise PairSegInputError(f"{ckpt_file}: no checkpoint to resume")
+    ckpt = safe_torch_load(ckpt_file, "checkpoint")
+    if ckpt.get("format") != "pairseg-checkpoint":
+        raise PairSegInputError(f"{ckpt_file}: not a PairSeg checkpoint")
+    saved = json.loads(ckpt["signature"])
+    if saved != json.loads(json.dumps(signature)):
+        changed = sorted(k for k in signature if saved.get(k) != json.loads(json.dumps(signature)).get(k))
+        raise PairSegInputError(f"{ckpt_file}: checkpoint was made with different settings ({', '.join(changed)})")
+    return ckpt
 
 
 def train(config: TrainConfig, events: EventSink = null_events) -> TrainResult:
@@ -352,31 +374,37 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
         model.to(memory_format=torch.channels_last)
     form = model.training_form
     criterion = criterion_for(model)
+    plan = EpochPlan(store, form, config, dataset.modality, dist.world_size)
+    per_epoch = plan.steps_per_epoch()
+    total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
+    signature = _signature(train_set, config, arch, dist.world_size)
+    if dist.enabled:  # before DDP, which would fail obscurely on different models
+        shared = {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "val", "init_from",
+                                                                           "stop_file", "device")}
+        dist.check_agreement({**shared, "arch": arch, "options": options, "classes": dataset.class_names,
+                              "modality": dataset.modality, "cases": [c.name for c in train_set.cases],
+                              "slices": store.slice_counts, "labels": tensor_digest(store.labels),
+                              "images": tensor_digest(store.images, stride=97), "total_steps": total_steps})
     net = dist.wrap(model, sync_batchnorm=config.sync_batchnorm)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
-    plan = EpochPlan(store, form, config, dataset.modality, dist.world_size)
-    per_epoch = plan.steps_per_epoch()
-    total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
-    signature = _signature(train_set, config, arch)
-    dist.check_agreement({"signature": signature, "total_steps": total_steps})
-
     step, epoch, step_in_epoch = 0, 0, 0
     history: list[dict] = []
     validation: dict | None = None
     if config.resume:
-        if not ckpt_file.is_file():
-            raise PairSegInputError(f"{ckpt_file}: no checkpoint to resume")
-        ckpt = safe_torch_load(ckpt_file, "checkpoint")
-        if ckpt.get("format") != "pairseg-checkpoint":
-            raise PairSegInputError(f"{ckpt_file}: not a PairSeg checkpoint")
-        saved = json.loads(ckpt["signature"])
-        if saved != json.loads(json.dumps(signature)):
-            changed = sorted(k for k in signature if saved.get(k) != json.loads(json.dumps(signature)).get(k))
-            raise PairSegInputError(f"{ckpt_file}: checkpoint was made with different settings ({', '.join(changed)})")
+        ckpt, problem = None, None
+        try:  # every rank reads the checkpoint; a rank that cannot makes all ranks fail alike
+            ckpt = _read_checkpoint(ckpt_file, signature)
+        except PairSegInputError as error:
+            problem = str(error)
+        problems = [(r, p) for r, p in enumerate(dist.gather_objects(problem)) if p]
+        if problems:
+            raise PairSegInputError(problems[0][1] if not dist.enabled else
+                                    f"rank {problems[0][0]}: {problems[0][1]} (with several machines, --out "
+                                    "must be on a file system that every rank can read)")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler"):
@@ -384,6 +412,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
         step, epoch, step_in_epoch = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
         history = json.loads(ckpt["history"])
         validation = json.loads(ckpt["validation"]) if ckpt.get("validation") else None
+        dist.check_agreement({"resumed_at_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch})
         events("message", text=f"resumed from {ckpt_file} at step {step} (epoch {epoch + 1})")
 
     pairs_per_epoch = len(plan.rows(0))
@@ -432,7 +461,8 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
                 scaler.update()
                 step += 1
                 step_in_epoch += 1
-                value = float(loss.detach())
+                # Loss averaged over the ranks, and whether any rank asked to stop: one all-reduce.
+                value, stop_now = dist.reduce_step(float(loss.detach()), stop_request.requested())
                 if not math.isfinite(value):
                     halt.set()
                     raise RuntimeError(f"training diverged: loss is {value} at step {step}")
@@ -442,7 +472,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
                 events("progress", stage="train", step=step, total=total_steps, epoch=epoch + 1,
                        loss=value, fraction=step / total_steps,
                        eta_s=(total_steps - step) / rate if rate > 0 else None)
-                if step >= total_steps or dist.any_flag(stop_request.requested()):
+                if step >= total_steps or stop_now:
                     stopped = step < total_steps
                     halt.set()
                     break
