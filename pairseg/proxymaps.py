@@ -100,19 +100,22 @@ def write_proxy_maps(*, label_a: str, slice_a: int, label_b: str | None, slice_b
             raise PairSegInputError(f"{path}: slice {index} outside 0..{labels.shape[0] - 1}")
     if labels_a.shape[1:] != labels_b.shape[1:]:
         raise PairSegInputError(f"{label_b}: slice size {labels_b.shape[1:]} differs from {labels_a.shape[1:]}")
+    if model and not image_a:
+        raise PairSegInputError("--model needs --image-a (and --image-b for another volume)")
     reference = read_volume(image_a) if image_a else read_volume(label_a)
+    and_map, xor_map = and_xor(labels_a[slice_a], labels_b[slice_b], num_classes)
+    background = normalize(reference.array, "MR")[slice_a] if image_a else None
+    predicted = None
+    if model:  # computed before anything is written: a failure leaves no partial output
+        second = read_volume(image_b) if image_b else reference
+        predicted = predicted_and_xor(model, reference, slice_a, second, slice_b, device)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    and_map, xor_map = and_xor(labels_a[slice_a], labels_b[slice_b], num_classes)
     written = [write_volume(folder / "and.nii.gz", slice_volume(reference, slice_a, and_map)),
                write_volume(folder / "xor.nii.gz", slice_volume(reference, slice_a, xor_map))]
-    background = normalize(reference.array, "MR")[slice_a] if image_a else None
     written.append(write_png(folder / "proxy_truth.png", picture(background, and_map > 0, xor_map)))
-    if model:
-        if not image_a:
-            raise PairSegInputError("--model needs --image-a (and --image-b for another volume)")
-        second = read_volume(image_b) if image_b else reference
-        p_and, p_xor = predicted_and_xor(model, reference, slice_a, second, slice_b, device)
+    if predicted is not None:
+        p_and, p_xor = predicted
         written += [write_volume(folder / "and_predicted.nii.gz", slice_volume(reference, slice_a, p_and)),
                     write_volume(folder / "xor_predicted.nii.gz", slice_volume(reference, slice_a, p_xor)),
                     write_png(folder / "proxy_predicted.png", picture(background, p_and, p_xor))]
