@@ -184,9 +184,7 @@ def cmd_segment(args, events) -> int:
 
     inputs = list_inputs(args.input)
     many = Path(args.input).is_dir() and inputs != [Path(args.input)]
-    output = Path(args.output)
-    if many:
-        output.mkdir(parents=True, exist_ok=True)
+    output = Path(args.output)  # folders are made by the (atomic) writes: a refused run leaves none
     predictor = Predictor(args.model, args.device, batch_size=args.batch_size)
     predictor.check_request(args.modality)
     events("start", model=args.model, device=str(predictor.device), inputs=[str(p) for p in inputs],

@@ -112,6 +112,18 @@ def test_segment_unreadable_files(model, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.nii.gz", "good.nii.gz"]
 
 
+def test_segment_folder_with_bad_model_leaves_no_output_folder(tmp_path, capsys):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_volume(inputs / "a_image.nii.gz", _image())
+    junk = tmp_path / "junk.pairseg"
+    junk.write_bytes(b"PK\x03\x04 not really a zip")
+    error = run(capsys, "segment", "--model", junk, "--input", inputs, "--output", tmp_path / "out",
+                "--probabilities", tmp_path / "probs")
+    assert "junk.pairseg" in error["message"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inputs", "junk.pairseg"]
+
+
 def test_segment_model_of_other_modality(model, tmp_path, capsys):
     good = tmp_path / "ct.nii.gz"
     write_volume(good, _image())

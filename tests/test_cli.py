@@ -115,9 +115,11 @@ def test_stop_file_exit_130_then_resume(small_data, tmp_path, capsys):
     assert [e["event"] for e in events][-2:] == ["checkpoint", "stopped"]
     assert not out.exists() and Path(str(out) + ".ckpt").is_file()
     stop.unlink()
-    code, events, _ = run(capsys, *args, "--resume")
+    assert args[-2:] == ["--events", "json"]
+    code, events, text = run(capsys, *args[:-2], "--resume")  # people's progress output this time
     assert code == 0 and out.is_file() and not Path(str(out) + ".ckpt").exists()
-    assert [e["step"] for e in events if e["event"] == "progress"] == [2, 3]
+    assert events == [] and "resumed from" in text and "3/3" in text and "done: " + str(out) in text
+    assert read_metadata(out)["training"]["steps"] == 3
 
 
 def test_train_bad_input_exit_2(small_data, tmp_path, capsys):
