@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -308,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     json_mode = getattr(args, "events", "human") == "json"
     events = JsonEvents() if json_mode else HumanEvents()
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 speaks on stdout
+        events = HumanEvents(quiet=True)
     try:
         if args.command == "train":
             return cmd_train(args, events)
