@@ -85,35 +85,49 @@ def exportVolume(volumeNode, path):
     return path
 
 
-def _matrixDifference(a, b):
-    return max(abs(a.GetElement(i, j) - b.GetElement(i, j)) for i in range(4) for j in range(4))
+def ijkToLps(volumeNode):
+    """The volume's IJK-to-LPS matrix (4 x 4 numpy), the convention of the engine's files."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ slicer.util.arrayFromVTKMatrix(matrix)
 
 
 def readLabelImage(path, referenceVolumeNode, numberOfClasses):
-    """Read an engine label map as vtkOrientedImageData, checked against the input's geometry."""
-    labelNode = slicer.vtkMRMLLabelMapVolumeNode()  # never added to the scene
-    storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storageNode.SetFileName(os.fspath(path))
-    storageNode.SetCenterImage(False)
-    if not os.path.isfile(path) or not storageNode.ReadData(labelNode) or labelNode.GetImageData() is None:
-        raise IOError(f"The engine's result {path} could not be read.")
-    expected, found = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-    referenceVolumeNode.GetIJKToRASMatrix(expected)
-    labelNode.GetIJKToRASMatrix(found)
-    if labelNode.GetImageData().GetDimensions() != referenceVolumeNode.GetImageData().GetDimensions() \
-            or _matrixDifference(expected, found) > GEOMETRY_TOLERANCE:
+    """Read an engine label map as vtkOrientedImageData in exactly the input volume's voxel grid.
+
+    SimpleITK reads the voxels in file order (Slicer's reader would reorder a left-handed grid);
+    the file's geometry must be the input's, which the engine guarantees and this checks.
+    """
+    import SimpleITK as sitk
+
+    if not os.path.isfile(path):
+        raise IOError(f"The engine wrote no result ({path}).")
+    try:
+        image = sitk.ReadImage(os.fspath(path))
+    except RuntimeError as error:
+        raise IOError(f"The engine's result {path} could not be read.") from error
+    labels = sitk.GetArrayFromImage(image)
+    expected = ijkToLps(referenceVolumeNode)
+    found = np.eye(4)
+    found[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    found[:3, 3] = image.GetOrigin()
+    dimensions = referenceVolumeNode.GetImageData().GetDimensions()
+    if labels.shape != tuple(reversed(dimensions)) or np.abs(found - expected).max() > GEOMETRY_TOLERANCE:
         raise IOError("The engine's result does not have the input volume's geometry.")
-    low, high = labelNode.GetImageData().GetScalarRange()
-    if low < 0 or high > numberOfClasses:
-        raise IOError(f"The engine's result holds label {high:g}, but the model has {numberOfClasses} classes.")
-    image = slicer.vtkOrientedImageData()
-    cast = vtk.vtkImageCast()
-    cast.SetInputData(labelNode.GetImageData())
-    cast.SetOutputScalarTypeToUnsignedChar() if numberOfClasses < 256 else cast.SetOutputScalarTypeToShort()
-    cast.Update()
-    image.ShallowCopy(cast.GetOutput())
-    image.SetImageToWorldMatrix(expected)  # exactly the input's geometry
-    return image
+    if labels.size and (labels.min() < 0 or labels.max() > numberOfClasses):
+        raise IOError(f"The engine's result holds label {labels.max()}, but the model has "
+                      f"{numberOfClasses} classes.")
+    from vtk.util import numpy_support
+
+    dtype = np.uint8 if numberOfClasses < 256 else np.uint16
+    flat = np.ascontiguousarray(labels.astype(dtype)).ravel()
+    orientedImage = slicer.vtkOrientedImageData()
+    orientedImage.SetDimensions(*dimensions)
+    orientedImage.GetPointData().SetScalars(numpy_support.numpy_to_vtk(flat, deep=True))
+    ijkToRas = vtk.vtkMatrix4x4()
+    referenceVolumeNode.GetIJKToRASMatrix(ijkToRas)
+    orientedImage.SetImageToWorldMatrix(ijkToRas)  # exactly the input's geometry
+    return orientedImage
 
 
 def buildSegments(labelImage, classNames, classColors):

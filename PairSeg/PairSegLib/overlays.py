@@ -89,7 +89,6 @@ def distanceColorNode():
     colorNode.SetTypeToUser()
     count = 256
     colorNode.SetNumberOfColors(count)
-    colorNode.SetNamesInitialised(True) if hasattr(colorNode, "SetNamesInitialised") else None
     for index in range(count):
         t = index / (count - 1)
         red, green = (2 * t, 1.0) if t < 0.5 else (1.0, 2 * (1 - t))

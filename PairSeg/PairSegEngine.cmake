@@ -1,0 +1,44 @@
+# Ships the PairSeg engine (the top-level `pairseg` package of the repository) inside the
+# extension: its Python files are copied, byte-compiled and installed into the scripted-modules
+# folder, so `import pairseg` and `PythonSlicer -m pairseg` work in Slicer without a separate
+# install. Paths are relative to the repository root. Keep this list in sync with pairseg/
+# (Testing/test_pairseg_module.py checks that every pairseg/**/*.py is listed).
+
+set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
+  pairseg/__init__.py
+  pairseg/__main__.py
+  pairseg/augment.py
+  pairseg/cli.py
+  pairseg/data.py
+  pairseg/demo.py
+  pairseg/distributed.py
+  pairseg/errors.py
+  pairseg/events.py
+  pairseg/infer.py
+  pairseg/io.py
+  pairseg/losses.py
+  pairseg/metrics.py
+  pairseg/modelfile.py
+  pairseg/networks/__init__.py
+  pairseg/networks/base.py
+  pairseg/networks/deeplab.py
+  pairseg/networks/pairwise.py
+  pairseg/networks/resnet.py
+  pairseg/networks/unet.py
+  pairseg/pairs.py
+  pairseg/phantoms.py
+  pairseg/postprocess.py
+  pairseg/proxy.py
+  pairseg/proxymaps.py
+  pairseg/train.py
+  )
+
+ctkMacroCompilePythonScript(
+  TARGET_NAME PairSegEngine
+  SCRIPTS "${PAIRSEG_ENGINE_PYTHON_SCRIPTS}"
+  RESOURCES ""
+  SOURCE_DIR ${PROJECT_SOURCE_DIR}
+  DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}
+  INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}
+  NO_INSTALL_SUBDIR
+  )
