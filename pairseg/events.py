@@ -23,6 +23,8 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
+    if getattr(value, "ndim", 0) and hasattr(value, "tolist"):  # numpy arrays, tensors
+        return _jsonable(value.tolist())
     if hasattr(value, "item") and callable(value.item):
         return _jsonable(value.item())
     if hasattr(value, "__fspath__"):
@@ -92,7 +94,9 @@ class HumanEvents:
             self._bar_open = True
         elif event == "validation":
             dice = ", ".join(f"{k} {v:.3f}" for k, v in (fields.get("dice") or {}).items() if v is not None)
-            self._line(f"epoch {fields.get('epoch')}: validation Dice {fields.get('mean_dice', float('nan')):.3f} ({dice})")
+            mean = fields.get("mean_dice")
+            mean_text = f"{mean:.3f}" if isinstance(mean, (int, float)) else "?"
+            self._line(f"epoch {fields.get('epoch')}: validation Dice {mean_text} ({dice})")
         elif event == "error":
             self._line(f"error: {fields.get('message')}")
         elif event == "message":

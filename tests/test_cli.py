@@ -235,3 +235,22 @@ def test_demo_with_tiny_settings(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["metrics"]["dice"]) == set(CLASSES)
     assert metrics["held_out"] not in metrics["training_cases"]
+
+
+def test_event_sinks_serialise_numpy_and_missing_values():
+    import io
+
+    from pairseg.events import HumanEvents, JsonEvents
+
+    stream = io.StringIO()
+    JsonEvents(stream)("validation", epoch=np.int64(2), dice={"liver": np.float32(0.5), "spleen": float("nan")},
+                       counts=np.array([1, 2]), shape=torch.tensor([3, 4]), path=Path("/x/y"))
+    record = json.loads(stream.getvalue())
+    assert record == {**record, "event": "validation", "epoch": 2, "dice": {"liver": 0.5, "spleen": None},
+                      "counts": [1, 2], "shape": [3, 4], "path": "/x/y"}
+    text = io.StringIO()
+    human = HumanEvents(text)
+    human("validation", epoch=1, dice={"liver": None}, mean_dice=None)
+    human("progress", stage="train", fraction=1.0, step=3, total=3, loss=0.25, eta_s=0.0)
+    human("error", message="bad thing")
+    assert "validation Dice ?" in text.getvalue() and "3/3" in text.getvalue() and "error: bad thing" in text.getvalue()
