@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pairseg.data import check_image, normalize, resize_slices
+from pairseg.data import Orientation, check_image, normalize, resize_slices
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
 from pairseg.io import Volume, read_volume, write_labels, write_volume
@@ -23,7 +23,7 @@ from pairseg.modelfile import load_model
 from pairseg.postprocess import keep_largest_component
 from pairseg.proxy import decode_labels
 
-__all__ = ["resolve_device", "predict_volume", "Prediction", "Predictor", "IMAGE_SUFFIXES"]
+__all__ = ["resolve_device", "predict_volume", "predict_native", "Prediction", "Predictor", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -79,6 +79,22 @@ def predict_volume(model: torch.nn.Module, normalized: np.ndarray, size: int, de
     return labels, probabilities
 
 
+def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: int, device: torch.device,
+                   *, batch_size: int = 16, keep_probabilities: bool = False,
+                   events: EventSink = null_events) -> tuple[np.ndarray, np.ndarray | None]:
+    """Segment ``volume`` as stored: normalise, lay it out canonically (see ``Orientation``),
+    predict, and return labels (Z, H, W) and probabilities (Z, K, H, W) on the native grid."""
+    orientation = Orientation.of(volume.direction)
+    canonical = np.ascontiguousarray(orientation.apply(normalize(volume.array, modality)))
+    labels, probabilities = predict_volume(model, canonical, size, device, batch_size=batch_size,
+                                           keep_probabilities=keep_probabilities, events=events)
+    labels = np.ascontiguousarray(orientation.invert(labels))
+    if probabilities is not None:  # classes ride along as a trailing axis while axes move
+        probabilities = np.ascontiguousarray(
+            np.moveaxis(orientation.invert(np.moveaxis(probabilities, 1, -1)), -1, 1))
+    return labels, probabilities
+
+
 @dataclass
 class Prediction:
     """A segmentation in the input's geometry."""
@@ -115,10 +131,9 @@ class Predictor:
     def segment(self, volume: Volume, *, keep_largest: bool = True, keep_probabilities: bool = False,
                 events: EventSink = null_events) -> Prediction:
         check_image(volume)
-        normalized = normalize(volume.array, self.metadata["modality"])
-        labels, probabilities = predict_volume(
-            self.model, normalized, int(self.metadata["size"]), self.device, batch_size=self.batch_size,
-            keep_probabilities=keep_probabilities, events=events)
+        labels, probabilities = predict_native(
+            self.model, volume, self.metadata["modality"], int(self.metadata["size"]), self.device,
+            batch_size=self.batch_size, keep_probabilities=keep_probabilities, events=events)
         if keep_largest:
             labels = keep_largest_component(labels, self.model.num_classes).astype(np.uint8)
         return Prediction(volume.like(labels), probabilities, self.class_names,

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from pairseg.data import normalize, parse_classes, resize_slices, stack_25d
+from pairseg.data import Orientation, normalize, parse_classes, resize_slices, stack_25d
 from pairseg.errors import PairSegInputError
 from pairseg.io import Volume, read_label, read_volume, write_volume
 from pairseg.proxy import proxy_probabilities, proxy_targets
@@ -72,17 +72,22 @@ def predicted_and_xor(model_path: str, image_a: Volume, slice_a: int, image_b: V
     size = int(meta["size"])
     stacks = []
     for volume, index in ((image_a, slice_a), (image_b, slice_b)):
-        norm = normalize(volume.array, meta["modality"])
-        stacks.append(resize_slices(torch.from_numpy(stack_25d(norm, index))[None], size).to(dev))
+        orientation = Orientation.of(volume.direction)
+        if orientation.axes[0] != 0:
+            raise PairSegInputError(f"{volume.path or 'image'}: slices are not axial; proxy maps need axial slices")
+        canonical = np.ascontiguousarray(orientation.apply(normalize(volume.array, meta["modality"])))
+        index = canonical.shape[0] - 1 - index if orientation.flips[0] else index
+        stacks.append(resize_slices(torch.from_numpy(stack_25d(canonical, index))[None], size).to(dev))
+    plane_a = Orientation.of(image_a.direction)
     with torch.inference_mode():
         output = model(*stacks)
         logits = output["proxy"] if isinstance(output, dict) else output
         probs = proxy_probabilities(logits.float(), model.num_classes)
-        probs = resize_slices(probs, image_a.array.shape[1:]).cpu().numpy()[0]
+        canonical_plane = plane_a.apply(image_a.array[:1]).shape[1:]
+        probs = resize_slices(probs, canonical_plane).cpu().numpy()[0]
     k = model.num_classes
-    if k == 1:
-        return probs[1], probs[2]
-    return probs[:k].max(axis=0), probs[k:].max(axis=0)
+    maps = (probs[1], probs[2]) if k == 1 else (probs[:k].max(axis=0), probs[k:].max(axis=0))
+    return tuple(np.ascontiguousarray(plane_a.invert(m[None])[0]) for m in maps)  # type: ignore[return-value]
 
 
 def write_proxy_maps(*, label_a: str, slice_a: int, label_b: str | None, slice_b: int, out: str,

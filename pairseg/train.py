@@ -29,11 +29,11 @@ import torch
 
 from pairseg import __version__
 from pairseg.augment import AugmentConfig, augment_batch
-from pairseg.data import Dataset, SliceStore, load_case, load_dataset, normalize
+from pairseg.data import Dataset, SliceStore, canonical_arrays, load_case, load_dataset
 from pairseg.distributed import DistributedContext, tensor_digest
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.infer import predict_volume
+from pairseg.infer import predict_native
 from pairseg.io import default_colors
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
@@ -242,9 +242,8 @@ def _validate(model: torch.nn.Module, volumes, labels, class_names: list[str], m
     cases = []
     was_training = model.training
     for volume, label in zip(volumes, labels):
-        pred, _ = predict_volume(model, normalize(volume.array, modality), size, device)
-        spacing_zyx = tuple(float(s) for s in reversed(volume.spacing))
-        cases.append(evaluate_case(pred, label, spacing_zyx, class_names))
+        pred, _ = predict_native(model, volume, modality, size, device)
+        cases.append(evaluate_case(pred, label, volume.spacing_zyx, class_names))
     model.train(was_training)
     summary = summarize(cases)
     dice = {name: summary["classes"][name]["dice_mean"] for name in class_names}
@@ -349,8 +348,9 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
 
     events("message", text=f"loading {len(train_set.cases)} training case(s) from {dataset.folder}")
     volumes, label_maps = _load_arrays(train_set)
-    store = SliceStore.from_arrays([v.array for v in volumes], label_maps, dataset.modality, config.size,
-                                   [c.name for c in train_set.cases])
+    canonical = [canonical_arrays(volume, label) for volume, label in zip(volumes, label_maps)]
+    store = SliceStore.from_arrays([image for image, _ in canonical], [label for _, label in canonical],
+                                   dataset.modality, config.size, [c.name for c in train_set.cases])
     present = store.class_presence(dataset.num_classes)
     absent = [name for name, count in zip(dataset.class_names, present) if count == 0]
     if absent:
