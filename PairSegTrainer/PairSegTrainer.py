@@ -29,7 +29,7 @@ class PairSegTrainer(ScriptedLoadableModule):
             "Train pairwise segmentation models (C2FCN, CFCN) or single-slice baselines on the "
             "segmentations of the scene, watch loss and validation Dice live, fine-tune a model on "
             "corrected cases, and inspect the AND/XOR proxy maps of slice pairs. "
-            "<a href='https://github.com/pairseg/SlicerPairSeg/blob/main/docs/slicer-trainer.md'>Documentation</a>.")
+            "<a href='https://github.com/pairseg/SlicerPairSeg/blob/main/README.md#3d-slicer-the-pairsegtrainer-module'>Documentation</a>.")
         self.parent.acknowledgementText = (
             "Method: R. Wang, S. Cao, K. Ma, Y. Zheng, D. Meng, \"Pairwise learning for medical image "
             "segmentation\", Medical Image Analysis 67 (2021) 101876.")

@@ -100,7 +100,7 @@ class DistributedContext:
         missing = [name for name in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
         if missing:
             raise PairSegInputError(f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: start "
-                                    "distributed training with torchrun (see docs/distributed.md)")
+                                    "distributed training with torchrun (see the README, 'Training on several GPUs or machines')")
         rank = int(os.environ["RANK"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         wanted = resolve_device(device)
