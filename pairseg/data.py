@@ -344,6 +344,14 @@ class SliceStore:
                                       labels=True).contiguous())
         return cls(stacks, maps, list(names or [f"case{i}" for i in range(len(stacks))]))
 
+    @classmethod
+    def from_volumes(cls, volumes: Sequence[Volume], labels: Sequence[np.ndarray], modality: str, size: int,
+                     names: Sequence[str] | None = None) -> "SliceStore":
+        """Like ``from_arrays``, for volumes with geometry: each is first laid out canonically."""
+        canonical = [canonical_arrays(volume, label) for volume, label in zip(volumes, labels)]
+        return cls.from_arrays([image for image, _ in canonical], [label for _, label in canonical],
+                               modality, size, names)
+
     @property
     def slice_counts(self) -> list[int]:
         return [int(x.shape[0]) for x in self.images]

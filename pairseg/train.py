@@ -29,7 +29,7 @@ import torch
 
 from pairseg import __version__
 from pairseg.augment import AugmentConfig, augment_batch
-from pairseg.data import Dataset, SliceStore, canonical_arrays, load_case, load_dataset
+from pairseg.data import Dataset, SliceStore, load_case, load_dataset
 from pairseg.distributed import DistributedContext, tensor_digest
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
@@ -348,9 +348,8 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
 
     events("message", text=f"loading {len(train_set.cases)} training case(s) from {dataset.folder}")
     volumes, label_maps = _load_arrays(train_set)
-    canonical = [canonical_arrays(volume, label) for volume, label in zip(volumes, label_maps)]
-    store = SliceStore.from_arrays([image for image, _ in canonical], [label for _, label in canonical],
-                                   dataset.modality, config.size, [c.name for c in train_set.cases])
+    store = SliceStore.from_volumes(volumes, label_maps, dataset.modality, config.size,
+                                    [c.name for c in train_set.cases])
     present = store.class_presence(dataset.num_classes)
     absent = [name for name, count in zip(dataset.class_names, present) if count == 0]
     if absent:
