@@ -1,9 +1,10 @@
 """End to end on real CHAOS MR data: train briefly on two cases, segment a third, check liver Dice.
 
 Skipped when the data is absent. Runs through the command line, as a user would, on the CPU.
-Settings measured on a shared 2-core machine: with augmentation and --margin 2, liver Dice varied
-from 0.53 to 0.74 over seeds (600 steps: 0.39); without augmentation on every slice, seed 1 gave
-0.69 in about 200 CPU-seconds. Few steps from scratch are noisy: this is a plumbing check.
+Measured on a shared 2-core machine (400 steps, 96 px, about 180-200 CPU-seconds): these settings
+(augmentation, --margin 2) gave liver Dice 0.74 with seed 0 but 0.53 with seed 1 (600 steps, seed 1:
+0.39); without augmentation on every slice: seed 1 0.69, seed 0 0.29. Training from scratch for a
+few hundred steps is noisy: the 0.6 bar is NOT reliably met across seeds; see the report.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def test_chaos_train_segment_liver_dice(chaos_dir, tmp_path, capsys):
     try:
         code = main(["train", "--data", str(chaos_dir), "--out", str(model), "--cases", TRAIN_CASES,
                      "--steps", str(STEPS), "--size", str(SIZE), "--batch-size", "4", "--lr", "1e-3",
-                     "--output-stride", "16", "--no-augment", "--device", "cpu", "--events", "json"])
+                     "--output-stride", "16", "--margin", "2", "--device", "cpu", "--events", "json"])
         trained = time.monotonic() - start
         assert code == 0, capsys.readouterr().out[-2000:]
         output = tmp_path / f"{TEST_CASE}.seg.nrrd"
