@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     n = t.add_argument_group("network")
     n.add_argument("--output-stride", type=int, choices=[8, 16], default=8)
     n.add_argument("--aggregate", choices=["sum", "max"], default="sum", help="C2FCN feature aggregation")
+    n.add_argument("--readout", choices=["and", "union"], default="and",
+                   help="C2FCN read-out of f(x, x): AND channels (paper Eq. 12) or AND-or-XOR (union)")
     n.add_argument("--base", choices=["deeplabv3plus", "unet"], default="deeplabv3plus", help="network a pairwise model wraps")
     n.add_argument("--sync-batchnorm", action="store_true", help="synchronise BatchNorm across GPUs (torchrun)")
     n.add_argument("--channels-last", action="store_true", help="channels-last memory format")
@@ -102,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probabilities", help="also write per-class probabilities (file, or folder for a folder input)")
     s.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="refuse a model of another modality")
     s.add_argument("--batch-size", type=int, default=16, help="slices per inference batch (default 16)")
+    s.add_argument("--readout", choices=["and", "union"],
+                   help="override a C2FCN model's read-out of f(x, x) (default: the model's own)")
     s.add_argument("--format", default=".nii.gz", help="output extension for folder inputs (default .nii.gz)")
     _add_common(s)
 
@@ -166,7 +170,7 @@ def cmd_train(args, events) -> int:
         cases=[c.strip() for c in args.cases.split(",")] if args.cases else None,
         pair_mode=args.pair_mode, offsets=args.offsets, inter_repeats=args.inter_repeats, margin=args.margin,
         augment=_augment_config(args), output_stride=args.output_stride, aggregate=args.aggregate,
-        base=args.base, amp=not args.no_amp, channels_last=args.channels_last,
+        base=args.base, readout=args.readout, amp=not args.no_amp, channels_last=args.channels_last,
         sync_batchnorm=args.sync_batchnorm, stop_file=args.stop_file, validate_every=args.validate_every)
     result = train(config, events)
     return EXIT_STOPPED if result.stopped else 0
@@ -186,7 +190,7 @@ def cmd_segment(args, events) -> int:
     inputs = list_inputs(args.input)
     many = Path(args.input).is_dir() and inputs != [Path(args.input)]
     output = Path(args.output)  # folders are made by the (atomic) writes: a refused run leaves none
-    predictor = Predictor(args.model, args.device, batch_size=args.batch_size)
+    predictor = Predictor(args.model, args.device, batch_size=args.batch_size, readout=args.readout)
     predictor.check_request(args.modality)
     events("start", model=args.model, device=str(predictor.device), inputs=[str(p) for p in inputs],
            classes=predictor.class_names)

@@ -108,9 +108,14 @@ class Prediction:
 class Predictor:
     """In-process predictor: load a model file once, segment many volumes."""
 
-    def __init__(self, model_path: str | Path, device: str = "auto", batch_size: int = 16):
+    def __init__(self, model_path: str | Path, device: str = "auto", batch_size: int = 16,
+                 readout: str | None = None):
         self.device = resolve_device(device)
         self.model, self.metadata = load_model(model_path, self.device)
+        if readout is not None:
+            if not hasattr(self.model, "readout"):
+                raise PairSegInputError(f"{model_path}: a {self.metadata['arch']} model has no proxy read-out to choose")
+            self.model.readout = readout
         self.model_path = Path(model_path)
         self.batch_size = batch_size
 

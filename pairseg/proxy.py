@@ -28,6 +28,7 @@ __all__ = [
     "proxy_targets",
     "proxy_probabilities",
     "segmentation_from_proxy",
+    "READOUTS",
     "decode_labels",
 ]
 
@@ -152,14 +153,30 @@ def proxy_probabilities(logits: Array, num_classes: int) -> Array:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)  # overflow-free sigmoid
 
 
-def segmentation_from_proxy(proxy_probs: Array, num_classes: int) -> Array:
-    """Per-class foreground probabilities (..., K, H, W) read from the AND channel(s) of the
-    proxy prediction on an identical pair, f(x, x) = {y, 0} (reflexivity, paper Eq. 12)."""
+READOUTS = ("and", "union")
+
+
+def segmentation_from_proxy(proxy_probs: Array, num_classes: int, readout: str = "and") -> Array:
+    """Per-class foreground probabilities (..., K, H, W) from the proxy prediction on an identical
+    pair, f(x, x) = {y, 0} (reflexivity, paper Eq. 12).
+
+    ``readout="and"`` reads the AND channel(s), as the paper does. ``readout="union"`` reads
+    "foreground in at least one input": AND + XOR for one class (1 - background-in-both), and
+    1 - (1 - AND_k)(1 - XOR_k) for K classes. For a perfectly reflexive network both agree (XOR
+    is 0 on an identical pair); a network that has not learned reflexivity yet puts part of the
+    foreground into XOR, which the union keeps and the AND read-out loses.
+    """
     k = _check_num_classes(num_classes)
     _check_channels(proxy_probs, k, "proxy probabilities")
+    if readout not in READOUTS:
+        raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
     if k == 1:
-        return proxy_probs[..., 1:2, :, :]
-    return proxy_probs[..., :k, :, :]
+        if readout == "and":
+            return proxy_probs[..., 1:2, :, :]
+        return proxy_probs[..., 1:2, :, :] + proxy_probs[..., 2:3, :, :]
+    if readout == "and":
+        return proxy_probs[..., :k, :, :]
+    return 1.0 - (1.0 - proxy_probs[..., :k, :, :]) * (1.0 - proxy_probs[..., k:, :, :])
 
 
 def decode_labels(class_probs: Array, threshold: float = 0.5) -> Array:

@@ -73,6 +73,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     output_stride: int = 8
     aggregate: str = "sum"
+    readout: str = "and"
     base: str = "deeplabv3plus"
     amp: bool = True
     channels_last: bool = False
@@ -363,6 +364,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
         options = {"output_stride": config.output_stride} if uses_deeplab else {}
         if arch == "c2fcn":
             options["aggregate"] = config.aggregate
+            options["readout"] = config.readout
         if arch in ("c2fcn", "cfcn", "siamfcn") and config.base != "deeplabv3plus":
             options["base"] = config.base
     model = build_model(arch, dataset.num_classes, 3, **options)

@@ -155,3 +155,32 @@ def test_decode_labels_threshold_numpy_and_torch():
     np.testing.assert_array_equal(decode_labels(batch), [[[1, 2, 0, 1]], [[2, 1, 0, 1]]])
     with pytest.raises(ValueError, match="K, H, W"):
         decode_labels(np.zeros((4, 4)))
+
+
+def test_union_readout_keeps_foreground_a_non_reflexive_network_put_into_xor():
+    one = np.array([[0.2], [0.5], [0.3]], dtype=np.float32)[..., None]  # (3, 1, 1): bg, AND, XOR
+    assert np.allclose(segmentation_from_proxy(one, 1), [[[0.5]]])
+    assert np.allclose(segmentation_from_proxy(one, 1, readout="union"), [[[0.8]]])  # 1 - background
+    two = np.array([0.6, 0.1, 0.5, 0.0], dtype=np.float32).reshape(4, 1, 1)  # AND1, AND2, XOR1, XOR2
+    union = segmentation_from_proxy(two, 2, readout="union")
+    assert np.allclose(union[:, 0, 0], [1 - 0.4 * 0.5, 0.1])
+    reflexive = proxy_targets(np.array([[0, 1, 2]]), np.array([[0, 1, 2]]), 2)  # XOR = 0
+    assert np.array_equal(segmentation_from_proxy(reflexive, 2, readout="union"),
+                          segmentation_from_proxy(reflexive, 2))
+    with pytest.raises(ValueError, match="readout"):
+        segmentation_from_proxy(two, 2, readout="xor")
+
+
+def test_c2fcn_readout_option_selects_the_read_out():
+    from pairseg.networks import build_model
+    from pairseg.proxy import proxy_probabilities
+
+    torch.manual_seed(0)
+    model = build_model("c2fcn", 2, readout="union").eval()
+    assert model.options["readout"] == "union"
+    x = torch.rand(1, 3, 33, 35)
+    with torch.no_grad():
+        probs = proxy_probabilities(model.forward_identical(x), 2)
+        assert torch.allclose(model.predict_proba(x), 1 - (1 - probs[:, :2]) * (1 - probs[:, 2:]))
+        model.readout = "and"
+        assert torch.allclose(model.predict_proba(x), probs[:, :2])

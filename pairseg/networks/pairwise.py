@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..proxy import proxy_channels, proxy_probabilities, segmentation_from_proxy
+from ..proxy import READOUTS, proxy_channels, proxy_probabilities, segmentation_from_proxy
 from .base import (ConvBNReLU, Decoder, Encoder, EncoderDecoderCore, ModelSpec,
                    foreground_probabilities, initialize_weights)
 
@@ -45,11 +45,14 @@ class C2FCN(EncoderDecoderCore):
     training_form = "proxy"
 
     def __init__(self, spec: ModelSpec, encoder: Encoder, decoder: Decoder,
-                 aggregate: str = "sum") -> None:
+                 aggregate: str = "sum", readout: str = "and") -> None:
         if aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        if readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
         super().__init__(spec, encoder, decoder, proxy_channels(spec.num_classes))
         self.aggregate = aggregate
+        self.readout = readout
         initialize_weights(self)
 
     def _combine(self, a: Tensor, b: Tensor) -> Tensor:
@@ -69,9 +72,10 @@ class C2FCN(EncoderDecoderCore):
         return self._proxy_logits([self._combine(f, f) for f in self.encode(x)], x)
 
     def predict_proba(self, x: Tensor) -> Tensor:
-        """Segmentation by reflexivity (Eq. 12): AND channel(s) of f(x, x)."""
+        """Segmentation by reflexivity (Eq. 12): the AND channel(s) of f(x, x), or with
+        ``readout="union"`` AND or XOR (see ``segmentation_from_proxy``)."""
         k = self.num_classes
-        return segmentation_from_proxy(proxy_probabilities(self.forward_identical(x), k), k)
+        return segmentation_from_proxy(proxy_probabilities(self.forward_identical(x), k), k, self.readout)
 
 
 class FusionNet(nn.Module):
