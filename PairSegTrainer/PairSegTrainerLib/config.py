@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from .job import pairSegLib
 
 # (engine name, label shown in the UI); the first one is the default.
 ARCHITECTURES = (
@@ -173,23 +174,13 @@ class TrainingConfig:
             # ``python -m torch.distributed.run`` is torchrun; it needs no script on PATH.
             return [python, "-m", "torch.distributed.run", "--standalone",
                     "--nproc-per-node", str(int(self.gpus)), "-m", "pairseg"] + self.engineArguments()
-        return [python, "-m", "pairseg"] + self.engineArguments()
+        return pairSegLib("engine").engineCommand(*self.engineArguments(), python=python)
 
 
 def pythonExecutable() -> str:
-    """The interpreter for engine processes: PythonSlicer inside Slicer, else this Python."""
-    try:
-        import slicer  # noqa: F401 - only to know whether we run inside the Slicer application
-
-        if hasattr(slicer, "app"):
-            import shutil
-
-            found = shutil.which("PythonSlicer")
-            if found:
-                return found
-    except ImportError:
-        pass
-    return sys.executable
+    """The interpreter for engine processes: PythonSlicer inside Slicer, else this Python
+    (``PairSegLib.engine.pythonExecutable``, shared with the PairSeg module)."""
+    return pairSegLib("engine").pythonExecutable()
 
 
 def engineEnvironment(base: Optional[dict] = None) -> dict:

@@ -1,7 +1,8 @@
 """Engine processes run in the background, with their JSON events turned into state and curves.
 
-``EngineJob`` starts one command (``python -m pairseg ... --events json``), reads its stdout and
-stderr on two daemon threads into a queue, and ``poll()`` (called by a Qt timer in the Widget,
+``EngineJob`` starts one command (``python -m pairseg ... --events json``) with the PairSeg
+module's ``PairSegLib.engine.EngineProcess`` (which reads stdout and stderr on two daemon threads
+into a queue), and ``poll()`` (called by a Qt timer in the Widget,
 or by ``wait()`` in scripts and tests) applies the queued lines on the calling thread: MRML and Qt
 are only touched there, never from the reader threads.
 
@@ -10,14 +11,12 @@ States: initializing -> running -> (stopping) -> finished | stopped | failed.
 
 from __future__ import annotations
 
-import json
 import os
-import queue
 import signal
-import subprocess
-import threading
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional
 
 INITIALIZING = "initializing"
@@ -33,16 +32,25 @@ class JobError(RuntimeError):
     """An engine run failed; the message is the engine's own error when it sent one."""
 
 
+def pairSegLib(name: str):
+    """A module of the PairSeg module's ``PairSegLib`` (``engine``, ``models``). In the extension
+    both modules' folders are on sys.path; in a source checkout the sibling ``PairSeg`` folder is
+    added."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"PairSegLib.{name}")
+    except ImportError:
+        sibling = Path(__file__).resolve().parents[2] / "PairSeg"
+        if sibling.is_dir() and str(sibling) not in sys.path:
+            sys.path.append(str(sibling))
+        return importlib.import_module(f"PairSegLib.{name}")
+
+
 def defaultLauncher(command, env=None, cwd=None):
     """Start ``command`` with pipes; own process group on POSIX so a stop reaches torchrun's
     workers too. Tests or other front ends can pass another launcher with the same signature."""
-    kwargs = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                  env=env, cwd=cwd, text=True, encoding="utf-8", errors="replace", bufsize=1)
-    if os.name == "posix":
-        kwargs["start_new_session"] = True
-    else:
-        kwargs["creationflags"] = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-    return subprocess.Popen(command, **kwargs)
+    return pairSegLib("engine").launchProcess(command, env=env, cwd=cwd, newProcessGroup=True)
 
 
 @dataclass
@@ -89,7 +97,7 @@ class EngineJob:
         self.logLimit = logLimit
         self.stopFile = stopFile   # the engine stops cleanly when this file appears (all platforms)
         self.state = INITIALIZING
-        self.process = None
+        self.runner = None   # the PairSegLib.engine.EngineProcess, once started
         self.returnCode = None
         self.events = []
         self.log = []
@@ -113,8 +121,6 @@ class EngineJob:
         self.onEvent = None      # f(job, event dict)
         self.onLog = None        # f(job, line)
         self.onFinished = None   # f(job)
-        self._queue = queue.Queue()
-        self._readers = []
         self._finishedNotified = False
 
     # -- life cycle ------------------------------------------------------------------------
@@ -124,8 +130,12 @@ class EngineJob:
             raise JobError(f"{self.name}: already started")
         self.startTime = time.time()
         self._appendLog("$ " + " ".join(self.command))
+        runner = pairSegLib("engine").EngineProcess(command=self.command, environment=self.env or os.environ,
+                                                    workingDirectory=self.cwd, launcher=self.launcher,
+                                                    newProcessGroup=True)
+        runner.environment = self.env   # as given (None: inherit this process's environment)
         try:
-            self.process = self.launcher(self.command, env=self.env, cwd=self.cwd)
+            self.runner = runner.start()
         except OSError as error:
             self.state = FAILED
             self.errorMessage = f"could not start {self.command[0]}: {error}"
@@ -133,23 +143,12 @@ class EngineJob:
             self._notifyFinished()
             raise JobError(self.errorMessage) from error
         self.state = RUNNING
-        for stream, source in ((self.process.stdout, "stdout"), (self.process.stderr, "stderr")):
-            if stream is None:
-                continue
-            reader = threading.Thread(target=self._read, args=(stream, source), daemon=True,
-                                      name=f"{self.name}-{source}")
-            reader.start()
-            self._readers.append(reader)
         return self
 
-    def _read(self, stream, source) -> None:
-        try:
-            for line in iter(stream.readline, ""):
-                self._queue.put((source, line.rstrip("\r\n")))
-        except (OSError, ValueError):
-            pass
-        finally:
-            self._queue.put((source, None))
+    @property
+    def process(self):
+        """The subprocess (``Popen`` or what the launcher returned), None before ``start()``."""
+        return self.runner.process if self.runner is not None else None
 
     @property
     def running(self) -> bool:
@@ -188,18 +187,7 @@ class EngineJob:
             self._signal(signal.SIGKILL if os.name == "posix" else None)
 
     def _signal(self, sig) -> None:
-        try:
-            if sig is None:
-                self.process.kill()
-            elif os.name == "posix":
-                os.killpg(os.getpgid(self.process.pid), sig)
-            else:
-                self.process.send_signal(sig)
-        except (ProcessLookupError, OSError):
-            try:
-                self.process.terminate()
-            except OSError:
-                pass
+        self.runner.sendSignal(sig)
 
     # -- event handling (caller's thread) ----------------------------------------------------
 
@@ -207,15 +195,9 @@ class EngineJob:
         """Apply what the process printed since the last call. Returns True while running."""
         if self.process is None:
             return self.running
-        while True:
-            try:
-                source, line = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if line is not None:
-                self._handleLine(source, line)
-        readersDone = all(not reader.is_alive() for reader in self._readers)
-        if readersDone and self._queue.empty() and self.process.poll() is not None and self.running:
+        for source, line in self.runner.pollLines():
+            self._handleLine(source, line)
+        if self.runner.exited and self.running:
             self._finish(self.process.returncode)
         return self.running
 
@@ -234,12 +216,9 @@ class EngineJob:
 
     def _handleLine(self, source, line) -> None:
         text = line.strip()
-        if source == "stdout" and text.startswith("{"):
-            try:
-                event = json.loads(text)
-            except json.JSONDecodeError:
-                event = None
-            if isinstance(event, dict) and "event" in event:
+        if source == "stdout":
+            event = pairSegLib("engine").parseEvent(text)
+            if event is not None:
                 self._handleEvent(event)
                 return
         if text:
@@ -340,5 +319,5 @@ def formatDuration(seconds) -> str:
     return f"{seconds}s"
 
 
-__all__ = ["EngineJob", "JobError", "Curves", "defaultLauncher", "formatDuration",
+__all__ = ["EngineJob", "JobError", "Curves", "defaultLauncher", "formatDuration", "pairSegLib",
            "INITIALIZING", "RUNNING", "STOPPING", "FINISHED", "STOPPED", "FAILED", "FINAL_STATES"]

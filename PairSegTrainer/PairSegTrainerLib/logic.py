@@ -273,9 +273,9 @@ class PairSegTrainerLogic:
         inputPath = folder / "input.nrrd"
         outputPath = folder / "output_label.nrrd"
         trainingset.writeVolume(volumeNode, inputPath)
-        python = configModule.pythonExecutable()
-        command = [python, "-m", "pairseg", "segment", "--model", str(modelPath), "--input", str(inputPath),
-                   "--output", str(outputPath), "--device", device, "--events", "json"]
+        command = jobModule.pairSegLib("engine").engineCommand(
+            "segment", "--model", modelPath, "--input", inputPath, "--output", outputPath,
+            "--device", device, "--events", "json", python=configModule.pythonExecutable())
         job = EngineJob(command, env=configModule.engineEnvironment(), launcher=self.launcher, name="segmentation")
         job.segmentationNode = None
         job.outputPath = str(outputPath)
@@ -467,14 +467,7 @@ def pairSegModels():
     """The PairSeg module's ``PairSegLib.models`` (model metadata without torch, registry).
     In the extension both modules' folders are on sys.path; in a source checkout the sibling
     ``PairSeg`` folder is added."""
-    try:
-        from PairSegLib import models
-    except ImportError:
-        sibling = Path(__file__).resolve().parents[2] / "PairSeg"
-        if sibling.is_dir() and str(sibling) not in sys.path:
-            sys.path.append(str(sibling))
-        from PairSegLib import models
-    return models
+    return jobModule.pairSegLib("models")
 
 
 def modelRegistryClass():
