@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH, WORK, Cases, chaos_dir, machine_facts, make_config, write_json  # noqa: E402
-from pairseg.data import normalize  # noqa: E402
+from pairseg.data import Orientation, normalize  # noqa: E402
 from pairseg.infer import Predictor, predict_volume  # noqa: E402
 from pairseg.io import Volume, read_volume, write_labels, write_volume  # noqa: E402
 from pairseg.losses import criterion_for  # noqa: E402
@@ -208,11 +208,12 @@ def bench_end_to_end(args, cases: Cases, rate: float, tmp: Path) -> None:
             t0 = time.perf_counter()
             volume = read_volume(src)
             t1 = time.perf_counter()
-            norm = normalize(volume.array, "MR")
+            orientation = Orientation.of(volume.direction)  # as Predictor.segment: canonical layout
+            norm = np.ascontiguousarray(orientation.apply(normalize(volume.array, "MR")))
             t2 = time.perf_counter()
             labels, _ = predict_volume(predictor.model, norm, args.e2e_size, predictor.device)
             t3 = time.perf_counter()
-            labels = keep_largest_component(labels, 4).astype(np.uint8)
+            labels = np.ascontiguousarray(orientation.invert(keep_largest_component(labels, 4).astype(np.uint8)))
             t4 = time.perf_counter()
             write_labels(tmp / "out.nii.gz", labels, volume, class_names=CLASSES)
             t5 = time.perf_counter()
