@@ -173,7 +173,7 @@ def segmentation_from_proxy(proxy_probs: Array, num_classes: int, readout: str =
     if k == 1:
         if readout == "and":
             return proxy_probs[..., 1:2, :, :]
-        return proxy_probs[..., 1:2, :, :] + proxy_probs[..., 2:3, :, :]
+        return 1.0 - proxy_probs[..., 0:1, :, :]  # AND + XOR, without rounding above 1
     if readout == "and":
         return proxy_probs[..., :k, :, :]
     return 1.0 - (1.0 - proxy_probs[..., :k, :, :]) * (1.0 - proxy_probs[..., k:, :, :])

@@ -73,7 +73,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     output_stride: int = 8
     aggregate: str = "sum"
-    readout: str = "and"
+    readout: str = "union"
     base: str = "deeplabv3plus"
     amp: bool = True
     channels_last: bool = False

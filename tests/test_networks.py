@@ -185,7 +185,7 @@ class TestModel:
             outputs = model(x) if model.training_form == "single" else model(x, x)
         k = model.num_classes
         if model.training_form == "proxy":
-            expected = segmentation_from_proxy(proxy_probabilities(outputs, k), k)
+            expected = segmentation_from_proxy(proxy_probabilities(outputs, k), k, model.readout)
         else:
             logits = outputs if model.training_form == "single" else outputs["seg_a"]
             expected = torch.softmax(logits, dim=1)[:, 1:]

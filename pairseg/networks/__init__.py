@@ -5,7 +5,7 @@
 - ``deeplabv3plus``: DeepLabv3+ on a dilated ResNet-18 (options: ``output_stride`` 8 or 16),
 - ``unet``: U-Net with batch normalisation (options: ``width``, the first level's channels),
 - ``c2fcn``: compact conjugate FCN (options: ``base``, ``aggregate`` "sum" or "max", ``readout``
-  "and" (Eq. 12) or "union" (AND or XOR of f(x, x))),
+  "union" (AND or XOR of f(x, x), default) or "and" (the AND channels alone, paper Eq. 12)),
 - ``cfcn``: conjugate FCN with its fusion net (options: ``base``),
 - ``siamfcn``: Siamese FCN ablation (options: ``base``).
 
@@ -56,7 +56,7 @@ _WRAPPERS: dict[str, type[PairSegModel]] = {"c2fcn": C2FCN, "cfcn": CFCN, "siamf
 #: Each architecture's own options with their defaults (pairwise ones also take their base's).
 ARCH_OPTIONS: dict[str, dict[str, Any]] = {
     **{name: dict(defaults) for name, (_, defaults) in BASES.items()},
-    "c2fcn": {"base": "deeplabv3plus", "aggregate": "sum", "readout": "and"},
+    "c2fcn": {"base": "deeplabv3plus", "aggregate": "sum", "readout": "union"},
     "cfcn": {"base": "deeplabv3plus"},
     "siamfcn": {"base": "deeplabv3plus"},
 }

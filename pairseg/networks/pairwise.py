@@ -45,7 +45,7 @@ class C2FCN(EncoderDecoderCore):
     training_form = "proxy"
 
     def __init__(self, spec: ModelSpec, encoder: Encoder, decoder: Decoder,
-                 aggregate: str = "sum", readout: str = "and") -> None:
+                 aggregate: str = "sum", readout: str = "union") -> None:
         if aggregate not in AGGREGATIONS:
             raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
         if readout not in READOUTS:
@@ -72,8 +72,8 @@ class C2FCN(EncoderDecoderCore):
         return self._proxy_logits([self._combine(f, f) for f in self.encode(x)], x)
 
     def predict_proba(self, x: Tensor) -> Tensor:
-        """Segmentation by reflexivity (Eq. 12): the AND channel(s) of f(x, x), or with
-        ``readout="union"`` AND or XOR (see ``segmentation_from_proxy``)."""
+        """Segmentation by reflexivity (Eq. 12) from f(x, x): AND or XOR (``readout="union"``,
+        the default) or the AND channel(s) alone (``"and"``); see ``segmentation_from_proxy``."""
         k = self.num_classes
         return segmentation_from_proxy(proxy_probabilities(self.forward_identical(x), k), k, self.readout)
 
