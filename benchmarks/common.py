@@ -208,9 +208,10 @@ def compact(case: dict) -> dict:
 
 def evaluate_model(model: torch.nn.Module, cases: Cases, test_names: list[str], size: int,
                    device: torch.device = torch.device("cpu"), save_pred: Path | None = None,
-                   amp_dtype: torch.dtype | None = None, assd: bool = True) -> dict:
+                   amp_dtype: torch.dtype | None = None, assd: bool = True, other_readout: bool = False) -> dict:
     """Per-case metrics on ``test_names`` with and without largest-component post-processing,
-    plus the Dice of the alternative decoding (soft background argmax)."""
+    plus the Dice of the alternative decoding (soft background argmax) and, with
+    ``other_readout`` for a C2FCN, the Dice of its other read-out of f(x, x)."""
     names = cases.class_names
     k = len(names)
     raw, lcc, alt = {}, {}, {}
@@ -238,10 +239,39 @@ def evaluate_model(model: torch.nn.Module, cases: Cases, test_names: list[str], 
     if save_pred is not None:
         save_pred.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(save_pred, **preds)
-    return {"raw": summary_of(raw), "lcc": summary_of(lcc), "assd_computed": assd,
+    other = other_readout_dice(model, cases, test_names, size, device) if other_readout else None
+    return {"raw": summary_of(raw), "lcc": summary_of(lcc), "assd_computed": assd, "other_readout": other,
             "alt_decode_dice": {c: float(np.mean([alt[n]["dice"][c] for n in test_names])) for c in names},
             "per_case": {"raw": raw, "lcc": lcc},
             "infer_seconds": infer_seconds, "eval_seconds": time.perf_counter() - tick}
+
+
+def other_readout_dice(model: torch.nn.Module, cases: Cases, test_names: list[str], size: int,
+                       device: torch.device) -> dict | None:
+    """Mean Dice per organ (raw and largest component) of a C2FCN read out the other way
+    ("and" for a "union" model and vice versa): the same weights, only the decoding differs."""
+    if not hasattr(model, "readout"):
+        return None
+    names = cases.class_names
+    own = model.readout
+    model.readout = {"union": "and", "and": "union"}[own]
+    try:
+        raw, lcc = {}, {}
+        for name in test_names:
+            labels, _ = predict_volume(model, cases.norm[name], size, device)
+            ref = cases.label[name]
+            raw[name] = {c: dice_of(labels == i + 1, ref == i + 1) for i, c in enumerate(names)}
+            post = keep_largest_component(labels, len(names))
+            lcc[name] = {c: dice_of(post == i + 1, ref == i + 1) for i, c in enumerate(names)}
+        readout = model.readout
+    finally:
+        model.readout = own
+
+    def mean(table):
+        per_class = {c: float(np.mean([table[n][c] for n in test_names])) for c in names}
+        return {"classes": per_class, "mean": float(np.mean(list(per_class.values())))}
+
+    return {"readout": readout, "raw": mean(raw), "lcc": mean(lcc)}
 
 
 def dice_only(pred: np.ndarray, ref: np.ndarray, spacing, names) -> dict:

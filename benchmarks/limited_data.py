@@ -38,7 +38,8 @@ from common import (BENCH, WORK, Cases, chaos_dir, evaluate_model, machine_facts
 # Training cases of the one-case regime: dataset order indices 0, 5, 10 (fixed before any result).
 ONE_CASE = ["case_002", "case_015", "case_031"]
 # Multi-case training sets for the Dice-vs-number-of-cases curve (nested, fixed).
-MULTI = {2: ["case_002", "case_015"], 4: ["case_002", "case_015", "case_031", "case_019"]}
+MULTI = {2: ["case_002", "case_015"], 4: ["case_002", "case_015", "case_031", "case_019"],
+         8: ["case_002", "case_015", "case_031", "case_019", "case_003", "case_010", "case_021", "case_034"]}
 METHODS = {
     "c2fcn": {"arch": "c2fcn", "pair_mode": "intra+inter"},
     "deeplabv3plus": {"arch": "deeplabv3plus"},
@@ -125,7 +126,8 @@ def run_job(job: dict, cases: Cases, args, out_dir: Path, log) -> None:
 
     def on_milestone(model, step, epochs, loss):
         save = WORK / "preds" / f"{job['name']}__{step}.npz" if step == job["steps"] else None
-        result = evaluate_model(model, cases, test_names, args.size, save_pred=save, assd=step in assd_at)
+        result = evaluate_model(model, cases, test_names, args.size, save_pred=save, assd=step in assd_at,
+                                other_readout=step == job["steps"])
         result.update(step=step, epochs=epochs, loss=loss, wall_seconds=time.perf_counter() - started,
                       loadavg=machine_facts()["loadavg"])
         record["milestones"][str(step)] = result

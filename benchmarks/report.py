@@ -262,7 +262,7 @@ def plots(jobs, by_method, curve) -> None:
         fig.savefig(BENCH / "dice_per_organ.png", dpi=110)
         plt.close(fig)
 
-    if curve:
+    if len({n for points in curve.values() for n in points}) > 1:  # a curve needs 2+ training-set sizes
         fig, ax = plt.subplots(figsize=(5, 4))
         for method, points in curve.items():
             ns = sorted(points)
@@ -285,7 +285,7 @@ def plots(jobs, by_method, curve) -> None:
             if not points:
                 continue
             kw = dict(marker="o", alpha=0.8, color=f"C{ORDER.index(method)}",
-                      label=LABEL[method] if job["train_cases"][0] == "case_002" else None)
+                      label=LABEL[method] if job["train_cases"][0] == "case_002" and job["job"]["steps"] == 250 else None)
             axes[0].plot([p[0] for p in points], [100 * p[1]["lcc"]["mean"]["dice_mean"] for p in points], **kw)
             axes[1].plot([p[1]["epochs"] for p in points], [100 * p[1]["lcc"]["mean"]["dice_mean"] for p in points], **kw)
     for ax, xlabel in zip(axes, ("optimiser steps", "epochs")):

@@ -400,7 +400,10 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default="matmul,train,epoch,e2e,variants,rss,profile,compile")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument("--out", help="results file (default results/speed.json)")
     args = parser.parse_args(argv)
+    if args.out:
+        OUT = Path(args.out)
     args.train_sizes, args.epoch_sizes, args.e2e_size, args.small_size = [128, 256], [128, 256], 256, 128
     args.train_sizes, args.epoch_sizes = [128, 256], [128]
     args.e2e_depth, args.ct_shape, args.epoch_steps, args.rss_timeout, args.matmul_n = 40, (300, 512, 512), 6, 900, 2048
