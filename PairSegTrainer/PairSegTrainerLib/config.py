@@ -9,7 +9,6 @@ pairseg train ...`` for several GPUs): the same code path as headless training.
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -183,27 +182,10 @@ def pythonExecutable() -> str:
     return pairSegLib("engine").pythonExecutable()
 
 
-def engineEnvironment(base: Optional[dict] = None) -> dict:
-    """Environment for engine processes: PYTHONPATH includes the folder that holds ``pairseg``
-    (inside the extension, or the development checkout) without importing it."""
-    import importlib.util
-
-    env = dict(os.environ if base is None else base)
-    paths = []
-    spec = importlib.util.find_spec("pairseg")
-    if spec is not None and spec.origin:
-        paths.append(str(Path(spec.origin).resolve().parent.parent))
-    else:
-        # Development layout: <repo>/PairSegTrainer/PairSegTrainerLib/config.py -> <repo>/pairseg
-        repo = Path(__file__).resolve().parents[2]
-        if (repo / "pairseg" / "__init__.py").is_file():
-            paths.append(str(repo))
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    if paths:
-        env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
+def engineEnvironment() -> dict:
+    """Environment for engine processes (``PairSegLib.engine.engineEnvironment``, shared with the
+    PairSeg module): the folder holding ``pairseg`` first on PYTHONPATH, unbuffered output."""
+    return pairSegLib("engine").engineEnvironment()
 
 
 def versionedModelPath(modelPath: str) -> str:
