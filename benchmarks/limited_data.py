@@ -7,7 +7,9 @@ writes ``<out>/<job>.json`` after each milestone, so partial results survive an 
 rerun skips finished milestones' jobs.
 
 Methods: c2fcn, deeplabv3plus, cfcn, unet (the engine's networks) and c2fcn-identical (C2FCN
-trained on identical pairs only, ``--pair-mode identical``, the paper's Table 3 ablation).
+trained on identical pairs only, ``--pair-mode identical``, the paper's Table 3 ablation). Plan
+``speed-trade`` trains C2FCN at output stride 8 and at 256² on the first training case: the Dice
+side of the faster configurations (output stride 16, 128² input) that speed.py times.
 
 Equal budgets: every job records the epochs done at each milestone. Single-image baselines get
 extra milestones at the step counts where they have done as many epochs as C2FCN at its
@@ -15,6 +17,7 @@ milestones on the same training set ("equal epochs"); C2FCN milestones are "equa
 
     .venv/bin/python benchmarks/limited_data.py --plan main --queue --shard 0/2 --threads 1 &
     .venv/bin/python benchmarks/limited_data.py --plan main --queue --shard 1/2 --threads 1 &
+    .venv/bin/python benchmarks/limited_data.py --plan speed-trade --threads 1
     .venv/bin/python benchmarks/limited_data.py --plan main --dry-run     # tiny, seconds
 """
 
@@ -47,6 +50,7 @@ METHODS = {
     "unet": {"arch": "unet"},
     "c2fcn-identical": {"arch": "c2fcn", "pair_mode": "identical"},
     "c2fcn-os8": {"arch": "c2fcn", "pair_mode": "intra+inter", "output_stride": 8},
+    "c2fcn-256": {"arch": "c2fcn", "pair_mode": "intra+inter", "size": 256},
 }
 
 
@@ -79,8 +83,9 @@ def job_list(plan: str, steps: list[int]) -> list[dict]:
         for longer in steps[1:]:
             add("c2fcn", [ONE_CASE[0]], longer)
             add("deeplabv3plus", [ONE_CASE[0]], longer)
-    elif plan == "os8":
+    elif plan == "speed-trade":  # the Dice side of the speed/accuracy trade (speed.py has the time side)
         add("c2fcn-os8", [ONE_CASE[0]], steps[0])
+        add("c2fcn-256", [ONE_CASE[0]], steps[0])
     else:
         raise SystemExit(f"unknown plan {plan}")
     return jobs
@@ -93,14 +98,15 @@ def run_job(job: dict, cases: Cases, args, out_dir: Path, log) -> None:
         return
     method = METHODS[job["method"]]
     arch = method["arch"]
-    config = make_config(arch, args.size, args.batch_size, job["seed"], pair_mode=method.get("pair_mode", "intra+inter"),
+    size = method.get("size", args.size)
+    config = make_config(arch, size, args.batch_size, job["seed"], pair_mode=method.get("pair_mode", "intra+inter"),
                          augment=not args.no_augment, output_stride=method.get("output_stride", args.output_stride))
-    store = cases.store(job["train"], args.size)
+    store = cases.store(job["train"], size)
     test_names = [n for n in cases.names if n not in job["train"]]
     if args.dry_run:
         test_names = test_names[:2]
     own = plan_info(store, arch, config, cases.modality)
-    pair_config = make_config("c2fcn", args.size, args.batch_size, job["seed"])
+    pair_config = make_config("c2fcn", size, args.batch_size, job["seed"])
     pairwise = plan_info(store, "c2fcn", pair_config, cases.modality)
     milestones = sorted({m for m in args.milestones if m <= job["steps"]} | {job["steps"]})
     if arch in ("deeplabv3plus", "unet"):
@@ -108,7 +114,7 @@ def run_job(job: dict, cases: Cases, args, out_dir: Path, log) -> None:
         milestones.append(max(1, round(job["steps"] / pairwise["steps_per_epoch"] * own["steps_per_epoch"])))
         milestones = sorted(set(milestones))
     record = {"job": job, "method": job["method"], "arch": arch, "train_cases": job["train"], "test_cases": test_names,
-              "settings": {"size": args.size, "batch_size": args.batch_size, "augment": not args.no_augment,
+              "settings": {"size": size, "batch_size": args.batch_size, "augment": not args.no_augment,
                            "lr": config.lr, "weight_decay": config.weight_decay, "seed": job["seed"],
                            "pair_mode": config.pair_mode, "output_stride": config.output_stride,
                            "threads": torch.get_num_threads()},
@@ -126,7 +132,7 @@ def run_job(job: dict, cases: Cases, args, out_dir: Path, log) -> None:
 
     def on_milestone(model, step, epochs, loss):
         save = WORK / "preds" / f"{job['name']}__{step}.npz" if step == job["steps"] else None
-        result = evaluate_model(model, cases, test_names, args.size, save_pred=save, assd=step in assd_at,
+        result = evaluate_model(model, cases, test_names, size, save_pred=save, assd=step in assd_at,
                                 other_readout=step == job["steps"])
         result.update(step=step, epochs=epochs, loss=loss, wall_seconds=time.perf_counter() - started,
                       loadavg=machine_facts()["loadavg"])

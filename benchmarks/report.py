@@ -108,7 +108,7 @@ def main() -> int:
     rows = []
     for method in ORDER:
         finished = [j for j in by_method.get(method, []) if milestone(j)]
-        if not finished:
+        if not finished or method == "c2fcn-identical":  # one sample per slice: no equal-epoch milestone
             continue
         if method in ("deeplabv3plus", "unet"):
             res = [j["milestones"].get(str(equal_epoch_step(j))) for j in finished]
@@ -146,6 +146,47 @@ def main() -> int:
                          + ", ".join(f"{SHORT[o]} {v:+.1f}" for o, v in organ.items()) + " |")
         lines.append(f"| mean | {np.mean([g[1] for g in gaps]):+.1f} | "
                      f"{np.mean([g[2] for g in gaps if g[2] is not None]):+.1f} | |")
+        lines.append("")
+
+    # --- read-out of f(x, x) ---------------------------------------------------------------------
+    readout_rows = []
+    for job in jobs:
+        if job["arch"] != "c2fcn" or not milestone(job) or not milestone(job).get("other_readout"):
+            continue
+        own, other = milestone(job), milestone(job)["other_readout"]
+        readout_rows.append((job, own, other))
+    if readout_rows:
+        lines += ["<a id=\"read-out\"></a>**C2FCN read-out of f(x, x): the same weights decoded two ways "
+                  "(4-organ mean Dice-per-case, LCC; per organ AND → union)**", "",
+                  "| job | steps | AND channels (Eq. 12) | AND or XOR (union) | per organ |", "|---|---|---|---|---|"]
+        for job, own, other in sorted(readout_rows, key=lambda r: r[0]["job"]["name"]):
+            if other["readout"] == "and":
+                and_mean, and_cls = other["lcc"]["mean"], other["lcc"]["classes"]
+                uni_mean = own["lcc"]["mean"]["dice_mean"]
+                uni_cls = {o: own["lcc"]["classes"][o]["dice_mean"] for o in ORGANS}
+            else:
+                uni_mean, uni_cls = other["lcc"]["mean"], other["lcc"]["classes"]
+                and_mean = own["lcc"]["mean"]["dice_mean"]
+                and_cls = {o: own["lcc"]["classes"][o]["dice_mean"] for o in ORGANS}
+            lines.append(f"| {job['job']['name']} | {job['job']['steps']} | {100 * and_mean:.1f} | {100 * uni_mean:.1f} | "
+                         + ", ".join(f"{SHORT[o]} {100 * and_cls[o]:.0f}→{100 * uni_cls[o]:.0f}" for o in ORGANS) + " |")
+        lines.append("")
+
+    # --- budget sweep -------------------------------------------------------------------------------
+    sweep = [j for j in jobs if len(j["train_cases"]) == 1 and j["train_cases"][0] == "case_002"
+             and j["method"] in ("c2fcn", "deeplabv3plus")]
+    if sweep:
+        lines += ["**Budget sweep, trained on case_002: 4-organ mean Dice-per-case (LCC) at every milestone "
+                  "(longest run of each method)**", "",
+                  "| method | steps (epochs): Dice |", "|---|---|"]
+        for method in ("c2fcn", "deeplabv3plus"):
+            runs = [j for j in sweep if j["method"] == method]
+            if not runs:
+                continue
+            job = max(runs, key=lambda j: (len(j["milestones"]), j["job"]["steps"]))
+            cells = [f"{s} ({m['epochs']:.0f}): {100 * m['lcc']['mean']['dice_mean']:.1f}"
+                     for s, m in sorted(job["milestones"].items(), key=lambda kv: int(kv[0]))]
+            lines.append(f"| {LABEL[method]} | {'; '.join(cells)} |")
         lines.append("")
 
     # --- decoding -----------------------------------------------------------------------------
@@ -270,7 +311,7 @@ def plots(jobs, by_method, curve) -> None:
                         marker="o", capsize=3, label=LABEL[method])
         ax.set_xlabel("training cases")
         ax.set_ylabel("4-organ mean Dice % (LCC)")
-        ax.set_xticks([1, 2, 4])
+        ax.set_xticks(sorted({n for points in curve.values() for n in points}))
         ax.set_title("250 steps, 128², batch 8")
         ax.legend()
         fig.tight_layout()

@@ -14,7 +14,8 @@ run, as medians of ``--repeats`` timed runs after a warm-up:
   ``inference_mode`` (the engine's), channels_last, bf16 autocast, 1 thread, output stride 16,
   128² input, ``torch.compile``;
 - peak RSS of segmenting a 512×512×300 CT-sized volume, in a subprocess (``ru_maxrss``);
-- a torch.profiler table of the top operators of C2FCN inference and of a training step.
+- a torch.profiler table of the top operators of C2FCN inference and of a training step;
+- the Dice cost of channels_last and bf16 on the real data (a C2FCN trained by limited_data.py).
 
     .venv/bin/python benchmarks/speed.py                 # full run, writes results/speed.json
     .venv/bin/python benchmarks/speed.py --dry-run       # tiny sizes, a minute, work/speed_dry.json
@@ -84,10 +85,21 @@ def flops_of(fn) -> int:
 
 
 def matmul_rate(n: int, repeats: int) -> dict:
+    """fp32 n x n x n matrix product, through ``torch.mm`` (BLAS) and through oneDNN (as a 1x1
+    convolution, the library that runs the networks' convolutions). The larger rate is the yardstick:
+    on CPUs where the BLAS takes a narrower vector path than oneDNN, torch.mm alone understates what
+    the machine can do."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     t = timed(lambda: a @ b, repeats, warmup=2)
     t["n"] = n
     t["gflops"] = 2 * n ** 3 / t["median_s"] / 1e9
+    x, w = torch.randn(1, n, n, 1), torch.randn(n, n, 1, 1)  # (n x n) @ (n x n) as channels x pixels
+    with torch.no_grad():
+        conv = timed(lambda: torch.nn.functional.conv2d(x, w), repeats, warmup=2)
+    t["onednn_1x1_conv_median_s"] = conv["median_s"]
+    t["onednn_gflops"] = 2 * n ** 3 / conv["median_s"] / 1e9
+    t["gflops_mm"] = t["gflops"]
+    t["gflops"] = max(t["gflops_mm"], t["onednn_gflops"])
     return t
 
 
@@ -335,6 +347,36 @@ def bench_compile(args, cases: Cases) -> None:
         save()
 
 
+def bench_dice_cost(args, cases: Cases) -> None:
+    """Dice cost of the numerics variants on the real data: a C2FCN trained by limited_data.py
+    (case_002, 250 steps, 128², OS16) segments the 15 other cases in plain fp32, channels_last and
+    bf16 autocast; Dice-per-case (LCC) and inference seconds of each."""
+    from common import evaluate_model
+
+    weights = WORK / "models" / "c2fcn__case_002__250.pt"
+    if not weights.is_file():
+        RESULTS["dice_cost"] = {"error": f"{weights.name} missing: run limited_data.py first"}
+        save()
+        return
+    saved = torch.load(weights, weights_only=True)
+    test = [n for n in cases.names if n != "case_002"]
+    rows = []
+    for label, channels_last, bf16 in (("fp32", False, False), ("fp32 channels_last", True, False),
+                                       ("bf16 autocast", False, True), ("channels_last + bf16", True, True)):
+        model = build_model(saved["arch"], len(CLASSES), 3, **saved["options"])
+        model.load_state_dict(saved["state_dict"])
+        model.eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        result = evaluate_model(model, cases, test, 128, amp_dtype=torch.bfloat16 if bf16 else None, assd=False)
+        rows.append({"variant": label, "dice_mean_lcc": result["lcc"]["mean"]["dice_mean"],
+                     "dice_lcc": {c: v["dice_mean"] for c, v in result["lcc"]["classes"].items()},
+                     "infer_seconds_15_cases": result["infer_seconds"]})
+        log(f"dice cost {label}: {100 * rows[-1]['dice_mean_lcc']:.2f} mean Dice, {result['infer_seconds']:.1f} s")
+        RESULTS["dice_cost"] = {"model": weights.name, "test_cases": test, "rows": rows}
+        save()
+
+
 RSS_CHILD = r"""
 import resource, sys, time, json
 sys.path.insert(0, sys.argv[3])
@@ -397,7 +439,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--parts", default="matmul,train,epoch,e2e,variants,rss,profile,compile")
+    parser.add_argument("--parts", default="matmul,train,epoch,e2e,variants,rss,profile,compile,dicecost")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--out", help="results file (default results/speed.json)")
@@ -425,7 +467,7 @@ def main(argv=None) -> int:
         rate = RESULTS["matmul"]["gflops"]
         log(f"matmul {args.matmul_n}: {rate:.1f} GFLOP/s")
         save()
-    cases = Cases(chaos_dir()) if parts & {"epoch", "e2e", "variants", "compile"} else None
+    cases = Cases(chaos_dir()) if parts & {"epoch", "e2e", "variants", "compile", "dicecost"} else None
     with tempfile.TemporaryDirectory(dir=WORK if WORK.exists() else None) as folder:
         tmp = Path(folder)
         if "train" in parts:
@@ -442,6 +484,8 @@ def main(argv=None) -> int:
             bench_profile(args)
         if "compile" in parts:
             bench_compile(args, cases)
+        if "dicecost" in parts:
+            bench_dice_cost(args, cases)
     if rate is not None:  # matmul again at the end: did the machine's speed change during the run?
         RESULTS["matmul_end"] = matmul_rate(args.matmul_n, max(args.repeats, 5))
     RESULTS["machine_end"] = machine_facts()
