@@ -131,6 +131,7 @@ def train_with_milestones(store: SliceStore, arch: str, config: TrainConfig, mod
     options = {"output_stride": config.output_stride} if arch != "unet" else {}
     if arch == "c2fcn":
         options["aggregate"] = config.aggregate
+        options["readout"] = config.model_readout()
     model = build_model(arch, num_classes, 3, **options).to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)

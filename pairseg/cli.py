@@ -78,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     n = t.add_argument_group("network")
     n.add_argument("--output-stride", type=int, choices=[8, 16], default=8)
     n.add_argument("--aggregate", choices=["sum", "max"], default="sum", help="C2FCN feature aggregation")
-    n.add_argument("--readout", choices=["union", "and"], default="union",
-                   help="C2FCN read-out of f(x, x): AND or XOR (union, default) or the AND channels "
-                        "alone (paper Eq. 12); see benchmarks/RESULTS.md")
+    n.add_argument("--readout", choices=["union", "and"],
+                   help="C2FCN read-out of f(x, x): AND or XOR (union; the default) or the AND channels "
+                        "alone (paper Eq. 12; the default with --pair-mode identical); see benchmarks/RESULTS.md")
     n.add_argument("--base", choices=["deeplabv3plus", "unet"], default="deeplabv3plus", help="network a pairwise model wraps")
     n.add_argument("--sync-batchnorm", action="store_true", help="synchronise BatchNorm across GPUs (torchrun)")
     n.add_argument("--channels-last", action="store_true", help="channels-last memory format")

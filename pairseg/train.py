@@ -73,7 +73,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     output_stride: int = 8
     aggregate: str = "sum"
-    readout: str = "union"
+    readout: str | None = None  # C2FCN read-out of f(x, x); None: see model_readout()
     base: str = "deeplabv3plus"
     amp: bool = True
     channels_last: bool = False
@@ -83,6 +83,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def model_readout(self) -> str:
+        """The C2FCN read-out: ``readout`` when given; otherwise "union" (AND or XOR of f(x, x)),
+        except for identical pairs, whose XOR channels are never shown a foreground pixel and so
+        carry nothing to read ("and")."""
+        if self.readout is not None:
+            return self.readout
+        return "and" if self.pair_mode == "identical" else "union"
 
 
 @dataclass
@@ -364,7 +372,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
         options = {"output_stride": config.output_stride} if uses_deeplab else {}
         if arch == "c2fcn":
             options["aggregate"] = config.aggregate
-            options["readout"] = config.readout
+            options["readout"] = config.model_readout()
         if arch in ("c2fcn", "cfcn", "siamfcn") and config.base != "deeplabv3plus":
             options["base"] = config.base
     model = build_model(arch, dataset.num_classes, 3, **options)

@@ -175,6 +175,7 @@ def test_init_from_refuses_other_classes_or_modality(full_run, small_data, tmp_p
 @pytest.mark.parametrize("arch, extra", [
     ("deeplabv3plus", {}), ("unet", {}), ("cfcn", {}), ("siamfcn", {}), ("c2fcn", {"base": "unet"}),
     ("c2fcn", {"aggregate": "max", "pair_mode": "intra+inter", "offsets": None}),
+    ("c2fcn", {"pair_mode": "identical"}),
 ])
 def test_every_architecture_trains_through_the_loop(arch, extra, small_data, tmp_path):
     out = tmp_path / f"{arch}.pairseg"
@@ -186,9 +187,19 @@ def test_every_architecture_trains_through_the_loop(arch, extra, small_data, tmp
     assert meta["arch"] == arch and model.arch == arch
     if "base" in extra:
         assert meta["options"]["base"] == "unet"
+    if arch == "c2fcn":  # identical pairs never supervise XOR: their model reads the AND channels
+        assert meta["options"]["readout"] == ("and" if extra.get("pair_mode") == "identical" else "union")
     if arch in ("deeplabv3plus", "unet"):
         assert recorder.of("start")[0]["samples_per_epoch"] == 24  # every slice once
     assert all(p["loss"] > 0 for p in recorder.of("progress"))
+
+
+def test_readout_follows_the_pair_mode_unless_given():
+    def readout(**kw):
+        return TrainConfig(data="d", out="o", **kw).model_readout()
+    assert readout() == "union" and readout(pair_mode="intra") == "union"
+    assert readout(pair_mode="identical") == "and"
+    assert readout(pair_mode="identical", readout="union") == "union" and readout(readout="and") == "and"
 
 
 def test_budget_and_size_checks(small_data, tmp_path):
