@@ -28,6 +28,8 @@ __all__ = [
     "Dataset",
     "load_dataset",
     "normalize",
+    "intensity_window",
+    "apply_window",
     "stack_25d",
     "stacks_25d",
     "resize_slices",
@@ -70,17 +72,29 @@ def normalize(array: np.ndarray, modality: str) -> np.ndarray:
     CT: clip Hounsfield units to [-200, 250]. MR: clip to the 2nd-98th percentile of the whole
     volume. Both are then scaled linearly to [0, 1].
     """
+    return apply_window(array, intensity_window(array, modality))
+
+
+def intensity_window(array: np.ndarray, modality: str) -> tuple[float, float]:
+    """The (low, high) intensities :func:`normalize` maps to 0 and 1: the CT window, or the MR
+    volume's 2nd and 98th percentiles."""
     modality = modality.upper()
-    array = np.asarray(array, dtype=np.float32)
     if modality == "CT":
         low, high = CT_WINDOW
     elif modality == "MR":
-        low, high = (float(v) for v in np.percentile(array, MR_PERCENTILES))
+        low, high = (float(v) for v in np.percentile(np.asarray(array, dtype=np.float32), MR_PERCENTILES))
     else:
         raise PairSegInputError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
     if high <= low:
         raise PairSegInputError("image intensities are constant inside the normalisation window")
-    out = np.clip(array, low, high)
+    return low, high
+
+
+def apply_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip ``array`` to ``window`` = (low, high) and scale it linearly to [0, 1], as a new
+    float32 array. Voxel by voxel, so a volume may be normalised piece by piece."""
+    low, high = window
+    out = np.clip(np.asarray(array, dtype=np.float32), low, high)
     out -= low
     out *= 1.0 / (high - low)
     return out

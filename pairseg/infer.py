@@ -1,8 +1,8 @@
 """Inference: a model file and a volume in, a label map in the volume's own geometry out.
 
-Slices are processed in batches, so memory stays bounded for large CT volumes: only the
-normalised volume, one batch of 2.5D stacks and the output label map are held at once (plus the
-class probabilities when they are asked for, as float16).
+Slices are processed in batches, so memory stays bounded for large CT volumes: besides the
+image itself, only one batch of normalised 2.5D stacks and the output label map are held at once
+(plus the class probabilities when they are asked for, as float16).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pairseg.data import Orientation, check_image, normalize, resize_slices
+from pairseg.data import Orientation, apply_window, check_image, intensity_window, resize_slices, stacks_25d
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
 from pairseg.io import Volume, read_volume, write_labels, write_volume
@@ -47,47 +47,53 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @torch.inference_mode()
-def predict_volume(model: torch.nn.Module, normalized: np.ndarray, size: int, device: torch.device,
-                   *, batch_size: int = 16, keep_probabilities: bool = False,
+def predict_volume(model: torch.nn.Module, array: np.ndarray, size: int, device: torch.device,
+                   *, window: tuple[float, float] | None = None, batch_size: int = 16,
+                   keep_probabilities: bool = False,
                    events: EventSink = null_events) -> tuple[np.ndarray, np.ndarray | None]:
-    """Segment a normalised (Z, H, W) volume slice batch by slice batch.
+    """Segment a (Z, H, W) volume slice batch by slice batch.
 
-    Returns the decoded label map (Z, H, W) uint8 and, when asked, the per-class probabilities
-    (Z, K, H, W) float16 on the native grid.
+    ``array`` is normalised to [0, 1] already or, given the intensity ``window`` (see
+    ``intensity_window``), holds raw intensities and each batch's slices are normalised as they
+    are cut, so no normalised copy of the volume is made. ``array`` may be any view (a canonical
+    layout of a stored volume, for example). Returns the decoded label map (Z, H, W) uint8 and,
+    when asked, the per-class probabilities (Z, K, H, W) float16 on the native grid.
     """
     model.eval()
-    depth, height, width = normalized.shape
-    volume = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))
+    depth, height, width = array.shape
     labels = np.zeros((depth, height, width), dtype=np.uint8)
     probabilities = (np.zeros((depth, model.num_classes, height, width), dtype=np.float16)
                      if keep_probabilities else None)
     start = time.monotonic()
     for first in range(0, depth, batch_size):
-        index = torch.arange(first, min(first + batch_size, depth))
-        stacks = torch.stack([volume[(index - 1).clamp(min=0)], volume[index],
-                              volume[(index + 1).clamp(max=depth - 1)]], dim=1)
+        stop = min(first + batch_size, depth)
+        below, above = max(first - 1, 0), min(stop + 1, depth)  # the batch's slices and their neighbours
+        slices = array[below:above] if window is None else apply_window(array[below:above], window)
+        slices = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
+        stacks = stacks_25d(slices)[first - below:stop - below]
         batch = resize_slices(stacks, size).to(device)
         probs = model.predict_proba(batch).float()
         probs = resize_slices(probs, (height, width)).cpu()
-        labels[first:first + len(index)] = decode_labels(probs).numpy().astype(np.uint8)
+        labels[first:stop] = decode_labels(probs).numpy().astype(np.uint8)
         if probabilities is not None:
-            probabilities[first:first + len(index)] = probs.numpy().astype(np.float16)
-        done = first + len(index)
+            probabilities[first:stop] = probs.numpy().astype(np.float16)
         elapsed = time.monotonic() - start
-        events("progress", stage="segment", step=done, total=depth, fraction=done / depth,
-               eta_s=elapsed / done * (depth - done))
+        events("progress", stage="segment", step=stop, total=depth, fraction=stop / depth,
+               eta_s=elapsed / stop * (depth - stop))
     return labels, probabilities
 
 
 def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: int, device: torch.device,
                    *, batch_size: int = 16, keep_probabilities: bool = False,
                    events: EventSink = null_events) -> tuple[np.ndarray, np.ndarray | None]:
-    """Segment ``volume`` as stored: normalise, lay it out canonically (see ``Orientation``),
-    predict, and return labels (Z, H, W) and probabilities (Z, K, H, W) on the native grid."""
+    """Segment ``volume`` as stored: lay it out canonically (see ``Orientation``), normalise and
+    predict batch by batch, and return labels (Z, H, W) and probabilities (Z, K, H, W) on the
+    native grid."""
     orientation = Orientation.of(volume.direction)
-    canonical = np.ascontiguousarray(orientation.apply(normalize(volume.array, modality)))
-    labels, probabilities = predict_volume(model, canonical, size, device, batch_size=batch_size,
-                                           keep_probabilities=keep_probabilities, events=events)
+    labels, probabilities = predict_volume(model, orientation.apply(volume.array), size, device,
+                                           window=intensity_window(volume.array, modality),
+                                           batch_size=batch_size, keep_probabilities=keep_probabilities,
+                                           events=events)
     labels = np.ascontiguousarray(orientation.invert(labels))
     if probabilities is not None:  # classes ride along as a trailing axis while axes move
         probabilities = np.ascontiguousarray(
@@ -140,7 +146,7 @@ class Predictor:
             self.model, volume, self.metadata["modality"], int(self.metadata["size"]), self.device,
             batch_size=self.batch_size, keep_probabilities=keep_probabilities, events=events)
         if keep_largest:
-            labels = keep_largest_component(labels, self.model.num_classes).astype(np.uint8)
+            labels = keep_largest_component(labels, self.model.num_classes)
         return Prediction(volume.like(labels), probabilities, self.class_names,
                           [list(c) for c in self.metadata["class_colors"]])
 
@@ -155,7 +161,7 @@ class Predictor:
         written = [Path(write_labels(output_path, prediction.labels.array, volume,
                                      class_names=prediction.class_names, colors=prediction.class_colors))]
         if probabilities_path is not None:
-            probs = np.moveaxis(prediction.probabilities.astype(np.float32), 1, -1)  # z, y, x, K
+            probs = np.ascontiguousarray(np.moveaxis(prediction.probabilities, 1, -1), dtype=np.float32)  # z, y, x, K
             written.append(Path(write_volume(probabilities_path, volume.like(probs))))
         return written
 

@@ -147,12 +147,13 @@ class Volume:
         return image
 
     @classmethod
-    def from_sitk(cls, image: sitk.Image, path: Optional[PathLike] = None) -> "Volume":
-        """Volume from a 3D scalar SimpleITK image (array dtype as stored)."""
+    def from_sitk(cls, image: sitk.Image, path: Optional[PathLike] = None, dtype: Optional[type] = None) -> "Volume":
+        """Volume from a 3D scalar SimpleITK image: its array as stored, or converted to ``dtype``
+        straight from the image's buffer (one copy)."""
         if image.GetDimension() != 3:
             raise ValueError(f"Volume.from_sitk needs a 3D image, got {image.GetDimension()}D")
         return cls(
-            sitk.GetArrayFromImage(image),
+            sitk.GetArrayFromImage(image) if dtype is None else sitk.GetArrayViewFromImage(image).astype(dtype),
             image.GetSpacing(),
             image.GetOrigin(),
             image.GetDirection(),
@@ -260,10 +261,7 @@ def read_volume(path: PathLike, series_id: Optional[str] = None) -> Volume:
 
     ``series_id`` picks one series when a DICOM folder holds several.
     """
-    image = _read_image(path, series_id)
-    volume = Volume.from_sitk(image, path)
-    volume.array = volume.array.astype(np.float32, copy=False)
-    return volume
+    return Volume.from_sitk(_read_image(path, series_id), path, dtype=np.float32)
 
 
 def _label_dtype(max_value: int) -> type:

@@ -8,6 +8,7 @@ import SimpleITK as sitk
 import slicerio
 import torch
 
+from pairseg.data import Orientation, intensity_window, normalize, stacks_25d
 from pairseg.errors import PairSegInputError
 from pairseg.infer import Predictor, list_inputs, predict_volume, resolve_device
 from pairseg.io import Volume, read_volume, write_volume
@@ -145,3 +146,37 @@ def test_resolve_device_and_list_inputs(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in list_inputs(tmp_path)] == ["a.nrrd", "b.nii.gz"]
     assert list_inputs(tmp_path / "a.nrrd") == [tmp_path / "a.nrrd"]
+
+
+class _NeighbourEcho(torch.nn.Module):
+    """A stand-in network whose class probabilities are its three input channels (slices z-1, z,
+    z+1), voxel by voxel: labels then show which slices each 2.5D stack was cut from."""
+
+    num_classes = 3
+
+    def predict_proba(self, x):
+        return x
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 16])
+def test_predict_volume_normalises_each_batch_with_the_window(batch_size):
+    rng = np.random.default_rng(batch_size)
+    volume = Volume(rng.normal(100.0, 40.0, (7, 12, 12)).astype(np.float32),
+                    direction=(1, 0, 0, 0, -1, 0, 0, 0, -1))  # flipped y and z: a strided view
+    orientation = Orientation.of(volume.direction)
+    canonical = orientation.apply(volume.array)
+    assert not canonical.flags.c_contiguous
+    raw = volume.array.copy()
+    normalized = np.ascontiguousarray(orientation.apply(normalize(volume.array, "MR")))
+    expected = decode_labels(stacks_25d(torch.from_numpy(normalized))).numpy()
+    seen = []
+    lazy, lazy_probs = predict_volume(_NeighbourEcho(), canonical, 12, torch.device("cpu"),
+                                      window=intensity_window(volume.array, "MR"), batch_size=batch_size,
+                                      keep_probabilities=True, events=lambda name, **f: seen.append(f["step"]))
+    eager, eager_probs = predict_volume(_NeighbourEcho(), normalized, 12, torch.device("cpu"),
+                                        batch_size=batch_size, keep_probabilities=True)
+    np.testing.assert_array_equal(lazy, expected)
+    np.testing.assert_array_equal(eager, expected)
+    np.testing.assert_array_equal(lazy_probs, eager_probs)
+    assert seen[-1] == 7 and len(seen) == -(-7 // batch_size)
+    np.testing.assert_array_equal(volume.array, raw)  # normalised batches are copies
