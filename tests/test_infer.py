@@ -10,7 +10,7 @@ import torch
 
 from pairseg.data import Orientation, intensity_window, normalize, stacks_25d
 from pairseg.errors import PairSegInputError
-from pairseg.infer import Predictor, list_inputs, predict_volume, resolve_device
+from pairseg.infer import Predictor, inference_memory_format, list_inputs, predict_volume, resolve_device
 from pairseg.io import Volume, read_volume, write_volume
 from pairseg.modelfile import save_model
 from pairseg.networks import build_model
@@ -180,3 +180,22 @@ def test_predict_volume_normalises_each_batch_with_the_window(batch_size):
     np.testing.assert_array_equal(lazy_probs, eager_probs)
     assert seen[-1] == 7 and len(seen) == -(-7 // batch_size)
     np.testing.assert_array_equal(volume.array, raw)  # normalised batches are copies
+
+
+def test_cpu_inference_runs_channels_last(untrained_model):
+    """On the CPU the weights and each input batch are NHWC (oneDNN's faster layout)."""
+    cpu = torch.device("cpu")
+    assert inference_memory_format(cpu) == torch.channels_last
+    assert inference_memory_format(torch.device("cuda")) == torch.contiguous_format
+    predictor = Predictor(untrained_model, "cpu")
+    convs = [m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    layouts = []
+
+    class LayoutRecorder(_NeighbourEcho):
+        def predict_proba(self, x):
+            layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+            return x
+
+    predict_volume(LayoutRecorder(), np.random.rand(5, 16, 16).astype(np.float32), 16, cpu, batch_size=2)
+    assert layouts == [True, True, True]
