@@ -378,13 +378,15 @@ def bench_dice_cost(args, cases: Cases) -> None:
 
 
 RSS_CHILD = r"""
-import resource, sys, time, json
+import sys, time, json
 sys.path.insert(0, sys.argv[3])
 from pairseg.infer import Predictor
 tick = time.perf_counter()
 p = Predictor(sys.argv[1], device="cpu")
 p.segment_file(sys.argv[2], sys.argv[2] + ".labels.nii.gz")
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+# VmHWM, not ru_maxrss: a child started by subprocess inherits the parent's ru_maxrss on Linux
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"peak_rss_mb": hwm / 1024,
                   "seconds": time.perf_counter() - tick}))
 """
 
