@@ -128,11 +128,7 @@ def train_with_milestones(store: SliceStore, arch: str, config: TrainConfig, mod
                           log_every: int = 25, log=print) -> dict:
     """Train ``arch`` for max(milestones) steps; call ``on_milestone(model, step, epochs_done)``."""
     torch.manual_seed(config.seed)
-    options = {"output_stride": config.output_stride} if arch != "unet" else {}
-    if arch == "c2fcn":
-        options["aggregate"] = config.aggregate
-        options["readout"] = config.model_readout()
-    model = build_model(arch, num_classes, 3, **options).to(device)
+    model = build_model(arch, num_classes, 3, **config.model_options(arch)).to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     criterion = criterion_for(model)
@@ -253,26 +249,19 @@ def other_readout_dice(model: torch.nn.Module, cases: Cases, test_names: list[st
     ("and" for a "union" model and vice versa): the same weights, only the decoding differs."""
     if not hasattr(model, "readout"):
         return None
-    names = cases.class_names
     own = model.readout
     model.readout = {"union": "and", "and": "union"}[own]
     try:
-        raw, lcc = {}, {}
-        for name in test_names:
-            labels, _ = predict_volume(model, cases.norm[name], size, device)
-            ref = cases.label[name]
-            raw[name] = {c: dice_of(labels == i + 1, ref == i + 1) for i, c in enumerate(names)}
-            post = keep_largest_component(labels, len(names))
-            lcc[name] = {c: dice_of(post == i + 1, ref == i + 1) for i, c in enumerate(names)}
+        result = evaluate_model(model, cases, test_names, size, device, assd=False)
         readout = model.readout
     finally:
         model.readout = own
 
-    def mean(table):
-        per_class = {c: float(np.mean([table[n][c] for n in test_names])) for c in names}
-        return {"classes": per_class, "mean": float(np.mean(list(per_class.values())))}
+    def dice(summary):
+        return {"classes": {c: v["dice_mean"] for c, v in summary["classes"].items()},
+                "mean": summary["mean"]["dice_mean"]}
 
-    return {"readout": readout, "raw": mean(raw), "lcc": mean(lcc)}
+    return {"readout": readout, "raw": dice(result["raw"]), "lcc": dice(result["lcc"])}
 
 
 def dice_only(pred: np.ndarray, ref: np.ndarray, spacing, names) -> dict:

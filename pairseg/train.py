@@ -92,6 +92,17 @@ class TrainConfig:
             return self.readout
         return "and" if self.pair_mode == "identical" else "union"
 
+    def model_options(self, arch: str) -> dict:
+        """``build_model`` options of a new ``arch`` network from this configuration."""
+        uses_deeplab = arch == "deeplabv3plus" or (arch != "unet" and self.base == "deeplabv3plus")
+        options = {"output_stride": self.output_stride} if uses_deeplab else {}
+        if arch == "c2fcn":
+            options["aggregate"] = self.aggregate
+            options["readout"] = self.model_readout()
+        if arch in ("c2fcn", "cfcn", "siamfcn") and self.base != "deeplabv3plus":
+            options["base"] = self.base
+        return options
+
 
 @dataclass
 class TrainResult:
@@ -365,16 +376,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
         raise PairSegInputError(f"{dataset.folder}: class(es) {', '.join(absent)} absent from every training label")
     val_volumes, val_labels = _load_arrays(val_set) if val_set else ([], [])
 
-    if init_meta is not None:
-        options = dict(init_meta.get("options", {}))
-    else:
-        uses_deeplab = arch == "deeplabv3plus" or (arch != "unet" and config.base == "deeplabv3plus")
-        options = {"output_stride": config.output_stride} if uses_deeplab else {}
-        if arch == "c2fcn":
-            options["aggregate"] = config.aggregate
-            options["readout"] = config.model_readout()
-        if arch in ("c2fcn", "cfcn", "siamfcn") and config.base != "deeplabv3plus":
-            options["base"] = config.base
+    options = dict(init_meta.get("options", {})) if init_meta is not None else config.model_options(arch)
     model = build_model(arch, dataset.num_classes, 3, **options)
     if init_state is not None:
         model.load_state_dict(init_state)
