@@ -186,14 +186,10 @@ def main() -> int:
                   "(4-organ mean Dice-per-case, LCC; per organ AND → union)**", "",
                   "| job | steps | AND channels (Eq. 12) | AND or XOR (union) | per organ |", "|---|---|---|---|---|"]
         for job, own, other in sorted(readout_rows, key=lambda r: r[0]["job"]["name"]):
-            if other["readout"] == "and":
-                and_mean, and_cls = other["lcc"]["mean"], other["lcc"]["classes"]
-                uni_mean = own["lcc"]["mean"]["dice_mean"]
-                uni_cls = {o: own["lcc"]["classes"][o]["dice_mean"] for o in ORGANS}
-            else:
-                uni_mean, uni_cls = other["lcc"]["mean"], other["lcc"]["classes"]
-                and_mean = own["lcc"]["mean"]["dice_mean"]
-                and_cls = {o: own["lcc"]["classes"][o]["dice_mean"] for o in ORGANS}
+            by_readout = {other["readout"]: (other["lcc"]["mean"], other["lcc"]["classes"]),
+                          {"and": "union", "union": "and"}[other["readout"]]: (
+                              own["lcc"]["mean"]["dice_mean"], {o: own["lcc"]["classes"][o]["dice_mean"] for o in ORGANS})}
+            (and_mean, and_cls), (uni_mean, uni_cls) = by_readout["and"], by_readout["union"]
             lines.append(f"| {job['job']['name']} | {job['job']['steps']} | {100 * and_mean:.1f} | {100 * uni_mean:.1f} | "
                          + ", ".join(f"{SHORT[o]} {100 * and_cls[o]:.0f}→{100 * uni_cls[o]:.0f}" for o in ORGANS) + " |")
         lines.append("")
