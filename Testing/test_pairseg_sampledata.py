@@ -268,3 +268,33 @@ def test_sample_registered_with_public_source_and_thumbnail(sampledata, monkeypa
     assert source["category"] == "PairSeg" and source["sampleName"] == "CHAOSMRT2Case002"
     assert os.path.isfile(source["thumbnailFileName"])
     assert callable(source["customDownloader"])
+
+
+@pytest.mark.chaos
+def test_slicer_self_test_runs_on_the_sample(load_module, harness, mrml_scene, chaos_dir, tmp_path, monkeypatch):
+    """PairSegTest (the self-test Slicer runs) end to end, headless: the sample (from a CHAOS-layout
+    archive of a real case, in place of the download), a 10-step engine-trained model, Segment, Compare."""
+    monkeypatch.setenv("PAIRSEG_USER_DIR", str(tmp_path / "user"))
+    pairseg = load_module("PairSeg")
+    from PairSegLib import sampledata
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    image = sitk.ReadImage(str(chaos_dir / "case_002_image.nii.gz"))
+    label = sitk.ReadImage(str(chaos_dir / "case_002_label.nii.gz"))
+    archive = writeChaosArchive(image, label, str(cache / "CHAOS_Train_Sets.zip"))
+
+    class SampleDataLogic:
+        @staticmethod
+        def registerCustomSampleDataSource(**kwargs):
+            pass
+
+        def downloadFileIntoCache(self, uri, name, checksum=None):
+            return archive
+
+    monkeypatch.setattr(sampledata, "cacheFolder", lambda: str(cache))
+    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
+    result = pairseg.PairSegTest("test_PairSeg_sampleCase").run()
+    assert result.wasSuccessful(), result.errors + result.failures
+    segmentations = [n for n in mrml_scene.GetNodesByClass("vtkMRMLSegmentationNode")]
+    assert len(segmentations) == 2  # the sample's reference and PairSeg's result
