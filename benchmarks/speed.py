@@ -6,8 +6,8 @@ run, as medians of ``--repeats`` timed runs after a warm-up:
 - FLOPs (``torch.utils.flop_counter``: convolutions and matrix products; element-wise work is not
   counted) of a training step of 8 pairs (8 images for DeepLabv3+) at 128² and 256², its time,
   the achieved GFLOP/s and the fraction of the matmul rate; C2FCN, CFCN, DeepLabv3+;
-- pairs/s over the first steps of a real epoch (slice store, pair sampling, background
-  augmentation thread) against the pure step rate;
+- pairs/s over one whole epoch (up to 40 steps) of the real input pipeline (slice store, pair
+  sampling, background augmentation thread) against the pure step rate measured around it;
 - end-to-end segmentation of a 256×256×40 MR volume (read, normalise, infer, largest component,
   write), stage by stage, against the pure compute time at the matmul rate;
 - inference variants against plain eager fp32 (``torch.no_grad``, default threads):
@@ -49,7 +49,7 @@ from pairseg.losses import criterion_for  # noqa: E402
 from pairseg.modelfile import save_model  # noqa: E402
 from pairseg.networks import build_model  # noqa: E402
 from pairseg.postprocess import keep_largest_component  # noqa: E402
-from pairseg.train import EpochPlan, _batch_iterator  # noqa: E402
+from pairseg.train import EpochPlan, _batch_iterator, prepare_batch  # noqa: E402
 
 CLASSES = ["liver", "right kidney", "left kidney", "spleen"]
 RESULTS: dict = {}
@@ -72,7 +72,8 @@ def timed(fn, repeats: int, warmup: int = 1) -> dict:
         tick = time.perf_counter()
         fn()
         times.append(time.perf_counter() - tick)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": len(times)}
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": len(times),
+            "all_s": times}
 
 
 def flops_of(fn) -> int:
@@ -142,9 +143,13 @@ def bench_training(args, rate: float) -> None:
 
 
 def bench_epoch(args, cases: Cases) -> None:
-    """Pairs/s through the real input pipeline (store, sampling, augmentation thread)."""
+    """Pairs/s over one whole epoch through the real input pipeline (slice store, pair sampling,
+    background gather + augmentation thread, started per epoch as in training) against the pure
+    step rate on a fixed batch, measured half before and half after the epoch (after a warm-up, so
+    both are in the same steady state). Also times the pipeline's own work per batch, run alone."""
+    import threading
+
     rows = []
-    store = cases.store([cases.names[0]], max(args.epoch_sizes))
     for size in args.epoch_sizes:
         store = cases.store([cases.names[0]], size)
         for arch in ("c2fcn", "cfcn", "deeplabv3plus"):
@@ -155,39 +160,44 @@ def bench_epoch(args, cases: Cases) -> None:
             criterion = criterion_for(model)
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=5e-4)
             plan = EpochPlan(store, model.training_form, config, cases.modality)
-            batches = plan.batches(0)[: args.epoch_steps + 1]
-            import threading
-            halt = threading.Event()
-            times = []
-            tick = time.perf_counter()
-            for i, (images, labels) in enumerate(_batch_iterator(plan, store, batches, 0, config,
-                                                                 torch.device("cpu"), 0, halt)):
-                outputs = model(*images)
-                loss = criterion(outputs, *labels)
+
+            def step(images, labels):
+                loss = criterion(model(*images), *labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                now = time.perf_counter()
-                if i > 0:  # the first step (thread start, warm-up) is not counted
-                    times.append(now - tick)
-                tick = now
-            # pure step time on one fixed batch, same model, right after
-            images, labels = images, labels
 
-            def pure():
-                out = model(*images)
-                los = criterion(out, *labels)
-                optimizer.zero_grad(set_to_none=True)
-                los.backward()
-                optimizer.step()
-            t = timed(pure, min(args.repeats, len(times)), warmup=0)
-            epoch_rate = args.batch * len(times) / sum(times)
-            pure_rate = args.batch / t["median_s"]
-            rows.append({"arch": arch, "size": size, "batch": args.batch, "steps_timed": len(times),
+            def prepare(rows_):  # what the background thread does for one batch
+                return prepare_batch(plan, store, rows_, config, torch.Generator().manual_seed(0))
+
+            fixed = prepare(plan.batches(0)[0])
+            for _ in range(args.epoch_warmup):
+                step(*fixed)
+            half = max(1, args.repeats // 2 + 1)
+            pure = timed(lambda: step(*fixed), half, warmup=0)["all_s"]
+            tick = time.perf_counter()
+            count = 0
+            epoch = _batch_iterator(plan, store, plan.batches(1)[: args.epoch_steps], 0, config,
+                                    torch.device("cpu"), 0, threading.Event())
+            for images, labels in epoch:  # one whole epoch, thread start and first batch included
+                step(images, labels)
+                count += 1
+            epoch_s = time.perf_counter() - tick
+            pure += timed(lambda: step(*fixed), half, warmup=0)["all_s"]
+            prep = []
+            for rows_ in plan.batches(2)[: min(count, 5)]:  # the background thread's work, alone
+                tick = time.perf_counter()
+                prepare(rows_)
+                prep.append(time.perf_counter() - tick)
+            epoch_rate = args.batch * count / epoch_s
+            pure_rate = args.batch / statistics.mean(pure)
+            rows.append({"arch": arch, "size": size, "batch": args.batch, "epoch_steps": count,
+                         "steps_per_epoch": plan.steps_per_epoch(), "epoch_s": epoch_s,
                          "samples_per_s_epoch": epoch_rate, "samples_per_s_pure": pure_rate,
-                         "epoch_over_pure": epoch_rate / pure_rate, "step_times_s": times})
-            log(f"epoch {arch} {size}: {epoch_rate:.2f} vs pure {pure_rate:.2f} samples/s "
-                f"({epoch_rate / pure_rate:.0%})")
+                         "epoch_over_pure": epoch_rate / pure_rate, "pure_step_times_s": pure,
+                         "pipeline_ms_per_batch": 1000 * statistics.median(prep)})
+            log(f"epoch {arch} {size}: {count} steps, {epoch_rate:.2f} vs pure {pure_rate:.2f} samples/s "
+                f"({epoch_rate / pure_rate:.1%}); pipeline alone {1000 * statistics.median(prep):.0f} ms/batch")
             RESULTS["epoch_rate"] = rows
             save()
 
@@ -450,12 +460,13 @@ def main(argv=None) -> int:
         OUT = Path(args.out)
     args.train_sizes, args.epoch_sizes, args.e2e_size, args.small_size = [128, 256], [128, 256], 256, 128
     args.train_sizes, args.epoch_sizes = [128, 256], [128]
-    args.e2e_depth, args.ct_shape, args.epoch_steps, args.rss_timeout, args.matmul_n = 40, (300, 512, 512), 6, 900, 2048
+    args.e2e_depth, args.ct_shape, args.epoch_steps, args.rss_timeout, args.matmul_n = 40, (300, 512, 512), 40, 900, 2048
+    args.epoch_warmup = 4
     args.variant_depth = 16
     if args.dry_run:
         args.repeats, args.batch, args.train_sizes, args.epoch_sizes = 1, 2, [64], [64]
         args.e2e_size, args.small_size, args.e2e_depth, args.ct_shape = 64, 32, 6, (20, 96, 96)
-        args.epoch_steps, args.matmul_n, args.variant_depth = 2, 256, 4
+        args.epoch_steps, args.epoch_warmup, args.matmul_n, args.variant_depth = 3, 1, 256, 4
         OUT = WORK / "speed_dry.json"
     parts = set(args.parts.split(","))
     RESULTS["machine_start"] = machine_facts()

@@ -212,6 +212,17 @@ class EpochPlan:
                 for b in range(usable // global_batch)]
 
 
+def prepare_batch(plan: EpochPlan, store: SliceStore, rows: np.ndarray, config: TrainConfig,
+                  generator: torch.Generator) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Gather one batch's slices (both members of each pair for a pairwise model) and augment it."""
+    if plan.pairwise:
+        xa, ya = store.gather(rows[:, 0], rows[:, 1])
+        xb, yb = store.gather(rows[:, 2], rows[:, 3])
+        return augment_batch([xa, xb], [ya, yb], config.augment, generator)
+    x, y = store.gather(rows[:, 0], rows[:, 1])
+    return augment_batch([x], [y], config.augment, generator)
+
+
 def _batch_iterator(plan: EpochPlan, store: SliceStore, batches: list[np.ndarray], first_step: int,
                     config: TrainConfig, device: torch.device, rank: int, stop: threading.Event
                     ) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
@@ -226,13 +237,7 @@ def _batch_iterator(plan: EpochPlan, store: SliceStore, batches: list[np.ndarray
                     break
                 generator = torch.Generator().manual_seed(
                     (config.seed * 1_000_003 + (first_step + offset) * 131 + rank) % (2 ** 63))
-                if plan.pairwise:
-                    xa, ya = store.gather(rows[:, 0], rows[:, 1])
-                    xb, yb = store.gather(rows[:, 2], rows[:, 3])
-                    images, labels = augment_batch([xa, xb], [ya, yb], config.augment, generator)
-                else:
-                    x, y = store.gather(rows[:, 0], rows[:, 1])
-                    images, labels = augment_batch([x], [y], config.augment, generator)
+                images, labels = prepare_batch(plan, store, rows, config, generator)
                 if device.type == "cuda":
                     images = [t.pin_memory() for t in images]
                 ready.put((images, labels))
