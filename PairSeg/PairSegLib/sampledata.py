@@ -74,7 +74,7 @@ def convertChaosCase(archivePath, patient, outputFolder, sequence="T2SPIR"):
         archive = zipfile.ZipFile(archivePath)
     except (OSError, zipfile.BadZipFile) as error:
         raise CorruptArchiveError(f"{archivePath} is not a readable zip archive ({error}); delete it and "
-                              f"download {CHAOS_ARCHIVE_NAME} again from {CHAOS_RECORD_URL}.") from error
+                                  f"download {CHAOS_ARCHIVE_NAME} again from {CHAOS_RECORD_URL}.") from error
     os.makedirs(outputFolder, exist_ok=True)
     workFolder = tempfile.mkdtemp(prefix=stem + "-", dir=outputFolder)
     try:
