@@ -304,7 +304,10 @@ def speed_tables(s: dict) -> list[str]:
         lines += ["| C2FCN inference core variant (16 slices, 256²) | input | threads | median s | speed-up vs plain |", "|---|---|---|---|---|"]
         for r in s["inference_variants"]:
             if "median_s" in r:
-                lines.append(f"| {r['variant']} | {r['size']} | {r['threads']} | {r['median_s']:.2f} | {r.get('speedup_vs_plain', float('nan')):.2f}× |")
+                speedup = r.get("speedup_vs_plain", r.get("speedup_vs_eager_same_input"))
+                versus = "" if "speedup_vs_plain" in r or speedup is None else " (vs the row above)"
+                lines.append(f"| {r['variant']} | {r['size']} | {r['threads']} | {r['median_s']:.2f} | "
+                             + (f"{speedup:.2f}×{versus} |" if speedup is not None else "– |"))
             else:
                 lines.append(f"| {r['variant']} | | | failed: {r.get('error', '')[:120]} | |")
         lines.append("")

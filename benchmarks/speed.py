@@ -145,8 +145,9 @@ def bench_training(args, rate: float) -> None:
 def bench_epoch(args, cases: Cases) -> None:
     """Pairs/s over one whole epoch through the real input pipeline (slice store, pair sampling,
     background gather + augmentation thread, started per epoch as in training) against the pure
-    step rate on a fixed batch, measured half before and half after the epoch (after a warm-up, so
-    both are in the same steady state). Also times the pipeline's own work per batch, run alone."""
+    step rate on a fixed batch, measured before and after each of ``--epoch-rounds`` epochs (after a
+    warm-up, so both are in the same steady state and drift hits both). Also times the pipeline's
+    own work per batch, run alone."""
     import threading
 
     rows = []
@@ -175,24 +176,27 @@ def bench_epoch(args, cases: Cases) -> None:
                 step(*fixed)
             half = max(1, args.repeats // 2 + 1)
             pure = timed(lambda: step(*fixed), half, warmup=0)["all_s"]
-            tick = time.perf_counter()
-            count = 0
-            epoch = _batch_iterator(plan, store, plan.batches(1)[: args.epoch_steps], 0, config,
-                                    torch.device("cpu"), 0, threading.Event())
-            for images, labels in epoch:  # one whole epoch, thread start and first batch included
-                step(images, labels)
-                count += 1
-            epoch_s = time.perf_counter() - tick
-            pure += timed(lambda: step(*fixed), half, warmup=0)["all_s"]
+            epoch_times, count = [], 0
+            for round_ in range(args.epoch_rounds):  # epochs alternate with pure steps: drift hits both
+                tick = time.perf_counter()
+                epoch = _batch_iterator(plan, store, plan.batches(1 + round_)[: args.epoch_steps], 0, config,
+                                        torch.device("cpu"), 0, threading.Event())
+                for images, labels in epoch:  # a whole epoch, thread start and first batch included
+                    step(images, labels)
+                    count += 1
+                epoch_times.append(time.perf_counter() - tick)
+                pure += timed(lambda: step(*fixed), half, warmup=0)["all_s"]
+            epoch_s = sum(epoch_times)
             prep = []
-            for rows_ in plan.batches(2)[: min(count, 5)]:  # the background thread's work, alone
+            for rows_ in plan.batches(0)[1:6]:  # the background thread's work, alone
                 tick = time.perf_counter()
                 prepare(rows_)
                 prep.append(time.perf_counter() - tick)
             epoch_rate = args.batch * count / epoch_s
             pure_rate = args.batch / statistics.mean(pure)
             rows.append({"arch": arch, "size": size, "batch": args.batch, "epoch_steps": count,
-                         "steps_per_epoch": plan.steps_per_epoch(), "epoch_s": epoch_s,
+                         "epochs": args.epoch_rounds, "steps_per_epoch": plan.steps_per_epoch(),
+                         "epoch_s": epoch_times,
                          "samples_per_s_epoch": epoch_rate, "samples_per_s_pure": pure_rate,
                          "epoch_over_pure": epoch_rate / pure_rate, "pure_step_times_s": pure,
                          "pipeline_ms_per_batch": 1000 * statistics.median(prep)})
@@ -455,22 +459,30 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument("--out", help="results file (default results/speed.json)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other parts' results already in the output file (partial rerun)")
     args = parser.parse_args(argv)
     if args.out:
         OUT = Path(args.out)
     args.train_sizes, args.epoch_sizes, args.e2e_size, args.small_size = [128, 256], [128, 256], 256, 128
     args.train_sizes, args.epoch_sizes = [128, 256], [128]
     args.e2e_depth, args.ct_shape, args.epoch_steps, args.rss_timeout, args.matmul_n = 40, (300, 512, 512), 40, 900, 2048
-    args.epoch_warmup = 4
+    args.epoch_warmup, args.epoch_rounds = 4, 3
     args.variant_depth = 16
     if args.dry_run:
         args.repeats, args.batch, args.train_sizes, args.epoch_sizes = 1, 2, [64], [64]
         args.e2e_size, args.small_size, args.e2e_depth, args.ct_shape = 64, 32, 6, (20, 96, 96)
-        args.epoch_steps, args.epoch_warmup, args.matmul_n, args.variant_depth = 3, 1, 256, 4
+        args.epoch_steps, args.epoch_warmup, args.epoch_rounds, args.matmul_n, args.variant_depth = 3, 1, 1, 256, 4
         OUT = WORK / "speed_dry.json"
     parts = set(args.parts.split(","))
-    RESULTS["machine_start"] = machine_facts()
-    RESULTS["command"] = " ".join([".venv/bin/python", "benchmarks/speed.py"] + (argv or sys.argv[1:]))
+    command = " ".join([".venv/bin/python", "benchmarks/speed.py"] + (argv or sys.argv[1:]))
+    if args.merge and OUT.is_file():  # a partial rerun replaces only its parts' entries
+        RESULTS.update(json.loads(OUT.read_text()))
+        RESULTS.setdefault("partial_reruns", []).append({"command": command, "parts": sorted(parts),
+                                                         "machine": machine_facts()})
+    else:
+        RESULTS["machine_start"] = machine_facts()
+        RESULTS["command"] = command
     RESULTS["notes"] = ("FLOPs from torch.utils.flop_counter (conv / matmul only); times are medians of "
                         f"{args.repeats} runs after a warm-up; weights untrained for pure speed rows.")
     log(f"machine {RESULTS['machine_start']}")
@@ -499,9 +511,10 @@ def main(argv=None) -> int:
             bench_compile(args, cases)
         if "dicecost" in parts:
             bench_dice_cost(args, cases)
-    if rate is not None:  # matmul again at the end: did the machine's speed change during the run?
+    if rate is not None and not args.merge:  # matmul again at the end: did the machine's speed change?
         RESULTS["matmul_end"] = matmul_rate(args.matmul_n, max(args.repeats, 5))
-    RESULTS["machine_end"] = machine_facts()
+    if not args.merge:
+        RESULTS["machine_end"] = machine_facts()
     save()
     log(f"done: {OUT}")
     return 0
