@@ -46,6 +46,26 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a precision the device cannot run fast: bf16 needs a CPU with a native bfloat16
+    path in oneDNN (AVX-512 BF16 or AMX) or a CUDA GPU that supports it."""
+    if precision not in PRECISIONS:
+        raise PairSegInputError(f"unknown precision {precision!r}; use {' or '.join(PRECISIONS)}")
+    if precision != "bf16":
+        return
+    if device.type == "cpu":
+        supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+    elif device.type == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = False
+    if not supported:
+        raise PairSegInputError(f"precision bf16 is not supported on this {device.type} device; use fp32")
+
+
 def inference_memory_format(device: torch.device) -> torch.memory_format:
     """Layout of the networks' 4D inputs and weights at inference: channels_last on the CPU,
     where oneDNN's convolutions run faster on NHWC tensors; the default layout elsewhere."""
@@ -55,7 +75,7 @@ def inference_memory_format(device: torch.device) -> torch.memory_format:
 @torch.inference_mode()
 def predict_volume(model: torch.nn.Module, array: np.ndarray, size: int, device: torch.device,
                    *, window: tuple[float, float] | None = None, batch_size: int = 16,
-                   keep_probabilities: bool = False,
+                   keep_probabilities: bool = False, precision: str = "fp32",
                    events: EventSink = null_events) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment a (Z, H, W) volume slice batch by slice batch.
 
@@ -64,6 +84,7 @@ def predict_volume(model: torch.nn.Module, array: np.ndarray, size: int, device:
     are cut, so no normalised copy of the volume is made. ``array`` may be any view (a canonical
     layout of a stored volume, for example). Returns the decoded label map (Z, H, W) uint8 and,
     when asked, the per-class probabilities (Z, K, H, W) float16 on the native grid.
+    ``precision="bf16"`` runs the network under bfloat16 autocast (see ``check_precision``).
     """
     model.eval()
     depth, height, width = array.shape
@@ -78,7 +99,8 @@ def predict_volume(model: torch.nn.Module, array: np.ndarray, size: int, device:
         slices = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
         stacks = stacks_25d(slices)[first - below:stop - below]
         batch = resize_slices(stacks, size).to(device, memory_format=inference_memory_format(device))
-        probs = model.predict_proba(batch).float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            probs = model.predict_proba(batch).float()
         probs = resize_slices(probs, (height, width)).cpu()
         labels[first:stop] = decode_labels(probs).numpy().astype(np.uint8)
         if probabilities is not None:
@@ -90,7 +112,7 @@ def predict_volume(model: torch.nn.Module, array: np.ndarray, size: int, device:
 
 
 def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: int, device: torch.device,
-                   *, batch_size: int = 16, keep_probabilities: bool = False,
+                   *, batch_size: int = 16, keep_probabilities: bool = False, precision: str = "fp32",
                    events: EventSink = null_events) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment ``volume`` as stored: lay it out canonically (see ``Orientation``), normalise and
     predict batch by batch, and return labels (Z, H, W) and probabilities (Z, K, H, W) on the
@@ -99,7 +121,7 @@ def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: 
     labels, probabilities = predict_volume(model, orientation.apply(volume.array), size, device,
                                            window=intensity_window(volume.array, modality),
                                            batch_size=batch_size, keep_probabilities=keep_probabilities,
-                                           events=events)
+                                           precision=precision, events=events)
     labels = np.ascontiguousarray(orientation.invert(labels))
     if probabilities is not None:  # classes ride along as a trailing axis while axes move
         probabilities = np.ascontiguousarray(
@@ -121,8 +143,10 @@ class Predictor:
     """In-process predictor: load a model file once, segment many volumes."""
 
     def __init__(self, model_path: str | Path, device: str = "auto", batch_size: int = 16,
-                 readout: str | None = None):
+                 readout: str | None = None, precision: str = "fp32"):
         self.device = resolve_device(device)
+        check_precision(precision, self.device)
+        self.precision = precision
         self.model, self.metadata = load_model(model_path, self.device)
         self.model.to(memory_format=inference_memory_format(self.device))
         if readout is not None:
@@ -151,7 +175,8 @@ class Predictor:
         check_image(volume)
         labels, probabilities = predict_native(
             self.model, volume, self.metadata["modality"], int(self.metadata["size"]), self.device,
-            batch_size=self.batch_size, keep_probabilities=keep_probabilities, events=events)
+            batch_size=self.batch_size, keep_probabilities=keep_probabilities, precision=self.precision,
+            events=events)
         if keep_largest:
             labels = keep_largest_component(labels, self.model.num_classes)
         return Prediction(volume.like(labels), probabilities, self.class_names,

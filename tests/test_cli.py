@@ -152,6 +152,24 @@ def test_segment_one_file_with_probabilities(small_data, untrained_model, tmp_pa
     assert sitk.ReadImage(str(probs)).GetNumberOfComponentsPerPixel() == 4
 
 
+def test_segment_precision_option(small_data, untrained_model, tmp_path, capsys, monkeypatch):
+    """--precision reaches the predictor: bf16 runs where supported and is refused with a clear
+    error (exit 2, nothing written) where not."""
+    import torch
+
+    image = small_data / "case_002_image.nii.gz"
+    out = tmp_path / "bf16" / "case.nii.gz"
+    if getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)():
+        code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input", image, "--output", out,
+                              "--precision", "bf16", "--events", "json", "--device", "cpu")
+        assert code == 0 and out.is_file()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    refused = tmp_path / "refused" / "case.nii.gz"
+    code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input", image, "--output", refused,
+                          "--precision", "bf16", "--events", "json", "--device", "cpu")
+    assert code == 2 and "bf16 is not supported" in events[-1]["message"] and not refused.exists()
+
+
 def test_segment_folder_batch_size_and_largest_component(small_data, untrained_model, tmp_path, capsys):
     inputs = tmp_path / "inputs"
     inputs.mkdir()

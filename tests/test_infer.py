@@ -199,3 +199,32 @@ def test_cpu_inference_runs_channels_last(untrained_model):
 
     predict_volume(LayoutRecorder(), np.random.rand(5, 16, 16).astype(np.float32), 16, cpu, batch_size=2)
     assert layouts == [True, True, True]
+
+
+def _cpu_bf16() -> bool:
+    return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+
+
+@pytest.mark.skipif(not _cpu_bf16(), reason="this CPU has no native bfloat16 path")
+def test_bf16_precision_runs_bfloat16_and_agrees_with_fp32(phantom_model, phantom_dir):
+    """--precision bf16: the convolutions really run in bfloat16 and the probabilities stay close to
+    fp32's (the Dice cost on real data is measured in benchmarks/results/dice_cost.json)."""
+    volume = read_volume(sorted(phantom_dir.glob("*_image.nii.gz"))[0])
+    fp32 = Predictor(phantom_model, "cpu").segment(volume, keep_largest=False, keep_probabilities=True)
+    predictor = Predictor(phantom_model, "cpu", precision="bf16")
+    dtypes = []
+    first_conv = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    bf16 = predictor.segment(volume, keep_largest=False, keep_probabilities=True)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert bf16.labels.array.shape == fp32.labels.array.shape
+    difference = np.abs(bf16.probabilities.astype(np.float32) - fp32.probabilities.astype(np.float32))
+    assert difference.mean() < 0.005 and np.percentile(difference, 99) < 0.05
+
+
+def test_precision_refused_where_unsupported(untrained_model, monkeypatch):
+    with pytest.raises(PairSegInputError, match="unknown precision 'fp8'"):
+        Predictor(untrained_model, "cpu", precision="fp8")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.raises(PairSegInputError, match="bf16 is not supported on this cpu device"):
+        Predictor(untrained_model, "cpu", precision="bf16")
