@@ -9,7 +9,9 @@ rerun skips finished milestones' jobs.
 Methods: c2fcn, deeplabv3plus, cfcn, unet (the engine's networks) and c2fcn-identical (C2FCN
 trained on identical pairs only, ``--pair-mode identical``, the paper's Table 3 ablation). Plan
 ``speed-trade`` trains C2FCN at output stride 8 and at 256² on the first training case: the Dice
-side of the faster configurations (output stride 16, 128² input) that speed.py times.
+side of the faster configurations (output stride 16, 128² input) that speed.py times. Plan
+``augment`` repeats C2FCN and DeepLabv3+ on the three one-case training sets without augmentation
+(methods c2fcn-noaug, deeplabv3plus-noaug).
 
 Equal budgets: every job records the epochs done at each milestone. Single-image baselines get
 extra milestones at the step counts where they have done as many epochs as C2FCN at its
@@ -18,6 +20,7 @@ milestones on the same training set ("equal epochs"); C2FCN milestones are "equa
     .venv/bin/python benchmarks/limited_data.py --plan main --queue --shard 0/2 --threads 1 &
     .venv/bin/python benchmarks/limited_data.py --plan main --queue --shard 1/2 --threads 1 &
     .venv/bin/python benchmarks/limited_data.py --plan speed-trade --threads 1
+    .venv/bin/python benchmarks/limited_data.py --plan augment --queue --shard 0/2 --threads 1 &   # and 1/2
     .venv/bin/python benchmarks/limited_data.py --plan main --dry-run     # tiny, seconds
 """
 
@@ -51,6 +54,8 @@ METHODS = {
     "c2fcn-identical": {"arch": "c2fcn", "pair_mode": "identical"},
     "c2fcn-os8": {"arch": "c2fcn", "pair_mode": "intra+inter", "output_stride": 8},
     "c2fcn-256": {"arch": "c2fcn", "pair_mode": "intra+inter", "size": 256},
+    "c2fcn-noaug": {"arch": "c2fcn", "pair_mode": "intra+inter", "augment": False},
+    "deeplabv3plus-noaug": {"arch": "deeplabv3plus", "augment": False},
 }
 
 
@@ -83,6 +88,10 @@ def job_list(plan: str, steps: list[int]) -> list[dict]:
         for longer in steps[1:]:
             add("c2fcn", [ONE_CASE[0]], longer)
             add("deeplabv3plus", [ONE_CASE[0]], longer)
+    elif plan == "augment":  # the same one-case runs without augmentation
+        for case in ONE_CASE:
+            add("c2fcn-noaug", [case], steps[0])
+            add("deeplabv3plus-noaug", [case], steps[0])
     elif plan == "speed-trade":  # the Dice side of the speed/accuracy trade (speed.py has the time side)
         add("c2fcn-os8", [ONE_CASE[0]], steps[0])
         add("c2fcn-256", [ONE_CASE[0]], steps[0])
@@ -99,8 +108,9 @@ def run_job(job: dict, cases: Cases, args, out_dir: Path, log) -> None:
     method = METHODS[job["method"]]
     arch = method["arch"]
     size = method.get("size", args.size)
+    augment = method.get("augment", not args.no_augment)
     config = make_config(arch, size, args.batch_size, job["seed"], pair_mode=method.get("pair_mode", "intra+inter"),
-                         augment=not args.no_augment, output_stride=method.get("output_stride", args.output_stride))
+                         augment=augment, output_stride=method.get("output_stride", args.output_stride))
     store = cases.store(job["train"], size)
     test_names = [n for n in cases.names if n not in job["train"]]
     if args.dry_run:
@@ -114,7 +124,7 @@ def run_job(job: dict, cases: Cases, args, out_dir: Path, log) -> None:
         milestones.append(max(1, round(job["steps"] / pairwise["steps_per_epoch"] * own["steps_per_epoch"])))
         milestones = sorted(set(milestones))
     record = {"job": job, "method": job["method"], "arch": arch, "train_cases": job["train"], "test_cases": test_names,
-              "settings": {"size": size, "batch_size": args.batch_size, "augment": not args.no_augment,
+              "settings": {"size": size, "batch_size": args.batch_size, "augment": augment,
                            "lr": config.lr, "weight_decay": config.weight_decay, "seed": job["seed"],
                            "pair_mode": config.pair_mode, "output_stride": config.output_stride,
                            "threads": torch.get_num_threads()},

@@ -22,9 +22,11 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 ORGANS = ["liver", "right kidney", "left kidney", "spleen"]
 SHORT = {"liver": "liver", "right kidney": "R kid", "left kidney": "L kid", "spleen": "spleen"}
-ORDER = ["c2fcn", "cfcn", "c2fcn-identical", "deeplabv3plus", "unet", "c2fcn-os8"]
+ORDER = ["c2fcn", "cfcn", "c2fcn-identical", "deeplabv3plus", "unet", "c2fcn-os8", "c2fcn-noaug",
+         "deeplabv3plus-noaug"]
 LABEL = {"c2fcn": "C2FCN", "cfcn": "CFCN", "c2fcn-identical": "C2FCN identical pairs", "deeplabv3plus": "DeepLabv3+",
-         "unet": "U-Net", "c2fcn-os8": "C2FCN OS8"}
+         "unet": "U-Net", "c2fcn-os8": "C2FCN OS8", "c2fcn-noaug": "C2FCN, no augmentation",
+         "deeplabv3plus-noaug": "DeepLabv3+, no augmentation"}
 
 
 def load_jobs() -> list[dict]:
@@ -155,24 +157,9 @@ def main() -> int:
                      for s, m in sorted(job["milestones"].items(), key=lambda kv: int(kv[0]))]
             lines.append(f"| {LABEL[method]} | {job['train_cases'][0]} | {'; '.join(cells)} |")
     lines.append("")
-    gaps = []
-    for c2 in by_method.get("c2fcn", []):
-        for dl in by_method.get("deeplabv3plus", []):
-            if dl["train_cases"] == c2["train_cases"] and milestone(c2) and milestone(dl):
-                eq = dl["milestones"].get(str(equal_epoch_step(dl)))
-                gaps.append((c2["train_cases"][0],
-                             100 * (milestone(c2)["lcc"]["mean"]["dice_mean"] - milestone(dl)["lcc"]["mean"]["dice_mean"]),
-                             100 * (milestone(c2)["lcc"]["mean"]["dice_mean"] - eq["lcc"]["mean"]["dice_mean"]) if eq else None,
-                             {o: 100 * (milestone(c2)["lcc"]["classes"][o]["dice_mean"] - milestone(dl)["lcc"]["classes"][o]["dice_mean"]) for o in ORGANS}))
-    if gaps:
-        lines += ["**C2FCN − DeepLabv3+ (Dice points, LCC, 4-organ mean)**", "",
-                  "| training case | equal steps (250) | equal epochs | per organ at equal steps |", "|---|---|---|---|"]
-        for case, steps_gap, epoch_gap, organ in gaps:
-            lines.append(f"| {case} | {steps_gap:+.1f} | {epoch_gap:+.1f} | "
-                         + ", ".join(f"{SHORT[o]} {v:+.1f}" for o, v in organ.items()) + " |")
-        lines.append(f"| mean | {np.mean([g[1] for g in gaps]):+.1f} | "
-                     f"{np.mean([g[2] for g in gaps if g[2] is not None]):+.1f} | |")
-        lines.append("")
+    for pairwise, single, title in (("c2fcn", "deeplabv3plus", ""),
+                                    ("c2fcn-noaug", "deeplabv3plus-noaug", ", both trained without augmentation")):
+        lines += gap_table(by_method, pairwise, single, title)
 
     # --- read-out of f(x, x) ---------------------------------------------------------------------
     readout_rows = []
@@ -261,6 +248,31 @@ def main() -> int:
     print("\n".join(lines))
     plots(jobs, by_method, curve)
     return 0
+
+
+def gap_table(by_method: dict, pairwise: str, single: str, title: str) -> list[str]:
+    """C2FCN − DeepLabv3+ per training case, at equal steps and at equal epochs."""
+    gaps = []
+    for c2 in by_method.get(pairwise, []):
+        for dl in by_method.get(single, []):
+            if dl["train_cases"] == c2["train_cases"] and milestone(c2) and milestone(dl):
+                eq = dl["milestones"].get(str(equal_epoch_step(dl)))
+                gaps.append((c2["train_cases"][0],
+                             100 * (milestone(c2)["lcc"]["mean"]["dice_mean"] - milestone(dl)["lcc"]["mean"]["dice_mean"]),
+                             100 * (milestone(c2)["lcc"]["mean"]["dice_mean"] - eq["lcc"]["mean"]["dice_mean"]) if eq else None,
+                             {o: 100 * (milestone(c2)["lcc"]["classes"][o]["dice_mean"] - milestone(dl)["lcc"]["classes"][o]["dice_mean"]) for o in ORGANS}))
+    if not gaps:
+        return []
+    lines = [f"**C2FCN − DeepLabv3+ (Dice points, LCC, 4-organ mean{title})**", "",
+             "| training case | equal steps (250) | equal epochs | per organ at equal steps |", "|---|---|---|---|"]
+    for case, steps_gap, epoch_gap, organ in gaps:
+        epoch_cell = f"{epoch_gap:+.1f}" if epoch_gap is not None else "–"
+        lines.append(f"| {case} | {steps_gap:+.1f} | {epoch_cell} | "
+                     + ", ".join(f"{SHORT[o]} {v:+.1f}" for o, v in organ.items()) + " |")
+    epoch_gaps = [g[2] for g in gaps if g[2] is not None]
+    lines.append(f"| mean | {np.mean([g[1] for g in gaps]):+.1f} | "
+                 + (f"{np.mean(epoch_gaps):+.1f}" if epoch_gaps else "–") + " | |")
+    return lines + [""]
 
 
 def speed_tables(s: dict) -> list[str]:
