@@ -138,7 +138,7 @@ def main() -> int:
         finished = [j for j in by_method.get(method, []) if milestone(j)]
         if not finished or method == "c2fcn-identical":  # one sample per slice: no equal-epoch milestone
             continue
-        if method in ("deeplabv3plus", "unet"):
+        if finished[0]["arch"] in ("deeplabv3plus", "unet"):  # single-image: stopped at C2FCN's epochs
             res = [j["milestones"].get(str(equal_epoch_step(j))) for j in finished]
             res = [r for r in res if r]
             ep = [r["epochs"] for r in res]
