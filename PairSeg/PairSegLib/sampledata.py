@@ -25,7 +25,7 @@ CHAOS_ARCHIVE_URL = "https://zenodo.org/records/3431873/files/CHAOS_Train_Sets.z
 CHAOS_ARCHIVE_NAME = "CHAOS_Train_Sets.zip"
 CHAOS_RECORD_URL = "https://doi.org/10.5281/zenodo.3431873"
 # Ground-truth grey values of the CHAOS MR masks: (label, name, lowest grey, highest grey), the
-# intervals of the challenge's own evaluation code around 63 / 126 / 189 / 252.
+# intervals the challenge's data description gives around 63 / 126 / 189 / 252.
 CHAOS_MR_LABELS = ((1, "liver", 55, 70), (2, "right kidney", 110, 135), (3, "left kidney", 175, 200),
                    (4, "spleen", 240, 255))
 CHAOS_MR_CLASSES = [name for _, name, _, _ in CHAOS_MR_LABELS]
