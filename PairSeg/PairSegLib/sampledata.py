@@ -66,8 +66,7 @@ def convertChaosCase(archivePath, patient, outputFolder, sequence="T2SPIR"):
     """
     import SimpleITK as sitk
 
-    stem = f"CHAOS-MR-{sequence}-patient{int(patient)}"
-    imagePath, labelPath = (os.path.join(outputFolder, stem + suffix) for suffix in (".nrrd", "-label.nrrd"))
+    imagePath, labelPath = casePaths(patient, outputFolder, sequence)
     if os.path.isfile(imagePath) and os.path.isfile(labelPath):
         return imagePath, labelPath
     try:
@@ -76,7 +75,7 @@ def convertChaosCase(archivePath, patient, outputFolder, sequence="T2SPIR"):
         raise CorruptArchiveError(f"{archivePath} is not a readable zip archive ({error}); delete it and "
                                   f"download {CHAOS_ARCHIVE_NAME} again from {CHAOS_RECORD_URL}.") from error
     os.makedirs(outputFolder, exist_ok=True)
-    workFolder = tempfile.mkdtemp(prefix=stem + "-", dir=outputFolder)
+    workFolder = tempfile.mkdtemp(prefix=os.path.basename(imagePath) + "-", dir=outputFolder)
     try:
         with archive:
             dicoms, grounds = _seriesMembers(archive, patient, sequence)
@@ -178,10 +177,10 @@ def cacheFolder():
     return slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory()
 
 
-def casePaths(patient=SAMPLE_PATIENT, folder=None):
+def casePaths(patient=SAMPLE_PATIENT, folder=None, sequence="T2SPIR"):
     """(image, label map) file paths of a converted case in ``folder`` (default: PairSeg's cache)."""
     folder = folder or os.path.join(cacheFolder(), "PairSeg")
-    stem = os.path.join(folder, f"CHAOS-MR-T2SPIR-patient{int(patient)}")
+    stem = os.path.join(folder, f"CHAOS-MR-{sequence}-patient{int(patient)}")
     return stem + ".nrrd", stem + "-label.nrrd"
 
 
