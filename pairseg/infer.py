@@ -49,20 +49,21 @@ def resolve_device(name: str = "auto") -> torch.device:
 PRECISIONS = ("fp32", "bf16")
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 natively: a CPU with oneDNN's bfloat16 path (AVX-512 BF16 or
+    AMX) or a CUDA GPU that supports it."""
+    if device.type == "cpu":
+        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return False
+
+
 def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse a precision the device cannot run fast: bf16 needs a CPU with a native bfloat16
-    path in oneDNN (AVX-512 BF16 or AMX) or a CUDA GPU that supports it."""
+    """Refuse an unknown precision, and bf16 where the device cannot run it fast (``bf16_supported``)."""
     if precision not in PRECISIONS:
         raise PairSegInputError(f"unknown precision {precision!r}; use {' or '.join(PRECISIONS)}")
-    if precision != "bf16":
-        return
-    if device.type == "cpu":
-        supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
-    elif device.type == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = False
-    if not supported:
+    if precision == "bf16" and not bf16_supported(device):
         raise PairSegInputError(f"precision bf16 is not supported on this {device.type} device; use fp32")
 
 

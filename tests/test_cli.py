@@ -157,9 +157,11 @@ def test_segment_precision_option(small_data, untrained_model, tmp_path, capsys,
     error (exit 2, nothing written) where not."""
     import torch
 
+    from pairseg.infer import bf16_supported
+
     image = small_data / "case_002_image.nii.gz"
     out = tmp_path / "bf16" / "case.nii.gz"
-    if getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)():
+    if bf16_supported(torch.device("cpu")):
         code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input", image, "--output", out,
                               "--precision", "bf16", "--events", "json", "--device", "cpu")
         assert code == 0 and out.is_file()

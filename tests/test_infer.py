@@ -10,7 +10,8 @@ import torch
 
 from pairseg.data import Orientation, intensity_window, normalize, stacks_25d
 from pairseg.errors import PairSegInputError
-from pairseg.infer import Predictor, inference_memory_format, list_inputs, predict_volume, resolve_device
+from pairseg.infer import (Predictor, bf16_supported, inference_memory_format, list_inputs, predict_volume,
+                           resolve_device)
 from pairseg.io import Volume, read_volume, write_volume
 from pairseg.modelfile import save_model
 from pairseg.networks import build_model
@@ -201,11 +202,7 @@ def test_cpu_inference_runs_channels_last(untrained_model):
     assert layouts == [True, True, True]
 
 
-def _cpu_bf16() -> bool:
-    return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-
-
-@pytest.mark.skipif(not _cpu_bf16(), reason="this CPU has no native bfloat16 path")
+@pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no native bfloat16 path")
 def test_bf16_precision_runs_bfloat16_and_agrees_with_fp32(phantom_model, phantom_dir):
     """--precision bf16: the convolutions really run in bfloat16 and the probabilities stay close to
     fp32's (the Dice cost on real data is measured in benchmarks/results/dice_cost.json)."""
