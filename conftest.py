@@ -10,11 +10,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent
+# This checkout's engine, whatever a shared virtual environment has installed (src/ layout).
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
 CHAOS_CLASSES = ["liver", "right kidney", "left kidney", "spleen"]
 
 

@@ -1,8 +1,8 @@
-# Ships the PairSeg engine (the top-level `pairseg` package of the repository) inside the
+# Ships the PairSeg engine (the `pairseg` package in the repository's src/ folder) inside the
 # extension: its Python files are copied, byte-compiled and installed into the scripted-modules
 # folder, so `import pairseg` and `PythonSlicer -m pairseg` work in Slicer without a separate
-# install. Paths are relative to the repository root. Keep this list in sync with pairseg/
-# (Testing/test_pairseg_module.py checks that every pairseg/**/*.py is listed).
+# install. Paths are relative to src/. Keep this list in sync with src/pairseg/
+# (Testing/test_pairseg_module.py checks that every src/pairseg/**/*.py is listed).
 
 set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/__init__.py
@@ -37,7 +37,7 @@ ctkMacroCompilePythonScript(
   TARGET_NAME PairSegEngine
   SCRIPTS "${PAIRSEG_ENGINE_PYTHON_SCRIPTS}"
   RESOURCES ""
-  SOURCE_DIR ${PROJECT_SOURCE_DIR}
+  SOURCE_DIR ${PROJECT_SOURCE_DIR}/src
   DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}
   INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}
   NO_INSTALL_SUBDIR

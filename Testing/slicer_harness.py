@@ -516,7 +516,7 @@ def loadScriptedModule(moduleFilePath):
     moduleFilePath = os.path.abspath(str(moduleFilePath))
     moduleDir = os.path.dirname(moduleFilePath)
     moduleName = os.path.splitext(os.path.basename(moduleFilePath))[0]
-    for path in (REPOSITORY_ROOT, moduleDir):
+    for path in (os.path.join(REPOSITORY_ROOT, "src"), moduleDir):
         if path not in sys.path:
             sys.path.insert(0, path)
     if moduleName in sys.modules and getattr(sys.modules[moduleName], "__file__", None) \

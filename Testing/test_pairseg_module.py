@@ -115,7 +115,7 @@ def _cmakeListedFiles():
         path = os.path.join(ROOT, relative)
         if not os.path.isfile(path):
             continue
-        base = ROOT if relative.endswith("Engine.cmake") else os.path.dirname(path)
+        base = os.path.join(ROOT, "src") if relative.endswith("Engine.cmake") else os.path.dirname(path)
         text = "\n".join(line.split("#", 1)[0] for line in open(path, encoding="utf-8"))
         moduleName = re.search(r"set\(MODULE_NAME\s+(\w+)\)", text)
         if moduleName:
@@ -130,7 +130,7 @@ def _cmakeListedFiles():
 def test_cmake_lists_every_shipped_python_file():
     listed = _cmakeListedFiles()
     expected = []
-    for folder in ("pairseg", "PairSeg", "PairSegTrainer"):
+    for folder in (os.path.join("src", "pairseg"), "PairSeg", "PairSegTrainer"):
         for directory, subfolders, files in os.walk(os.path.join(ROOT, folder)):
             subfolders[:] = [s for s in subfolders if s not in ("Testing", "__pycache__")]
             expected += [os.path.join(directory, f) for f in files if f.endswith(".py")]

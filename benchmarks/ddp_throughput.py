@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if str(REPO / "src") not in sys.path:
+    sys.path.insert(0, str(REPO / "src"))
 
 import torch  # noqa: E402
 
@@ -81,7 +81,7 @@ def command(world_size: int, args, data: Path, out: Path) -> list[str]:
 def measure(world_size: int, args, data: Path, work: Path) -> dict:
     out = work / f"bench-{world_size}.pairseg"
     cmd = command(world_size, args, data, out)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
                PYTHONUNBUFFERED="1")
     if args.device == "cpu":
         env["OMP_NUM_THREADS"] = str(args.threads)

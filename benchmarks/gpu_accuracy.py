@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH, WORK, Cases, chaos_dir, evaluate_model, machine_facts, make_config, train_with_milestones, write_json  # noqa: E402,E501

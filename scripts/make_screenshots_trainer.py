@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-for folder in (ROOT / "Testing", ROOT / "PairSegTrainer", ROOT):
+for folder in (ROOT / "Testing", ROOT / "PairSegTrainer", ROOT / "src"):
     sys.path.insert(0, str(folder))
 
 OUT = ROOT / "Resources" / "Screenshots"

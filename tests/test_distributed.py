@@ -151,7 +151,7 @@ def _env(**extra) -> dict:
     env = dict(os.environ)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PAIRSEG_DIST_TIMEOUT_S="60")
     env.update({k: str(v) for k, v in extra.items()})
     return env

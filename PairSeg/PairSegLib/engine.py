@@ -28,7 +28,8 @@ class EngineNotFoundError(RuntimeError):
 def engineRoot():
     """The folder that contains the ``pairseg`` package (installed beside the modules, or the repository)."""
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the module folder
-    for candidate in (here, os.path.dirname(here)):
+    # installed extension: beside the module folders; source checkout: <repository>/src
+    for candidate in (here, os.path.dirname(here), os.path.join(os.path.dirname(here), "src")):
         if os.path.isfile(os.path.join(candidate, "pairseg", "__init__.py")):
             return candidate
     raise EngineNotFoundError(f"The PairSeg engine (pairseg package) was not found next to {here}.")
