@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent
 # This checkout's engine, whatever a shared virtual environment has installed (src/ layout).
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
+# ... and in the engine processes the tests start (python -m pairseg).
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src")] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 CHAOS_CLASSES = ["liver", "right kidney", "left kidney", "spleen"]
 
 

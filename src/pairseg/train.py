@@ -33,7 +33,7 @@ from pairseg.data import Dataset, SliceStore, load_case, load_dataset
 from pairseg.distributed import DistributedContext, tensor_digest
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.infer import predict_native
+from pairseg.infer import PRECISIONS, check_precision, predict_native
 from pairseg.io import default_colors
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
@@ -75,7 +75,8 @@ class TrainConfig:
     aggregate: str = "sum"
     readout: str | None = None  # C2FCN read-out of f(x, x); None: see model_readout()
     base: str = "deeplabv3plus"
-    amp: bool = True
+    amp: bool = True  # CUDA mixed precision when precision is "auto"
+    precision: str = "auto"  # "auto" (CUDA: AMP; elsewhere fp32), "fp32", or "bf16" (bfloat16 autocast)
     channels_last: bool = False
     sync_batchnorm: bool = False
     stop_file: str | None = None
@@ -112,6 +113,31 @@ class TrainResult:
     epochs: int
     history: list[dict]
     validation: dict | None
+
+
+TRAIN_PRECISIONS = ("auto",) + PRECISIONS
+
+
+def training_autocast(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(autocast enabled, dtype) of the forward pass. ``precision="auto"``: CUDA mixed precision
+    (bfloat16 where the GPU has it, else float16 with a gradient scaler) unless ``amp`` is off, and
+    fp32 elsewhere; ``"bf16"``: bfloat16 autocast on any device with a native bfloat16 path
+    (``infer.bf16_supported``: AVX-512 BF16/AMX CPUs, Ampere or newer GPUs), refused elsewhere;
+    ``"fp32"``: no autocast."""
+    if config.precision not in TRAIN_PRECISIONS:
+        raise PairSegInputError(f"unknown precision {config.precision!r}; use one of {', '.join(TRAIN_PRECISIONS)}")
+    if config.precision == "auto":
+        use_amp = config.amp and device.type == "cuda"
+        return use_amp, (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16)
+    check_precision(config.precision, device)
+    return config.precision == "bf16", torch.bfloat16
+
+
+def _as_float32(outputs):
+    """A network's outputs (a tensor or a dict of tensors) in float32."""
+    if isinstance(outputs, dict):
+        return {key: value.float() for key, value in outputs.items()}
+    return outputs.float()
 
 
 def checkpoint_path(model_path: str | Path) -> Path:
@@ -403,8 +429,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
                               "images": tensor_digest(store.images, stride=97), "total_steps": total_steps})
     net = dist.wrap(model, sync_batchnorm=config.sync_batchnorm)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp, amp_dtype = training_autocast(config, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     step, epoch, step_in_epoch = 0, 0, 0
@@ -470,6 +495,8 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
                     images = [t.contiguous(memory_format=torch.channels_last) for t in images]
                 with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                     outputs = net(*images)
+                if use_amp:  # the Dice losses in float32 whatever the forward pass ran in
+                    outputs = _as_float32(outputs)
                 loss = criterion(outputs, *labels)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
