@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--epochs", type=int, help="number of epochs (default 20)")
     budget.add_argument("--steps", type=int, help="number of optimiser steps")
     t.add_argument("--size", type=int, default=256, help="training slice size in pixels (default 256)")
+    t.add_argument("--spacing", type=float, help="in-plane pixel spacing of the model in mm (default: the training "
+                                                  "set's median field of view divided by --size); slices are resampled "
+                                                  "to it for training and inference")
     t.add_argument("--batch-size", type=int, default=8, help="samples (pairs) per step and GPU (default 8)")
     t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     t.add_argument("--weight-decay", type=float, default=5e-4, help="Adam weight decay (default 5e-4)")
@@ -67,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of the cases for validation")
     t.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
     t.add_argument("--init-from", help="fine-tune from this model file")
+    t.add_argument("--cross-modality", action="store_true",
+                   help="allow --init-from a model of another modality (e.g. an MR model on CT data); the new model "
+                        "records the dataset's modality and normalisation")
     t.add_argument("--classes", help='class names for a folder without dataset.json, e.g. liver,"right kidney"')
     t.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="modality for a folder without dataset.json")
     t.add_argument("--cases", help="comma-separated case names to train on (default all)")
@@ -172,6 +178,7 @@ def cmd_train(args, events) -> int:
 
     config = TrainConfig(
         data=args.data, out=args.out, arch=args.arch, epochs=args.epochs, steps=args.steps, size=args.size,
+        spacing=args.spacing, cross_modality=args.cross_modality,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, device=args.device,
         seed=args.seed, val=args.val, val_fraction=args.val_fraction, resume=args.resume,
         init_from=args.init_from, classes=args.classes, modality=args.modality,
