@@ -46,7 +46,7 @@ ctkMacroCompilePythonScript(
 
 # The ready-model catalog (Resources/Models at the repository top level) beside the engine, where
 # pairseg.catalog.catalog_folder() looks for it: <scripted modules>/Resources/Models.
-file(GLOB PAIRSEG_CATALOG_FILES "${PROJECT_SOURCE_DIR}/Resources/Models/*.json" "${PROJECT_SOURCE_DIR}/Resources/Models/*.pairseg")
+file(GLOB PAIRSEG_CATALOG_FILES "${PROJECT_SOURCE_DIR}/Resources/Models/*")
 install(FILES ${PAIRSEG_CATALOG_FILES}
   DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models
   COMPONENT RuntimeLibraries)
