@@ -125,10 +125,14 @@ def build_form(arch: str) -> str:
 
 def train_with_milestones(store: SliceStore, arch: str, config: TrainConfig, modality: str, num_classes: int,
                           milestones: list[int], on_milestone, device: torch.device = torch.device("cpu"),
-                          log_every: int = 25, log=print) -> dict:
-    """Train ``arch`` for max(milestones) steps; call ``on_milestone(model, step, epochs_done)``."""
+                          log_every: int = 25, log=print, init_state: dict | None = None) -> dict:
+    """Train ``arch`` for max(milestones) steps; call ``on_milestone(model, step, epochs_done)``.
+    ``init_state``: start from these weights (fine-tuning) instead of a fresh initialisation."""
     torch.manual_seed(config.seed)
-    model = build_model(arch, num_classes, 3, **config.model_options(arch)).to(device)
+    model = build_model(arch, num_classes, 3, **config.model_options(arch))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     criterion = criterion_for(model)
