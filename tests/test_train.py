@@ -214,3 +214,26 @@ def test_budget_and_size_checks(small_data, tmp_path):
     with pytest.raises(PairSegInputError, match="val-fraction"):
         train(_config(small_data, tmp_path / "m", steps=1, val_fraction=0.9, cases=["case_000"]))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_never_changes_the_callers_config(small_data, tmp_path):
+    """No budget given: 20 epochs, read from the schema, and the caller's config stays as it was."""
+    stop = tmp_path / "STOP"
+    stop.touch()
+    config = _config(small_data, tmp_path / "m.pairseg", stop_file=str(stop))
+    before = config.to_json()
+    recorder = Recorder()
+    result = train(config, recorder)
+    start = recorder.of("start")[0]
+    assert result.stopped and start["total_steps"] == 20 * start["steps_per_epoch"]
+    assert config.to_json() == before and config.epochs is None
+
+
+def test_existing_model_file_needs_overwrite(small_data, tmp_path):
+    out = tmp_path / "m.pairseg"
+    out.write_bytes(b"an earlier model")
+    with pytest.raises(PairSegInputError, match="--overwrite"):
+        train(_config(small_data, out, steps=1))
+    assert out.read_bytes() == b"an earlier model" and sorted(tmp_path.iterdir()) == [out]
+    train(_config(small_data, out, steps=1, overwrite=True))
+    assert read_metadata(out)["training"]["steps"] == 1

@@ -31,7 +31,7 @@ def run_demo(*, data: str | None, out: str, arch: str = "c2fcn", train_cases: in
     model_path = folder / "model.pairseg"
     events("message", text=f"training {arch} on {', '.join(training)} ({steps} steps at {size}x{size})")
     train(TrainConfig(data=data, out=str(model_path), arch=arch, steps=steps, size=size, batch_size=batch_size,
-                      device=device, cases=training), events)
+                      device=device, cases=training, overwrite=True), events)
 
     events("message", text=f"segmenting held-out case {held_out.name}")
     predictor = Predictor(model_path, device)

@@ -28,12 +28,14 @@ import numpy as np
 import torch
 
 from pairseg import __version__
-from pairseg.augment import AugmentConfig, augment_batch
+from pairseg.augment import augment_batch
+from pairseg.config import AugmentConfig, TrainConfig, check_output_location
+from pairseg.constants import TRAIN_PRECISIONS
 from pairseg.data import Dataset, SliceStore, load_case, load_dataset
 from pairseg.distributed import DistributedContext, tensor_digest
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.infer import PRECISIONS, check_precision, predict_native
+from pairseg.infer import check_precision, predict_native
 from pairseg.io import default_colors
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
@@ -41,68 +43,7 @@ from pairseg.modelfile import atomic_torch_save, load_model, safe_torch_load, sa
 from pairseg.networks import build_model
 from pairseg.pairs import default_offsets, sample_pairs
 
-__all__ = ["TrainConfig", "TrainResult", "train", "checkpoint_path"]
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on (the CLI's ``pairseg train`` options)."""
-
-    data: str
-    out: str
-    arch: str | None = None  # None: the --init-from model's, else "c2fcn"
-    epochs: int | None = None
-    steps: int | None = None
-    size: int = 256
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 5e-4
-    device: str = "auto"
-    seed: int = 0
-    val: str | None = None
-    val_fraction: float = 0.0
-    resume: bool = False
-    init_from: str | None = None
-    classes: str | None = None
-    modality: str | None = None
-    cases: list[str] | None = None
-    pair_mode: str = "intra+inter"
-    offsets: list[int] | None = None
-    inter_repeats: int = 2
-    margin: int | None = None
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    output_stride: int = 8
-    aggregate: str = "sum"
-    readout: str | None = None  # C2FCN read-out of f(x, x); None: see model_readout()
-    base: str = "deeplabv3plus"
-    amp: bool = True  # CUDA mixed precision when precision is "auto"
-    precision: str = "auto"  # "auto" (CUDA: AMP; elsewhere fp32), "fp32", or "bf16" (bfloat16 autocast)
-    channels_last: bool = False
-    sync_batchnorm: bool = False
-    stop_file: str | None = None
-    validate_every: int = 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def model_readout(self) -> str:
-        """The C2FCN read-out: ``readout`` when given; otherwise "union" (AND or XOR of f(x, x)),
-        except for identical pairs, whose XOR channels are never shown a foreground pixel and so
-        carry nothing to read ("and")."""
-        if self.readout is not None:
-            return self.readout
-        return "and" if self.pair_mode == "identical" else "union"
-
-    def model_options(self, arch: str) -> dict:
-        """``build_model`` options of a new ``arch`` network from this configuration."""
-        uses_deeplab = arch == "deeplabv3plus" or (arch != "unet" and self.base == "deeplabv3plus")
-        options = {"output_stride": self.output_stride} if uses_deeplab else {}
-        if arch == "c2fcn":
-            options["aggregate"] = self.aggregate
-            options["readout"] = self.model_readout()
-        if arch in ("c2fcn", "cfcn", "siamfcn") and self.base != "deeplabv3plus":
-            options["base"] = self.base
-        return options
+__all__ = ["TrainConfig", "AugmentConfig", "TrainResult", "train", "checkpoint_path"]
 
 
 @dataclass
@@ -113,9 +54,6 @@ class TrainResult:
     epochs: int
     history: list[dict]
     validation: dict | None
-
-
-TRAIN_PRECISIONS = ("auto",) + PRECISIONS
 
 
 def training_autocast(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
@@ -358,6 +296,8 @@ def _read_checkpoint(ckpt_file: Path, signature: dict) -> dict:
 
 def train(config: TrainConfig, events: EventSink = null_events) -> TrainResult:
     """Train a model as ``config`` says and write the model file; returns a summary."""
+    config.check()
+    check_output_location(config)
     dist = DistributedContext.from_environment(config.device)
     try:
         return _train(config, events if dist.is_main else null_events, dist)
@@ -367,14 +307,7 @@ def train(config: TrainConfig, events: EventSink = null_events) -> TrainResult:
 
 def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> TrainResult:
     torch.manual_seed(config.seed + dist.rank)
-    if config.epochs is not None and config.steps is not None:
-        raise PairSegInputError("give either --epochs or --steps, not both")
-    if config.epochs is None and config.steps is None:
-        config.epochs = 20
-    if (config.epochs is not None and config.epochs < 1) or (config.steps is not None and config.steps < 1):
-        raise PairSegInputError("--epochs/--steps must be at least 1")
-    if config.size < 32 or config.batch_size < 1:
-        raise PairSegInputError("--size must be >= 32 and --batch-size >= 1")
+    epochs, steps = config.budget()
     out = Path(config.out)
     ckpt_file = checkpoint_path(out)
     device = dist.device
@@ -418,7 +351,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
     criterion = criterion_for(model)
     plan = EpochPlan(store, form, config, dataset.modality, dist.world_size)
     per_epoch = plan.steps_per_epoch()
-    total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
+    total_steps = steps if steps is not None else epochs * per_epoch
     signature = _signature(train_set, config, arch, dist.world_size)
     if dist.enabled:  # before DDP, which would fail obscurely on different models
         shared = {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "val", "init_from",
