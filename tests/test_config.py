@@ -16,7 +16,7 @@ from pairseg.errors import PairSegInputError
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
-EVERY_OPTION = ["--data", "d", "--out", "m.pairseg", "--arch", "cfcn", "--steps", "7", "--size", "64",
+EVERY_OPTION = ["--data", "d", "--out", "m.pairseg", "--arch", "cfcn", "--steps", "7", "--size", "64", "--spacing", "1.5", "--cross-modality",
                 "--batch-size", "3", "--lr", "2.5e-4", "--weight-decay", "0", "--seed", "4", "--device", "cuda:1",
                 "--val-fraction", "0.25", "--resume", "--overwrite", "--init-from", "base.pairseg",
                 "--classes", 'liver,"right kidney"', "--modality", "ct", "--cases", "a, b",
@@ -35,6 +35,7 @@ def test_every_option_lands_in_its_field_and_round_trips_through_json():
     config = parse(*EVERY_OPTION)
     assert (config.arch, config.steps, config.epochs, config.size, config.batch_size) == ("cfcn", 7, None, 64, 3)
     assert (config.lr, config.weight_decay, config.device, config.val_fraction) == (2.5e-4, 0.0, "cuda:1", 0.25)
+    assert config.spacing == 1.5 and config.cross_modality
     assert config.resume and config.overwrite and config.init_from == "base.pairseg"
     assert config.modality == "CT" and config.cases == ["a", "b"] and config.offsets == [2, 4]
     assert (config.pair_mode, config.inter_repeats, config.margin) == ("intra", 3, 1)
@@ -87,6 +88,7 @@ def test_config_file_with_command_line_overrides(tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"epochs": 0}, "epochs (--epochs) must be at least 1"),
     ({"lr": 0}, "greater than 0"),
+    ({"spacing": -1.0}, "spacing (--spacing) must be greater than 0"),
     ({"val_fraction": 1.0}, "less than 1"),
     ({"size": "256"}, "must be an int"),
     ({"batch_size": 2.0}, "must be an int"),

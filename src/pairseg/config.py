@@ -86,6 +86,9 @@ class TrainConfig:
     steps: Optional[int] = field(default=None, metadata=_meta("number of optimiser steps", minimum=1,
                                                                exclusive="budget"))
     size: int = field(default=256, metadata=_meta("training slice size in pixels (default 256)", minimum=32))
+    spacing: Optional[float] = field(default=None, metadata=_meta(
+        "in-plane pixel spacing of the model in mm (default: the training set's median field of view divided by "
+        "--size); slices are resampled to it for training and inference", exclusive_minimum=0.0))
     batch_size: int = field(default=8, metadata=_meta("samples (pairs) per step and GPU (default 8)", minimum=1))
     lr: float = field(default=1e-4, metadata=_meta("Adam learning rate (default 1e-4)", exclusive_minimum=0.0))
     weight_decay: float = field(default=5e-4, metadata=_meta("Adam weight decay (default 5e-4)", minimum=0.0))
@@ -100,6 +103,9 @@ class TrainConfig:
     resume: bool = field(default=False, metadata=_meta("continue from <out>.ckpt"))
     overwrite: bool = field(default=False, metadata=_meta("replace an existing model file at --out"))
     init_from: Optional[str] = field(default=None, metadata=_meta("fine-tune from this model file"))
+    cross_modality: bool = field(default=False, metadata=_meta(
+        "allow --init-from a model of another modality (e.g. an MR model on CT data); the new model records the "
+        "dataset's modality and normalisation"))
     classes: Optional[str] = field(default=None, metadata=_meta(
         'class names for a folder without dataset.json, e.g. liver,"right kidney"'))
     modality: Optional[str] = field(default=None, metadata=_meta(
