@@ -102,7 +102,7 @@ class TrainConfig:
         exclusive="validation"))
     resume: bool = field(default=False, metadata=_meta("continue from <out>.ckpt"))
     overwrite: bool = field(default=False, metadata=_meta("replace an existing model file at --out"))
-    init_from: Optional[str] = field(default=None, metadata=_meta("fine-tune from this model file"))
+    init_from: Optional[str] = field(default=None, metadata=_meta("fine-tune from this model file or catalog model name"))
     cross_modality: bool = field(default=False, metadata=_meta(
         "allow --init-from a model of another modality (e.g. an MR model on CT data); the new model records the "
         "dataset's modality and normalisation"))

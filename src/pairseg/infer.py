@@ -20,6 +20,7 @@ from pairseg.data import (Orientation, apply_window, check_image, in_plane_spaci
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
 from pairseg.io import Volume, read_volume, write_labels, write_volume
+from pairseg.catalog import resolve_model
 from pairseg.modelfile import load_model
 from pairseg.postprocess import keep_largest_component
 from pairseg.proxy import decode_labels
@@ -195,6 +196,7 @@ class Predictor:
         self.device = resolve_device(device)
         check_precision(precision, self.device)
         self.precision = precision
+        model_path = resolve_model(model_path)
         self.model, self.metadata = load_model(model_path, self.device)
         self.model.to(memory_format=inference_memory_format(self.device))
         if readout is not None:

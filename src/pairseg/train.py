@@ -40,6 +40,7 @@ from pairseg.infer import check_precision, model_preprocessing, predict_native
 from pairseg.io import default_colors
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
+from pairseg.catalog import resolve_model
 from pairseg.modelfile import atomic_torch_save, load_model, safe_torch_load, save_model
 from pairseg.networks import build_model
 from pairseg.pairs import default_offsets, sample_pairs
@@ -337,7 +338,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
     init_meta: dict | None = None
     init_state = None
     if config.init_from:
-        init_model, init_meta = load_model(config.init_from)
+        init_model, init_meta = load_model(resolve_model(config.init_from))
         if [n.lower() for n in init_meta["class_names"]] != [n.lower() for n in dataset.class_names]:
             raise PairSegInputError(f"{config.init_from}: model classes {init_meta['class_names']} differ "
                                     f"from the dataset's {dataset.class_names}")
