@@ -29,7 +29,7 @@ from pairseg.metrics import dice as dice_of
 from pairseg.metrics import evaluate_case, summarize
 from pairseg.networks import build_model
 from pairseg.postprocess import keep_largest_component
-from pairseg.train import EpochPlan, TrainConfig, _batch_iterator
+from pairseg.train import EpochPlan, TrainConfig, batch_iterator
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -147,7 +147,7 @@ def train_with_milestones(store: SliceStore, arch: str, config: TrainConfig, mod
     while step < total:
         batches = plan.batches(epoch)
         halt = threading.Event()
-        iterator = _batch_iterator(plan, store, batches, step, config, device, 0, halt)
+        iterator = batch_iterator(plan, store, batches, step, config, device, 0, halt)
         tick = time.perf_counter()
         for images, labels in iterator:
             images = [t.to(device, non_blocking=True) for t in images]

@@ -172,6 +172,24 @@ def test_init_from_refuses_other_classes_or_modality(full_run, small_data, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "other"]
 
 
+def test_init_from_accepts_the_same_classes_spelt_otherwise(full_run, small_data, tmp_path):
+    """A Trainer export names its classes after the segments (``Right_Kidney``): the same classes
+    as a model's ``right kidney`` under the one class-name rule (constants.class_key)."""
+    base, _, _ = full_run
+    manifest = json.loads((small_data / "dataset.json").read_text())
+    for entry in manifest["training"]:
+        entry["image"] = str((small_data / entry["image"]).resolve())
+        entry["label"] = str((small_data / entry["label"]).resolve())
+    spelt = {"1": "Liver", "2": "Right_Kidney", "3": "left-kidney", "4": " SPLEEN"}
+    assert [manifest["labels"][k] for k in spelt] == CLASSES
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "dataset.json").write_text(json.dumps({**manifest, "labels": {**manifest["labels"], **spelt}}))
+    out = tmp_path / "tuned.pairseg"
+    train(_config(exported, out, arch=None, steps=1, cases=["case_002"], init_from=str(base)))
+    assert read_metadata(out)["class_names"] == ["Liver", "Right_Kidney", "left-kidney", "SPLEEN"]
+
+
 @pytest.mark.parametrize("arch, extra", [
     ("deeplabv3plus", {}), ("unet", {}), ("cfcn", {}), ("siamfcn", {}), ("c2fcn", {"base": "unet"}),
     ("c2fcn", {"aggregate": "max", "pair_mode": "intra+inter", "offsets": None}),

@@ -20,6 +20,7 @@ from pairseg import __version__
 from pairseg.config import add_arguments as add_train_arguments
 from pairseg.config import from_arguments as train_config_from_arguments
 from pairseg.config import setting
+from pairseg.constants import ARCHITECTURES, DEFAULT_ARCHITECTURE, MODALITIES, PRECISIONS
 from pairseg.errors import PairSegInputError
 from pairseg.events import HumanEvents, JsonEvents
 
@@ -56,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label file (.nii.gz, .nrrd, .seg.nrrd) or, for a folder input, an output folder")
     s.add_argument("--no-largest-component", action="store_true", help="keep every connected component")
     s.add_argument("--probabilities", help="also write per-class probabilities (file, or folder for a folder input)")
-    s.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="refuse a model of another modality")
+    s.add_argument("--modality", choices=MODALITIES, type=str.upper, help="refuse a model of another modality")
     s.add_argument("--batch-size", type=int, default=16, help="slices per inference batch (default 16)")
     s.add_argument("--readout", choices=["and", "union"],
                    help="override a C2FCN model's read-out of f(x, x) (default: the model's own)")
-    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: bfloat16 autocast, about 1.9x faster on CPUs with AVX-512 BF16 or AMX, Dice "
                         "within 0.2 points of fp32 on CHAOS (benchmarks/RESULTS.md); refused where unsupported")
     s.add_argument("--format", default=".nii.gz", help="output extension for folder inputs (default .nii.gz)")
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "held-out volume, print Dice/ASSD and write every output. --data takes a real dataset.")
     d.add_argument("--data", help="dataset folder (default: generated phantoms)")
     d.add_argument("--out", default="pairseg-demo-output", help="output folder (default pairseg-demo-output)")
-    d.add_argument("--arch", default="c2fcn", choices=["c2fcn", "cfcn", "deeplabv3plus", "unet", "siamfcn"])
+    d.add_argument("--arch", default=DEFAULT_ARCHITECTURE, choices=ARCHITECTURES)
     d.add_argument("--train-cases", type=int, default=2, help="number of training cases (default 2)")
     d.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     d.add_argument("--size", type=int, default=96, help="training size (default 96)")
@@ -124,9 +125,9 @@ def cmd_train(args, events) -> int:
 def _output_for(input_path: Path, output: Path, suffix: str, many: bool) -> Path:
     if not many:
         return output
-    from pairseg.data import _case_name
+    from pairseg.datasets import case_name
 
-    return output / (_case_name(input_path) + suffix)
+    return output / (case_name(input_path) + suffix)
 
 
 def cmd_segment(args, events) -> int:
@@ -178,18 +179,19 @@ def _class_names_for(ref: Path, given: str | None) -> list[str] | None:
 
 
 def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
-    from pairseg.data import IMAGE_SUFFIXES, _case_name
+    from pairseg.constants import READABLE_IMAGE_SUFFIXES
+    from pairseg.datasets import case_name
 
     if pred.is_file() and ref.is_file():
-        return [(_case_name(ref), pred, ref)]
+        return [(case_name(ref), pred, ref)]
     if not (pred.is_dir() and ref.is_dir()):
         raise PairSegInputError(f"--pred and --ref must both be files or both folders ({pred}, {ref})")
 
     def index(folder: Path) -> dict[str, Path]:
         found = {}
         for path in sorted(folder.iterdir()):
-            if path.name.endswith(IMAGE_SUFFIXES) and "_image" not in path.name:
-                found[_case_name(path)] = path
+            if path.name.endswith(READABLE_IMAGE_SUFFIXES) and "_image" not in path.name:
+                found[case_name(path)] = path
         return found
 
     preds, refs = index(pred), index(ref)
@@ -215,10 +217,10 @@ def cmd_evaluate(args) -> int:
     summary = summarize(cases)
     print(format_table(summary, cases))
     if args.json:
-        from pairseg.events import _jsonable
+        from pairseg.events import jsonable
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_jsonable({"cases": cases, "summary": summary}), indent=1))
+        Path(args.json).write_text(json.dumps(jsonable({"cases": cases, "summary": summary}), indent=1))
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pairseg.events import EventSink, _jsonable
+from pairseg.events import EventSink, jsonable
 from pairseg.errors import PairSegInputError
 
 
@@ -49,7 +49,7 @@ def run_demo(*, data: str | None, out: str, arch: str = "c2fcn", train_cases: in
     events("message", text=table)
     report = {"data": str(data), "arch": arch, "training_cases": training, "held_out": held_out.name,
               "model": str(model_path), "prediction": str(prediction_path), "metrics": case, "summary": summary}
-    (folder / "metrics.json").write_text(json.dumps(_jsonable(report), indent=1))
+    (folder / "metrics.json").write_text(json.dumps(jsonable(report), indent=1))
     events("done", outputs=[str(model_path), str(prediction_path), str(folder / "metrics.json")],
            mean_dice=case["mean_dice"])
     return report

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -30,13 +29,14 @@ import torch
 from pairseg import __version__
 from pairseg.augment import augment_batch
 from pairseg.config import AugmentConfig, TrainConfig, check_output_location
-from pairseg.constants import TRAIN_PRECISIONS
+from pairseg.constants import DEFAULT_ARCHITECTURE, TRAIN_PRECISIONS, same_class_names
 from pairseg.data import (CT_WINDOW, MR_PERCENTILES, Dataset, Orientation, SliceStore, default_spacing,
                           in_plane_spacing, load_case, load_dataset)
 from pairseg.distributed import DistributedContext, tensor_digest
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.infer import check_precision, model_preprocessing, predict_native
+from pairseg.devices import check_precision
+from pairseg.infer import model_preprocessing, predict_native
 from pairseg.io import default_colors
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
@@ -62,7 +62,7 @@ def training_autocast(config: TrainConfig, device: torch.device) -> tuple[bool, 
     """(autocast enabled, dtype) of the forward pass. ``precision="auto"``: CUDA mixed precision
     (bfloat16 where the GPU has it, else float16 with a gradient scaler) unless ``amp`` is off, and
     fp32 elsewhere; ``"bf16"``: bfloat16 autocast on any device with a native bfloat16 path
-    (``infer.bf16_supported``: AVX-512 BF16/AMX CPUs, Ampere or newer GPUs), refused elsewhere;
+    (``devices.bf16_supported``: AVX-512 BF16/AMX CPUs, Ampere or newer GPUs), refused elsewhere;
     ``"fp32"``: no autocast."""
     if config.precision not in TRAIN_PRECISIONS:
         raise PairSegInputError(f"unknown precision {config.precision!r}; use one of {', '.join(TRAIN_PRECISIONS)}")
@@ -97,7 +97,7 @@ def _split_cases(dataset: Dataset, config: TrainConfig) -> tuple[Dataset, Datase
             raise PairSegInputError(f"{dataset.folder}: no case named {', '.join(missing)}")
     if config.val:
         val_set = load_dataset(config.val, config.classes, dataset.modality)
-        if [n.lower() for n in val_set.class_names] != [n.lower() for n in dataset.class_names]:
+        if not same_class_names(val_set.class_names, dataset.class_names):
             raise PairSegInputError(f"{config.val}: validation classes {val_set.class_names} differ "
                                     f"from training classes {dataset.class_names}")
         return train_set, val_set
@@ -205,7 +205,7 @@ def prepare_batch(plan: EpochPlan, store: SliceStore, rows: np.ndarray, config: 
     return augment_batch([x], [y], config.augment, generator)
 
 
-def _batch_iterator(plan: EpochPlan, store: SliceStore, batches: list[np.ndarray], first_step: int,
+def batch_iterator(plan: EpochPlan, store: SliceStore, batches: list[np.ndarray], first_step: int,
                     config: TrainConfig, device: torch.device, rank: int, stop: threading.Event
                     ) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
     """Gather and augment batches in a background thread, one or two ahead of the network."""
@@ -339,7 +339,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
     init_state = None
     if config.init_from:
         init_model, init_meta = load_model(resolve_model(config.init_from))
-        if [n.lower() for n in init_meta["class_names"]] != [n.lower() for n in dataset.class_names]:
+        if not same_class_names(init_meta["class_names"], dataset.class_names):
             raise PairSegInputError(f"{config.init_from}: model classes {init_meta['class_names']} differ "
                                     f"from the dataset's {dataset.class_names}")
         if str(init_meta["modality"]).upper() != dataset.modality and not config.cross_modality:
@@ -349,7 +349,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
         if config.arch and config.arch != init_meta["arch"]:
             raise PairSegInputError(f"{config.init_from}: is a {init_meta['arch']} model, not {config.arch}")
         init_state = init_model.state_dict()
-    arch = config.arch or (init_meta["arch"] if init_meta else "c2fcn")
+    arch = config.arch or (init_meta["arch"] if init_meta else DEFAULT_ARCHITECTURE)
 
     events("message", text=f"loading {len(train_set.cases)} training case(s) from {dataset.folder}")
     volumes, label_maps = _load_arrays(train_set)
@@ -441,7 +441,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
             batches = plan.batches(epoch, dist.rank)[step_in_epoch:]
             losses: list[float] = []
             halt = threading.Event()
-            iterator = _batch_iterator(plan, store, batches, step, config, device, dist.rank, halt)
+            iterator = batch_iterator(plan, store, batches, step, config, device, dist.rank, halt)
             for images, labels in iterator:
                 # Dropout draws depend only on (seed, step, rank): a resumed run repeats them exactly.
                 torch.manual_seed((config.seed * 1_000_003 + step * 7_919 + dist.rank) % (2 ** 63))
