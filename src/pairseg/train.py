@@ -29,7 +29,7 @@ import torch
 from pairseg import __version__
 from pairseg.augment import augment_batch
 from pairseg.config import AugmentConfig, TrainConfig, check_output_location
-from pairseg.constants import DEFAULT_ARCHITECTURE, TRAIN_PRECISIONS, same_class_names
+from pairseg.constants import CHECKPOINT_SUFFIX, DEFAULT_ARCHITECTURE, TRAIN_PRECISIONS, same_class_names
 from pairseg.data import (CT_WINDOW, MR_PERCENTILES, Dataset, Orientation, SliceStore, default_spacing,
                           in_plane_spacing, load_case, load_dataset)
 from pairseg.distributed import DistributedContext, tensor_digest
@@ -83,7 +83,7 @@ def _as_float32(outputs):
 
 
 def checkpoint_path(model_path: str | Path) -> Path:
-    return Path(str(model_path) + ".ckpt")
+    return Path(str(model_path) + CHECKPOINT_SUFFIX)
 
 
 # ---------------------------------------------------------------------------------------------
