@@ -129,6 +129,18 @@ def _stored_weights(state_dict: dict[str, torch.Tensor], dtype_name: str, path: 
     return state
 
 
+def _floats(value: Any) -> Any:
+    """Numbers as floats, a sequence of numbers as a list of floats; anything else as it is."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if number(value):
+        return float(value)
+    if isinstance(value, (list, tuple)) and all(number(v) for v in value):
+        return [float(v) for v in value]
+    return value
+
+
 def save_model(path: str | Path, model: torch.nn.Module, metadata: dict[str, Any],
                weights_dtype: torch.dtype | str | None = None) -> Path:
     """Write ``model``'s weights and ``metadata`` as a format-2 model file; returns ``path``.
@@ -168,19 +180,15 @@ def write_model_file(path: str | Path, state_dict: dict[str, torch.Tensor], meta
         from pairseg.io import default_colors
 
         meta["class_colors"] = default_colors(meta["class_names"])
-    spacing = meta.get("spacing")
-    if isinstance(spacing, (int, float)) and not isinstance(spacing, bool):
-        meta["spacing"] = float(spacing)
-    elif isinstance(spacing, (list, tuple)) and all(isinstance(v, (int, float)) for v in spacing):
-        meta["spacing"] = [float(v) for v in spacing]
+    spacing = meta.pop("spacing", None)
     meta.update(
         engine_version=__version__,
         created=meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        spacing=meta.get("spacing"),
         weights_dtype=dtype_name,
         sha256="",
     )
     meta = modelformat.plain_json(meta)
+    meta["spacing"] = _floats(spacing)  # not through plain_json: a NaN spacing is an error, not "none"
     modelformat.validate_metadata(meta, path)
 
     from safetensors.torch import save as encode
