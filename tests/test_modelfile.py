@@ -216,6 +216,15 @@ def test_edited_metadata_is_refused_everywhere(model_file, tmp_path, capsys, edi
     assert "edited.pairseg" in text.out + text.err and "checksum" in text.out + text.err, what
 
 
+def test_metadata_that_is_not_strict_json_is_refused(model_file, tmp_path):
+    path, _ = model_file
+    edited = _edit_header(path, tmp_path / "nan.pairseg", lambda m: m.update(size=float("nan")))
+    assert "NaN" in _header(edited)[0]["__metadata__"]["metadata"]
+    for read in (load_model, read_metadata, modelformat.read_metadata):
+        with pytest.raises(PairSegInputError, match=r"nan\.pairseg: model metadata is missing or corrupt"):
+            read(edited)
+
+
 def test_info_verifies_and_reports_the_format(model_file, tmp_path, capsys):
     path, _ = model_file
     assert main(["info", str(path)]) == 0

@@ -123,9 +123,13 @@ def _record(header: dict, path: PathLike) -> tuple[int, dict]:
     return version, _parse_metadata(record.get("metadata"), path)
 
 
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _parse_metadata(text: Any, path: PathLike) -> dict:
     try:
-        metadata = json.loads(text)
+        metadata = json.loads(text, parse_constant=_refuse_constant)  # NaN, Infinity: not JSON
     except (TypeError, ValueError) as error:
         raise PairSegInputError(f"{path}: model metadata is missing or corrupt") from error
     if not isinstance(metadata, dict):
