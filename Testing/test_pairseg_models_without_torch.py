@@ -110,3 +110,15 @@ def test_edited_truncated_and_malicious_files_refused_without_torch(tmp_path):
         assert message in result["error"], result
         assert "weights_only" not in result["error"]
     assert not MARKER.exists()
+
+
+def test_describe_model_shows_the_pixel_spacing():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pairsegModels", ROOT / "PairSeg" / "PairSegLib" / "models.py")
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    meta = {"class_names": ["liver"], "modality": "MR", "arch": "c2fcn", "size": 256}
+    assert models.describeModel({**meta, "spacing": 1.25})[1].endswith("Input size: 256 px at 1.25 mm")
+    assert models.describeModel({**meta, "spacing": [0.8, 1.2]})[1].endswith("Input size: 256 px at 0.8x1.2 mm")
+    assert models.describeModel({**meta, "spacing": None})[1].endswith("Input size: 256")
