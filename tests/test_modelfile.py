@@ -123,7 +123,8 @@ def test_class_names_must_match_model(tmp_path):
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.update(class_colors=[[1, 0, 0]]), "class_colors lists 1 colour"),
     (lambda m: m.update(class_colors=[[1, 0, 0], [0, 2, 0]]), "class_colors must be one RGB triple"),
-    (lambda m: m.update(class_names=["liver", "liver"]), "repeats a name"),
+    (lambda m: m.update(class_names=["liver", "liver"]), "names a class twice"),
+    (lambda m: m.update(class_names=["Right_Kidney", "right kidney"]), "names a class twice"),
     (lambda m: m.update(class_names=["liver", ""]), "non-empty names"),
     (lambda m: m.update(modality="PET"), "modality must be one of MR, CT"),
     (lambda m: m.pop("modality"), "modality must be one of"),
@@ -272,8 +273,8 @@ def test_architecture_and_options_checked_at_load(model_file, tmp_path):
     with pytest.raises(PairSegInputError, match=r"misfit\.pairseg: weights do not fit"):
         load_model(misfit)
     unknown = _resign(path, tmp_path / "unknown.pairseg", edit_meta=lambda m: m.update(arch="vit"))
-    for read in (load_model, read_metadata):
-        with pytest.raises(PairSegInputError, match=r"unknown\.pairseg: unknown architecture 'vit'"):
+    for read in (load_model, read_metadata, modelformat.read_metadata):
+        with pytest.raises(PairSegInputError, match=r"unknown\.pairseg: invalid model metadata: unknown architecture 'vit'"):
             read(unknown)
     option = _resign(path, tmp_path / "option.pairseg", edit_meta=lambda m: m["options"].update(readout="xor"))
     with pytest.raises(PairSegInputError, match=r"option\.pairseg: invalid model metadata: readout must be"):

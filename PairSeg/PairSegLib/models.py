@@ -23,7 +23,6 @@ import os
 import tempfile
 import time
 
-MODEL_SUFFIX = ".pairseg"
 REGISTRY_FORMAT = "pairseg-model-registry"
 MAX_RECENT = 10
 

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Sequence
 
 from pairseg import __version__
+from pairseg.config import add_arguments as add_train_arguments
+from pairseg.config import from_arguments as train_config_from_arguments
+from pairseg.config import setting
+from pairseg.constants import ARCHITECTURES, DEFAULT_ARCHITECTURE, MODALITIES, PRECISIONS
 from pairseg.errors import PairSegInputError
 from pairseg.events import HumanEvents, JsonEvents
 
@@ -24,20 +28,11 @@ EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 130
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, device: bool = True) -> None:
     parser.add_argument("--events", choices=["human", "json"], default="human",
                         help="progress output: a progress bar (human) or JSON lines on stdout (json)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    if device:
+        parser.add_argument("--device", default="auto", help=setting("device").help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,60 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a pairwise model (or a single-image baseline) on a dataset folder: "
                                    "a dataset.json (Medical Segmentation Decathlon style) or <case>_image/<case>_label "
                                    "files with --classes and --modality.")
-    t.add_argument("--data", required=True, help="dataset folder")
-    t.add_argument("--out", required=True, help="model file to write (e.g. liver.pairseg)")
-    t.add_argument("--arch", choices=["c2fcn", "cfcn", "deeplabv3plus", "unet", "siamfcn"], default=None,
-                   help="architecture (default c2fcn, or the --init-from model's)")
-    budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, help="number of epochs (default 20)")
-    budget.add_argument("--steps", type=int, help="number of optimiser steps")
-    t.add_argument("--size", type=int, default=256, help="training slice size in pixels (default 256)")
-    t.add_argument("--spacing", type=float, help="in-plane pixel spacing of the model in mm (default: the training "
-                                                  "set's median field of view divided by --size); slices are resampled "
-                                                  "to it for training and inference")
-    t.add_argument("--batch-size", type=int, default=8, help="samples (pairs) per step and GPU (default 8)")
-    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="Adam weight decay (default 5e-4)")
-    t.add_argument("--seed", type=int, default=0)
-    val = t.add_mutually_exclusive_group()
-    val.add_argument("--val", help="validation dataset folder")
-    val.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of the cases for validation")
-    t.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
-    t.add_argument("--init-from", help="fine-tune from this model file or catalog model name")
-    t.add_argument("--cross-modality", action="store_true",
-                   help="allow --init-from a model of another modality (e.g. an MR model on CT data); the new model "
-                        "records the dataset's modality and normalisation")
-    t.add_argument("--classes", help='class names for a folder without dataset.json, e.g. liver,"right kidney"')
-    t.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="modality for a folder without dataset.json")
-    t.add_argument("--cases", help="comma-separated case names to train on (default all)")
-    g = t.add_argument_group("pair sampling")
-    g.add_argument("--pair-mode", choices=["intra+inter", "intra", "inter", "identical"], default="intra+inter")
-    g.add_argument("--offsets", type=_int_list, help="intra-patient slice offsets (default 3,5,7 MR; 5,9,13 CT)")
-    g.add_argument("--inter-repeats", type=int, default=2, help="inter-patient pairs per slice and epoch (default 2)")
-    g.add_argument("--margin", type=int, help="keep only slices within this many slices of the labelled range")
-    n = t.add_argument_group("network")
-    n.add_argument("--output-stride", type=int, choices=[8, 16], default=8)
-    n.add_argument("--aggregate", choices=["sum", "max"], default="sum", help="C2FCN feature aggregation")
-    n.add_argument("--readout", choices=["union", "and"],
-                   help="C2FCN read-out of f(x, x): AND or XOR (union; the default) or the AND channels "
-                        "alone (paper Eq. 12; the default with --pair-mode identical); see benchmarks/RESULTS.md")
-    n.add_argument("--base", choices=["deeplabv3plus", "unet"], default="deeplabv3plus", help="network a pairwise model wraps")
-    n.add_argument("--sync-batchnorm", action="store_true", help="synchronise BatchNorm across GPUs (torchrun)")
-    n.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    n.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    n.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: mixed precision on CUDA, fp32 elsewhere; bf16: bfloat16 autocast on a CPU or GPU "
-                        "with a native bfloat16 path (about 2x faster training on AVX-512 BF16/AMX CPUs; "
-                        "benchmarks/RESULTS.md), refused elsewhere")
-    a = t.add_argument_group("augmentation")
-    a.add_argument("--no-augment", action="store_true", help="no augmentation")
-    a.add_argument("--rotation", type=float, default=10.0, help="max rotation in degrees (default 10)")
-    a.add_argument("--scale", type=float, default=0.1, help="max relative scaling (default 0.1)")
-    a.add_argument("--flip", action="store_true", help="random left-right flips (swaps lateral organs: off by default)")
-    a.add_argument("--intensity", type=float, default=0.1, help="brightness/contrast jitter (default 0.1)")
-    t.add_argument("--validate-every", type=int, default=1, help="validate every N epochs (default 1)")
-    t.add_argument("--stop-file", help="stop cleanly (resumable) when this file appears")
-    _add_common(t)
+    add_train_arguments(t)
+    _add_common(t, device=False)  # --device is a training setting
 
     s = sub.add_parser("segment", help="segment images with a model",
                        description="Segment an image, a DICOM series folder, or a folder of images.")
@@ -114,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label file (.nii.gz, .nrrd, .seg.nrrd) or, for a folder input, an output folder")
     s.add_argument("--no-largest-component", action="store_true", help="keep every connected component")
     s.add_argument("--probabilities", help="also write per-class probabilities (file, or folder for a folder input)")
-    s.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="refuse a model of another modality")
+    s.add_argument("--modality", choices=MODALITIES, type=str.upper, help="refuse a model of another modality")
     s.add_argument("--batch-size", type=int, default=16, help="slices per inference batch (default 16)")
     s.add_argument("--readout", choices=["and", "union"],
                    help="override a C2FCN model's read-out of f(x, x) (default: the model's own)")
-    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: bfloat16 autocast, about 1.9x faster on CPUs with AVX-512 BF16 or AMX, Dice "
                         "within 0.2 points of fp32 on CHAOS (benchmarks/RESULTS.md); refused where unsupported")
     s.add_argument("--format", default=".nii.gz", help="output extension for folder inputs (default .nii.gz)")
@@ -160,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "held-out volume, print Dice/ASSD and write every output. --data takes a real dataset.")
     d.add_argument("--data", help="dataset folder (default: generated phantoms)")
     d.add_argument("--out", default="pairseg-demo-output", help="output folder (default pairseg-demo-output)")
-    d.add_argument("--arch", default="c2fcn", choices=["c2fcn", "cfcn", "deeplabv3plus", "unet", "siamfcn"])
+    d.add_argument("--arch", default=DEFAULT_ARCHITECTURE, choices=ARCHITECTURES)
     d.add_argument("--train-cases", type=int, default=2, help="number of training cases (default 2)")
     d.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     d.add_argument("--size", type=int, default=96, help="training size (default 96)")
@@ -172,37 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def _augment_config(args):
-    from pairseg.augment import AugmentConfig
-
-    return AugmentConfig(enabled=not args.no_augment, rotation_deg=args.rotation, scale=args.scale,
-                         flip_lr=args.flip, brightness=args.intensity, contrast=args.intensity)
-
-
 def cmd_train(args, events) -> int:
-    from pairseg.train import TrainConfig, train
+    from pairseg.train import train
 
-    config = TrainConfig(
-        data=args.data, out=args.out, arch=args.arch, epochs=args.epochs, steps=args.steps, size=args.size,
-        spacing=args.spacing, cross_modality=args.cross_modality,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, device=args.device,
-        seed=args.seed, val=args.val, val_fraction=args.val_fraction, resume=args.resume,
-        init_from=args.init_from, classes=args.classes, modality=args.modality,
-        cases=[c.strip() for c in args.cases.split(",")] if args.cases else None,
-        pair_mode=args.pair_mode, offsets=args.offsets, inter_repeats=args.inter_repeats, margin=args.margin,
-        augment=_augment_config(args), output_stride=args.output_stride, aggregate=args.aggregate,
-        base=args.base, readout=args.readout, amp=not args.no_amp, precision=args.precision, channels_last=args.channels_last,
-        sync_batchnorm=args.sync_batchnorm, stop_file=args.stop_file, validate_every=args.validate_every)
-    result = train(config, events)
+    result = train(train_config_from_arguments(args), events)
     return EXIT_STOPPED if result.stopped else 0
 
 
 def _output_for(input_path: Path, output: Path, suffix: str, many: bool) -> Path:
     if not many:
         return output
-    from pairseg.data import _case_name
+    from pairseg.datasets import case_name
 
-    return output / (_case_name(input_path) + suffix)
+    return output / (case_name(input_path) + suffix)
 
 
 def cmd_segment(args, events) -> int:
@@ -254,18 +179,19 @@ def _class_names_for(ref: Path, given: str | None) -> list[str] | None:
 
 
 def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
-    from pairseg.data import IMAGE_SUFFIXES, _case_name
+    from pairseg.constants import READABLE_IMAGE_SUFFIXES
+    from pairseg.datasets import case_name
 
     if pred.is_file() and ref.is_file():
-        return [(_case_name(ref), pred, ref)]
+        return [(case_name(ref), pred, ref)]
     if not (pred.is_dir() and ref.is_dir()):
         raise PairSegInputError(f"--pred and --ref must both be files or both folders ({pred}, {ref})")
 
     def index(folder: Path) -> dict[str, Path]:
         found = {}
         for path in sorted(folder.iterdir()):
-            if path.name.endswith(IMAGE_SUFFIXES) and "_image" not in path.name:
-                found[_case_name(path)] = path
+            if path.name.endswith(READABLE_IMAGE_SUFFIXES) and "_image" not in path.name:
+                found[case_name(path)] = path
         return found
 
     preds, refs = index(pred), index(ref)
@@ -291,10 +217,10 @@ def cmd_evaluate(args) -> int:
     summary = summarize(cases)
     print(format_table(summary, cases))
     if args.json:
-        from pairseg.events import _jsonable
+        from pairseg.events import jsonable
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_jsonable({"cases": cases, "summary": summary}), indent=1))
+        Path(args.json).write_text(json.dumps(jsonable({"cases": cases, "summary": summary}), indent=1))
     return 0
 
 

@@ -17,6 +17,8 @@ import torch
 
 from pairseg.data import (Orientation, apply_window, check_image, in_plane_spacing, intensity_window, resampled_shape,
                           resize_slices, stacks_25d)
+from pairseg.constants import READABLE_IMAGE_SUFFIXES, same_class_names
+from pairseg.devices import bf16_supported, check_precision, resolve_device  # noqa: F401 (re-exported)
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
 from pairseg.io import Volume, read_volume, write_labels, write_volume
@@ -28,46 +30,7 @@ from pairseg.proxy import decode_labels
 __all__ = ["resolve_device", "predict_volume", "predict_native", "model_preprocessing", "model_grid_shape",
            "Prediction", "Predictor", "IMAGE_SUFFIXES"]
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; an unavailable device is an error."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PairSegInputError("device 'cuda' requested but no CUDA GPU is available to PyTorch")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise PairSegInputError("device 'mps' requested but Apple MPS is not available")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise PairSegInputError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 natively: a CPU with oneDNN's bfloat16 path (AVX-512 BF16 or
-    AMX) or a CUDA GPU that supports it."""
-    if device.type == "cpu":
-        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return False
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse an unknown precision, and bf16 where the device cannot run it fast (``bf16_supported``)."""
-    if precision not in PRECISIONS:
-        raise PairSegInputError(f"unknown precision {precision!r}; use {' or '.join(PRECISIONS)}")
-    if precision == "bf16" and not bf16_supported(device):
-        raise PairSegInputError(f"precision bf16 is not supported on this {device.type} device; use fp32")
+IMAGE_SUFFIXES = READABLE_IMAGE_SUFFIXES
 
 
 def inference_memory_format(device: torch.device) -> torch.memory_format:
@@ -216,7 +179,7 @@ class Predictor:
         if modality and modality.upper() != model_modality:
             raise PairSegInputError(
                 f"{self.model_path}: model was trained on {model_modality}, but the image is {modality.upper()}")
-        if classes is not None and [c.lower() for c in classes] != [c.lower() for c in self.class_names]:
+        if classes is not None and not same_class_names(classes, self.class_names):
             raise PairSegInputError(
                 f"{self.model_path}: model classes {self.class_names} differ from the requested {list(classes)}")
 

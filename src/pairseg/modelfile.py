@@ -223,11 +223,6 @@ def _read(path: str | Path, weights: bool) -> tuple[dict, dict[str, torch.Tensor
                 state = decode(data)
             except Exception as error:  # a header that passed the checks but not safetensors' own
                 raise PairSegInputError(f"{path}: model file is damaged ({error}); refused") from error
-    from pairseg.networks import ARCHITECTURES
-
-    if meta["arch"] not in ARCHITECTURES:
-        raise PairSegInputError(f"{path}: unknown architecture {meta['arch']!r} (this engine knows "
-                                f"{', '.join(ARCHITECTURES)}); update PairSeg")
     if state is not None:
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     return meta, (state if weights else None)

@@ -44,13 +44,12 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from pairseg.constants import ARCHITECTURES, MODALITIES, MODEL_FORMAT, MODEL_SUFFIX, class_key
 from pairseg.errors import PairSegInputError
 
-FORMAT = "pairseg-model"
+FORMAT = MODEL_FORMAT
 FORMAT_VERSION = 2
-SUFFIX = ".pairseg"
-#: Image modalities a model can be trained on.
-MODALITIES = ("MR", "CT")
+SUFFIX = MODEL_SUFFIX
 #: How the floating-point weights may be stored (``weights_dtype``); they load as float32.
 WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
 
@@ -319,8 +318,9 @@ def _spacing_problem(spacing: Any) -> str | None:
 def validate_metadata(metadata: dict, path: PathLike) -> None:
     """Check the metadata of the current format; PairSegInputError naming ``path`` and every problem.
 
-    Fields: ``arch`` (str), ``options`` (dict), ``num_classes`` K >= 1, ``in_channels`` >= 1,
-    ``class_names`` (K distinct non-empty str), ``class_colors`` (K RGB triples in 0..1),
+    Fields: ``arch`` (one of ``constants.ARCHITECTURES``), ``options`` (dict), ``num_classes`` K >= 1,
+    ``in_channels`` >= 1, ``class_names`` (K non-empty str, distinct by ``constants.class_key``),
+    ``class_colors`` (K RGB triples in 0..1),
     ``modality`` (one of :data:`MODALITIES`), ``size`` (training slice size, px, >= 1),
     ``spacing`` (in-plane pixel spacing of the training slices in mm: a number, [row, col], or
     None = slices were resized to ``size`` x ``size`` whatever their spacing), ``weights_dtype``
@@ -328,8 +328,9 @@ def validate_metadata(metadata: dict, path: PathLike) -> None:
     optional ``preprocessing``, ``training``, ``validation`` (dicts).
     """
     problems = []
-    if not isinstance(metadata.get("arch"), str) or not metadata.get("arch"):
-        problems.append(f"arch must name an architecture, got {metadata.get('arch')!r}")
+    if metadata.get("arch") not in ARCHITECTURES:
+        problems.append(f"unknown architecture {metadata.get('arch')!r} (this PairSeg knows "
+                        f"{', '.join(ARCHITECTURES)}; a newer one may read the model)")
     if not isinstance(metadata.get("options"), dict):
         problems.append(f"options must be a dict, got {metadata.get('options')!r}")
     k = metadata.get("num_classes")
@@ -343,8 +344,8 @@ def validate_metadata(metadata: dict, path: PathLike) -> None:
         problems.append(f"class_names must be a list of non-empty names, got {names!r}")
     elif k is not None and len(names) != k:
         problems.append(f"class_names lists {len(names)} name(s) for {k} class(es)")
-    elif len(set(names)) != len(names):
-        problems.append(f"class_names repeats a name: {names}")
+    elif len({class_key(n) for n in names}) != len(names):
+        problems.append(f"class_names names a class twice: {names}")
     colors = metadata.get("class_colors")
     if not isinstance(colors, list) or not all(
             isinstance(c, list) and len(c) == 3 and all(_is_number(v) and 0 <= v <= 1 for v in c) for c in colors):
