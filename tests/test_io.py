@@ -114,7 +114,8 @@ def test_volume_record_helpers():
     np.testing.assert_array_equal(again.array, vol.array)
 
 
-def _write_dicom_series(volume: Volume, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.42") -> None:
+def _write_dicom_series(volume: Volume, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.42",
+                        description: str = "") -> None:
     """Write ``volume`` as an MR DICOM series, one file per slice, with position/orientation tags."""
     folder.mkdir(exist_ok=True)
     image = sitk.Cast(volume.to_sitk(), sitk.sitkInt16)
@@ -136,6 +137,7 @@ def _write_dicom_series(volume: Volume, folder: Path, series_uid: str = "1.2.826
             "0020|0037": orientation,
             "0018|0050": str(volume.spacing[2]),
             "0028|0030": f"{volume.spacing[1]}\\{volume.spacing[0]}",
+            "0008|103e": description,
         }
         for key, value in tags.items():
             slice_.SetMetaData(key, value)
@@ -158,10 +160,13 @@ def test_dicom_folder_with_two_series(tmp_path):
     first = _volume(np.eye(3), shape=(4, 5, 6), seed=1)
     second = _volume(np.eye(3), shape=(3, 5, 6), seed=2)
     first.array, second.array = np.round(first.array), np.round(second.array)
-    _write_dicom_series(first, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.51")
-    _write_dicom_series(second, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.52")
-    with pytest.raises(PairSegInputError, match=r"2 DICOM series.*1\.52"):
+    _write_dicom_series(first, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.51", "T2 SPIR")
+    _write_dicom_series(second, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.52", "T1 DUAL")
+    with pytest.raises(PairSegInputError, match=r"2 DICOM series; choose one with --series") as caught:
         read_volume(tmp_path / "dicom")
+    # Each series with its description and slice count, so a user can pick one.
+    assert "1.2.826.0.1.3680043.2.1125.1.51 'T2 SPIR' (4 slices)" in str(caught.value)
+    assert "1.2.826.0.1.3680043.2.1125.1.52 'T1 DUAL' (3 slices)" in str(caught.value)
     back = read_volume(tmp_path / "dicom", series_id="1.2.826.0.1.3680043.2.1125.1.52")
     np.testing.assert_array_equal(back.array, second.array)
     with pytest.raises(PairSegInputError, match="no DICOM series 9.9"):
@@ -366,3 +371,154 @@ def test_read_label_volume_carries_geometry(tmp_path, suffix):
     np.testing.assert_array_equal(volume.array, _labels())
     with_ref, _ = read_label_volume(out, ["a", "b", "c"], reference=image)
     assert with_ref.spacing == image.spacing and with_ref.origin == image.origin
+
+
+# ---------------------------------------------------------------------------------------------
+# Corrupt inputs: truncated files, NaN/Inf hidden by a reader, uneven DICOM slices, NIfTI forms
+# ---------------------------------------------------------------------------------------------
+
+
+def _cut(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def _write_uncompressed(path: Path, volume: Volume) -> Path:
+    sitk.WriteImage(volume.to_sitk(), str(path), False)
+    return path
+
+
+# (suffix, compressed) for every file format PairSeg reads; MHD keeps its voxels in a .raw file.
+FORMATS = [(".nii", False), (".nii.gz", True), (".nrrd", False), (".nrrd", True), (".mha", False),
+           (".mha", True), (".mhd", False)]
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.98])
+@pytest.mark.parametrize("suffix,compressed", FORMATS)
+def test_truncated_image_is_refused_by_name(tmp_path, suffix, compressed, fraction):
+    volume = _volume(np.eye(3), shape=(12, 30, 40))
+    path = tmp_path / f"scan{suffix}"
+    sitk.WriteImage(volume.to_sitk(), str(path), compressed)
+    assert read_volume(path).shape == (12, 30, 40)
+    _cut(tmp_path / "scan.raw" if suffix == ".mhd" else path, fraction)
+    with pytest.raises(PairSegInputError, match=r"scan\.(nii|nrrd|mha|mhd).*truncated"):
+        read_volume(path)
+    labels = tmp_path / f"labels{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 3, (12, 30, 40), np.uint8)), str(labels), compressed)
+    _cut(tmp_path / "labels.raw" if suffix == ".mhd" else labels, fraction)
+    with pytest.raises(PairSegInputError, match=r"labels\.(nii|nrrd|mha|mhd).*truncated"):
+        read_label(labels)
+
+
+def test_metaimage_with_missing_data_file(tmp_path):
+    path = _write_uncompressed(tmp_path / "scan.mhd", _volume(np.eye(3)))
+    (tmp_path / "scan.raw").unlink()
+    with pytest.raises(PairSegInputError, match=r"scan\.mhd.*scan\.raw does not exist"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.95])
+def test_truncated_segmentation_is_refused(tmp_path, fraction):
+    image = _volume(np.eye(3), shape=(12, 30, 40))
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:10, 5:25, 5:35] = 1
+    path = Path(write_labels(tmp_path / "labels.seg.nrrd", labels, image, ["liver"]))
+    _cut(path, fraction)
+    with pytest.raises(PairSegInputError, match=r"labels\.seg\.nrrd.*truncated"):
+        read_label(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_and_inf_reach_the_engine_as_they_are_stored(tmp_path, suffix, dtype):
+    """ITK's NIfTI library replaces non-finite floats by 0; PairSeg puts the stored values back."""
+    volume = _volume(np.eye(3))
+    volume.array = volume.array.astype(dtype)
+    volume.array[1, 2, 3], volume.array[2, 0, 0], volume.array[4, 6, 8] = np.nan, np.inf, -np.inf
+    path = tmp_path / f"scan{suffix}"
+    write_volume(path, volume)
+    back = read_volume(path)
+    assert np.isnan(back.array[1, 2, 3]) and back.array[2, 0, 0] == np.inf and back.array[4, 6, 8] == -np.inf
+    finite = np.isfinite(volume.array)
+    assert np.count_nonzero(~np.isfinite(back.array)) == 3
+    np.testing.assert_allclose(back.array[finite], volume.array[finite], rtol=1e-6)
+    # A label map with NaN is refused, not read as background.
+    with pytest.raises(PairSegInputError, match=r"scan.*NaN or infinite"):
+        read_label(path)
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    vol = _volume(_rotation(0.25, 0.4), shape=(7, 8, 10))
+    vol.array = np.round(vol.array).astype(np.float32)
+    _write_dicom_series(vol, tmp_path / "series")
+    gap = sorted((tmp_path / "series").iterdir())[3]
+    gap.unlink()
+    with pytest.raises(PairSegInputError, match=r"series.*non-uniform slice spacing: slices 2 and 3.*"
+                                                r"9 mm apart where the others are 4.5 mm"):
+        read_volume(tmp_path / "series")
+
+
+def test_dicom_series_with_a_truncated_slice_is_refused(tmp_path):
+    vol = _volume(np.eye(3), shape=(5, 8, 10))
+    vol.array = np.round(vol.array).astype(np.float32)
+    _write_dicom_series(vol, tmp_path / "series")
+    cut = _cut(sorted((tmp_path / "series").iterdir())[2], 0.6)
+    with pytest.raises(PairSegInputError, match=rf"series: 1 DICOM file.*truncated or corrupt: {cut.name}"):
+        read_volume(tmp_path / "series")
+
+
+REAL_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalseg_examples" / "ct_dicom"
+
+
+@pytest.mark.skipif(not REAL_DICOM.is_dir(), reason="real CT DICOM example not present beside the project")
+def test_real_ct_dicom_missing_or_truncated_slice(tmp_path):
+    import shutil
+
+    whole = tmp_path / "whole"
+    shutil.copytree(REAL_DICOM, whole)
+    assert read_volume(whole).shape[0] == len(list(whole.iterdir()))
+    for name, spoil in (("missing", lambda p: p.unlink()), ("cut", lambda p: _cut(p, 0.5))):
+        folder = tmp_path / name
+        shutil.copytree(REAL_DICOM, folder)
+        for path in folder.iterdir():
+            path.chmod(0o644)
+        spoil(sorted(folder.iterdir())[7])
+        with pytest.raises(PairSegInputError, match="non-uniform slice spacing" if name == "missing" else "truncated"):
+            read_volume(folder)
+
+
+def _nifti_forms(path: Path) -> tuple:
+    import gzip
+    import struct
+
+    with (gzip.open(path) if path.name.endswith(".gz") else open(path, "rb")) as handle:
+        header = handle.read(348)
+    return struct.unpack_from("<2h6f12f", header, 252)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_qform_sform_disagreement_warns_and_outputs_keep_both(tmp_path, suffix):
+    import struct
+
+    image = _volume(_rotation(0.2, 0.3), shape=(6, 8, 10))
+    path = _write_uncompressed(tmp_path / "scan.nii", image)
+    header = bytearray(path.read_bytes())
+    srow = list(struct.unpack_from("<12f", header, 280))
+    srow[3] += 50.0  # the sform's origin 50 mm to the side of the qform's
+    struct.pack_into("<12f", header, 280, *srow)
+    path.write_bytes(bytes(header))
+    with pytest.warns(io.GeometryWarning, match=r"scan\.nii: the NIfTI qform and sform disagree by up to 50 mm"):
+        volume = read_volume(path)
+    out = Path(write_labels(tmp_path / f"labels{suffix}", _labels((6, 8, 10)), volume, ["a", "b", "c"]))
+    assert _nifti_forms(out) == _nifti_forms(path)  # the input's own qform and sform, codes included
+    with pytest.warns(io.GeometryWarning):
+        labels = read_label_volume(out, reference=volume)[0]
+    np.testing.assert_array_equal(labels.array, _labels((6, 8, 10)))
+    # Agreeing forms: no warning, and outputs as ITK writes them.
+    plain = _write_uncompressed(tmp_path / "plain.nii", image)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_volume(plain).nifti_forms is None
