@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from pairseg import io
-from pairseg.errors import PairSegInputError
+from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.io import (
     Volume,
     read_label,
@@ -329,9 +329,11 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(io.sitk, "WriteImage", failing_write)
-    with pytest.raises(RuntimeError, match="disk full"):
+    # The writer's error names the user's path, never the hidden temporary.
+    with pytest.raises(PairSegOutputError, match=r"result\.nii\.gz: cannot write output \(disk full\)") as caught:
         write_labels(out, np.zeros(image.shape, np.uint8), image)
-    with pytest.raises(RuntimeError):
+    assert ".tmp-" not in str(caught.value)
+    with pytest.raises(PairSegOutputError, match=r"new\.nrrd: cannot write output"):
         write_volume(tmp_path / "new.nrrd", image)
     assert out.read_bytes() == before  # old result intact
     assert sorted(os.listdir(tmp_path)) == ["result.nii.gz"]  # no partial or temporary file
@@ -522,3 +524,124 @@ def test_nifti_qform_sform_disagreement_warns_and_outputs_keep_both(tmp_path, su
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_volume(plain).nifti_forms is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: checked before work, never destroying inputs, committed together, no temporaries left
+# ---------------------------------------------------------------------------------------------
+
+
+def test_failed_cleanup_does_not_mask_the_write_error(tmp_path, monkeypatch):
+    image = _volume(np.eye(3))
+
+    def failing_write(img, path, *args):
+        raise RuntimeError("No space left on device")
+
+    def failing_unlink(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(io.sitk, "WriteImage", failing_write)
+    monkeypatch.setattr(Path, "unlink", failing_unlink)
+    with pytest.raises(PairSegOutputError, match=r"out\.nrrd: cannot write output \(No space left on device\)"):
+        write_volume(tmp_path / "out.nrrd", image)
+
+
+def test_check_output_refuses_before_any_work(tmp_path):
+    suffixes = io.LABEL_SUFFIXES
+    assert io.check_output(tmp_path / "new" / "deeper" / "labels.nii.gz", suffixes) == \
+        tmp_path / "new" / "deeper" / "labels.nii.gz"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+    with pytest.raises(PairSegOutputError, match=r"labels\.png: unsupported output file type '\.png'"):
+        io.check_output(tmp_path / "labels.png", suffixes)
+    (tmp_path / "folder.nii.gz").mkdir()
+    with pytest.raises(PairSegOutputError, match=r"folder\.nii\.gz: output is an existing folder"):
+        io.check_output(tmp_path / "folder.nii.gz", suffixes)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(PairSegOutputError, match=r"afile.*is a file, not a folder"):
+        io.check_output(tmp_path / "afile" / "labels.nii.gz", suffixes)
+    with pytest.raises(PairSegOutputError, match=r"afile: output folder is an existing file"):
+        io.check_output(tmp_path / "afile", folder=True)
+    # A place no process can create files in (even root): /proc.
+    with pytest.raises(PairSegOutputError, match=r"labels\.nii\.gz: cannot write output in /proc"):
+        io.check_output("/proc/labels.nii.gz", suffixes)
+    assert sorted(os.listdir(tmp_path)) == ["afile", "folder.nii.gz"]  # the write test left nothing
+
+
+def test_check_distinct_sees_through_links_and_dots(tmp_path):
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"")
+    (tmp_path / "link.nii.gz").symlink_to(scan)
+    with pytest.raises(PairSegOutputError, match=r"--output is the input .*scan\.nii\.gz"):
+        io.check_distinct([scan], [("--output", tmp_path / "sub" / ".." / "scan.nii.gz")])
+    with pytest.raises(PairSegOutputError, match="--output is the input"):
+        io.check_distinct([scan], [("--output", tmp_path / "link.nii.gz")])
+    with pytest.raises(PairSegOutputError, match=r"--probabilities is the same file as --output"):
+        io.check_distinct([scan], [("--output", tmp_path / "a.nii.gz"), ("--probabilities", tmp_path / "a.nii.gz")])
+    io.check_distinct([scan], [("--output", tmp_path / "a.nii.gz"), ("--probabilities", None)])
+
+
+def test_write_together_commits_all_or_none(tmp_path, monkeypatch):
+    image = _volume(np.eye(3))
+    first, second = tmp_path / "labels.nii.gz", tmp_path / "probs.nii.gz"
+    write_labels(first, _labels(), image)
+    write_volume(second, image)
+    before = first.read_bytes(), second.read_bytes()
+    real_write = io.sitk.WriteImage
+
+    def second_fails(img, path, *args):
+        if "probs" in str(path):
+            raise RuntimeError("disk full")
+        real_write(img, path, *args)
+
+    monkeypatch.setattr(io.sitk, "WriteImage", second_fails)
+    with pytest.raises(PairSegOutputError, match=r"probs\.nii\.gz: cannot write output"):
+        with io.write_together():
+            write_labels(first, np.zeros(image.shape, np.uint8), image)
+            write_volume(second, image)
+    assert (first.read_bytes(), second.read_bytes()) == before  # the earlier output is not replaced
+    assert sorted(os.listdir(tmp_path)) == ["labels.nii.gz", "probs.nii.gz"]
+    monkeypatch.setattr(io.sitk, "WriteImage", real_write)
+    # A rename that fails half way puts the replaced outputs back.
+    real_replace = os.replace
+    failures = []
+
+    def replace_fails_for_probs(src, dst):  # the new probabilities cannot be moved into place, once
+        if str(dst) == str(second) and not failures:
+            failures.append(src)
+            raise OSError(28, "No space left on device", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", replace_fails_for_probs)
+    with pytest.raises(PairSegOutputError, match=r"probs\.nii\.gz: cannot write output .*no output of this case"):
+        with io.write_together():
+            write_labels(first, np.zeros(image.shape, np.uint8), image)
+            write_volume(second, image)
+    monkeypatch.setattr(io.os, "replace", real_replace)
+    assert (first.read_bytes(), second.read_bytes()) == before
+    assert sorted(os.listdir(tmp_path)) == ["labels.nii.gz", "probs.nii.gz"]
+    with io.write_together():
+        write_labels(first, np.zeros(image.shape, np.uint8), image)
+        write_volume(second, image)
+        assert first.read_bytes() == before[0]  # nothing replaced before the block ends
+    assert read_label(first)[0].max() == 0
+
+
+def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
+    from pairseg.modelfile import atomic_torch_save
+
+    out = tmp_path / "labels.nii.gz"
+    mine = [tmp_path / ".labels.tmp-0123abcd.nii.gz", tmp_path / ".labels.tmp-0123abcd.nii.gz.forms"]
+    others = [tmp_path / ".other.tmp-0123abcd.nii.gz", tmp_path / "labels.tmp-0123abcd.nii.gz",
+              tmp_path / ".labels.tmp-notours.nii.gz", tmp_path / "keep.txt"]
+    for path in mine + others:
+        path.write_bytes(b"x")
+    assert sorted(io.remove_stale_temporaries(out)) == sorted(mine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in others)
+    # The temporary name modelfile.atomic_torch_save uses (a killed checkpoint write leaves it).
+    import tempfile
+
+    model = tmp_path / "m.pairseg.ckpt"
+    handle, stale = tempfile.mkstemp(prefix=f".{model.name}.", suffix=".tmp", dir=tmp_path)
+    os.close(handle)
+    atomic_torch_save({"a": 1}, model)
+    assert io.remove_stale_temporaries(model) == [Path(stale)]

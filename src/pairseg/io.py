@@ -20,18 +20,22 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import struct
+import tempfile
+import threading
 import uuid
 import warnings
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import PairSegInputError
+from .errors import PairSegInputError, PairSegOutputError
 
 __all__ = [
     "Volume",
@@ -46,6 +50,10 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "GeometryWarning",
     "dicom_series",
+    "check_output",
+    "check_distinct",
+    "remove_stale_temporaries",
+    "write_together",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -830,21 +838,200 @@ def _place_into(labels: Volume, reference: Volume, tol: float = 1e-4) -> np.ndar
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: PathLike, write: Callable[[str], None]) -> str:
-    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _temporary_name(target: Path) -> Path:
     suffix = _suffix(target)
     stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
-    tmp = target.parent / f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}"
+    return target.parent / f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def _temporary_patterns(target: Path) -> list[re.Pattern]:
+    """Names of the temporaries an interrupted write of ``target`` can leave: ``_atomic_write``'s
+    ``.<stem>.tmp-<8 hex><suffix>`` (plus ``.forms`` while NIfTI forms are put back) and
+    ``modelfile.atomic_torch_save``'s ``.<name>.<8 random>.tmp`` (``tempfile.mkstemp``)."""
+    suffix = _suffix(target)
+    stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
+    return [re.compile(re.escape(f".{stem}.tmp-") + "[0-9a-f]{8}" + re.escape(suffix) + r"(\.forms)?"),
+            re.compile(re.escape(f".{target.name}.") + "[A-Za-z0-9_]{8}" + re.escape(".tmp"))]
+
+
+def remove_stale_temporaries(path: PathLike) -> list[Path]:
+    """Delete the temporary files an earlier, killed write of ``path`` left beside it; returns them.
+
+    Only names that PairSeg's own atomic writes give a temporary of exactly this output match, so
+    no other file is touched (a concurrent writer of the same output would lose its temporary).
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    patterns = _temporary_patterns(target)
+    removed = []
+    for entry in target.parent.iterdir():
+        if any(p.fullmatch(entry.name) for p in patterns) and entry.is_file():
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError:
+                pass  # another process's, or not ours to delete: leave it
+    return removed
+
+
+def check_output(path: PathLike, suffixes: Optional[Sequence[str]] = None, what: str = "output",
+                 folder: bool = False) -> Path:
+    """Refuse an output location before any work is done; return it as a Path.
+
+    ``suffixes``: the accepted file types (``_suffix`` rules: ".nii.gz", ".seg.nrrd" are one
+    suffix). A file output must not be an existing folder; a ``folder`` output must not be an
+    existing file. The nearest existing ancestor must be a folder in which a file can be
+    created (tried for real, so read-only mounts, permissions and ACLs all count); missing
+    folders below it are created by the write. Raises PairSegOutputError naming ``path``.
+    """
+    target = Path(path)
+    if not folder and suffixes is not None and _suffix(target) not in suffixes:
+        raise PairSegOutputError(f"{target}: unsupported {what} file type {_suffix(target) or '(none)'!r}; "
+                                 f"use one of {', '.join(suffixes)}")
+    if folder and target.exists() and not target.is_dir():
+        raise PairSegOutputError(f"{target}: {what} folder is an existing file")
+    if not folder and target.is_dir():
+        raise PairSegOutputError(f"{target}: {what} is an existing folder; give a file name")
+    ancestor = target if folder else target.parent
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PairSegOutputError(f"{target}: cannot write {what}: {ancestor} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".pairseg-write-test-", dir=ancestor)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PairSegOutputError(f"{target}: cannot write {what} in {ancestor} ({exc.strerror or exc})") from None
+    return target
+
+
+def check_distinct(inputs: Sequence[Optional[PathLike]], outputs: Sequence[tuple[str, Optional[PathLike]]]) -> None:
+    """Refuse an output that is (or resolves to, through links or ``..``) an input or another output.
+
+    ``outputs`` are (option name, path) pairs, for the message; None entries are skipped.
+    """
+    def key(p: PathLike) -> str:
+        return os.path.normcase(os.path.realpath(p))
+
+    seen: dict[str, str] = {}
+    input_keys = {key(p): str(p) for p in inputs if p is not None}
+    for option, path in outputs:
+        if path is None:
+            continue
+        k = key(path)
+        if k in input_keys:
+            raise PairSegOutputError(f"{path}: {option} is the input {input_keys[k]}; it would be overwritten")
+        if k in seen:
+            raise PairSegOutputError(f"{path}: {option} is the same file as {seen[k]}")
+        seen[k] = option
+
+
+class _Transaction(threading.local):
+    pending: Optional[list] = None
+
+
+_transaction = _Transaction()
+
+
+@contextmanager
+def write_together() -> Iterator[None]:
+    """Within the block, writes (``write_labels``, ``write_volume``) go to temporary files; when the
+    block ends without error they replace their destinations together, else none does.
+
+    Destinations that existed are moved aside first and put back if any rename fails, so a
+    failing later output never leaves an earlier one replaced.
+    """
+    if _transaction.pending is not None:  # nested: the outer block commits
+        yield
+        return
+    _transaction.pending = []
+    try:
+        yield
+        pending, _transaction.pending = _transaction.pending, None
+        _commit(pending)
+    except BaseException:
+        for tmp, _ in _transaction.pending or []:
+            _remove_quietly(tmp)
+        raise
+    finally:
+        _transaction.pending = None
+
+
+def _remove_quietly(path: Path) -> None:
+    """Delete a temporary; a failure here must never replace the error being reported."""
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _commit(pending: list) -> None:
+    backups: list[tuple[Path, Path]] = []
+    done: list[Path] = []
+    try:
+        for tmp, target in pending:
+            if target.exists():
+                backup = _temporary_name(target)
+                os.replace(target, backup)
+                backups.append((backup, target))
+            os.replace(tmp, target)
+            done.append(target)
+    except OSError as exc:
+        for target in done:
+            _remove_quietly(target)
+        for backup, target in backups:
+            try:
+                os.replace(backup, target)
+            except OSError:
+                pass
+        for tmp, _ in pending:
+            _remove_quietly(tmp)
+        name = getattr(exc, "filename", None) or pending[0][1]
+        raise PairSegOutputError(f"{_user_path(str(name), pending)}: cannot write output ({exc.strerror or exc}); "
+                                 "no output of this case was replaced") from None
+    for backup, _ in backups:
+        _remove_quietly(backup)
+
+
+def _user_path(name: str, pending: Sequence[tuple[Path, Path]]) -> str:
+    for tmp, target in pending:
+        if name in (str(tmp), str(target)):
+            return str(target)
+    return name
+
+
+def _atomic_write(path: PathLike, write: Callable[[str], None]) -> str:
+    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path`` (inside
+    ``write_together``, the rename waits for the block's end).
+
+    A writer's failure (OSError, or SimpleITK's RuntimeError) becomes PairSegOutputError naming
+    ``path``, never the temporary; the temporary is removed, and a failure to remove it does not
+    hide the original error.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise PairSegOutputError(f"{target}: output is an existing folder; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PairSegOutputError(f"{target}: cannot create its folder ({exc.strerror or exc})") from None
+    tmp = _temporary_name(target)
     try:
         write(str(tmp))
-        os.replace(tmp, target)
+        if _transaction.pending is not None:
+            _transaction.pending.append((tmp, target))
+        else:
+            os.replace(tmp, target)
+    except (OSError, RuntimeError) as exc:
+        _remove_quietly(tmp)
+        text = (getattr(exc, "strerror", None) if isinstance(exc, OSError) else None) or _first_line(exc)
+        raise PairSegOutputError(f"{target}: cannot write output ({text.replace(str(tmp), str(target))})") from exc
     except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        _remove_quietly(tmp)
         raise
     return str(target)
 
