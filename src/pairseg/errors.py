@@ -18,3 +18,7 @@ class PairSegInputError(PairSegError, ValueError):
 class PairSegOutputError(PairSegInputError):
     """An output location that cannot be written (or would destroy an input or another output);
     the message names the user's path, never a temporary file. Exit code 2 like bad input."""
+
+
+class PairSegWarning(UserWarning):
+    """A readable input with a problem the user should know of; the CLI reports it as a message."""

@@ -18,7 +18,7 @@ import torch
 from pairseg.data import Orientation, apply_window, check_image, intensity_window, resize_slices, stacks_25d
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.io import Volume, read_volume, write_labels, write_volume
+from pairseg.io import Volume, read_volume, write_labels, write_together, write_volume
 from pairseg.modelfile import load_model
 from pairseg.postprocess import keep_largest_component
 from pairseg.proxy import decode_labels
@@ -185,17 +185,21 @@ class Predictor:
 
     def segment_file(self, input_path: str | Path, output_path: str | Path, *,
                      probabilities_path: str | Path | None = None, keep_largest: bool = True,
-                     modality: str | None = None, events: EventSink = null_events) -> list[Path]:
-        """Read, segment and write one image; outputs appear only once complete."""
+                     modality: str | None = None, series_id: str | None = None,
+                     events: EventSink = null_events) -> list[Path]:
+        """Read, segment and write one image (``series_id``: the DICOM series of a folder holding
+        several). The outputs appear only once complete, and together: when one cannot be written,
+        none replaces an existing file."""
         self.check_request(modality)
-        volume = read_volume(input_path)
+        volume = read_volume(input_path, series_id)
         prediction = self.segment(volume, keep_largest=keep_largest,
                                   keep_probabilities=probabilities_path is not None, events=events)
-        written = [Path(write_labels(output_path, prediction.labels.array, volume,
-                                     class_names=prediction.class_names, colors=prediction.class_colors))]
-        if probabilities_path is not None:
-            probs = np.ascontiguousarray(np.moveaxis(prediction.probabilities, 1, -1), dtype=np.float32)  # z, y, x, K
-            written.append(Path(write_volume(probabilities_path, volume.like(probs))))
+        with write_together():
+            written = [Path(write_labels(output_path, prediction.labels.array, volume,
+                                         class_names=prediction.class_names, colors=prediction.class_colors))]
+            if probabilities_path is not None:
+                probs = np.ascontiguousarray(np.moveaxis(prediction.probabilities, 1, -1), dtype=np.float32)  # z, y, x, K
+                written.append(Path(write_volume(probabilities_path, volume.like(probs))))
         return written
 
 

@@ -35,7 +35,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import PairSegInputError, PairSegOutputError
+from .errors import PairSegInputError, PairSegOutputError, PairSegWarning
 
 __all__ = [
     "Volume",
@@ -54,6 +54,7 @@ __all__ = [
     "check_distinct",
     "remove_stale_temporaries",
     "write_together",
+    "write_text",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -217,7 +218,7 @@ def _suffix(path: PathLike) -> str:
     return Path(name).suffix
 
 
-class GeometryWarning(UserWarning):
+class GeometryWarning(PairSegWarning):
     """A readable input whose geometry is ambiguous (a NIfTI whose qform and sform disagree)."""
 
 
@@ -1112,6 +1113,11 @@ def _write_segmentation(
         "segments": segments,
     }
     slicerio.write_segmentation(tmp, segmentation)
+
+
+def write_text(path: PathLike, text: str) -> str:
+    """Write a UTF-8 text file (a JSON report ...) atomically, like the image writers."""
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def write_volume(path: PathLike, volume: Volume) -> str:
