@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of the cases for validation")
     t.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
     t.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out model and start afresh beside an earlier run's checkpoint "
-                        "(deleted); without it, or --resume, an existing model or checkpoint is refused")
+                   help="replace an existing --out model, or start afresh beside an earlier run's checkpoint "
+                        "(replaced by this run's); without it or --resume, either is refused")
     t.add_argument("--init-from", help="fine-tune from this model file")
     t.add_argument("--classes", help='class names for a folder without dataset.json, e.g. liver,"right kidney"')
     t.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="modality for a folder without dataset.json")
@@ -224,9 +224,9 @@ def check_train_out(out: str | Path, resume: bool, overwrite: bool) -> None:
 
     ``out`` must be a writable ``.pairseg`` file location (not a folder), as must its checkpoint
     ``<out>.ckpt``. Without ``resume`` or ``overwrite``, an existing model or an earlier run's
-    checkpoint is refused (it would be replaced silently); ``overwrite`` without ``resume``
-    deletes that checkpoint, so a killed new run cannot be mistaken for the old one. Stale
-    temporaries of both files (from a write killed half way) are removed.
+    checkpoint is refused (it would be replaced silently); with ``overwrite`` the new run replaces
+    them as it writes its own. Stale temporaries of both files (from a write killed half way)
+    are removed.
     Raises PairSegOutputError naming the path.
     """
     from pairseg.io import check_output, remove_stale_temporaries
@@ -241,9 +241,7 @@ def check_train_out(out: str | Path, resume: bool, overwrite: bool) -> None:
                                      "(or choose another --out)")
         if ckpt.exists():
             raise PairSegOutputError(f"{ckpt}: an earlier run's checkpoint exists; --resume continues it, "
-                                     "--overwrite starts afresh and deletes it")
-    if overwrite and not resume and int(os.environ.get("RANK", "0")) == 0:
-        ckpt.unlink(missing_ok=True)
+                                     "--overwrite starts afresh and replaces it")
     for path in (model, ckpt):
         remove_stale_temporaries(path)
 
@@ -397,7 +395,9 @@ def cmd_evaluate(args) -> int:
     pairs = _pair_files(pred_root, ref_root)
     if args.json:
         check_output(args.json, (".json",), "--json")
-        check_distinct([pred_root, ref_root, *(p for _, a, b in pairs for p in (a, b))], [("--json", args.json)])
+        manifest = (ref_root if ref_root.is_dir() else ref_root.parent) / "dataset.json"  # read for class names
+        check_distinct([pred_root, ref_root, manifest, *(p for _, a, b in pairs for p in (a, b))],
+                       [("--json", args.json)])
         remove_stale_temporaries(args.json)
     names = _class_names_for(ref_root, args.classes)
     cases = []
