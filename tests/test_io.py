@@ -645,3 +645,33 @@ def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
     os.close(handle)
     atomic_torch_save({"a": 1}, model)
     assert io.remove_stale_temporaries(model) == [Path(stale)]
+
+
+def test_segment_series_option_picks_one_of_several(tmp_path, capsys):
+    """`pairseg segment --series UID`: the CLI way to choose; the error lists what there is."""
+    import json
+
+    import torch
+
+    from pairseg.cli import main
+    from pairseg.modelfile import save_model
+    from pairseg.networks import build_model
+
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "m.pairseg", build_model("c2fcn", 1, 3, base="unet", width=4),
+                       {"class_names": ["liver"], "class_colors": [[1, 0, 0]], "modality": "MR", "size": 32})
+    first, second = _volume(np.eye(3), shape=(4, 20, 24), seed=1), _volume(np.eye(3), shape=(5, 20, 24), seed=2)
+    first.array, second.array = np.round(first.array), np.round(second.array)
+    _write_dicom_series(first, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.61", "T2 SPIR")
+    _write_dicom_series(second, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.62", "T1 DUAL")
+    out = tmp_path / "labels.nii.gz"
+    argv = ["segment", "--model", str(model), "--input", str(tmp_path / "dicom"), "--output", str(out),
+            "--device", "cpu", "--events", "json"]
+    assert main(argv) == 2
+    error = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "choose one with --series UID" in error["message"] and "'T1 DUAL' (5 slices)" in error["message"]
+    assert not out.exists()
+    assert main(argv + ["--series", "1.2.826.0.1.3680043.2.1125.1.62"]) == 0
+    assert read_label(out)[0].shape == (5, 20, 24)
+    assert main(argv + ["--series", "9.9"]) == 2
+    assert "no DICOM series 9.9" in capsys.readouterr().out

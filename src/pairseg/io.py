@@ -408,7 +408,7 @@ def _metaimage_problem(path: Path) -> Optional[str]:
                 data_start = handle.tell()
                 break
         else:
-            return "no ElementDataFile line in the header"
+            return "truncated or malformed: the file ends inside its header (no ElementDataFile line)"
     try:
         count = int(np.prod([int(v) for v in fields.get("DimSize", "").split()], dtype=np.int64))
         count *= int(fields.get("ElementNumberOfChannels", "1")) * _MET_SIZES[fields.get("ElementType", "")]
