@@ -18,7 +18,7 @@ import torch
 from pairseg.data import Orientation, apply_window, check_image, intensity_window, resize_slices, stacks_25d
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.io import Volume, read_volume, write_labels, write_together, write_volume
+from pairseg.io import Volume, read_volume, write_labels, write_probabilities, write_together
 from pairseg.modelfile import load_model
 from pairseg.postprocess import keep_largest_component
 from pairseg.proxy import decode_labels
@@ -117,7 +117,7 @@ def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: 
                    events: EventSink = null_events) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment ``volume`` as stored: lay it out canonically (see ``Orientation``), normalise and
     predict batch by batch, and return labels (Z, H, W) and probabilities (Z, K, H, W) on the
-    native grid."""
+    native grid (a view of the canonical array where the layout differs: no second copy)."""
     orientation = Orientation.of(volume.direction)
     labels, probabilities = predict_volume(model, orientation.apply(volume.array), size, device,
                                            window=intensity_window(volume.array, modality),
@@ -125,8 +125,7 @@ def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: 
                                            precision=precision, events=events)
     labels = np.ascontiguousarray(orientation.invert(labels))
     if probabilities is not None:  # classes ride along as a trailing axis while axes move
-        probabilities = np.ascontiguousarray(
-            np.moveaxis(orientation.invert(np.moveaxis(probabilities, 1, -1)), -1, 1))
+        probabilities = np.moveaxis(orientation.invert(np.moveaxis(probabilities, 1, -1)), -1, 1)
     return labels, probabilities
 
 
@@ -197,9 +196,8 @@ class Predictor:
         with write_together():
             written = [Path(write_labels(output_path, prediction.labels.array, volume,
                                          class_names=prediction.class_names, colors=prediction.class_colors))]
-            if probabilities_path is not None:
-                probs = np.ascontiguousarray(np.moveaxis(prediction.probabilities, 1, -1), dtype=np.float32)  # z, y, x, K
-                written.append(Path(write_volume(probabilities_path, volume.like(probs))))
+            if probabilities_path is not None:  # streamed from the float16 array: no float32 copy
+                written.append(Path(write_probabilities(probabilities_path, prediction.probabilities, volume)))
         return written
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "remove_stale_temporaries",
     "write_together",
     "write_text",
+    "write_probabilities",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -1113,6 +1114,83 @@ def _write_segmentation(
         "segments": segments,
     }
     slicerio.write_segmentation(tmp, segmentation)
+
+
+def write_probabilities(path: PathLike, probabilities: np.ndarray, like: Volume) -> str:
+    """Write per-class probabilities (Z, K, H, W) on ``like``'s grid as a float32 vector image with
+    K components (.nii/.nii.gz, .nrrd or .mha), atomically.
+
+    The file is the one ``write_volume(path, like.like(probabilities moved to (Z, H, W, K), as
+    float32))`` writes, but it is streamed a slab of slices at a time from ``probabilities`` as it
+    is (float16, any strides), so no full float32 copy is ever held: the memory beyond the array
+    itself is one slab (about 16 MB). Raises PairSegOutputError naming ``path`` when it cannot be
+    written.
+    """
+    suffix = _suffix(path)
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image file type {suffix!r}; use one of {IMAGE_SUFFIXES}")
+    if probabilities.ndim != 4 or (probabilities.shape[0],) + probabilities.shape[2:] != like.array.shape[:3]:
+        raise ValueError(f"{path}: probabilities {probabilities.shape} do not fit the grid {like.shape} as (Z, K, H, W)")
+    return _atomic_write(path, lambda tmp: _stream_vector_image(tmp, probabilities, like))
+
+
+def _stream_vector_image(tmp: str, probabilities: np.ndarray, like: Volume) -> None:
+    depth, classes, height, width = probabilities.shape
+    # The header as SimpleITK writes it for this geometry and component count; only sizes change.
+    tiny = Volume(np.zeros((1, 1, 1, classes), np.float32), like.spacing, like.origin, like.direction,
+                  nifti_forms=like.nifti_forms)
+    _write_image(tmp, tiny)
+    with _open_data(Path(tmp)) as stream:
+        template = stream.read()
+    step = max(1, _CHUNK // (classes * height * width * 4))
+    suffix = _suffix(tmp)
+
+    def slabs(component_last: bool) -> Iterator[bytes]:
+        if component_last:  # NRRD, MetaImage: components vary fastest
+            for z in range(0, depth, step):
+                yield np.ascontiguousarray(np.moveaxis(probabilities[z:z + step], 1, -1), dtype="<f4").tobytes()
+        else:  # NIfTI (ITK's layout): one whole volume per component
+            for k in range(classes):
+                for z in range(0, depth, step):
+                    yield np.ascontiguousarray(probabilities[z:z + step, k], dtype="<f4").tobytes()
+
+    if suffix in (".nii", ".nii.gz"):
+        header = bytearray(template[:int(struct.unpack_from("<f", template, 108)[0])])
+        struct.pack_into("<3h", header, 42, width, height, depth)
+        with (gzip.open(tmp, "wb", compresslevel=6) if suffix == ".nii.gz" else open(tmp, "wb")) as out:
+            out.write(bytes(header))
+            for block in slabs(False):
+                out.write(block)
+    elif suffix == ".nrrd":
+        text = template[:template.index(b"\n\n") + 2].decode("latin-1")
+        text = re.sub(r"(?m)^sizes: .*$", f"sizes: {classes} {width} {height} {depth}", text)
+        with open(tmp, "wb") as out:
+            out.write(text.encode("latin-1"))
+            with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as packed:
+                for block in slabs(True):
+                    packed.write(block)
+    else:  # MetaImage: the header gives the compressed size, so the data goes to a side file first
+        with open(tmp, "rb") as handle:
+            lines = handle.read().split(b"ElementDataFile = LOCAL\n")[0].decode("latin-1")
+        data = tmp + ".data"
+        try:
+            deflate, size = zlib.compressobj(6), 0
+            with open(data, "wb") as side:
+                for block in slabs(True):
+                    chunk = deflate.compress(block)
+                    size += len(chunk)
+                    side.write(chunk)
+                chunk = deflate.flush()
+                size += len(chunk)
+                side.write(chunk)
+            lines = re.sub(r"(?m)^DimSize = .*$", f"DimSize = {width} {height} {depth}", lines)
+            lines = re.sub(r"(?m)^CompressedDataSize = .*$", f"CompressedDataSize = {size}", lines)
+            with open(tmp, "wb") as out, open(data, "rb") as side:
+                out.write((lines + "ElementDataFile = LOCAL\n").encode("latin-1"))
+                for chunk in iter(lambda: side.read(_CHUNK), b""):
+                    out.write(chunk)
+        finally:
+            _remove_quietly(Path(data))
 
 
 def write_text(path: PathLike, text: str) -> str:
