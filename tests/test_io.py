@@ -675,3 +675,35 @@ def test_segment_series_option_picks_one_of_several(tmp_path, capsys):
     assert read_label(out)[0].shape == (5, 20, 24)
     assert main(argv + ["--series", "9.9"]) == 2
     assert "no DICOM series 9.9" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])
+def test_write_probabilities_streams_the_file_write_volume_writes(tmp_path, suffix, monkeypatch):
+    import gzip
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    canonical = rng.random((60, 3, 64, 96)).astype(np.float16)
+    probabilities = canonical[::-1]  # a strided view, as predict_native returns for a flipped volume
+    like = _volume(DIRECTIONS["oblique"], shape=(60, 64, 96))
+    expected = write_volume(tmp_path / f"expected{suffix}",
+                            like.like(np.moveaxis(probabilities, 1, -1).astype(np.float32)))
+    monkeypatch.setattr(io, "_CHUNK", 1 << 16)  # slabs of a few slices
+    tracemalloc.start()
+    try:
+        written = io.write_probabilities(tmp_path / f"probs{suffix}", probabilities, like)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    full_float32 = probabilities.size * 4
+    assert peak < full_float32 / 4, (peak, full_float32)  # never a whole float32 (or float16) copy
+    a, b = sitk.ReadImage(written), sitk.ReadImage(expected)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+    assert a.GetNumberOfComponentsPerPixel() == 3 and a.GetPixelID() == sitk.sitkVectorFloat32
+    for getter in ("GetSpacing", "GetOrigin", "GetDirection", "GetSize"):
+        assert getattr(a, getter)() == getattr(b, getter)()
+    if suffix.startswith(".nii"):
+        opener = gzip.open if suffix.endswith(".gz") else open
+        with opener(written, "rb") as x, opener(expected, "rb") as y:
+            assert x.read() == y.read()  # byte for byte what ITK writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"expected{suffix}", f"probs{suffix}"])
