@@ -240,6 +240,15 @@ def _open_data(path: Path):
     return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
 
 
+# (offset, struct format) of the header fields PairSeg reads, by header size (NIfTI-1: 348, NIfTI-2: 540).
+_NIFTI_LAYOUTS = {
+    348: {"dim": (40, "8h"), "type": (70, "2h"), "pixdim": (76, "8f"), "vox_offset": (108, "f"),
+          "scaling": (112, "2f"), "codes": (252, "2h"), "quatern": (256, "6f"), "srow": (280, "12f")},
+    540: {"dim": (16, "8q"), "type": (12, "2h"), "pixdim": (104, "8d"), "vox_offset": (168, "q"),
+          "scaling": (176, "2d"), "codes": (344, "2i"), "quatern": (352, "6d"), "srow": (400, "12d")},
+}
+
+
 def _nifti_header(path: Path) -> Optional[dict]:
     """The fields of a NIfTI-1/2 header PairSeg checks, or None when ``path`` holds no NIfTI header."""
     try:
@@ -248,28 +257,14 @@ def _nifti_header(path: Path) -> Optional[dict]:
     except (EOFError, OSError, zlib.error) as exc:
         raise _truncated(path, f"header unreadable: {exc}") from None
     for endian in "<>":
-        if len(raw) >= 4 and struct.unpack_from(endian + "i", raw, 0)[0] == 348 and len(raw) >= 348:
-            dim = struct.unpack_from(endian + "8h", raw, 40)
-            datatype, bitpix = struct.unpack_from(endian + "2h", raw, 70)
-            pixdim = struct.unpack_from(endian + "8f", raw, 76)
-            vox_offset = int(struct.unpack_from(endian + "f", raw, 108)[0])
-            slope, inter = struct.unpack_from(endian + "2f", raw, 112)
-            codes = struct.unpack_from(endian + "2h", raw, 252)
-            quatern = struct.unpack_from(endian + "6f", raw, 256)
-            srow = struct.unpack_from(endian + "12f", raw, 280)
-            version = 1
-        elif len(raw) >= 540 and struct.unpack_from(endian + "i", raw, 0)[0] == 540:
-            datatype, bitpix = struct.unpack_from(endian + "2h", raw, 12)
-            dim = struct.unpack_from(endian + "8q", raw, 16)
-            pixdim = struct.unpack_from(endian + "8d", raw, 104)
-            vox_offset = int(struct.unpack_from(endian + "q", raw, 168)[0])
-            slope, inter = struct.unpack_from(endian + "2d", raw, 176)
-            codes = struct.unpack_from(endian + "2i", raw, 344)
-            quatern = struct.unpack_from(endian + "6d", raw, 352)
-            srow = struct.unpack_from(endian + "12d", raw, 400)
-            version = 2
-        else:
+        size = struct.unpack_from(endian + "i", raw, 0)[0] if len(raw) >= 4 else 0
+        if size not in _NIFTI_LAYOUTS or len(raw) < size:
             continue
+        field = {name: struct.unpack_from(endian + form, raw, offset)
+                 for name, (offset, form) in _NIFTI_LAYOUTS[size].items()}
+        dim, (datatype, bitpix), pixdim = field["dim"], field["type"], field["pixdim"]
+        vox_offset, (slope, inter), codes = int(field["vox_offset"][0]), field["scaling"], field["codes"]
+        quatern, srow, version = field["quatern"], field["srow"], 1 if size == 348 else 2
         ndim = min(max(int(dim[0]), 0), 7)
         count = int(np.prod([max(int(d), 1) for d in dim[1:1 + ndim]], dtype=np.int64))
         return {"version": version, "endian": endian, "datatype": int(datatype), "vox_offset": vox_offset,
