@@ -675,6 +675,9 @@ def test_segment_series_option_picks_one_of_several(tmp_path, capsys):
     assert read_label(out)[0].shape == (5, 20, 24)
     assert main(argv + ["--series", "9.9"]) == 2
     assert "no DICOM series 9.9" in capsys.readouterr().out
+    argv[argv.index("--input") + 1] = str(out)  # an image file has no series to pick
+    assert main(argv + ["--series", "1.2.826.0.1.3680043.2.1125.1.62", "--output", str(tmp_path / "x.nii.gz")]) == 2
+    assert "--series picks a series of a DICOM folder; this input is an image file" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])

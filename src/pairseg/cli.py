@@ -307,8 +307,9 @@ def cmd_segment(args, events) -> int:
 
     inputs = list_inputs(args.input)
     many = Path(args.input).is_dir() and inputs != [Path(args.input)]
-    if args.series and many:
-        raise PairSegInputError(f"{args.input}: --series picks a DICOM series, but the folder holds image files")
+    if args.series and (many or not Path(args.input).is_dir()):
+        raise PairSegInputError(f"{args.input}: --series picks a series of a DICOM folder; this input is "
+                                f"{'a folder of image files' if many else 'an image file'}")
     cases = _segment_outputs(args, inputs, many)
     predictor = Predictor(args.model, args.device, batch_size=args.batch_size, readout=args.readout,
                           precision=args.precision)
