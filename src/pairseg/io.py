@@ -1118,8 +1118,9 @@ def write_probabilities(path: PathLike, probabilities: np.ndarray, like: Volume)
     The file is the one ``write_volume(path, like.like(probabilities moved to (Z, H, W, K), as
     float32))`` writes, but it is streamed a slab of slices at a time from ``probabilities`` as it
     is (float16, any strides), so no full float32 copy is ever held: the memory beyond the array
-    itself is one slab (about 16 MB). Compressed at zlib level 1: Python's zlib at the default
-    level is about 10x slower on these maps than ITK's writer, for a file only a few % smaller.
+    itself is one slab (about 16 MB). Compressed at zlib level 1: Python's zlib at level 6 took
+    4x longer than ITK's writer on a 512x512x300 CT's maps, level 1 is faster than ITK's, for a
+    file 1.5x the size of ITK's (447 vs 291 MB for an untrained model's maps of 4 classes).
     Raises PairSegOutputError naming ``path`` when it cannot be written.
     """
     suffix = _suffix(path)
