@@ -104,7 +104,7 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         if self.task is not None and not self.task.done:
-            self.task.cancel()
+            self.task.shutdown()  # kills the engine's whole process tree, without waiting for it
         self.removeObservers()
 
     def enter(self):
@@ -119,7 +119,7 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event):
         if self.task is not None and not self.task.done:
-            self.task.cancel()
+            self.task.shutdown()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -203,18 +203,11 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.task.cancel()
             return
         try:
-            from PairSegLib import install
-
-            if install.missingPackages():
-                with slicer.util.tryWithErrorDisplay("PairSeg could not install what it needs.", waitCursor=True):
-                    install.ensureEngineDependencies(askConfirmation=True)
-                if install.missingPackages():
-                    return
             p = self._parameterNode
             self.task = self.logic.segmentVolumeAsync(
                 p.inputVolume, p.modelPath, p.outputSegmentation, p.device, p.keepLargestComponent,
                 onProgress=self.onTaskProgress, onFinished=self.onTaskFinished)
-        except PairSegLib.InputError as error:
+        except (PairSegLib.InputError, PairSegLib.DependencyError) as error:
             slicer.util.errorDisplay(str(error), windowTitle="PairSeg")
             return
         if not self.task.done:
@@ -233,7 +226,7 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.timer.stop()
         self.setRunning(False)
         self.ui.statusLabel.text = task.message
-        if task.state == PairSegLib.State.FINISHED:
+        if task.state == PairSegLib.State.DONE:
             self._parameterNode.outputSegmentation = task.segmentationNode
             slicer.util.setSliceViewerLayers(background=task.volumeNode, fit=False)
             self.refreshKnownModels()
@@ -241,14 +234,27 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(task.error), windowTitle="PairSeg segmentation failed")
 
     def onCompareButton(self):
-        with slicer.util.tryWithErrorDisplay("Comparison failed.", waitCursor=True):
-            from PairSegLib import install
+        p = self._parameterNode
+        try:  # pairseg evaluate runs in the background, followed by the same timer as Segment
+            self.task = self.logic.compareToReferenceAsync(p.outputSegmentation, p.referenceSegmentation,
+                                                           onProgress=self.onTaskProgress,
+                                                           onFinished=self.onCompareFinished)
+        except (PairSegLib.InputError, PairSegLib.DependencyError) as error:
+            slicer.util.errorDisplay(str(error), windowTitle="PairSeg")
+            return
+        if not self.task.done:
+            self.setRunning(True)
+            self.timer.start()
 
-            install.ensureEngineDependencies(askConfirmation=True)
-            p = self._parameterNode
-            result = self.logic.compareToReference(p.outputSegmentation, p.referenceSegmentation)
-            self.ui.resultsTableView.setMRMLTableNode(result.tableNode)
+    def onCompareFinished(self, run):
+        self.timer.stop()
+        self.setRunning(False)
+        self.ui.statusLabel.text = run.message
+        if run.state == PairSegLib.State.DONE:
+            self.ui.resultsTableView.setMRMLTableNode(run.result.tableNode)
             self.ui.resultsTableView.visible = True
+        elif run.state == PairSegLib.State.FAILED:
+            slicer.util.errorDisplay(str(run.error), windowTitle="PairSeg comparison failed")
 
 
 class PairSegLogic(ScriptedLoadableModuleLogic, PairSegLib.PairSegCoreLogic):

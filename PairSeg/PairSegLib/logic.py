@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 
 import numpy as np
 import slicer
@@ -35,8 +34,11 @@ class SegmentationError(EngineError):
     """The engine failed (not the user's input): message from the engine."""
 
 
-class _WorkFolderRun(engineModule.EngineRun):
-    """An EngineRun with a temporary folder for its files, removed when the run ends."""
+class WorkFolderRun(engineModule.EngineRun):
+    """An EngineRun with a temporary folder for its input and output files, made when the run
+    starts and removed when it ends (any state). ``logic``: a PairSegCoreLogic (its launcher,
+    python, temporaryFolder and keepTemporaryFiles). Subclasses write their inputs and set
+    ``self.command`` in ``writeInputs()``."""
 
     def __init__(self, logic, **options):
         super().__init__(launcher=logic.launcher, python=logic.python, **options)
@@ -58,7 +60,7 @@ class _WorkFolderRun(engineModule.EngineRun):
         return os.path.join(self.workDirectory, name)
 
 
-class SegmentationRun(_WorkFolderRun):
+class SegmentationRun(WorkFolderRun):
     """One segmentation: the volume is exported, ``pairseg segment`` runs in the background, and
     on success the label map is imported as segments (one per model class; ``segmentationNode``).
     Nothing in the scene changes unless the run succeeds."""
@@ -106,7 +108,7 @@ class SegmentationRun(_WorkFolderRun):
         return f"Done: {len(names)} segments in {self.elapsedSeconds:.1f} s"
 
 
-class ComparisonRun(_WorkFolderRun):
+class ComparisonRun(WorkFolderRun):
     """Dice and ASSD of a segmentation against a reference by ``pairseg evaluate`` (the engine's
     own metrics) in the background; on success the table and the boundary-distance overlay are
     added to the scene (``result``, a ComparisonResult)."""
