@@ -165,11 +165,24 @@ def treeKillCommand(pid):
     return ["taskkill", "/PID", str(int(pid)), "/T", "/F"]
 
 
-def signalProcessTree(process, sig=None, osName=None):
+def processGroup(process):
+    """The POSIX process group ``process`` leads (its own session), or None when it shares ours
+    (a launcher that made no new session) or is already gone. Read it right after the start:
+    the group outlives its leader (a launcher that exits while the engine runs on)."""
+    if os.name == "nt" or process is None:
+        return None
+    try:
+        group = os.getpgid(process.pid)
+    except (ProcessLookupError, PermissionError, OSError):
+        return None
+    return group if group != os.getpgid(0) else None
+
+
+def signalProcessTree(process, sig=None, osName=None, group=None):
     """Send ``sig`` (None: kill) to ``process`` and all its descendants, without waiting.
 
-    POSIX: to the process group the child leads (never to our own group: a launcher that did not
-    make a new session gets only the child signalled). Windows: psutil when installed, else
+    POSIX: to ``group`` (default: the group ``process`` leads now), never to our own group: a
+    process sharing our group gets the signal alone. Windows: psutil when installed, else
     ``taskkill /T /F`` started in the background (Windows has no signal for a tree; any ``sig``
     kills)."""
     if process is None:
@@ -178,15 +191,12 @@ def signalProcessTree(process, sig=None, osName=None):
     pid = process.pid
     if osName != "nt":
         sig = signal.SIGKILL if sig is None else sig
+        group = group or processGroup(process)
         try:
-            group = os.getpgid(pid)
-            if group != os.getpgid(0):
+            if group is not None:
                 os.killpg(group, sig)
-                return
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
-        try:
-            os.kill(pid, sig)
+            else:
+                os.kill(pid, sig)
         except (ProcessLookupError, PermissionError, OSError):
             pass
         return
@@ -276,6 +286,7 @@ class EngineRun:
         self._threads: List[threading.Thread] = []
         self._killAt = None        # monotonic time at which a cancelled group gets SIGKILL
         self._exitSeen = None      # monotonic time the child was first seen exited
+        self._group = None         # the child's own process group (POSIX), read at the start
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -295,6 +306,7 @@ class EngineRun:
         except Exception as error:
             self._finish(RunState.FAILED, EngineError(f"{self.name} could not start: {error}"))
             return self
+        self._group = processGroup(self.process)
         for stream, source in ((self.process.stdout, "stdout"), (self.process.stderr, "stderr")):
             if stream is None:
                 continue
@@ -342,7 +354,7 @@ class EngineRun:
             self._finish(RunState.CANCELLED, EngineError(f"{self.name} cancelled"))
             return
         self.message = "Cancelling"
-        signalProcessTree(self.process, signal.SIGTERM if os.name != "nt" else None)
+        signalProcessTree(self.process, signal.SIGTERM if os.name != "nt" else None, group=self._group)
         self._killAt = time.monotonic() + CANCEL_GRACE_SECONDS
 
     def stop(self, killAfter: Optional[float] = None):
@@ -365,14 +377,14 @@ class EngineRun:
             except OSError:
                 pass
         if os.name != "nt":
-            signalProcessTree(self.process, signal.SIGTERM)
+            signalProcessTree(self.process, signal.SIGTERM, group=self._group)
         if killAfter is not None:
             self._killAt = time.monotonic() + killAfter
 
     def kill(self):
         """Kill the whole process tree now (no waiting)."""
-        if self.process is not None and self.process.poll() is None:
-            signalProcessTree(self.process, None)
+        if self.process is not None:
+            signalProcessTree(self.process, None, group=self._group)
 
     def shutdown(self):
         """For module clean-up and scene close: kill the tree, reap the child within
@@ -381,7 +393,7 @@ class EngineRun:
             return
         self.cancelRequested = True
         if self.process is not None:
-            signalProcessTree(self.process, None)
+            signalProcessTree(self.process, None, group=self._group)
             try:
                 self.process.wait(GUI_WAIT_SECONDS)
             except subprocess.TimeoutExpired:
@@ -399,20 +411,24 @@ class EngineRun:
         if self.process is None:
             return True
         self._drain()
-        if self._killAt is not None and time.monotonic() >= self._killAt and self.process.poll() is None:
-            signalProcessTree(self.process, None)
+        now = time.monotonic()
+        if self._killAt is not None and now >= self._killAt:
+            signalProcessTree(self.process, None, group=self._group)
             self._killAt = None
         code = self.process.poll()
         if code is None:
             return True
-        now = time.monotonic()
         if self._exitSeen is None:
             self._exitSeen = now
         if any(thread.is_alive() for thread in self._threads):
-            if now - self._exitSeen < ORPHAN_OUTPUT_SECONDS and not self.cancelRequested:
+            # The child (e.g. the PythonSlicer launcher) is gone but a descendant still holds the
+            # pipes: a stopping engine may finish (its checkpoint) until a kill deadline, an orphan
+            # gets ORPHAN_OUTPUT_SECONDS, a cancelled one nothing; then the group is killed.
+            if self.stopRequested:   # the engine saves its checkpoint; a kill deadline ends it
                 return True
-            # a descendant outlived the child and still holds the pipes: end it, do not wait for it
-            signalProcessTree(self.process, None)
+            if not self.cancelRequested and now - self._exitSeen < ORPHAN_OUTPUT_SECONDS:
+                return True
+            signalProcessTree(self.process, None, group=self._group)
         self._drain()
         self.returnCode = code
         self._concludeExit(code)
