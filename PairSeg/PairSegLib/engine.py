@@ -114,6 +114,34 @@ def pythonExecutable():
     return sys.executable
 
 
+def torchFreeEngineModule(name):
+    """A torch-free module of the engine (``pairseg.catalog``, ``pairseg.constants``) imported in
+    Slicer's process. The extension installs the ``pairseg`` package beside the modules, which
+    Slicer has on sys.path; a source checkout added through "Additional module paths" has it in
+    ``src/``, which is then appended to sys.path (``engineRoot()``)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"pairseg.{name}")
+    except ImportError:
+        root = engineRoot()
+        if root in sys.path:
+            raise
+        sys.path.append(root)
+        return importlib.import_module(f"pairseg.{name}")
+
+
+def resolveModel(spec):
+    """A model argument as a file path: an existing file as it is, else the file of the catalog
+    model of that name (``pairseg.catalog.resolve_model``: size and sha256 checked). ValueError
+    (the engine's PairSegInputError) naming the spec and the catalog's models otherwise."""
+    if spec is None or not str(spec).strip():
+        raise ValueError("No model selected.")
+    if os.path.isfile(os.fspath(spec)):
+        return os.path.abspath(os.fspath(spec))
+    return str(torchFreeEngineModule("catalog").resolve_model(str(spec)))
+
+
 def engineEnvironment():
     """Environment for the child: the engine folder first on PYTHONPATH, unbuffered UTF-8 output."""
     environment = os.environ.copy()

@@ -188,12 +188,25 @@ class PairSegCoreLogic:
         except models.ModelFileError as error:
             raise InputError(str(error)) from error
 
+    @staticmethod
+    def modelFile(spec):
+        """A model file path from a path or a catalog model's name (a bare name, no folder or
+        suffix, that is not a file here). InputError for an unknown name."""
+        text = os.fspath(spec)
+        if os.path.exists(text) or os.sep in text or "/" in text or text.endswith(models.MODEL_SUFFIX):
+            return text
+        try:
+            return engineModule.resolveModel(text)
+        except ValueError as error:
+            raise InputError(str(error)) from error
+
     def validateInputs(self, volumeNode, modelPath, segmentationNode=None, device="auto"):
-        """All checks made before the engine starts; returns the model metadata."""
+        """All checks made before the engine starts; returns the model metadata. ``modelPath``:
+        a model file or a catalog model's name (``modelFile``)."""
         mrml.checkInputVolume(volumeNode)
         if modelPath is None or not str(modelPath).strip():
             raise InputError("No model file selected.")
-        metadata = self.modelMetadata(os.fspath(modelPath))
+        metadata = self.modelMetadata(self.modelFile(modelPath))
         if device not in DEVICES and not (isinstance(device, str) and device.startswith("cuda:")
                                           and device[5:].isdigit()):
             raise InputError(f"Unknown device '{device}': use one of {', '.join(DEVICES)} or cuda:N.")
@@ -210,6 +223,7 @@ class PairSegCoreLogic:
         ``cancel()`` stops it). InputError at once for bad input, DependencyError when the engine
         cannot run and its installation was declined: nothing starts in both cases."""
         metadata = self.validateInputs(volumeNode, modelPath, segmentationNode, device)
+        modelPath = self.modelFile(modelPath)
         run = SegmentationRun(self, volumeNode, modelPath, metadata, segmentationNode, device, keepLargestComponent)
         run.onProgress, run.onFinished = onProgress, onFinished
         run.start()

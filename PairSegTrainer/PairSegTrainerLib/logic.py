@@ -155,6 +155,7 @@ class PairSegTrainerLogic:
         """Start ``python -m pairseg train ... --events json`` (torchrun for several GPUs) in a
         background process; returns the running TrainingJob (call ``poll()`` from a timer, or
         ``wait()``). On success the model is registered for the PairSeg module."""
+        install.ensureEngineReady(askConfirmation=True)   # before anything is written or added
         config = config.copy()
         config.validate()
         Path(config.outputModel).parent.mkdir(parents=True, exist_ok=True)
@@ -184,13 +185,21 @@ class PairSegTrainerLogic:
             return job
         return self.startTraining(jobOrConfig.copy(resume=True), plots=plots)
 
-    def fineTuneConfig(self, baseModel: str, dataFolder: str, outputModel: str = "",
+    def fineTuneConfig(self, baseModel: str, dataFolder: str, outputModel: str = "", outputFolder: str = "",
                        **changes) -> TrainingConfig:
-        """A short schedule starting from ``baseModel`` (``--init-from``), same architecture and
-        size; the output is the next version of the base model's name (``name_v2.pairseg``)."""
-        metadata = self.readModelMetadata(baseModel)
-        values = dict(dataFolder=str(dataFolder), initFrom=str(baseModel),
-                      outputModel=outputModel or configModule.versionedModelPath(baseModel),
+        """A short schedule starting from ``baseModel`` (a model file or a catalog model's name;
+        ``--init-from``), same architecture and size. The output is the next version of the base
+        model's name (``name_v2.pairseg``) in ``outputFolder`` (default: beside a base file; for a
+        catalog model, which lives in the extension's folder, ``~/PairSeg``)."""
+        basePath = self.segmentationLogic.modelFile(baseModel)
+        metadata = self.readModelMetadata(basePath)
+        if not outputModel:
+            isCatalog = os.path.abspath(basePath) != os.path.abspath(os.fspath(baseModel))
+            folder = outputFolder or (os.path.join(os.path.expanduser("~"), "PairSeg") if isCatalog
+                                      else os.path.dirname(os.path.abspath(basePath)))
+            name = os.fspath(baseModel) if isCatalog else Path(basePath).name
+            outputModel = configModule.versionedModelPath(os.path.join(folder, Path(name).name))
+        values = dict(dataFolder=str(dataFolder), initFrom=str(basePath), outputModel=outputModel,
                       arch=metadata.get("arch", configModule.ARCHITECTURE_NAMES[0]),
                       size=int(metadata.get("size") or configModule.DEFAULT_SIZE),
                       epochs=configModule.FINE_TUNE_EPOCHS, steps=None,
@@ -199,14 +208,16 @@ class PairSegTrainerLogic:
         return TrainingConfig(**values)
 
     def fineTune(self, items, baseModel: str, folder: str, outputModel: str = "", mapping=None,
-                 **changes) -> TrainingJob:
+                 outputFolder: str = "", **changes) -> TrainingRun:
         """Annotate-then-retrain in one call: export ``items`` with the base model's classes and
         modality, then start a fine-tuning run (a new model version; the engine records every
-        case the model has seen, the base model's included, in ``training.seen_cases``)."""
-        metadata = self.readModelMetadata(baseModel)
+        case the model has seen, the base model's included, in ``training.seen_cases``).
+        ``baseModel``: a model file or a catalog model's name (e.g. the shipped CHAOS model)."""
+        install.ensureEngineReady(askConfirmation=True)   # before the training set is written
+        metadata = self.readModelMetadata(self.segmentationLogic.modelFile(baseModel))
         self.exportTrainingSet(items, folder, classNames=list(metadata["class_names"]), mapping=mapping,
                                modality=metadata.get("modality", "MR"))
-        config = self.fineTuneConfig(baseModel, folder, outputModel, **changes)
+        config = self.fineTuneConfig(baseModel, folder, outputModel, outputFolder, **changes)
         return self.startTraining(config)
 
     # -- segment a new case with the current model (for correction) --------------------------

@@ -412,7 +412,7 @@ class TrainerPanel:
             base = os.path.basename(baseModel).removesuffix(configModule.MODEL_SUFFIX)
             folder = self._trainingSetFolder(base + "-finetune")
             job = self.logic.fineTune(self.items(), baseModel, folder, mapping=self.mapping(),
-                                      device=self._parameterNode.device or "auto",
+                                      outputFolder=self._outputFolder(), device=self._parameterNode.device or "auto",
                                       batchSize=self._parameterNode.batchSize)
             self._startJob(job)
         except Exception as error:
