@@ -13,7 +13,7 @@ confirmation listing everything it will install, then
 """
 
 import importlib
-import importlib.util
+import importlib.machinery
 import logging
 import os
 import tempfile
@@ -39,8 +39,9 @@ class DependencyError(RuntimeError):
 
 
 def isInstalled(importName):
+    """Whether a top-level package is installed on sys.path (found, never imported)."""
     try:
-        return importlib.util.find_spec(importName) is not None
+        return importlib.machinery.PathFinder.find_spec(importName) is not None
     except (ImportError, ValueError):
         return False
 
