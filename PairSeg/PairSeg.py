@@ -270,7 +270,7 @@ class PairSegLogic(ScriptedLoadableModuleLogic, PairSegLib.PairSegCoreLogic):
 
 class PairSegTest(ScriptedLoadableModuleTest):
     """Offline, in under a minute: the embedded sample case -> a tiny model trained on it by the
-    engine (10 steps, 64 px, CPU) -> Segment -> Compare. No download and no installation: skipped
+    engine (4 steps, 64 px, CPU) -> Segment -> Compare. No download and no installation: skipped
     when the engine's packages (PyTorch, MONAI) are not installed."""
 
     def setUp(self):
@@ -299,7 +299,7 @@ class PairSegTest(ScriptedLoadableModuleTest):
         folder = tempfile.mkdtemp(prefix="PairSegTest-")
         try:
             modelPath = os.path.join(folder, "selftest.pairseg")
-            run = EngineRun(["train", "--data", sampledata.embeddedCaseFolder(), "--out", modelPath, "--steps", "10",
+            run = EngineRun(["train", "--data", sampledata.embeddedCaseFolder(), "--out", modelPath, "--steps", "4",
                              "--size", "64", "--batch-size", "2", "--device", "cpu", "--events", "json"],
                             name="self-test training").start()
             run.wait(timeout=300)
@@ -316,7 +316,7 @@ class PairSegTest(ScriptedLoadableModuleTest):
             dice = result.tableNode.GetTable().GetValueByName(0, "Dice").ToDouble()
             self.assertTrue(0.0 <= dice <= 1.0)
             self.assertIsNotNone(result.distanceVolumeNode)
-            logging.info(f"PairSeg self-test: liver Dice {dice:.3f} (a 10-step model)")
+            logging.info(f"PairSeg self-test: liver Dice {dice:.3f} (a 4-step model)")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.delayDisplay("Test passed")
