@@ -202,11 +202,16 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Cancelling..."
             self.task.cancel()
             return
+        p = self._parameterNode
+        self.startRun(lambda: self.logic.segmentVolumeAsync(
+            p.inputVolume, p.modelPath, p.outputSegmentation, p.device, p.keepLargestComponent,
+            onProgress=self.onTaskProgress, onFinished=self.onTaskFinished))
+
+    def startRun(self, start):
+        """``start()`` starts an engine run (segmentation, comparison), then followed by the timer;
+        bad input and a declined installation are shown in a dialog."""
         try:
-            p = self._parameterNode
-            self.task = self.logic.segmentVolumeAsync(
-                p.inputVolume, p.modelPath, p.outputSegmentation, p.device, p.keepLargestComponent,
-                onProgress=self.onTaskProgress, onFinished=self.onTaskFinished)
+            self.task = start()
         except (PairSegLib.InputError, PairSegLib.DependencyError) as error:
             slicer.util.errorDisplay(str(error), windowTitle="PairSeg")
             return
@@ -234,17 +239,10 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(task.error), windowTitle="PairSeg segmentation failed")
 
     def onCompareButton(self):
-        p = self._parameterNode
-        try:  # pairseg evaluate runs in the background, followed by the same timer as Segment
-            self.task = self.logic.compareToReferenceAsync(p.outputSegmentation, p.referenceSegmentation,
-                                                           onProgress=self.onTaskProgress,
-                                                           onFinished=self.onCompareFinished)
-        except (PairSegLib.InputError, PairSegLib.DependencyError) as error:
-            slicer.util.errorDisplay(str(error), windowTitle="PairSeg")
-            return
-        if not self.task.done:
-            self.setRunning(True)
-            self.timer.start()
+        p = self._parameterNode  # pairseg evaluate runs in the background, like Segment
+        self.startRun(lambda: self.logic.compareToReferenceAsync(
+            p.outputSegmentation, p.referenceSegmentation, onProgress=self.onTaskProgress,
+            onFinished=self.onCompareFinished))
 
     def onCompareFinished(self, run):
         self.timer.stop()
