@@ -183,3 +183,59 @@ def test_job_error_and_stop(tmp_path):
     from PairSegTrainerLib.job import formatDuration
 
     assert formatDuration(75) == "1m15s" and formatDuration(None) == "?" and formatDuration(7300) == "2h01m"
+
+
+def test_fine_tune_starts_from_a_catalog_model_by_name(trainerLogic, mrml_scene, harness, phantom_dir, phantom_model,
+                                                        tmp_path, monkeypatch):
+    """``fineTune(items, "<catalog name>", ...)``: the catalog's file (checked) is the base, its
+    classes and modality shape the export, and the new version is written to the output folder
+    (the catalog lives in the extension's folder)."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+
+    from pairseg.modelfile import read_metadata
+
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    shutil.copy(phantom_model, catalog / "phantom.pairseg")
+    data = (catalog / "phantom.pairseg").read_bytes()
+    metadata = read_metadata(phantom_model)
+    entry = dict(name="phantom-organs", title="Phantom organs", description="test", version="1", modality="MR",
+                 arch=metadata["arch"], file="phantom.pairseg", sha256=hashlib.sha256(data).hexdigest(),
+                 file_size_bytes=len(data), classes=[{"name": n, "color": [1, 2, 3], "terminology": {}}
+                                                     for n in metadata["class_names"]],
+                 spacing_mm=1.0, size=metadata["size"], training_data={}, evaluation={}, cpu_segment_seconds=1.0)
+    (catalog / "models.json").write_text(json.dumps({"catalog_version": 1, "default": "phantom-organs",
+                                                     "models": [entry]}))
+    monkeypatch.setenv("PAIRSEG_MODELS_DIR", str(catalog))
+    commands = []
+
+    def recordingLauncher(command, env=None, cwd=None):
+        commands.append(list(command))
+        return subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+
+    trainerLogic.launcher = recordingLauncher
+    volume = harness.loadVolume(str(phantom_dir / "case_000_image.nii.gz"), name="case")
+    labelNode = harness.loadVolume(str(phantom_dir / "case_000_label.nii.gz"), name="labels", labelmap=True)
+    import slicer
+
+    from test_pairsegtrainer_helpers import addSegmentation
+
+    labels = slicer.util.arrayFromVolume(labelNode).copy()
+    names = {index + 1: name for index, name in enumerate(metadata["class_names"])}
+    segmentation = addSegmentation(mrml_scene, volume, labels, names)
+    job = trainerLogic.fineTune([(volume, segmentation)], "phantom-organs", str(tmp_path / "set"),
+                                outputFolder=str(tmp_path / "models"), steps=2)
+    (command,) = commands
+    assert command[command.index("--init-from") + 1] == str(catalog / "phantom.pairseg")
+    assert command[command.index("--out") + 1] == str(tmp_path / "models" / "phantom-organs_v2.pairseg")
+    manifest = json.loads((tmp_path / "set" / "dataset.json").read_text())
+    assert list(manifest["labels"].values())[1:] == metadata["class_names"]
+    job.wait(timeout=30, raiseOnError=False)   # the stand-in process sends no "done": a failure
+    assert job.state == "failed"
+    with pytest.raises(ValueError, match="no catalog model of that name"):
+        trainerLogic.fineTune([(volume, segmentation)], "no-such-model", str(tmp_path / "set2"))
+    assert not os.path.exists(tmp_path / "set2")
