@@ -363,6 +363,7 @@ def useSlicerRelease(tag):
 # C++ module objects, module manager and module panel (stand-ins for the application)
 # ----------------------------------------------------------------------------------------------
 
+_retiredPanels = []
 _loadedModules = {}  # name -> (python module, qSlicerScriptedLoadableModule stand-in)
 
 
@@ -517,9 +518,10 @@ def unloadModules():
         module, parent = _loadedModules.pop(name)
         if manager is not None:
             manager.moduleAboutToBeUnloaded.emit(name)
-        panel = parent._widgetRepresentation
-        if panel is not None:
-            panel.deleteLater()
+        if parent._widgetRepresentation is not None:
+            # Slicer deletes module panels only at exit: keep the widgets alive (observers that a
+            # module forgot to remove still find a live widget, as they would in Slicer).
+            _retiredPanels.append(parent._widgetRepresentation)
         if hasattr(slicer.modules, name.lower()):
             delattr(slicer.modules, name.lower())
         if sys.modules.get(name) is module:
