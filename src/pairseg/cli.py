@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--epochs", type=int, help="number of epochs (default 20)")
     budget.add_argument("--steps", type=int, help="number of optimiser steps")
     t.add_argument("--size", type=int, default=256, help="training slice size in pixels (default 256)")
+    t.add_argument("--spacing", type=float, help="in-plane pixel spacing of the model in mm (default: the training "
+                                                  "set's median field of view divided by --size); slices are resampled "
+                                                  "to it for training and inference")
     t.add_argument("--batch-size", type=int, default=8, help="samples (pairs) per step and GPU (default 8)")
     t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     t.add_argument("--weight-decay", type=float, default=5e-4, help="Adam weight decay (default 5e-4)")
@@ -66,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--val", help="validation dataset folder")
     val.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of the cases for validation")
     t.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
-    t.add_argument("--init-from", help="fine-tune from this model file")
+    t.add_argument("--init-from", help="fine-tune from this model file or catalog model name")
+    t.add_argument("--cross-modality", action="store_true",
+                   help="allow --init-from a model of another modality (e.g. an MR model on CT data); the new model "
+                        "records the dataset's modality and normalisation")
     t.add_argument("--classes", help='class names for a folder without dataset.json, e.g. liver,"right kidney"')
     t.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="modality for a folder without dataset.json")
     t.add_argument("--cases", help="comma-separated case names to train on (default all)")
@@ -101,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("segment", help="segment images with a model",
                        description="Segment an image, a DICOM series folder, or a folder of images.")
-    s.add_argument("--model", required=True, help="model file")
+    s.add_argument("--model", default=None,
+                   help="model file or catalog model name (see `pairseg models`; default: the catalog's default model)")
     s.add_argument("--input", required=True, help="image file, DICOM folder, or folder of images")
     s.add_argument("--output", required=True,
                    help="label file (.nii.gz, .nrrd, .seg.nrrd) or, for a folder input, an output folder")
@@ -134,14 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-b", type=int, required=True)
     p.add_argument("--image-a", help="image volume of slice A (needed with --model)")
     p.add_argument("--image-b", help="image volume of slice B (default: image A)")
-    p.add_argument("--model", help="also write the model's predicted AND/XOR probability maps")
+    p.add_argument("--model", help="also write the model's predicted AND/XOR probability maps (file or catalog name)")
     p.add_argument("--classes", help="class names (default: the model's, or label values)")
     p.add_argument("--out", required=True, help="output folder")
     _add_common(p)
 
     i = sub.add_parser("info", help="print a model file's metadata")
-    i.add_argument("model")
+    i.add_argument("model", help="model file or catalog model name")
     i.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+
+    m = sub.add_parser("models", help="list the ready models of the catalog",
+                       description="The models that ship with PairSeg (Resources/Models/models.json): name, modality, "
+                                   "classes, pixel spacing, held-out Dice. Use a name wherever a model file is taken.")
+    m.add_argument("--json", action="store_true", help="print the catalog entries as JSON")
 
     d = sub.add_parser("demo", help="train briefly, segment a held-out case and report Dice/ASSD",
                        description="With no arguments: generate phantom MR volumes, train a C2FCN briefly, segment a "
@@ -172,6 +184,7 @@ def cmd_train(args, events) -> int:
 
     config = TrainConfig(
         data=args.data, out=args.out, arch=args.arch, epochs=args.epochs, steps=args.steps, size=args.size,
+        spacing=args.spacing, cross_modality=args.cross_modality,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, device=args.device,
         seed=args.seed, val=args.val, val_fraction=args.val_fraction, resume=args.resume,
         init_from=args.init_from, classes=args.classes, modality=args.modality,
@@ -198,6 +211,13 @@ def cmd_segment(args, events) -> int:
     inputs = list_inputs(args.input)
     many = Path(args.input).is_dir() and inputs != [Path(args.input)]
     output = Path(args.output)  # folders are made by the (atomic) writes: a refused run leaves none
+    if args.model is None:
+        from pairseg.catalog import load_catalog
+
+        catalog = load_catalog()
+        if catalog.default is None:
+            raise PairSegInputError(f"no --model given and no default catalog model ({catalog.path})")
+        args.model = catalog.default
     predictor = Predictor(args.model, args.device, batch_size=args.batch_size, readout=args.readout,
                           precision=args.precision)
     predictor.check_request(args.modality)
@@ -292,7 +312,9 @@ def cmd_proxy_maps(args, events) -> int:
 def cmd_info(args) -> int:
     from pairseg.modelfile import read_metadata
 
-    meta = read_metadata(args.model)
+    from pairseg.catalog import resolve_model
+
+    meta = read_metadata(resolve_model(args.model))
     if args.json:
         print(json.dumps(meta, indent=1, sort_keys=True))
         return 0
@@ -307,6 +329,31 @@ def cmd_info(args) -> int:
     if val.get("dice"):
         print("validation   " + ", ".join(f"{k} {v:.3f}" for k, v in val["dice"].items() if v is not None))
     print(f"engine       {meta.get('engine_version')}   created {meta.get('created')}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from pairseg.catalog import load_catalog
+
+    catalog = load_catalog()
+    if args.json:
+        print(json.dumps({"catalog": str(catalog.path), "default": catalog.default,
+                          "models": [{**{k: v for k, v in vars(e).items() if k != "extra"}, "file": str(e.file),
+                                      "available": e.available} for e in catalog.entries]}, indent=1))
+        return 0
+    if not catalog.entries:
+        print(f"no catalog models ({catalog.path} not found)")
+        return 0
+    for entry in catalog.entries:
+        flag = " (default)" if entry.name == catalog.default else ""
+        state = "" if entry.available else "   [file missing]"
+        print(f"{entry.name}{flag}   {entry.title}, v{entry.version}{state}")
+        print(f"    {entry.modality}, {', '.join(entry.class_names)}; {entry.arch} at {entry.spacing_mm:.3g} mm "
+              f"pixels, {entry.size}x{entry.size}; {entry.file_size_bytes / 1e6:.1f} MB")
+        evaluation = entry.evaluation
+        dice = ", ".join(f"{k} {100 * v:.1f}" for k, v in evaluation.get("dice", {}).items())
+        print(f"    Dice on held-out {evaluation.get('case')}: {dice} (mean {100 * evaluation.get('mean_dice', 0):.1f}); "
+              f"segments it in {entry.cpu_segment_seconds:.0f} s on a 2-core CPU")
     return 0
 
 
@@ -335,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_proxy_maps(args, events)
         if args.command == "info":
             return cmd_info(args)
+        if args.command == "models":
+            return cmd_models(args)
         if args.command == "demo":
             return cmd_demo(args, events)
     except PairSegInputError as error:

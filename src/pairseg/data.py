@@ -33,6 +33,12 @@ __all__ = [
     "stack_25d",
     "stacks_25d",
     "resize_slices",
+    "resampled_shape",
+    "crop_or_pad",
+    "to_model_grid",
+    "default_spacing",
+    "in_plane_spacing",
+    "MR_WINDOW_RULES",
     "SliceStore",
     "check_image",
     "Orientation",
@@ -41,6 +47,7 @@ __all__ = [
 
 CT_WINDOW = (-200.0, 250.0)
 MR_PERCENTILES = (2.0, 98.0)
+MR_WINDOW_RULES = ("above-minimum", "volume")
 MODALITIES = ("MR", "CT")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
@@ -66,23 +73,40 @@ def check_image(volume: Volume, min_slices: int = 3) -> None:
         raise PairSegInputError(f"{name}: image is empty or constant (nothing to segment)")
 
 
-def normalize(array: np.ndarray, modality: str) -> np.ndarray:
+def normalize(array: np.ndarray, modality: str, mr_rule: str = "above-minimum") -> np.ndarray:
     """Map a volume's intensities to [0, 1] (float32), as the paper preprocesses them.
 
-    CT: clip Hounsfield units to [-200, 250]. MR: clip to the 2nd-98th percentile of the whole
-    volume. Both are then scaled linearly to [0, 1].
+    CT: clip Hounsfield units to [-200, 250]. MR: clip to the 2nd-98th percentile (of the voxels
+    above the volume's minimum, see ``intensity_window``). Both are then scaled linearly to [0, 1].
     """
-    return apply_window(array, intensity_window(array, modality))
+    return apply_window(array, intensity_window(array, modality, mr_rule))
 
 
-def intensity_window(array: np.ndarray, modality: str) -> tuple[float, float]:
-    """The (low, high) intensities :func:`normalize` maps to 0 and 1: the CT window, or the MR
-    volume's 2nd and 98th percentiles."""
+def intensity_window(array: np.ndarray, modality: str, mr_rule: str = "above-minimum") -> tuple[float, float]:
+    """The (low, high) intensities :func:`normalize` maps to 0 and 1: the CT window [-200, 250] HU,
+    or the MR volume's 2nd and 98th percentiles.
+
+    ``mr_rule`` says which MR voxels the percentiles are taken over: "above-minimum" (the default
+    since engine 0.2: every voxel brighter than the volume's minimum, so zero-filled padding, as
+    in a larger field of view or a reconstruction mask, does not change the contrast) or "volume"
+    (every voxel; models written before 0.2 were trained that way and keep it). Where the voxels
+    above the minimum have a single value, the window runs from the minimum to that value.
+    """
     modality = modality.upper()
     if modality == "CT":
         low, high = CT_WINDOW
     elif modality == "MR":
-        low, high = (float(v) for v in np.percentile(np.asarray(array, dtype=np.float32), MR_PERCENTILES))
+        values = np.asarray(array, dtype=np.float32)
+        if mr_rule == "above-minimum":
+            minimum = float(values.min())
+            above = values[values > minimum]
+            low, high = (float(v) for v in np.percentile(above if above.size else values, MR_PERCENTILES))
+            if high <= low:  # (nearly) two-valued image: from the minimum to the bright value
+                low = minimum
+        elif mr_rule == "volume":
+            low, high = (float(v) for v in np.percentile(values, MR_PERCENTILES))
+        else:
+            raise ValueError(f"unknown MR window rule {mr_rule!r}; expected one of {MR_WINDOW_RULES}")
     else:
         raise PairSegInputError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
     if high <= low:
@@ -96,7 +120,7 @@ def apply_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     low, high = window
     out = np.clip(np.asarray(array, dtype=np.float32), low, high)
     out -= low
-    out *= 1.0 / (high - low)
+    out /= high - low
     return out
 
 
@@ -131,6 +155,54 @@ def resize_slices(batch: torch.Tensor, size: tuple[int, int] | int, *, labels: b
     if tuple(batch.shape[-2:]) == tuple(size):
         return batch
     return F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=False)
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: float) -> tuple[int, int]:
+    """In-plane (rows, columns) of a slice of ``shape`` pixels of ``spacing`` (row, column) mm once
+    resampled to ``target`` mm pixels: each axis keeps its physical extent, rounded to whole pixels."""
+    if target <= 0 or min(spacing) <= 0:
+        raise PairSegInputError(f"pixel spacing must be positive, got {tuple(spacing)} -> {target} mm")
+    return tuple(max(1, int(round(n * s / target))) for n, s in zip(shape, spacing))  # type: ignore[return-value]
+
+
+def crop_or_pad(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre (N, C, H, W) images or (N, H, W) label maps on a size x size grid: crop what lies
+    outside, pad with zeros (background after normalisation) what is missing."""
+    height, width = batch.shape[-2:]
+    if (height, width) == (size, size):
+        return batch
+    out = batch.new_zeros(batch.shape[:-2] + (size, size))
+
+    def spans(length: int) -> tuple[slice, slice]:  # (source, destination) along one axis
+        if length >= size:
+            first = (length - size) // 2
+            return slice(first, first + size), slice(0, size)
+        first = (size - length) // 2
+        return slice(0, length), slice(first, first + length)
+
+    (src_r, dst_r), (src_c, dst_c) = spans(height), spans(width)
+    out[..., dst_r, dst_c] = batch[..., src_r, src_c]
+    return out
+
+
+def to_model_grid(batch: torch.Tensor, spacing: Sequence[float] | None, model_spacing: float | None,
+                  size: int, *, labels: bool = False) -> torch.Tensor:
+    """Training slices on the model's grid: resampled to ``model_spacing`` mm pixels (``spacing``:
+    the slices' own (row, column) mm) and centred on ``size`` x ``size`` (``crop_or_pad``); with no
+    ``model_spacing`` (models written before in-plane resampling) resized to ``size`` x ``size``."""
+    if model_spacing is None or spacing is None:
+        return resize_slices(batch, size, labels=labels)
+    shape = resampled_shape(batch.shape[-2:], spacing, model_spacing)
+    return crop_or_pad(resize_slices(batch, shape, labels=labels), size)
+
+
+def default_spacing(volumes: Sequence[tuple[Sequence[int], Sequence[float]]], size: int) -> float:
+    """The training pixel spacing (mm) at which the training set's typical (median) in-plane field
+    of view, its larger side, fills ``size`` pixels. ``volumes``: ((rows, cols), (row mm, col mm))."""
+    extents = [max(n * s for n, s in zip(shape, spacing)) for shape, spacing in volumes]
+    if not extents:
+        raise PairSegInputError("no training volume to choose a pixel spacing from")
+    return float(np.median(extents)) / size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +260,11 @@ class Orientation:
         """Voxel spacing of the canonical array, in its (z, y, x) order."""
         native = (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
         return tuple(float(native[a]) for a in self.axes)  # type: ignore[return-value]
+
+
+def in_plane_spacing(volume: Volume) -> tuple[float, float]:
+    """(row, column) pixel spacing in mm of ``volume``'s slices in canonical layout."""
+    return Orientation.of(volume.direction).spacing_zyx(volume.spacing)[1:]  # type: ignore[return-value]
 
 
 def canonical_arrays(volume: Volume, *others: np.ndarray) -> list[np.ndarray]:
@@ -349,22 +426,32 @@ class SliceStore:
 
     @classmethod
     def from_arrays(cls, volumes: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                    modality: str, size: int, names: Sequence[str] | None = None) -> "SliceStore":
+                    modality: str, size: int, names: Sequence[str] | None = None, *,
+                    spacings: Sequence[Sequence[float]] | None = None, model_spacing: float | None = None,
+                    mr_rule: str = "above-minimum") -> "SliceStore":
+        """Normalise, stack (2.5D) and put every slice on the model's grid (``to_model_grid``):
+        resampled to ``model_spacing`` mm given each volume's in-plane ``spacings`` (row, column
+        mm), else resized to ``size`` x ``size``."""
         stacks, maps = [], []
-        for array, label in zip(volumes, labels):
-            norm = torch.from_numpy(normalize(array, modality))
-            stacks.append(resize_slices(stacks_25d(norm), size).contiguous())
-            maps.append(resize_slices(torch.from_numpy(np.asarray(label, dtype=np.uint8)), size,
-                                      labels=True).contiguous())
+        for index, (array, label) in enumerate(zip(volumes, labels)):
+            spacing = spacings[index] if spacings is not None else None
+            norm = torch.from_numpy(normalize(array, modality, mr_rule))
+            stacks.append(to_model_grid(stacks_25d(norm), spacing, model_spacing, size).contiguous())
+            maps.append(to_model_grid(torch.from_numpy(np.asarray(label, dtype=np.uint8)), spacing, model_spacing,
+                                      size, labels=True).contiguous())
         return cls(stacks, maps, list(names or [f"case{i}" for i in range(len(stacks))]))
 
     @classmethod
     def from_volumes(cls, volumes: Sequence[Volume], labels: Sequence[np.ndarray], modality: str, size: int,
-                     names: Sequence[str] | None = None) -> "SliceStore":
-        """Like ``from_arrays``, for volumes with geometry: each is first laid out canonically."""
+                     names: Sequence[str] | None = None, *, model_spacing: float | None = None,
+                     mr_rule: str = "above-minimum") -> "SliceStore":
+        """Like ``from_arrays``, for volumes with geometry: each is first laid out canonically,
+        and its canonical in-plane spacing is used for ``model_spacing``."""
         canonical = [canonical_arrays(volume, label) for volume, label in zip(volumes, labels)]
+        spacings = [in_plane_spacing(volume) for volume in volumes]
         return cls.from_arrays([image for image, _ in canonical], [label for _, label in canonical],
-                               modality, size, names)
+                               modality, size, names, spacings=spacings, model_spacing=model_spacing,
+                               mr_rule=mr_rule)
 
     @property
     def slice_counts(self) -> list[int]:

@@ -29,14 +29,16 @@ import torch
 
 from pairseg import __version__
 from pairseg.augment import AugmentConfig, augment_batch
-from pairseg.data import Dataset, SliceStore, load_case, load_dataset
+from pairseg.data import (CT_WINDOW, MR_PERCENTILES, Dataset, Orientation, SliceStore, default_spacing,
+                          in_plane_spacing, load_case, load_dataset)
 from pairseg.distributed import DistributedContext, tensor_digest
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.infer import PRECISIONS, check_precision, predict_native
+from pairseg.infer import PRECISIONS, check_precision, model_preprocessing, predict_native
 from pairseg.io import default_colors
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
+from pairseg.catalog import resolve_model
 from pairseg.modelfile import atomic_torch_save, load_model, safe_torch_load, save_model
 from pairseg.networks import build_model
 from pairseg.pairs import default_offsets, sample_pairs
@@ -54,6 +56,7 @@ class TrainConfig:
     epochs: int | None = None
     steps: int | None = None
     size: int = 256
+    spacing: float | None = None  # in-plane pixel spacing (mm) of the model; None: chosen (default_spacing)
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 5e-4
@@ -63,6 +66,7 @@ class TrainConfig:
     val_fraction: float = 0.0
     resume: bool = False
     init_from: str | None = None
+    cross_modality: bool = False  # fine-tune an init_from model of another modality (refused by default)
     classes: str | None = None
     modality: str | None = None
     cases: list[str] | None = None
@@ -172,6 +176,24 @@ def _split_cases(dataset: Dataset, config: TrainConfig) -> tuple[Dataset, Datase
         return (train_set.subset(c.name for c in train_set.cases if c.name not in val_names),
                 train_set.subset(val_names))
     return train_set, None
+
+
+def _input_grid(config: TrainConfig, volumes, init_meta: dict | None, modality: str) -> tuple[float, str]:
+    """(model pixel spacing in mm, MR window rule) of a run: ``config.spacing``, else the
+    ``init_from`` model's own (fine-tuning keeps the grid it learnt on), else ``default_spacing``
+    of the training volumes for ``config.size``. The MR rule is the init model's, else
+    "above-minimum" (``intensity_window``)."""
+    previous = model_preprocessing(init_meta) if init_meta is not None else None
+    same_modality = previous is not None and str(init_meta["modality"]).upper() == modality
+    mr_rule = previous["mr_rule"] if same_modality else "above-minimum"
+    if config.spacing is not None:
+        if config.spacing <= 0:
+            raise PairSegInputError(f"--spacing must be positive, got {config.spacing}")
+        return float(config.spacing), mr_rule
+    if previous is not None and previous["model_spacing"]:
+        return previous["model_spacing"], mr_rule
+    grids = [(Orientation.of(v.direction).apply(v.array).shape[1:], in_plane_spacing(v)) for v in volumes]
+    return default_spacing(grids, config.size), mr_rule
 
 
 def _load_arrays(dataset: Dataset):
@@ -289,11 +311,13 @@ def _batch_iterator(plan: EpochPlan, store: SliceStore, batches: list[np.ndarray
 
 
 def _validate(model: torch.nn.Module, volumes, labels, class_names: list[str], modality: str,
-              size: int, device: torch.device) -> dict:
+              size: int, device: torch.device, model_spacing: float | None = None,
+              mr_rule: str = "above-minimum") -> dict:
     cases = []
     was_training = model.training
     for volume, label in zip(volumes, labels):
-        pred, _ = predict_native(model, volume, modality, size, device)
+        pred, _ = predict_native(model, volume, modality, size, device, model_spacing=model_spacing,
+                                 mr_rule=mr_rule)
         cases.append(evaluate_case(pred, label, volume.spacing_zyx, class_names))
     model.train(was_training)
     summary = summarize(cases)
@@ -385,13 +409,14 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
     init_meta: dict | None = None
     init_state = None
     if config.init_from:
-        init_model, init_meta = load_model(config.init_from)
+        init_model, init_meta = load_model(resolve_model(config.init_from))
         if [n.lower() for n in init_meta["class_names"]] != [n.lower() for n in dataset.class_names]:
             raise PairSegInputError(f"{config.init_from}: model classes {init_meta['class_names']} differ "
                                     f"from the dataset's {dataset.class_names}")
-        if str(init_meta["modality"]).upper() != dataset.modality:
+        if str(init_meta["modality"]).upper() != dataset.modality and not config.cross_modality:
             raise PairSegInputError(f"{config.init_from}: model modality {init_meta['modality']} differs "
-                                    f"from the dataset's {dataset.modality}")
+                                    f"from the dataset's {dataset.modality} (--cross-modality fine-tunes it "
+                                    f"anyway; the new model is a {dataset.modality} model)")
         if config.arch and config.arch != init_meta["arch"]:
             raise PairSegInputError(f"{config.init_from}: is a {init_meta['arch']} model, not {config.arch}")
         init_state = init_model.state_dict()
@@ -399,8 +424,10 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
 
     events("message", text=f"loading {len(train_set.cases)} training case(s) from {dataset.folder}")
     volumes, label_maps = _load_arrays(train_set)
+    model_spacing, mr_rule = _input_grid(config, volumes, init_meta, dataset.modality)
     store = SliceStore.from_volumes(volumes, label_maps, dataset.modality, config.size,
-                                    [c.name for c in train_set.cases])
+                                    [c.name for c in train_set.cases], model_spacing=model_spacing,
+                                    mr_rule=mr_rule)
     present = store.class_presence(dataset.num_classes)
     absent = [name for name, count in zip(dataset.class_names, present) if count == 0]
     if absent:
@@ -419,7 +446,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
     plan = EpochPlan(store, form, config, dataset.modality, dist.world_size)
     per_epoch = plan.steps_per_epoch()
     total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
-    signature = _signature(train_set, config, arch, dist.world_size)
+    signature = {**_signature(train_set, config, arch, dist.world_size), "spacing": round(model_spacing, 6)}
     if dist.enabled:  # before DDP, which would fail obscurely on different models
         shared = {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "val", "init_from",
                                                                            "stop_file", "device")}
@@ -528,7 +555,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
                 is_last = step >= total_steps
                 if val_volumes and dist.is_main and ((epoch + 1) % config.validate_every == 0 or is_last):
                     validation = _validate(model, val_volumes, val_labels, dataset.class_names,
-                                           dataset.modality, config.size, device)
+                                           dataset.modality, config.size, device, model_spacing, mr_rule)
                     record.update(val_dice=validation["dice"], val_mean_dice=validation["mean_dice"])
                     events("validation", epoch=epoch + 1, step=step, **validation)
                 history.append(record)
@@ -550,9 +577,12 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
             "class_colors": [list(c) for c in default_colors(dataset.class_names)],
             "modality": dataset.modality,
             "size": config.size,
-            "preprocessing": {"modality": dataset.modality, "ct_window": [-200, 250],
-                              "mr_percentiles": [2, 98], "stack": "2.5D (z-1, z, z+1)",
-                              "resize": f"{config.size}x{config.size} bilinear"},
+            "spacing": model_spacing,
+            "preprocessing": {"modality": dataset.modality, "ct_window": list(CT_WINDOW),
+                              "mr_percentiles": list(MR_PERCENTILES), "mr_window_rule": mr_rule,
+                              "stack": "2.5D (z-1, z, z+1)",
+                              "resample": f"in-plane {model_spacing:.4g} mm pixels (bilinear); training slices "
+                                          f"centred on {config.size}x{config.size}"},
             "training": {
                 "dataset": dataset.folder.name, "cases": [c.name for c in train_set.cases],
                 "seen_cases": seen, "slices": store.num_slices, "samples_per_epoch": pairs_per_epoch,
