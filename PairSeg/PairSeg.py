@@ -28,6 +28,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 import PairSegLib
+import PairSegLib.gui
 
 
 class PairSeg(ScriptedLoadableModule):
@@ -176,7 +177,7 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
         self._parameterNode = parameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = PairSegLib.gui.connectParameterNode(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
             self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
             index = self.ui.deviceComboBox.findData(self._parameterNode.device)

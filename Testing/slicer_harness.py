@@ -192,6 +192,24 @@ class SlicerHarness:
         import vtk
         from vtkmodules.util.misc import calldata_type
 
+        # VTK 9.6 (the slicer-core wheel) lets Python's cycle collector free a Python observer
+        # that a C++ object still calls when the cycle node wrapper -> observer -> owner -> node
+        # wrapper has no other Python reference (segfault at the next event; 8-line reproduction:
+        # an object holding a node and observing it with a lambda, del, gc.collect(), Modified()).
+        # Slicer's parameterNodeWrapper makes exactly this cycle (connectGui), so keep the Python
+        # wrapper of every parameter node alive while the node is in the scene.
+        self._parameterNodeWrappers = {}
+
+        @calldata_type(vtk.VTK_OBJECT)
+        def onScriptedModuleNodeAdded(caller, event, node):
+            if node is not None and node.IsA("vtkMRMLScriptedModuleNode"):
+                self._parameterNodeWrappers[node.GetID()] = node
+
+        @calldata_type(vtk.VTK_OBJECT)
+        def onScriptedModuleNodeRemoved(caller, event, node):
+            if node is not None:
+                self._parameterNodeWrappers.pop(node.GetID(), None)
+
         @calldata_type(vtk.VTK_OBJECT)
         def onNodeAdded(caller, event, node):
             if node is None or not node.IsA("vtkMRMLStorableNode") or node.GetHideFromEditors():
@@ -217,6 +235,8 @@ class SlicerHarness:
         self._observers = [
             self.scene.AddObserver(self.scene.NodeAddedEvent, onNodeAdded),
             self.scene.AddObserver(self.scene.NodeAboutToBeRemovedEvent, onNodeAboutToBeRemoved),
+            self.scene.AddObserver(self.scene.NodeAddedEvent, onScriptedModuleNodeAdded),
+            self.scene.AddObserver(self.scene.NodeRemovedEvent, onScriptedModuleNodeRemoved),
         ]
 
     def subjectHierarchy(self):
@@ -225,6 +245,14 @@ class SlicerHarness:
 
     def resetScene(self):
         self.scene.Clear(0)
+        colors = self.moduleLogics.get("Colors")
+        if colors is not None and not self.scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode"):
+            # a test closed the scene with its singletons (Clear(1)): default colours back
+            import vtk
+
+            vtk.vtkObject.GlobalWarningDisplayOff()
+            colors.AddDefaultColorNodes()
+            vtk.vtkObject.GlobalWarningDisplayOn()
         self.subjectHierarchy()
         return self.scene
 
