@@ -105,6 +105,7 @@ class PairSegTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.panel = None
         self.logic = None
+        self.ui = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -112,7 +113,7 @@ class PairSegTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/PairSegTrainer.ui"))
         self.layout.addWidget(uiWidget)
-        ui = slicer.util.childWidgetVariables(uiWidget)
+        self.ui = ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = PairSegTrainerLogic()  # what slicer.util.getModuleLogic("PairSegTrainer") returns
         self.panel = panelModule.TrainerPanel(ui, self.logic, PairSegTrainerParameterNode, self)
