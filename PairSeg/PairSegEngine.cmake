@@ -8,6 +8,7 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/__init__.py
   pairseg/__main__.py
   pairseg/augment.py
+  pairseg/catalog.py
   pairseg/cli.py
   pairseg/data.py
   pairseg/demo.py
@@ -42,3 +43,10 @@ ctkMacroCompilePythonScript(
   INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}
   NO_INSTALL_SUBDIR
   )
+
+# The ready-model catalog (Resources/Models at the repository top level) beside the engine, where
+# pairseg.catalog.catalog_folder() looks for it: <scripted modules>/Resources/Models.
+file(GLOB PAIRSEG_CATALOG_FILES "${PROJECT_SOURCE_DIR}/Resources/Models/*")
+install(FILES ${PAIRSEG_CATALOG_FILES}
+  DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models
+  COMPONENT RuntimeLibraries)

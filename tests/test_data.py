@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pairseg.data import (CT_WINDOW, SliceStore, check_image, load_case, load_dataset, normalize,
+from pairseg.data import (crop_or_pad, default_spacing, intensity_window, resampled_shape,
+                          CT_WINDOW, SliceStore, check_image, load_case, load_dataset, normalize,
                           parse_classes, resize_slices, stack_25d, stacks_25d)
 from pairseg.errors import PairSegInputError
 from pairseg.io import Volume, write_labels, write_volume
@@ -44,7 +45,7 @@ def test_mr_clips_2nd_to_98th_percentile():
     array = rng.gamma(2.0, 50.0, size=(8, 32, 32)).astype(np.float32)
     array[0, 0, 0] = 1e6  # an outlier must not squash the range
     out = normalize(array, "MR")
-    low, high = np.percentile(array, [2, 98])
+    low, high = np.percentile(array[array > array.min()], [2, 98])
     assert out.min() == 0.0 and out.max() == 1.0
     np.testing.assert_allclose(out, np.clip((array - low) / (high - low), 0, 1), atol=1e-5)
     assert np.mean(out == 0.0) == pytest.approx(0.02, abs=0.005)
@@ -202,3 +203,58 @@ def test_bad_manifests(tmp_path):
                                                        "training": [{"image": "a", "label": "b"}]}))
     with pytest.raises(PairSegInputError, match="MR or CT"):
         load_dataset(tmp_path)
+
+
+def test_mr_window_ignores_zero_filled_padding_unless_the_old_rule_is_asked_for():
+    rng = np.random.default_rng(1)
+    body = rng.gamma(2.0, 50.0, size=(6, 40, 40)).astype(np.float32)
+    body[:, :6, :] = 0.0  # some background of the scan itself
+    padded = np.zeros((6, 80, 80), np.float32)  # the same scan in a field of view twice as wide
+    padded[:, 20:60, 20:60] = body
+    assert intensity_window(padded, "MR") == intensity_window(body, "MR")
+    assert intensity_window(body, "MR") == tuple(np.percentile(body[body > 0], [2, 98]))
+    # the rule of models written before 0.3: every voxel, so padding shifts the window
+    assert intensity_window(body, "MR", "volume") == tuple(np.percentile(body, [2, 98]))
+    assert intensity_window(padded, "MR", "volume")[1] < intensity_window(body, "MR", "volume")[1]
+    with pytest.raises(ValueError, match="rule"):
+        intensity_window(body, "MR", "median")
+
+
+def test_resampled_shape_keeps_the_physical_extent():
+    assert resampled_shape((256, 256), (1.25, 1.25), 320 / 192) == (192, 192)
+    assert resampled_shape((512, 384), (0.7, 0.9), 1.5) == (239, 230)  # anisotropic pixels
+    with pytest.raises(PairSegInputError, match="positive"):
+        resampled_shape((4, 4), (1.0, 0.0), 1.0)
+
+
+def test_crop_or_pad_centres_images_and_labels():
+    image = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
+    out = crop_or_pad(image, 8)  # rows padded 2 + 2, columns 1 + 1
+    assert out.shape == (2, 3, 8, 8)
+    assert torch.equal(out[..., 2:6, 1:7], image) and out[..., :2, :].abs().sum() == 0
+    labels = torch.randint(0, 4, (2, 10, 7), dtype=torch.uint8)
+    cropped = crop_or_pad(labels, 5)  # rows cropped 2 + 3, columns 1 + 1
+    assert torch.equal(cropped, labels[:, 2:7, 1:6])
+    assert crop_or_pad(image, 4).shape == (2, 3, 4, 4)
+
+
+def test_slice_store_resamples_to_the_model_spacing():
+    """Training slices on the model's grid: a case of 2 mm pixels and one of 1 mm pixels with the
+    same anatomy end up the same size in a 1.5 mm store; without a spacing they are only resized."""
+    square = np.zeros((3, 60, 60), np.float32)
+    square[:, 15:45, 15:45] = 100.0  # 30 px x 2 mm = 60 mm organ
+    fine = np.zeros((3, 120, 120), np.float32)
+    fine[:, 30:90, 30:90] = 100.0  # the same 60 mm organ at 1 mm
+    labels = [(square > 0).astype(np.uint8), (fine > 0).astype(np.uint8)]
+    store = SliceStore.from_arrays([square, fine], labels, "MR", 64, ["coarse", "fine"],
+                                   spacings=[(2.0, 2.0), (1.0, 1.0)], model_spacing=1.5)
+    areas = [int(label[1].sum()) for label in store.labels]
+    assert areas[0] == areas[1] == 40 * 40  # 60 mm / 1.5 mm = 40 px, centred on 64 x 64
+    assert store.images[0].shape == (3, 3, 64, 64)
+    resized = SliceStore.from_arrays([square, fine], labels, "MR", 64)
+    assert int(resized.labels[0][1].sum()) == int(resized.labels[1][1].sum()) == 32 * 32
+
+
+def test_default_spacing_fills_the_size_with_the_median_field_of_view():
+    grids = [((256, 256), (1.25, 1.25)), ((256, 200), (1.5, 1.5)), ((512, 512), (0.5, 0.5))]
+    assert default_spacing(grids, 192) == pytest.approx(320 / 192)

@@ -254,13 +254,13 @@ def test_train_out_checked_before_the_data_loads(tmp_path, capsys):
     model = tmp_path / "m.pairseg"
     model.write_bytes(b"an earlier model")
     message = refused(capsys, *base, "--out", model)
-    assert message == f"{model}: model file exists; pass --overwrite to replace it (or choose another --out)"
+    assert message == f"{model}: exists already; give --overwrite to replace it"
     ckpt = tmp_path / "n.pairseg.ckpt"
     ckpt.write_bytes(b"an earlier run")
     assert "an earlier run's checkpoint exists; --resume continues it" in refused(
         capsys, *base, "--out", tmp_path / "n.pairseg")
     (tmp_path / "folder.pairseg").mkdir()
-    assert "model is an existing folder" in refused(capsys, *base, "--out", tmp_path / "folder.pairseg")
+    assert "--out is a folder" in refused(capsys, *base, "--out", tmp_path / "folder.pairseg")
     assert "unsupported model file type '.pt'" in refused(capsys, *base, "--out", tmp_path / "m.pt")
     assert "cannot write model in /proc" in refused(capsys, *base, "--out", "/proc/m.pairseg")
     # With --overwrite (or --resume) the checks pass and the data is what fails; a killed earlier
@@ -286,12 +286,20 @@ def test_train_out_checked_before_the_data_loads(tmp_path, capsys):
     (["demo", "--steps", "0"], "must be >= 1"),
     (["demo", "--size", "16"], "must be >= 32"),
     (["demo", "--train-cases", "1.5"], "expected an integer"),
-    (["train", "--data", "d", "--out", "o.pairseg", "--offsets", "3,-5"], "expected positive integers"),
 ])
 def test_numeric_options_checked_at_parse_time(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_train_numbers_checked_before_any_work(tmp_path, capsys):
+    """train's bounds come from TrainConfig (pairseg.config): exit 2 before the data is read."""
+    for option, value, bad in (("--offsets", "3,-5", "-5"), ("--batch-size", "0", "0"), ("--val-fraction", "1", "1.0")):
+        message = refused(capsys, "train", "--data", tmp_path / "missing", "--out", tmp_path / "m.pairseg",
+                          option, value)
+        assert "missing" not in message and option in message and message.endswith(f"got {bad}"), message
+    assert _listing(tmp_path) == []
 
 
 def test_number_types():

@@ -3,4 +3,4 @@
 The engine imports nothing from Slicer, Qt or VTK; it runs on plain Python + PyTorch.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

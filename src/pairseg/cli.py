@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Sequence
 
 from pairseg import __version__
+from pairseg.config import add_arguments as add_train_arguments
+from pairseg.config import from_arguments as train_config_from_arguments
+from pairseg.config import setting
+from pairseg.constants import ARCHITECTURES, DEFAULT_ARCHITECTURE, MODALITIES, PRECISIONS
 from pairseg.errors import PairSegInputError, PairSegOutputError, PairSegWarning
 from pairseg.events import HumanEvents, JsonEvents
 
@@ -52,7 +56,8 @@ def _number(kind: type, minimum: float, inclusive: bool = True, maximum: float |
     return parse
 
 
-#: argparse types for numeric options (the ``train`` options use them too).
+#: argparse types for the numeric options of segment, proxy-maps and demo (train's are checked by
+#: ``pairseg.config`` from TrainConfig's bounds).
 positive_int = _number(int, 1)
 nonnegative_int = _number(int, 0)
 positive_float = _number(float, 0.0, inclusive=False, maximum=float("inf"))
@@ -68,22 +73,11 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_common(parser: argparse.ArgumentParser, device: bool = True) -> None:
     parser.add_argument("--events", choices=["human", "json"], default="human",
                         help="progress output: a progress bar (human) or JSON lines on stdout (json)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    if device:
+        parser.add_argument("--device", default="auto", help=setting("device").help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,61 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a pairwise model (or a single-image baseline) on a dataset folder: "
                                    "a dataset.json (Medical Segmentation Decathlon style) or <case>_image/<case>_label "
                                    "files with --classes and --modality.")
-    t.add_argument("--data", required=True, help="dataset folder")
-    t.add_argument("--out", required=True, help="model file to write (e.g. liver.pairseg)")
-    t.add_argument("--arch", choices=["c2fcn", "cfcn", "deeplabv3plus", "unet", "siamfcn"], default=None,
-                   help="architecture (default c2fcn, or the --init-from model's)")
-    budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, help="number of epochs (default 20)")
-    budget.add_argument("--steps", type=int, help="number of optimiser steps")
-    t.add_argument("--size", type=int, default=256, help="training slice size in pixels (default 256)")
-    t.add_argument("--batch-size", type=int, default=8, help="samples (pairs) per step and GPU (default 8)")
-    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="Adam weight decay (default 5e-4)")
-    t.add_argument("--seed", type=int, default=0)
-    val = t.add_mutually_exclusive_group()
-    val.add_argument("--val", help="validation dataset folder")
-    val.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of the cases for validation")
-    t.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out model, or start afresh beside an earlier run's checkpoint "
-                        "(replaced by this run's); without it or --resume, either is refused")
-    t.add_argument("--init-from", help="fine-tune from this model file")
-    t.add_argument("--classes", help='class names for a folder without dataset.json, e.g. liver,"right kidney"')
-    t.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="modality for a folder without dataset.json")
-    t.add_argument("--cases", help="comma-separated case names to train on (default all)")
-    g = t.add_argument_group("pair sampling")
-    g.add_argument("--pair-mode", choices=["intra+inter", "intra", "inter", "identical"], default="intra+inter")
-    g.add_argument("--offsets", type=_int_list, help="intra-patient slice offsets (default 3,5,7 MR; 5,9,13 CT)")
-    g.add_argument("--inter-repeats", type=int, default=2, help="inter-patient pairs per slice and epoch (default 2)")
-    g.add_argument("--margin", type=int, help="keep only slices within this many slices of the labelled range")
-    n = t.add_argument_group("network")
-    n.add_argument("--output-stride", type=int, choices=[8, 16], default=8)
-    n.add_argument("--aggregate", choices=["sum", "max"], default="sum", help="C2FCN feature aggregation")
-    n.add_argument("--readout", choices=["union", "and"],
-                   help="C2FCN read-out of f(x, x): AND or XOR (union; the default) or the AND channels "
-                        "alone (paper Eq. 12; the default with --pair-mode identical); see benchmarks/RESULTS.md")
-    n.add_argument("--base", choices=["deeplabv3plus", "unet"], default="deeplabv3plus", help="network a pairwise model wraps")
-    n.add_argument("--sync-batchnorm", action="store_true", help="synchronise BatchNorm across GPUs (torchrun)")
-    n.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    n.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    n.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: mixed precision on CUDA, fp32 elsewhere; bf16: bfloat16 autocast on a CPU or GPU "
-                        "with a native bfloat16 path (about 2x faster training on AVX-512 BF16/AMX CPUs; "
-                        "benchmarks/RESULTS.md), refused elsewhere")
-    a = t.add_argument_group("augmentation")
-    a.add_argument("--no-augment", action="store_true", help="no augmentation")
-    a.add_argument("--rotation", type=float, default=10.0, help="max rotation in degrees (default 10)")
-    a.add_argument("--scale", type=float, default=0.1, help="max relative scaling (default 0.1)")
-    a.add_argument("--flip", action="store_true", help="random left-right flips (swaps lateral organs: off by default)")
-    a.add_argument("--intensity", type=float, default=0.1, help="brightness/contrast jitter (default 0.1)")
-    t.add_argument("--validate-every", type=int, default=1, help="validate every N epochs (default 1)")
-    t.add_argument("--stop-file", help="stop cleanly (resumable) when this file appears")
-    _add_common(t)
+    add_train_arguments(t)
+    _add_common(t, device=False)  # --device is a training setting
 
     s = sub.add_parser("segment", help="segment images with a model",
                        description="Segment an image, a DICOM series folder, or a folder of images.")
-    s.add_argument("--model", required=True, help="model file")
+    s.add_argument("--model", default=None,
+                   help="model file or catalog model name (see `pairseg models`; default: the catalog's default model)")
     s.add_argument("--input", required=True, help="image file, DICOM folder, or folder of images")
     s.add_argument("--series", metavar="UID",
                    help="the DICOM series to segment when the --input folder holds several (the error lists them)")
@@ -158,11 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label file (.nii.gz, .nrrd, .seg.nrrd) or, for a folder input, an output folder")
     s.add_argument("--no-largest-component", action="store_true", help="keep every connected component")
     s.add_argument("--probabilities", help="also write per-class probabilities (file, or folder for a folder input)")
-    s.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="refuse a model of another modality")
+    s.add_argument("--modality", choices=MODALITIES, type=str.upper, help="refuse a model of another modality")
     s.add_argument("--batch-size", type=positive_int, default=16, help="slices per inference batch (default 16)")
     s.add_argument("--readout", choices=["and", "union"],
                    help="override a C2FCN model's read-out of f(x, x) (default: the model's own)")
-    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: bfloat16 autocast, about 1.9x faster on CPUs with AVX-512 BF16 or AMX, Dice "
                         "within 0.2 points of fp32 on CHAOS (benchmarks/RESULTS.md); refused where unsupported")
     s.add_argument("--format", default=".nii.gz",
@@ -186,21 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-b", type=nonnegative_int, required=True)
     p.add_argument("--image-a", help="image volume of slice A (needed with --model)")
     p.add_argument("--image-b", help="image volume of slice B (default: image A)")
-    p.add_argument("--model", help="also write the model's predicted AND/XOR probability maps")
+    p.add_argument("--model", help="also write the model's predicted AND/XOR probability maps (file or catalog name)")
     p.add_argument("--classes", help="class names (default: the model's, or label values)")
     p.add_argument("--out", required=True, help="output folder")
     _add_common(p)
 
     i = sub.add_parser("info", help="print a model file's metadata")
-    i.add_argument("model")
+    i.add_argument("model", help="model file or catalog model name")
     i.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+
+    m = sub.add_parser("models", help="list the ready models of the catalog",
+                       description="The models that ship with PairSeg (Resources/Models/models.json): name, modality, "
+                                   "classes, pixel spacing, held-out Dice. Use a name wherever a model file is taken.")
+    m.add_argument("--json", action="store_true", help="print the catalog entries as JSON")
 
     d = sub.add_parser("demo", help="train briefly, segment a held-out case and report Dice/ASSD",
                        description="With no arguments: generate phantom MR volumes, train a C2FCN briefly, segment a "
                                    "held-out volume, print Dice/ASSD and write every output. --data takes a real dataset.")
     d.add_argument("--data", help="dataset folder (default: generated phantoms)")
     d.add_argument("--out", default="pairseg-demo-output", help="output folder (default pairseg-demo-output)")
-    d.add_argument("--arch", default="c2fcn", choices=["c2fcn", "cfcn", "deeplabv3plus", "unet", "siamfcn"])
+    d.add_argument("--arch", default=DEFAULT_ARCHITECTURE, choices=ARCHITECTURES)
     d.add_argument("--train-cases", type=positive_int, default=2, help="number of training cases (default 2)")
     d.add_argument("--steps", type=positive_int, default=300, help="training steps (default 300)")
     d.add_argument("--size", type=_number(int, 32), default=96, help="training size (default 96, at least 32)")
@@ -212,54 +163,35 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def _augment_config(args):
-    from pairseg.augment import AugmentConfig
-
-    return AugmentConfig(enabled=not args.no_augment, rotation_deg=args.rotation, scale=args.scale,
-                         flip_lr=args.flip, brightness=args.intensity, contrast=args.intensity)
-
-
-def check_train_out(out: str | Path, resume: bool, overwrite: bool) -> None:
-    """Refuse a ``train --out`` before any data is loaded, and clear what a killed run left.
-
-    ``out`` must be a writable ``.pairseg`` file location (not a folder), as must its checkpoint
-    ``<out>.ckpt``. Without ``resume`` or ``overwrite``, an existing model or an earlier run's
-    checkpoint is refused (it would be replaced silently); with ``overwrite`` the new run replaces
-    them as it writes its own. Stale temporaries of both files (from a write killed half way)
-    are removed.
-    Raises PairSegOutputError naming the path.
+def check_train_out(config) -> None:
+    """Refuse a ``train`` output location before any data is loaded, and clear what a killed run
+    left. Beyond ``config.check_output_location`` (a folder, or an existing model without
+    ``overwrite``/``resume``): ``out`` must be a ``.pairseg`` file that can be created, and so must
+    its checkpoint ``<out>.ckpt``; an earlier run's checkpoint is refused without ``resume`` or
+    ``overwrite`` (this run's first checkpoint would replace it silently). Stale temporaries of
+    both files (from a write killed half way) are removed. Raises PairSegInputError (a
+    PairSegOutputError for the new checks) naming the path.
     """
+    from pairseg.config import check_output_location
     from pairseg.io import check_output, remove_stale_temporaries
     from pairseg.modelfile import SUFFIX
     from pairseg.train import checkpoint_path
 
-    model = check_output(out, (SUFFIX,), "model")
+    model = check_output_location(config)
+    check_output(model, (SUFFIX,), "model")
     ckpt = check_output(checkpoint_path(model), None, "checkpoint")
-    if not resume and not overwrite:
-        if model.exists():
-            raise PairSegOutputError(f"{model}: model file exists; pass --overwrite to replace it "
-                                     "(or choose another --out)")
-        if ckpt.exists():
-            raise PairSegOutputError(f"{ckpt}: an earlier run's checkpoint exists; --resume continues it, "
-                                     "--overwrite starts afresh and replaces it")
+    if ckpt.exists() and not (config.resume or config.overwrite):
+        raise PairSegOutputError(f"{ckpt}: an earlier run's checkpoint exists; --resume continues it, "
+                                 "--overwrite starts afresh and replaces it")
     for path in (model, ckpt):
         remove_stale_temporaries(path)
 
 
 def cmd_train(args, events) -> int:
-    from pairseg.train import TrainConfig, train
+    from pairseg.train import train
 
-    check_train_out(args.out, args.resume, args.overwrite)
-    config = TrainConfig(
-        data=args.data, out=args.out, arch=args.arch, epochs=args.epochs, steps=args.steps, size=args.size,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, device=args.device,
-        seed=args.seed, val=args.val, val_fraction=args.val_fraction, resume=args.resume,
-        init_from=args.init_from, classes=args.classes, modality=args.modality,
-        cases=[c.strip() for c in args.cases.split(",")] if args.cases else None,
-        pair_mode=args.pair_mode, offsets=args.offsets, inter_repeats=args.inter_repeats, margin=args.margin,
-        augment=_augment_config(args), output_stride=args.output_stride, aggregate=args.aggregate,
-        base=args.base, readout=args.readout, amp=not args.no_amp, precision=args.precision, channels_last=args.channels_last,
-        sync_batchnorm=args.sync_batchnorm, stop_file=args.stop_file, validate_every=args.validate_every)
+    config = train_config_from_arguments(args)
+    check_train_out(config)
     result = train(config, events)
     return EXIT_STOPPED if result.stopped else 0
 
@@ -267,9 +199,9 @@ def cmd_train(args, events) -> int:
 def _output_for(input_path: Path, output: Path, suffix: str, many: bool) -> Path:
     if not many:
         return output
-    from pairseg.data import _case_name
+    from pairseg.datasets import case_name
 
-    return output / (_case_name(input_path) + suffix)
+    return output / (case_name(input_path) + suffix)
 
 
 def _segment_outputs(args, inputs: list[Path], many: bool) -> list[tuple[Path, Path, Path | None]]:
@@ -307,6 +239,13 @@ def cmd_segment(args, events) -> int:
 
     inputs = list_inputs(args.input)
     many = Path(args.input).is_dir() and inputs != [Path(args.input)]
+    if args.model is None:
+        from pairseg.catalog import load_catalog
+
+        catalog = load_catalog()
+        if catalog.default is None:
+            raise PairSegInputError(f"no --model given and no default catalog model ({catalog.path})")
+        args.model = catalog.default
     if args.series and (many or not Path(args.input).is_dir()):
         raise PairSegInputError(f"{args.input}: --series picks a series of a DICOM folder; this input is "
                                 f"{'a folder of image files' if many else 'an image file'}")
@@ -364,21 +303,22 @@ def _class_names_for(ref: Path, given: str | None) -> list[str] | None:
 
 
 def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
-    from pairseg.data import IMAGE_SUFFIXES, _case_name
+    from pairseg.constants import READABLE_IMAGE_SUFFIXES
+    from pairseg.datasets import case_name
 
     for option, path in (("--pred", pred), ("--ref", ref)):
         if not path.exists():
             raise PairSegInputError(f"{path}: {option} does not exist")
     if pred.is_file() and ref.is_file():
-        return [(_case_name(ref), pred, ref)]
+        return [(case_name(ref), pred, ref)]
     if not (pred.is_dir() and ref.is_dir()):
         raise PairSegInputError(f"--pred and --ref must both be files or both folders ({pred}, {ref})")
 
     def index(folder: Path) -> dict[str, Path]:
         found = {}
         for path in sorted(folder.iterdir()):
-            if path.name.endswith(IMAGE_SUFFIXES) and "_image" not in path.name:
-                found[_case_name(path)] = path
+            if path.name.endswith(READABLE_IMAGE_SUFFIXES) and "_image" not in path.name:
+                found[case_name(path)] = path
         return found
 
     preds, refs = index(pred), index(ref)
@@ -411,10 +351,10 @@ def cmd_evaluate(args) -> int:
     summary = summarize(cases)
     print(format_table(summary, cases))
     if args.json:
-        from pairseg.events import _jsonable
+        from pairseg.events import jsonable
         from pairseg.io import write_text
 
-        write_text(args.json, json.dumps(_jsonable({"cases": cases, "summary": summary}), indent=1))
+        write_text(args.json, json.dumps(jsonable({"cases": cases, "summary": summary}), indent=1))
     return 0
 
 
@@ -444,7 +384,9 @@ def cmd_proxy_maps(args, events) -> int:
 def cmd_info(args) -> int:
     from pairseg.modelfile import read_metadata
 
-    meta = read_metadata(args.model)
+    from pairseg.catalog import resolve_model
+
+    meta = read_metadata(resolve_model(args.model))
     if args.json:
         print(json.dumps(meta, indent=1, sort_keys=True))
         return 0
@@ -459,6 +401,31 @@ def cmd_info(args) -> int:
     if val.get("dice"):
         print("validation   " + ", ".join(f"{k} {v:.3f}" for k, v in val["dice"].items() if v is not None))
     print(f"engine       {meta.get('engine_version')}   created {meta.get('created')}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from pairseg.catalog import load_catalog
+
+    catalog = load_catalog()
+    if args.json:
+        print(json.dumps({"catalog": str(catalog.path), "default": catalog.default,
+                          "models": [{**{k: v for k, v in vars(e).items() if k != "extra"}, "file": str(e.file),
+                                      "available": e.available} for e in catalog.entries]}, indent=1))
+        return 0
+    if not catalog.entries:
+        print(f"no catalog models ({catalog.path} not found)")
+        return 0
+    for entry in catalog.entries:
+        flag = " (default)" if entry.name == catalog.default else ""
+        state = "" if entry.available else "   [file missing]"
+        print(f"{entry.name}{flag}   {entry.title}, v{entry.version}{state}")
+        print(f"    {entry.modality}, {', '.join(entry.class_names)}; {entry.arch} at {entry.spacing_mm:.3g} mm "
+              f"pixels, {entry.size}x{entry.size}; {entry.file_size_bytes / 1e6:.1f} MB")
+        evaluation = entry.evaluation
+        dice = ", ".join(f"{k} {100 * v:.1f}" for k, v in evaluation.get("dice", {}).items())
+        print(f"    Dice on held-out {evaluation.get('case')}: {dice} (mean {100 * evaluation.get('mean_dice', 0):.1f}); "
+              f"segments it in {entry.cpu_segment_seconds:.0f} s on a 2-core CPU")
     return 0
 
 
@@ -509,6 +476,8 @@ def _run(args, events, json_mode: bool) -> int:
             return cmd_proxy_maps(args, events)
         if args.command == "info":
             return cmd_info(args)
+        if args.command == "models":
+            return cmd_models(args)
         if args.command == "demo":
             return cmd_demo(args, events)
     except PairSegInputError as error:

@@ -1,4 +1,6 @@
-"""Datasets, intensity normalisation, 2.5D stacks and the in-memory slice store.
+"""Slice preprocessing (checks, intensity normalisation, 2.5D stacks, resampling) and the in-memory
+slice store. Datasets on disk live in ``pairseg.datasets``, canonical orientation in
+``pairseg.orientation``; their names are re-exported here.
 
 A training set is read from disk once: every volume is normalised (CT window or MR percentile
 clip), cut into 2.5D stacks (slices z-1, z, z+1 as channels, edges replicated) and resampled to
@@ -8,17 +10,17 @@ touches the disk.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pairseg.constants import MODALITIES, READABLE_IMAGE_SUFFIXES
+from pairseg.datasets import Case, Dataset, case_name, load_case, load_dataset, parse_classes  # noqa: F401
 from pairseg.errors import PairSegInputError
-from pairseg.io import Volume, read_label, read_volume
+from pairseg.io import Volume
+from pairseg.orientation import Orientation, canonical_arrays, in_plane_spacing  # noqa: F401
 
 __all__ = [
     "Volume",
@@ -27,12 +29,21 @@ __all__ = [
     "Case",
     "Dataset",
     "load_dataset",
+    "load_case",
+    "case_name",
+    "parse_classes",
     "normalize",
     "intensity_window",
     "apply_window",
     "stack_25d",
     "stacks_25d",
     "resize_slices",
+    "resampled_shape",
+    "crop_or_pad",
+    "to_model_grid",
+    "default_spacing",
+    "in_plane_spacing",
+    "MR_WINDOW_RULES",
     "SliceStore",
     "check_image",
     "Orientation",
@@ -41,8 +52,8 @@ __all__ = [
 
 CT_WINDOW = (-200.0, 250.0)
 MR_PERCENTILES = (2.0, 98.0)
-MODALITIES = ("MR", "CT")
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+MR_WINDOW_RULES = ("above-minimum", "volume")
+IMAGE_SUFFIXES = READABLE_IMAGE_SUFFIXES
 
 # ---------------------------------------------------------------------------------------------
 # Checks and normalisation
@@ -66,23 +77,40 @@ def check_image(volume: Volume, min_slices: int = 3) -> None:
         raise PairSegInputError(f"{name}: image is empty or constant (nothing to segment)")
 
 
-def normalize(array: np.ndarray, modality: str) -> np.ndarray:
+def normalize(array: np.ndarray, modality: str, mr_rule: str = "above-minimum") -> np.ndarray:
     """Map a volume's intensities to [0, 1] (float32), as the paper preprocesses them.
 
-    CT: clip Hounsfield units to [-200, 250]. MR: clip to the 2nd-98th percentile of the whole
-    volume. Both are then scaled linearly to [0, 1].
+    CT: clip Hounsfield units to [-200, 250]. MR: clip to the 2nd-98th percentile (of the voxels
+    above the volume's minimum, see ``intensity_window``). Both are then scaled linearly to [0, 1].
     """
-    return apply_window(array, intensity_window(array, modality))
+    return apply_window(array, intensity_window(array, modality, mr_rule))
 
 
-def intensity_window(array: np.ndarray, modality: str) -> tuple[float, float]:
-    """The (low, high) intensities :func:`normalize` maps to 0 and 1: the CT window, or the MR
-    volume's 2nd and 98th percentiles."""
+def intensity_window(array: np.ndarray, modality: str, mr_rule: str = "above-minimum") -> tuple[float, float]:
+    """The (low, high) intensities :func:`normalize` maps to 0 and 1: the CT window [-200, 250] HU,
+    or the MR volume's 2nd and 98th percentiles.
+
+    ``mr_rule`` says which MR voxels the percentiles are taken over: "above-minimum" (the default
+    since engine 0.2: every voxel brighter than the volume's minimum, so zero-filled padding, as
+    in a larger field of view or a reconstruction mask, does not change the contrast) or "volume"
+    (every voxel; models written before 0.2 were trained that way and keep it). Where the voxels
+    above the minimum have a single value, the window runs from the minimum to that value.
+    """
     modality = modality.upper()
     if modality == "CT":
         low, high = CT_WINDOW
     elif modality == "MR":
-        low, high = (float(v) for v in np.percentile(np.asarray(array, dtype=np.float32), MR_PERCENTILES))
+        values = np.asarray(array, dtype=np.float32)
+        if mr_rule == "above-minimum":
+            minimum = float(values.min())
+            above = values[values > minimum]
+            low, high = (float(v) for v in np.percentile(above if above.size else values, MR_PERCENTILES))
+            if high <= low:  # (nearly) two-valued image: from the minimum to the bright value
+                low = minimum
+        elif mr_rule == "volume":
+            low, high = (float(v) for v in np.percentile(values, MR_PERCENTILES))
+        else:
+            raise ValueError(f"unknown MR window rule {mr_rule!r}; expected one of {MR_WINDOW_RULES}")
     else:
         raise PairSegInputError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
     if high <= low:
@@ -96,7 +124,7 @@ def apply_window(array: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     low, high = window
     out = np.clip(np.asarray(array, dtype=np.float32), low, high)
     out -= low
-    out *= 1.0 / (high - low)
+    out /= high - low
     return out
 
 
@@ -133,202 +161,52 @@ def resize_slices(batch: torch.Tensor, size: tuple[int, int] | int, *, labels: b
     return F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=False)
 
 
-# ---------------------------------------------------------------------------------------------
-# Canonical orientation
-# ---------------------------------------------------------------------------------------------
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: float) -> tuple[int, int]:
+    """In-plane (rows, columns) of a slice of ``shape`` pixels of ``spacing`` (row, column) mm once
+    resampled to ``target`` mm pixels: each axis keeps its physical extent, rounded to whole pixels."""
+    if target <= 0 or min(spacing) <= 0:
+        raise PairSegInputError(f"pixel spacing must be positive, got {tuple(spacing)} -> {target} mm")
+    return tuple(max(1, int(round(n * s / target))) for n, s in zip(shape, spacing))  # type: ignore[return-value]
 
 
-@dataclass(frozen=True)
-class Orientation:
-    """How a (z, y, x) array is laid out relative to the canonical one the networks see.
+def crop_or_pad(batch: torch.Tensor, size: int) -> torch.Tensor:
+    """Centre (N, C, H, W) images or (N, H, W) label maps on a size x size grid: crop what lies
+    outside, pad with zeros (background after normalisation) what is missing."""
+    height, width = batch.shape[-2:]
+    if (height, width) == (size, size):
+        return batch
+    out = batch.new_zeros(batch.shape[:-2] + (size, size))
 
-    Canonical means ITK "LPS": slices ordered from inferior to superior, rows towards posterior,
-    columns towards the patient's left. Networks are trained and applied on canonical arrays, so
-    a volume stored with reversed slices or flipped in-plane axes (as Slicer writes left-handed
-    NIfTI files, for example) gets the same 2.5D neighbours and the same left/right layout. Only
-    axes are permuted and flipped: no resampling, so the mapping back is exact.
-    """
+    def spans(length: int) -> tuple[slice, slice]:  # (source, destination) along one axis
+        if length >= size:
+            first = (length - size) // 2
+            return slice(first, first + size), slice(0, size)
+        first = (size - length) // 2
+        return slice(0, length), slice(first, first + length)
 
-    axes: tuple[int, int, int]
-    flips: tuple[bool, bool, bool]
-
-    @classmethod
-    def of(cls, direction: Sequence[float]) -> "Orientation":
-        cosines = np.abs(np.asarray(direction, dtype=float).reshape(3, 3))
-        signs = np.sign(np.asarray(direction, dtype=float).reshape(3, 3))
-        index_of_world: dict[int, int] = {}
-        free_world, free_index = [0, 1, 2], [0, 1, 2]
-        for _ in range(3):  # greedy: the best-aligned (world axis, index axis) pair first
-            w, i = max(((w, i) for w in free_world for i in free_index), key=lambda wi: cosines[wi])
-            index_of_world[w] = i
-            free_world.remove(w)
-            free_index.remove(i)
-        # canonical array axes are (S, P, L); array axis of index axis i (x=0, y=1, z=2) is 2 - i
-        axes = tuple(2 - index_of_world[w] for w in (2, 1, 0))
-        flips = tuple(bool(signs[w, index_of_world[w]] < 0) for w in (2, 1, 0))
-        return cls(axes, flips)  # type: ignore[arg-type]
-
-    @property
-    def identity(self) -> bool:
-        return self.axes == (0, 1, 2) and not any(self.flips)
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """Native (z, y, x, ...) -> canonical layout (a view where possible)."""
-        out = np.transpose(array, self.axes + tuple(range(3, array.ndim)))
-        flipped = [axis for axis, flip in enumerate(self.flips) if flip]
-        return np.flip(out, flipped) if flipped else out
-
-    def invert(self, array: np.ndarray) -> np.ndarray:
-        """Canonical (z, y, x, ...) -> native layout."""
-        flipped = [axis for axis, flip in enumerate(self.flips) if flip]
-        out = np.flip(array, flipped) if flipped else array
-        return np.transpose(out, tuple(int(a) for a in np.argsort(self.axes)) + tuple(range(3, array.ndim)))
-
-    def spacing_zyx(self, spacing_xyz: Sequence[float]) -> tuple[float, float, float]:
-        """Voxel spacing of the canonical array, in its (z, y, x) order."""
-        native = (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
-        return tuple(float(native[a]) for a in self.axes)  # type: ignore[return-value]
+    (src_r, dst_r), (src_c, dst_c) = spans(height), spans(width)
+    out[..., dst_r, dst_c] = batch[..., src_r, src_c]
+    return out
 
 
-def canonical_arrays(volume: Volume, *others: np.ndarray) -> list[np.ndarray]:
-    """``volume.array`` and any arrays on its grid (labels), in canonical layout, contiguous."""
-    orientation = Orientation.of(volume.direction)
-    return [np.ascontiguousarray(orientation.apply(a)) for a in (volume.array, *others)]
+def to_model_grid(batch: torch.Tensor, spacing: Sequence[float] | None, model_spacing: float | None,
+                  size: int, *, labels: bool = False) -> torch.Tensor:
+    """Training slices on the model's grid: resampled to ``model_spacing`` mm pixels (``spacing``:
+    the slices' own (row, column) mm) and centred on ``size`` x ``size`` (``crop_or_pad``); with no
+    ``model_spacing`` (models written before in-plane resampling) resized to ``size`` x ``size``."""
+    if model_spacing is None or spacing is None:
+        return resize_slices(batch, size, labels=labels)
+    shape = resampled_shape(batch.shape[-2:], spacing, model_spacing)
+    return crop_or_pad(resize_slices(batch, shape, labels=labels), size)
 
 
-# ---------------------------------------------------------------------------------------------
-# Datasets on disk
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Case:
-    """One annotated volume of a dataset."""
-
-    name: str
-    image: Path
-    label: Path | None = None
-
-
-@dataclass
-class Dataset:
-    """A list of cases with the class names (in label-value order) and the modality."""
-
-    folder: Path
-    cases: list[Case]
-    class_names: list[str]
-    modality: str
-    label_values: list[int] = field(default_factory=list)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def subset(self, names: Iterable[str]) -> "Dataset":
-        keep = set(names)
-        return Dataset(self.folder, [c for c in self.cases if c.name in keep], self.class_names,
-                       self.modality, self.label_values)
-
-
-def _case_name(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES + (".seg.nrrd",):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    for tag in ("_image", "_label", "_seg", "_0000"):
-        if name.endswith(tag):
-            return name[: -len(tag)]
-    return name
-
-
-def parse_classes(text: str | Sequence[str]) -> list[str]:
-    """``liver,"right kidney",spleen`` or a list -> clean class names (no background)."""
-    import csv
-
-    items = next(csv.reader([text], skipinitialspace=True)) if isinstance(text, str) else list(text)
-    names = [item.strip() for item in items if item.strip()]
-    if not names:
-        raise PairSegInputError("no class names given")
-    if len({n.lower() for n in names}) != len(names):
-        raise PairSegInputError(f"duplicate class names in {names}")
-    return names
-
-
-def load_dataset(folder: str | Path, classes: str | Sequence[str] | None = None,
-                 modality: str | None = None) -> Dataset:
-    """Open a dataset folder: a ``dataset.json`` (Medical Segmentation Decathlon style) or a bare
-    folder of ``<case>_image.<ext>`` + ``<case>_label.<ext>`` pairs (then ``classes`` and
-    ``modality`` say what the labels mean)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PairSegInputError(f"{folder}: dataset folder does not exist")
-    manifest = folder / "dataset.json"
-    if manifest.is_file():
-        try:
-            spec = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise PairSegInputError(f"{manifest}: not a readable JSON file ({error})") from error
-        labels = {int(k): str(v) for k, v in spec.get("labels", {}).items()}
-        values = sorted(v for v in labels if v != 0)
-        if not values:
-            raise PairSegInputError(f"{manifest}: 'labels' lists no foreground class")
-        if values != list(range(1, len(values) + 1)):
-            raise PairSegInputError(f"{manifest}: label values must be 1..K, got {values}")
-        names = [labels[v] for v in values]
-        if classes is not None and [n.lower() for n in parse_classes(classes)] != [n.lower() for n in names]:
-            raise PairSegInputError(f"{manifest}: classes {names} differ from the requested {parse_classes(classes)}")
-        found = str(spec.get("modality", {}).get("0", modality or "")).upper()
-        if found not in MODALITIES:
-            raise PairSegInputError(f"{manifest}: modality must be MR or CT, got {found!r}")
-        if modality is not None and modality.upper() != found:
-            raise PairSegInputError(f"{manifest}: dataset modality {found} differs from requested {modality.upper()}")
-        cases = []
-        for entry in spec.get("training", []):
-            image = (folder / entry["image"]).resolve()
-            label = (folder / entry["label"]).resolve() if entry.get("label") else None
-            cases.append(Case(_case_name(image), image, label))
-        if not cases:
-            raise PairSegInputError(f"{manifest}: 'training' lists no case")
-        return Dataset(folder, cases, names, found, values)
-
-    if classes is None or modality is None:
-        raise PairSegInputError(
-            f"{folder}: no dataset.json; give --classes and --modality for a folder of "
-            "<case>_image / <case>_label files")
-    if modality.upper() not in MODALITIES:
-        raise PairSegInputError(f"modality must be MR or CT, got {modality!r}")
-    names = parse_classes(classes)
-    images = {}
-    labels_found = {}
-    for path in sorted(folder.iterdir()):
-        stem = path.name
-        if "_image" in stem:
-            images[_case_name(path)] = path
-        elif "_label" in stem or stem.endswith(".seg.nrrd"):
-            labels_found[_case_name(path)] = path
-    cases = [Case(name, image, labels_found.get(name)) for name, image in sorted(images.items())]
-    if not cases:
-        raise PairSegInputError(f"{folder}: no <case>_image.<ext> files found")
-    return Dataset(folder, cases, names, modality.upper(), list(range(1, len(names) + 1)))
-
-
-def load_case(case: Case, dataset: Dataset) -> tuple[Volume, np.ndarray]:
-    """Read and check one annotated case: (image volume, label map z, y, x uint8)."""
-    image = read_volume(case.image)
-    check_image(image)
-    if case.label is None:
-        raise PairSegInputError(f"{case.image}: case {case.name} has no label file")
-    labels, _ = read_label(case.label, class_names=dataset.class_names, reference=image)
-    if labels.shape != image.array.shape:
-        raise PairSegInputError(
-            f"{case.label}: label shape {labels.shape} differs from image shape {image.array.shape}")
-    high = int(labels.max()) if labels.size else 0
-    if labels.min() < 0 or high > dataset.num_classes:
-        raise PairSegInputError(
-            f"{case.label}: label values up to {high} but only {dataset.num_classes} classes "
-            f"{dataset.class_names} are defined")
-    return image, labels.astype(np.uint8)
+def default_spacing(volumes: Sequence[tuple[Sequence[int], Sequence[float]]], size: int) -> float:
+    """The training pixel spacing (mm) at which the training set's typical (median) in-plane field
+    of view, its larger side, fills ``size`` pixels. ``volumes``: ((rows, cols), (row mm, col mm))."""
+    extents = [max(n * s for n, s in zip(shape, spacing)) for shape, spacing in volumes]
+    if not extents:
+        raise PairSegInputError("no training volume to choose a pixel spacing from")
+    return float(np.median(extents)) / size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,22 +227,32 @@ class SliceStore:
 
     @classmethod
     def from_arrays(cls, volumes: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                    modality: str, size: int, names: Sequence[str] | None = None) -> "SliceStore":
+                    modality: str, size: int, names: Sequence[str] | None = None, *,
+                    spacings: Sequence[Sequence[float]] | None = None, model_spacing: float | None = None,
+                    mr_rule: str = "above-minimum") -> "SliceStore":
+        """Normalise, stack (2.5D) and put every slice on the model's grid (``to_model_grid``):
+        resampled to ``model_spacing`` mm given each volume's in-plane ``spacings`` (row, column
+        mm), else resized to ``size`` x ``size``."""
         stacks, maps = [], []
-        for array, label in zip(volumes, labels):
-            norm = torch.from_numpy(normalize(array, modality))
-            stacks.append(resize_slices(stacks_25d(norm), size).contiguous())
-            maps.append(resize_slices(torch.from_numpy(np.asarray(label, dtype=np.uint8)), size,
-                                      labels=True).contiguous())
+        for index, (array, label) in enumerate(zip(volumes, labels)):
+            spacing = spacings[index] if spacings is not None else None
+            norm = torch.from_numpy(normalize(array, modality, mr_rule))
+            stacks.append(to_model_grid(stacks_25d(norm), spacing, model_spacing, size).contiguous())
+            maps.append(to_model_grid(torch.from_numpy(np.asarray(label, dtype=np.uint8)), spacing, model_spacing,
+                                      size, labels=True).contiguous())
         return cls(stacks, maps, list(names or [f"case{i}" for i in range(len(stacks))]))
 
     @classmethod
     def from_volumes(cls, volumes: Sequence[Volume], labels: Sequence[np.ndarray], modality: str, size: int,
-                     names: Sequence[str] | None = None) -> "SliceStore":
-        """Like ``from_arrays``, for volumes with geometry: each is first laid out canonically."""
+                     names: Sequence[str] | None = None, *, model_spacing: float | None = None,
+                     mr_rule: str = "above-minimum") -> "SliceStore":
+        """Like ``from_arrays``, for volumes with geometry: each is first laid out canonically,
+        and its canonical in-plane spacing is used for ``model_spacing``."""
         canonical = [canonical_arrays(volume, label) for volume, label in zip(volumes, labels)]
+        spacings = [in_plane_spacing(volume) for volume in volumes]
         return cls.from_arrays([image for image, _ in canonical], [label for _, label in canonical],
-                               modality, size, names)
+                               modality, size, names, spacings=spacings, model_spacing=model_spacing,
+                               mr_rule=mr_rule)
 
     @property
     def slice_counts(self) -> list[int]:

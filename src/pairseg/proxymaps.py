@@ -62,11 +62,12 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
 def predicted_and_xor(model_path: str, image_a: Volume, slice_a: int, image_b: Volume, slice_b: int,
                       device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """A pairwise model's AND and XOR probability maps (max over classes) on slice A's grid."""
-    from pairseg.infer import resolve_device
+    from pairseg.devices import resolve_device
+    from pairseg.catalog import resolve_model
     from pairseg.modelfile import load_model
 
     dev = resolve_device(device)
-    model, meta = load_model(model_path, dev)
+    model, meta = load_model(resolve_model(model_path), dev)
     if model.training_form not in ("proxy", "conjugate"):
         raise PairSegInputError(f"{model_path}: a {meta['arch']} model predicts no proxy maps")
     size = int(meta["size"])
@@ -94,9 +95,10 @@ def write_proxy_maps(*, label_a: str, slice_a: int, label_b: str | None, slice_b
                      image_a: str | None = None, image_b: str | None = None, model: str | None = None,
                      classes: str | None = None, device: str = "auto") -> list[Path]:
     """Write the ground-truth (and predicted) AND/XOR maps of slice A and slice B into ``out``."""
+    from pairseg.catalog import resolve_model
     from pairseg.modelfile import read_metadata
 
-    names = parse_classes(classes) if classes else (read_metadata(model)["class_names"] if model else None)
+    names = parse_classes(classes) if classes else (read_metadata(resolve_model(model))["class_names"] if model else None)
     labels_a, names_a = read_label(label_a, class_names=names)
     labels_b, _ = read_label(label_b or label_a, class_names=names or names_a)
     num_classes = len(names or names_a or []) or int(max(labels_a.max(), labels_b.max()))
