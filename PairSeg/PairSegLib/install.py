@@ -16,6 +16,7 @@ ENGINE_REQUIREMENTS = {
     "monai": "monai>=1.3",
     "slicerio": "slicerio>=1.0",
     "nrrd": "pynrrd>=1.0",
+    "safetensors": "safetensors>=0.4",
 }
 
 

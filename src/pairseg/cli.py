@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     _add_common(p)
 
-    i = sub.add_parser("info", help="print a model file's metadata")
+    i = sub.add_parser("info", help="verify a model file (checksum of weights and metadata) and print its metadata")
     i.add_argument("model", help="model file or catalog model name")
-    i.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+    i.add_argument("--json", action="store_true", help="print the metadata as JSON")
 
     m = sub.add_parser("models", help="list the ready models of the catalog",
                        description="The models that ship with PairSeg (Resources/Models/models.json): name, modality, "
@@ -382,11 +382,12 @@ def cmd_proxy_maps(args, events) -> int:
 
 
 def cmd_info(args) -> int:
-    from pairseg.modelfile import read_metadata
-
     from pairseg.catalog import resolve_model
+    from pairseg.modelfile import read_metadata
+    from pairseg.modelformat import read_model_bytes, stored_format_version
 
-    meta = read_metadata(resolve_model(args.model))
+    path = resolve_model(args.model)
+    meta = read_metadata(path)  # checksum verified, metadata migrated and validated
     if args.json:
         print(json.dumps(meta, indent=1, sort_keys=True))
         return 0
@@ -394,13 +395,18 @@ def cmd_info(args) -> int:
     print(f"model        {args.model}")
     print(f"architecture {meta['arch']} {meta.get('options', {})}")
     print(f"classes      {', '.join(meta['class_names'])}")
-    print(f"modality     {meta['modality']}   size {meta['size']}")
+    print(f"modality     {meta['modality']}   size {meta['size']}   spacing "
+          + (f"{meta['spacing']} mm" if meta["spacing"] else "none (slices resized)"))
     print(f"trained on   {len(training.get('cases', []))} case(s), {training.get('slices')} slices, "
           f"{training.get('steps')} steps, {training.get('epochs')} epochs")
     val = meta.get("validation") or {}
     if val.get("dice"):
         print("validation   " + ", ".join(f"{k} {v:.3f}" for k, v in val["dice"].items() if v is not None))
     print(f"engine       {meta.get('engine_version')}   created {meta.get('created')}")
+    version = stored_format_version(read_model_bytes(path), path)
+    print(f"file         format {version}, {meta['weights_dtype']} weights, " +
+          ("sha256 of weights and metadata verified" if version >= 2 else
+           "an older format whose sha256 covers the weights only (verified); metadata migrated"))
     return 0
 
 
