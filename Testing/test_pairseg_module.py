@@ -95,12 +95,14 @@ def test_file_scope_imports_are_slicer_safe():
 def test_module_class_and_parameter_node(pairseg, mrml_scene):
     import slicer
 
-    module = pairseg.PairSeg(None)
-    assert module.parent.title == "PairSeg"
-    assert module.parent.categories == ["Segmentation"]
-    assert "http" in module.parent.helpText
-    assert "Pairwise learning for medical image segmentation" in module.parent.acknowledgementText
-    parameters = slicer.modules.pairseg.logic().getParameterNode()
+    module = slicer.modules.pairseg  # the module object Slicer made with PairSeg(parent)
+    assert module.title == "PairSeg"
+    assert module.categories == ["Segmentation"]
+    assert "http" in module.helpText
+    assert "Pairwise learning for medical image segmentation" in module.acknowledgementText
+    # In Slicer, slicer.modules.pairseg.logic() is the C++ scripted-module logic (fault 7).
+    assert not isinstance(module.logic(), pairseg.PairSegLogic)
+    parameters = pairseg.PairSegLogic().getParameterNode()
     assert parameters.device == "auto" and parameters.keepLargestComponent is True
     volume = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
     parameters.inputVolume = volume

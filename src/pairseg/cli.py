@@ -6,7 +6,7 @@ cannot be written (after an ``error`` event naming the file and the problem), 1 
 failure, 130 training stopped on request (a resumable checkpoint was written) or interrupted
 (SIGINT), 143 terminated (SIGTERM) outside the training loop.
 
-Output locations are checked before any data or model is loaded (see ``check_train_out`` and
+Output locations are checked before any data or model is loaded (see ``pairseg.train.check_output_location`` and
 ``_segment_outputs``); numeric options are checked by argparse (``positive_int`` ...).
 """
 
@@ -56,8 +56,7 @@ def _number(kind: type, minimum: float, inclusive: bool = True, maximum: float |
     return parse
 
 
-#: argparse types for the numeric options of segment, proxy-maps and demo (train's are checked by
-#: ``pairseg.config`` from TrainConfig's bounds).
+#: argparse types for numeric options (the ``train`` options use them too).
 positive_int = _number(int, 1)
 nonnegative_int = _number(int, 0)
 positive_float = _number(float, 0.0, inclusive=False, maximum=float("inf"))
@@ -163,36 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_train_out(config) -> None:
-    """Refuse a ``train`` output location before any data is loaded, and clear what a killed run
-    left. Beyond ``config.check_output_location`` (a folder, or an existing model without
-    ``overwrite``/``resume``): ``out`` must be a ``.pairseg`` file that can be created, and so must
-    its checkpoint ``<out>.ckpt``; an earlier run's checkpoint is refused without ``resume`` or
-    ``overwrite`` (this run's first checkpoint would replace it silently). Stale temporaries of
-    both files (from a write killed half way) are removed. Raises PairSegInputError (a
-    PairSegOutputError for the new checks) naming the path.
-    """
-    from pairseg.config import check_output_location
-    from pairseg.io import check_output, remove_stale_temporaries
-    from pairseg.modelfile import SUFFIX
-    from pairseg.train import checkpoint_path
-
-    model = check_output_location(config)
-    check_output(model, (SUFFIX,), "model")
-    ckpt = check_output(checkpoint_path(model), None, "checkpoint")
-    if ckpt.exists() and not (config.resume or config.overwrite):
-        raise PairSegOutputError(f"{ckpt}: an earlier run's checkpoint exists; --resume continues it, "
-                                 "--overwrite starts afresh and replaces it")
-    for path in (model, ckpt):
-        remove_stale_temporaries(path)
-
-
 def cmd_train(args, events) -> int:
     from pairseg.train import train
 
-    config = train_config_from_arguments(args)
-    check_train_out(config)
-    result = train(config, events)
+    result = train(train_config_from_arguments(args), events)
     return EXIT_STOPPED if result.stopped else 0
 
 
@@ -239,6 +212,9 @@ def cmd_segment(args, events) -> int:
 
     inputs = list_inputs(args.input)
     many = Path(args.input).is_dir() and inputs != [Path(args.input)]
+    if args.series and (many or not Path(args.input).is_dir()):
+        raise PairSegInputError(f"{args.input}: --series picks a series of a DICOM folder; this input is "
+                                f"{'a folder of image files' if many else 'an image file'}")
     if args.model is None:
         from pairseg.catalog import load_catalog
 
@@ -246,9 +222,6 @@ def cmd_segment(args, events) -> int:
         if catalog.default is None:
             raise PairSegInputError(f"no --model given and no default catalog model ({catalog.path})")
         args.model = catalog.default
-    if args.series and (many or not Path(args.input).is_dir()):
-        raise PairSegInputError(f"{args.input}: --series picks a series of a DICOM folder; this input is "
-                                f"{'a folder of image files' if many else 'an image file'}")
     cases = _segment_outputs(args, inputs, many)
     predictor = Predictor(args.model, args.device, batch_size=args.batch_size, readout=args.readout,
                           precision=args.precision)

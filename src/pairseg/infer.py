@@ -116,8 +116,8 @@ def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: 
     """Segment ``volume`` as stored: lay it out canonically (see ``Orientation``), normalise
     (``intensity_window`` with ``mr_rule``) and predict batch by batch (``predict_volume``, at the
     model's pixel spacing ``model_spacing`` when it has one), and return labels (Z, H, W) and
-    probabilities (Z, K, H, W) on the native grid (a view of the canonical array where the layout
-    differs: no second copy)."""
+    probabilities (Z, K, H, W) on the native grid (probabilities a view of the canonical array
+    where the layout differs: no second copy)."""
     orientation = Orientation.of(volume.direction)
     labels, probabilities = predict_volume(model, orientation.apply(volume.array), size, device,
                                            window=intensity_window(volume.array, modality, mr_rule),
