@@ -130,7 +130,7 @@ def test_segment_unreadable_files(model, tmp_path, capsys):
     error = run(capsys, "segment", "--model", garbage, "--input", good, "--output", out)
     assert "garbage.nii.gz" in error["message"] and "model" in error["message"]
     error = run(capsys, "segment", "--model", tmp_path / "none.pairseg", "--input", good, "--output", out)
-    assert "none.pairseg" in error["message"] and "no such model file" in error["message"]
+    assert "none.pairseg" in error["message"] and "does not exist" in error["message"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.nii.gz", "good.nii.gz"]
 
 
