@@ -1,0 +1,58 @@
+"""The shipped catalog model on the embedded sample case: accuracy as the catalog states it, and
+robustness to the field of view (issue 12: the same anatomy in a 400 or 480 mm field of view
+instead of 320 mm gives the same organs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pairseg.catalog import load_catalog
+from pairseg.io import Volume, read_label, read_volume
+from pairseg.metrics import evaluate_case
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "Resources" / "SampleData"
+
+
+def _wider(volume: Volume, factor: float) -> tuple[Volume, tuple[int, int]]:
+    """The same voxels in a ``factor`` times wider field of view, padded with background; the
+    origin moves so every voxel keeps its physical place."""
+    depth, rows, cols = volume.array.shape
+    top, left = (int(round(rows * factor)) - rows) // 2, (int(round(cols * factor)) - cols) // 2
+    array = np.zeros((depth, rows + 2 * top, cols + 2 * left), volume.array.dtype)
+    array[:, top:top + rows, left:left + cols] = volume.array
+    shift = np.asarray(volume.direction).reshape(3, 3) @ (np.array([left, top, 0.0]) * np.asarray(volume.spacing))
+    return Volume(array, volume.spacing, tuple(np.asarray(volume.origin) - shift), volume.direction), (top, left)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from pairseg.infer import Predictor
+
+    catalog = load_catalog()
+    if catalog.default is None:
+        pytest.skip("no shipped model in this checkout")
+    entry = catalog.entry(catalog.default)
+    return entry, Predictor(entry.verify(), "cpu")
+
+
+@pytest.mark.slow
+def test_field_of_view_does_not_change_the_organs(shipped):
+    entry, predictor = shipped
+    image = read_volume(SAMPLE / "case_002_image.nii.gz")
+    reference, _ = read_label(SAMPLE / "case_002_label.nii.gz", class_names=predictor.class_names, reference=image)
+    spacing = tuple(reversed(image.spacing))
+    dice = {}
+    for factor in (1.0, 1.25, 1.5):
+        volume, (top, left) = _wider(image, factor) if factor != 1.0 else (image, (0, 0))
+        labels = predictor.segment(volume).labels.array[:, top:top + reference.shape[1], left:left + reference.shape[2]]
+        dice[factor] = evaluate_case(labels, reference, spacing, predictor.class_names)["dice"]
+    for organ, value in dice[1.0].items():  # as the catalog states it (rounding aside)
+        assert value == pytest.approx(entry.evaluation["dice"][organ], abs=0.002)
+    assert np.mean(list(dice[1.0].values())) > 0.85 and min(dice[1.0].values()) > 0.75
+    for factor in (1.25, 1.5):  # 400 and 480 mm: every organ within 1 Dice point
+        for organ in predictor.class_names:
+            assert abs(dice[factor][organ] - dice[1.0][organ]) < 0.01, (factor, organ, dice)
