@@ -56,3 +56,33 @@ def test_field_of_view_does_not_change_the_organs(shipped):
     for factor in (1.25, 1.5):  # 400 and 480 mm: every organ within 1 Dice point
         for organ in predictor.class_names:
             assert abs(dice[factor][organ] - dice[1.0][organ]) < 0.01, (factor, organ, dice)
+
+
+def _ct_examples() -> Path:
+    import os
+
+    return Path(os.environ.get("PAIRSEG_TOTALSEG_DIR", ROOT.parent / "shared" / "data" / "totalseg_examples"))
+
+
+@pytest.mark.slow
+def test_mr_model_fine_tunes_on_real_ct_only_when_asked(tmp_path, shipped, capsys):
+    """Adapting the shipped MR model to CT (a site with CT and one annotated case): refused by
+    default, allowed with --cross-modality; the new model is a CT model with CT normalisation."""
+    from pairseg.cli import EXIT_BAD_INPUT, main
+    from pairseg.modelfile import read_metadata
+
+    data = _ct_examples()
+    if not (data / "dataset.json").is_file():
+        pytest.skip(f"CT examples not found at {data}")
+    entry, _ = shipped
+    out = tmp_path / "ct.pairseg"
+    args = ["train", "--data", str(data), "--out", str(out), "--init-from", entry.name, "--steps", "2",
+            "--batch-size", "2", "--device", "cpu", "--events", "json"]
+    assert main(args) == EXIT_BAD_INPUT
+    assert "--cross-modality" in capsys.readouterr().out and not out.exists()
+    assert main(args + ["--cross-modality"]) == 0
+    meta = read_metadata(out)
+    assert meta["modality"] == "CT" and meta["preprocessing"]["modality"] == "CT"
+    assert meta["spacing"] == pytest.approx(entry.spacing_mm) and meta["training"]["init_from"] == entry.name
+    assert main(["segment", "--model", str(out), "--input", str(data / "ct_small_image.nii.gz"),
+                 "--output", str(tmp_path / "ct.seg.nrrd"), "--device", "cpu"]) == 0
