@@ -121,13 +121,16 @@ def plan_info(store: SliceStore, arch: str, config: TrainConfig, modality: str) 
 
 def train_with_milestones(store: SliceStore, arch: str, config: TrainConfig, modality: str, num_classes: int,
                           milestones: list[int], on_milestone, device: torch.device = torch.device("cpu"),
-                          log_every: int = 25, log=print) -> dict:
+                          log_every: int = 25, log=print, init_state: dict | None = None) -> dict:
     """Train ``arch`` for max(milestones) steps with the engine's loop (``pairseg.train.TrainingLoop``)
     and call ``on_milestone(model, step, epochs_done, mean loss of the last epoch's steps)`` at
     each milestone, from the loop's ``on_step`` hook. The time spent in ``on_milestone`` is left
-    out of ``train_seconds_total``."""
+    out of ``train_seconds_total``. ``init_state``: start from these weights (fine-tuning)."""
     torch.manual_seed(config.seed)  # the engine's start (seed + rank 0): the same initial weights
-    model = build_model(arch, num_classes, 3, **config.model_options(arch)).to(device)
+    model = build_model(arch, num_classes, 3, **config.model_options(arch))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     loop = TrainingLoop(model, EpochPlan(store, model.training_form, config, modality), config,

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from pairseg.cli import EXIT_BAD_INPUT, build_parser, main
-from pairseg.config import AugmentConfig, TrainConfig, check_output_location, from_arguments, setting, settings
+from pairseg.config import AugmentConfig, TrainConfig, from_arguments, setting, settings
+from pairseg.train import check_output_location
 from pairseg.constants import DEFAULT_EPOCHS
 from pairseg.errors import PairSegInputError
 
@@ -144,7 +145,7 @@ def test_output_location(tmp_path):
         check_output_location(TrainConfig(data="d", out=str(existing)))
     assert check_output_location(TrainConfig(data="d", out=str(existing), overwrite=True)) == existing
     assert check_output_location(TrainConfig(data="d", out=str(existing), resume=True)) == existing
-    with pytest.raises(PairSegInputError, match="is a folder"):
+    with pytest.raises(PairSegInputError, match="existing folder"):
         check_output_location(TrainConfig(data="d", out=str(tmp_path), overwrite=True))
     assert existing.read_bytes() == b"old model"
 

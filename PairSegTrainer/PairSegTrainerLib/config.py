@@ -9,11 +9,12 @@ pairseg train ...`` for several GPUs): the same code path as headless training.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .job import pairSegLib
+from PairSegLib import engine
 
 # (engine name, label shown in the UI); the first one is the default.
 ARCHITECTURES = (
@@ -125,8 +126,8 @@ class TrainingConfig:
             raise ConfigError(f"batch size must be >= 1, got {self.batchSize}")
         if not float(self.learningRate) > 0:
             raise ConfigError(f"learning rate must be > 0, got {self.learningRate}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} or cuda:N")
         if int(self.gpus) < 1:
             raise ConfigError(f"number of GPUs must be >= 1, got {self.gpus}")
         if not 0.0 <= float(self.valFraction) < 1.0:
@@ -168,24 +169,12 @@ class TrainingConfig:
 
     def commandLine(self) -> list:
         """The full command: one process, or torchrun with one worker per GPU."""
-        python = self.python or pythonExecutable()
+        python = self.python or engine.pythonExecutable()
         if int(self.gpus) > 1:
             # ``python -m torch.distributed.run`` is torchrun; it needs no script on PATH.
             return [python, "-m", "torch.distributed.run", "--standalone",
                     "--nproc-per-node", str(int(self.gpus)), "-m", "pairseg"] + self.engineArguments()
-        return pairSegLib("engine").engineCommand(*self.engineArguments(), python=python)
-
-
-def pythonExecutable() -> str:
-    """The interpreter for engine processes: PythonSlicer inside Slicer, else this Python
-    (``PairSegLib.engine.pythonExecutable``, shared with the PairSeg module)."""
-    return pairSegLib("engine").pythonExecutable()
-
-
-def engineEnvironment() -> dict:
-    """Environment for engine processes (``PairSegLib.engine.engineEnvironment``, shared with the
-    PairSeg module): the folder holding ``pairseg`` first on PYTHONPATH, unbuffered output."""
-    return pairSegLib("engine").engineEnvironment()
+        return engine.engineCommand(*self.engineArguments(), python=python)
 
 
 def versionedModelPath(modelPath: str) -> str:

@@ -15,6 +15,7 @@ import slicer
 
 from . import config as configModule
 from . import job as jobModule
+from .job import pairSegLib
 from .trainingset import IGNORE, TrainingItem, normalizeName, segmentNames
 
 POLL_MS = 500
@@ -53,15 +54,28 @@ class TrainerPanel:
         self.fillDevices(probe=False)
 
     def fillDevices(self, probe):
+        """Device menu from the logic (``probe``: ask torch for GPUs); keeps the chosen device."""
         combo = self.ui.deviceComboBox
         current = combo.currentData if combo.count else "auto"
+        combo.blockSignals(True)
         combo.clear()
         for value, label in self.logic.listDevices(probe=probe):
             combo.addItem(label, value)
-        index = combo.findData(current)
-        combo.setCurrentIndex(max(index, 0))
+        combo.blockSignals(False)
+        self._selectDevice(current)
         gpus = sum(1 for i in range(combo.count) if str(combo.itemData(i)).startswith("cuda"))
         self.ui.gpusSpinBox.setMaximum(max(1, gpus) if probe else 64)
+
+    def _selectDevice(self, value):
+        """Show ``value`` in the device menu; a device not detected here (a scene saved on
+        another computer, or before Detect GPUs) gets its own entry instead of showing Automatic."""
+        combo = self.ui.deviceComboBox
+        value = value or "auto"
+        index = combo.findData(value)
+        if index < 0:
+            combo.addItem(f"{value} (not detected here)", value)
+            index = combo.count - 1
+        combo.setCurrentIndex(index)
 
     def _connect(self):
         ui = self.ui
@@ -100,7 +114,7 @@ class TrainerPanel:
             self._parameterNode.parameterNode.RemoveObserver(self._nodeObserverTag)
         self._parameterNode = parameterNode
         if parameterNode:
-            self._guiObserver = parameterNode.connectGui(self.ui)
+            self._guiObserver = pairSegLib("gui").connectParameterNode(parameterNode, self.ui)
             self._nodeObserverTag = parameterNode.parameterNode.AddObserver(
                 "ModifiedEvent", lambda *args: self.updateGui())
             self._loadManualWidgets()
@@ -117,10 +131,11 @@ class TrainerPanel:
         p = self._parameterNode
         ui = self.ui
         for combo, value in ((ui.architectureComboBox, p.arch), (ui.modalityComboBox, p.modality),
-                             (ui.pairModeComboBox, p.pairMode), (ui.deviceComboBox, p.device)):
+                             (ui.pairModeComboBox, p.pairMode)):
             index = combo.findData(value)
             if index >= 0:
                 combo.setCurrentIndex(index)
+        self._selectDevice(p.device)
         ui.stepsRadioButton.setChecked(bool(p.useSteps))
         ui.epochsRadioButton.setChecked(not p.useSteps)
         ui.outputFolderPathLineEdit.currentPath = p.outputFolder or os.path.join(os.path.expanduser("~"), "PairSeg")
@@ -139,14 +154,16 @@ class TrainerPanel:
     def cleanup(self):
         self.timer.stop()
         if self.job is not None and self.job.running:
-            self.job.stop()
+            self.job.shutdown()  # kills the engine's whole process tree, without waiting for it
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
-        self.initializeParameterNode()
+        # Only a module in use makes its parameter node in the new scene (Slicer's convention).
+        if self.moduleWidget.parent.isEntered:
+            self.initializeParameterNode()
 
     # -- training set ------------------------------------------------------------------------
 
@@ -358,14 +375,14 @@ class TrainerPanel:
             self.ui.statusLabel.text = ", ".join(parts)
             return
         self.timer.stop()
-        if job.state == jobModule.FINISHED:
+        if job.state == jobModule.RunState.DONE:
             modelPath = getattr(job, "modelPath", None)
             self.ui.statusLabel.text = (f"Finished in {jobModule.formatDuration(job.elapsedSeconds)}"
                                         + (f": {modelPath} (registered for PairSeg)" if modelPath else "."))
             if modelPath:
                 self._parameterNode.currentModel = modelPath
                 self.ui.currentModelPathLineEdit.currentPath = modelPath
-        elif job.state == jobModule.STOPPED:
+        elif job.state == jobModule.RunState.CANCELLED:
             self.ui.statusLabel.text = "Stopped. Press Resume to continue from the checkpoint."
         else:
             self.ui.statusLabel.text = f"Failed: {job.errorMessage}"
@@ -388,7 +405,7 @@ class TrainerPanel:
             self._showError("Segmentation could not start", error)
 
     def _onSegmented(self, job):
-        if job.state == jobModule.FINISHED and job.segmentationNode is not None:
+        if job.state == jobModule.RunState.DONE and job.segmentationNode is not None:
             self.ui.segmentationSelector.setCurrentNode(job.segmentationNode)
             self.ui.volumeSelector.setCurrentNode(self.ui.newVolumeSelector.currentNode())
             self.ui.logTextEdit.appendPlainText(
@@ -412,7 +429,7 @@ class TrainerPanel:
             base = os.path.basename(baseModel).removesuffix(configModule.MODEL_SUFFIX)
             folder = self._trainingSetFolder(base + "-finetune")
             job = self.logic.fineTune(self.items(), baseModel, folder, mapping=self.mapping(),
-                                      device=self._parameterNode.device or "auto",
+                                      outputFolder=self._outputFolder(), device=self._parameterNode.device or "auto",
                                       batchSize=self._parameterNode.batchSize)
             self._startJob(job)
         except Exception as error:
@@ -437,12 +454,14 @@ class TrainerPanel:
         ui = self.ui
         try:
             volumeB = ui.proxyVolumeBSelector.currentNode()
-            self.logic.proxyMaps(ui.proxyVolumeASelector.currentNode(), self._parameterNode.proxySliceA,
+            result = self.logic.proxyMaps(ui.proxyVolumeASelector.currentNode(), self._parameterNode.proxySliceA,
                                  ui.proxySegmentationASelector.currentNode(), volumeB,
                                  self._parameterNode.proxySliceB,
                                  ui.proxySegmentationBSelector.currentNode() if volumeB else None,
                                  model=self._parameterNode.proxyModel or None, classNames=self.classNames(),
                                  mapping=self.mapping())
+            if result.run is not None:  # predicted maps: pairseg proxy-maps in the background
+                self._startJob(result.run)
         except Exception as error:
             self._showError("Could not make the proxy maps", error)
 

@@ -35,8 +35,7 @@ from pairseg.constants import (ARCHITECTURES, BASES, DEFAULT_EPOCHS, DEVICE_PATT
                                TRAIN_PRECISIONS)
 from pairseg.errors import PairSegInputError
 
-__all__ = ["AugmentConfig", "TrainConfig", "Setting", "settings", "setting", "add_arguments", "from_arguments",
-           "check_output_location"]
+__all__ = ["AugmentConfig", "TrainConfig", "Setting", "settings", "setting", "add_arguments", "from_arguments"]
 
 
 def _meta(help: Optional[str] = None, **keys: Any) -> Dict[str, Any]:
@@ -243,21 +242,6 @@ class TrainConfig:
         if arch in ("c2fcn", "cfcn", "siamfcn") and self.base != "deeplabv3plus":
             options["base"] = self.base
         return options
-
-
-def check_output_location(config: TrainConfig) -> Path:
-    """Check before any long work that the run may write its model file ``config.out``; returns it.
-
-    Refused: ``out`` is a folder, or a file is there already and neither ``overwrite`` nor
-    ``resume`` is set (``resume`` finishes the run that writes it). Missing parent folders are
-    made when the model is written. Raises ``PairSegInputError`` naming the path.
-    """
-    out = Path(config.out)
-    if out.is_dir():
-        raise PairSegInputError(f"{out}: --out is a folder; give the model file to write (e.g. liver.pairseg)")
-    if out.exists() and not (config.overwrite or config.resume):
-        raise PairSegInputError(f"{out}: exists already; give --overwrite to replace it")
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

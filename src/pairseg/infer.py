@@ -21,7 +21,7 @@ from pairseg.constants import READABLE_IMAGE_SUFFIXES, same_class_names
 from pairseg.devices import bf16_supported, check_precision, resolve_device  # noqa: F401 (re-exported)
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.io import Volume, read_volume, write_labels, write_volume
+from pairseg.io import Volume, read_volume, write_labels, write_probabilities, write_together
 from pairseg.catalog import resolve_model
 from pairseg.modelfile import load_model
 from pairseg.postprocess import keep_largest_component
@@ -116,7 +116,8 @@ def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: 
     """Segment ``volume`` as stored: lay it out canonically (see ``Orientation``), normalise
     (``intensity_window`` with ``mr_rule``) and predict batch by batch (``predict_volume``, at the
     model's pixel spacing ``model_spacing`` when it has one), and return labels (Z, H, W) and
-    probabilities (Z, K, H, W) on the native grid."""
+    probabilities (Z, K, H, W) on the native grid (probabilities a view of the canonical array
+    where the layout differs: no second copy)."""
     orientation = Orientation.of(volume.direction)
     labels, probabilities = predict_volume(model, orientation.apply(volume.array), size, device,
                                            window=intensity_window(volume.array, modality, mr_rule),
@@ -125,8 +126,7 @@ def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: 
                                            model_spacing=model_spacing, events=events)
     labels = np.ascontiguousarray(orientation.invert(labels))
     if probabilities is not None:  # classes ride along as a trailing axis while axes move
-        probabilities = np.ascontiguousarray(
-            np.moveaxis(orientation.invert(np.moveaxis(probabilities, 1, -1)), -1, 1))
+        probabilities = np.moveaxis(orientation.invert(np.moveaxis(probabilities, 1, -1)), -1, 1)
     return labels, probabilities
 
 
@@ -197,17 +197,20 @@ class Predictor:
 
     def segment_file(self, input_path: str | Path, output_path: str | Path, *,
                      probabilities_path: str | Path | None = None, keep_largest: bool = True,
-                     modality: str | None = None, events: EventSink = null_events) -> list[Path]:
-        """Read, segment and write one image; outputs appear only once complete."""
+                     modality: str | None = None, series_id: str | None = None,
+                     events: EventSink = null_events) -> list[Path]:
+        """Read, segment and write one image (``series_id``: the DICOM series of a folder holding
+        several). The outputs appear only once complete, and together: when one cannot be written,
+        none replaces an existing file."""
         self.check_request(modality)
-        volume = read_volume(input_path)
+        volume = read_volume(input_path, series_id)
         prediction = self.segment(volume, keep_largest=keep_largest,
                                   keep_probabilities=probabilities_path is not None, events=events)
-        written = [Path(write_labels(output_path, prediction.labels.array, volume,
-                                     class_names=prediction.class_names, colors=prediction.class_colors))]
-        if probabilities_path is not None:
-            probs = np.ascontiguousarray(np.moveaxis(prediction.probabilities, 1, -1), dtype=np.float32)  # z, y, x, K
-            written.append(Path(write_volume(probabilities_path, volume.like(probs))))
+        with write_together():
+            written = [Path(write_labels(output_path, prediction.labels.array, volume,
+                                         class_names=prediction.class_names, colors=prediction.class_colors))]
+            if probabilities_path is not None:  # streamed from the float16 array: no float32 copy
+                written.append(Path(write_probabilities(probabilities_path, prediction.probabilities, volume)))
         return written
 
 

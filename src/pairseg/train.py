@@ -28,12 +28,12 @@ import torch
 
 from pairseg import __version__
 from pairseg.augment import augment_batch
-from pairseg.config import AugmentConfig, TrainConfig, check_output_location
-from pairseg.constants import CHECKPOINT_SUFFIX, DEFAULT_ARCHITECTURE, TRAIN_PRECISIONS, same_class_names
+from pairseg.config import AugmentConfig, TrainConfig
+from pairseg.constants import CHECKPOINT_SUFFIX, DEFAULT_ARCHITECTURE, MODEL_SUFFIX, TRAIN_PRECISIONS, same_class_names
 from pairseg.data import (CT_WINDOW, MR_PERCENTILES, Dataset, Orientation, SliceStore, default_spacing,
                           in_plane_spacing, load_case, load_dataset)
 from pairseg.distributed import DistributedContext, tensor_digest
-from pairseg.errors import PairSegInputError
+from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.events import EventSink, null_events
 from pairseg.devices import check_precision
 from pairseg.infer import model_preprocessing, predict_native
@@ -80,6 +80,32 @@ def _as_float32(outputs):
     if isinstance(outputs, dict):
         return {key: value.float() for key, value in outputs.items()}
     return outputs.float()
+
+
+def check_output_location(config: TrainConfig) -> Path:
+    """Refuse a run's model file location before any data is loaded, and clear what a killed run
+    left; returns the model path.
+
+    ``config.out`` must be a writable ``.pairseg`` file location (not a folder), as must its
+    checkpoint ``<out>.ckpt``. Without ``resume`` or ``overwrite``, an existing model or an earlier
+    run's checkpoint is refused (it would be replaced silently); with ``overwrite`` the new run
+    replaces them as it writes its own. Stale temporaries of both files (from a write killed half
+    way) are removed. Raises ``PairSegOutputError`` (a ``PairSegInputError``) naming the path.
+    """
+    from pairseg.io import check_output, remove_stale_temporaries
+
+    model = check_output(config.out, (MODEL_SUFFIX,), "model")
+    ckpt = check_output(checkpoint_path(model), None, "checkpoint")
+    if not config.resume and not config.overwrite:
+        if model.exists():
+            raise PairSegOutputError(f"{model}: model file exists; pass --overwrite to replace it "
+                                     "(or choose another --out)")
+        if ckpt.exists():
+            raise PairSegOutputError(f"{ckpt}: an earlier run's checkpoint exists; --resume continues it, "
+                                     "--overwrite starts afresh and replaces it")
+    for path in (model, ckpt):
+        remove_stale_temporaries(path)
+    return model
 
 
 def checkpoint_path(model_path: str | Path) -> Path:
