@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: set up .venv, then `pairseg demo`, which trains a C2FCN
-# briefly on generated phantom MR volumes, segments a held-out volume and prints Dice/ASSD.
-# Pass options through, e.g.  scripts/demo.sh --data ../shared/data/chaos_t2 --size 128
+# The main job on an embedded default: set up .venv, then `pairseg demo`, which segments the
+# embedded CHAOS MR case (Resources/SampleData) with the shipped model (Resources/Models), prints
+# Dice/ASSD per organ against the expert label and writes the .seg.nrrd and an overlay PNG into
+# pairseg-demo-output/. Pass options through, e.g.  scripts/demo.sh --train   (fine-tune first)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/env.sh"

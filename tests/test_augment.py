@@ -83,3 +83,24 @@ def test_single_image_batches_and_config_dict():
     images, labels = augment_batch([xa], [la], AugmentConfig(), torch.Generator().manual_seed(0))
     assert len(images) == 1 and images[0].shape == xa.shape and labels[0].shape == la.shape
     assert AugmentConfig().to_dict()["flip_lr"] is False  # lateral organs keep their sides
+
+
+def test_shift_moves_content_and_uncovers_background():
+    """--shift translates image and label together (same transform for both pair members); what
+    it uncovers is zeros (background), and without --shift nothing moves."""
+    from pairseg.augment import AugmentConfig, augment_batch
+
+    image = torch.zeros(64, 1, 32, 32)
+    image[:, :, 12:20, 12:20] = 1.0
+    label = (image[:, 0] > 0).long()
+    config = AugmentConfig(rotation_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0, gamma=0.0, shift=0.25)
+    images, labels = augment_batch([image, image.clone()], [label, label.clone()], config,
+                                   torch.Generator().manual_seed(0))
+    assert torch.equal(images[0], images[1]) and torch.equal(labels[0], labels[1])
+    rows = [torch.nonzero(l.any(dim=1)).flatten() for l in labels[0]]
+    first_rows = {int(r[0]) for r in rows if len(r)}
+    assert len(first_rows) > 5 and min(first_rows) < 12 < max(first_rows)  # moved up and down
+    assert images[0][:, :, 0, :].abs().max() < 1e-6  # uncovered edge is background
+    still = AugmentConfig(rotation_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0, gamma=0.0)
+    same, same_labels = augment_batch([image], [label], still, torch.Generator().manual_seed(0))
+    assert torch.allclose(same[0], image, atol=1e-5) and torch.equal(same_labels[0], label)

@@ -243,18 +243,31 @@ def test_evaluate_single_files_and_identity(small_data, tmp_path, capsys):
     assert code == EXIT_BAD_INPUT and "no case names in common" in text
 
 
-def test_demo_with_tiny_settings(tmp_path, capsys):
+def test_demo_segments_the_embedded_case_with_the_shipped_model(tmp_path, capsys):
+    """README command 1: the shipped model on the embedded sample case (which it never saw)."""
     out = tmp_path / "demo"
-    code, events, _ = run(capsys, "demo", "--out", out, "--steps", "2", "--size", "32", "--batch-size", "2",
-                          "--device", "cpu", "--events", "json")
+    code, events, _ = run(capsys, "demo", "--out", out, "--device", "cpu", "--events", "json")
     assert code == 0
     done = events[-1]
-    assert done["event"] == "done" and len(done["outputs"]) == 3
-    for path in done["outputs"]:
-        assert Path(path).is_file()
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["metrics"]["dice"]) == set(CLASSES)
-    assert metrics["held_out"] not in metrics["training_cases"]
+    assert done["event"] == "done" and [Path(p).name for p in done["outputs"]] == [
+        "case_002_segmentation.seg.nrrd", "case_002_overlay.png", "metrics.json"]
+    assert all(Path(p).is_file() for p in done["outputs"])
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert set(metrics["dice"]) == set(CLASSES)
+    assert metrics["mean_dice"] > 0.85 and min(metrics["dice"].values()) > 0.75  # the catalog's claim
+    segments = slicerio.read_segmentation(str(out / "case_002_segmentation.seg.nrrd"))["segments"]
+    assert [s["name"] for s in segments] == CLASSES
+
+
+def test_demo_train_fine_tunes_then_segments(tmp_path, phantom_dir, phantom_model, capsys):
+    out = tmp_path / "demo"
+    code, events, _ = run(capsys, "demo", "--out", out, "--model", phantom_model, "--data", phantom_dir, "--train",
+                          "--steps", "2", "--device", "cpu", "--events", "json")
+    assert code == 0
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["fine_tune_steps"] == 2 and report["case"] not in report["fine_tuned_on"]
+    tuned = read_metadata(out / "fine-tuned.pairseg")
+    assert tuned["training"]["init_from"] == str(phantom_model) and tuned["training"]["steps"] == 2
 
 
 def test_event_sinks_serialise_numpy_and_missing_values():

@@ -637,14 +637,24 @@ def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
         path.write_bytes(b"x")
     assert sorted(io.remove_stale_temporaries(out)) == sorted(mine)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in others)
-    # The temporary name modelfile.atomic_torch_save uses (a killed checkpoint write leaves it).
-    import tempfile
+    # The temporary name modelfile's atomic writes use (a killed checkpoint write leaves it): the
+    # name a real write gives its temporary, caught while it is being written.
+    import torch
 
     model = tmp_path / "m.pairseg.ckpt"
-    handle, stale = tempfile.mkstemp(prefix=f".{model.name}.", suffix=".tmp", dir=tmp_path)
-    os.close(handle)
-    atomic_torch_save({"a": 1}, model)
-    assert io.remove_stale_temporaries(model) == [Path(stale)]
+    seen = []
+    real_save = torch.save
+
+    def save_and_look(obj, stream, *args, **kwargs):
+        seen.extend(p for p in tmp_path.iterdir() if p.name.startswith(".m.pairseg.ckpt."))
+        return real_save(obj, stream, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "save", save_and_look)
+        atomic_torch_save({"a": 1}, model)
+    assert len(seen) == 1 and model.is_file()
+    seen[0].write_bytes(b"left by a killed write")
+    assert io.remove_stale_temporaries(model) == [seen[0]]
 
 
 def test_segment_series_option_picks_one_of_several(tmp_path, capsys):

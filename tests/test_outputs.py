@@ -284,8 +284,7 @@ def test_train_out_checked_before_the_data_loads(tmp_path, capsys):
     (["segment", "--model", "m", "--input", "i", "--output", "o.nii.gz", "--batch-size", "x"], "expected an integer"),
     (["proxy-maps", "--label-a", "l", "--slice-a", "-1", "--slice-b", "0", "--out", "o"], "must be >= 0, got -1"),
     (["demo", "--steps", "0"], "must be >= 1"),
-    (["demo", "--size", "16"], "must be >= 32"),
-    (["demo", "--train-cases", "1.5"], "expected an integer"),
+    (["demo", "--steps", "1.5"], "expected an integer"),
 ])
 def test_numeric_options_checked_at_parse_time(argv, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:

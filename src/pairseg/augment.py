@@ -3,6 +3,8 @@
 Both members of a pair get the SAME spatial transform, so the pixel-wise AND/XOR proxy
 supervision still compares corresponding anatomy; intensity jitter is drawn per image.
 Left-right flips are off by default: they swap the sides of lateral organs (right/left kidney).
+Random shifts (``shift``) teach a physical-resolution model that anatomy may sit anywhere in a
+field of view with background around it, as in scans wider than the training ones.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def _affine(n: int, config: AugmentConfig, generator: torch.Generator) -> torch.
     theta[:, 0, 1] = -sin / sx
     theta[:, 1, 0] = sin / sy
     theta[:, 1, 1] = cos / sy
+    if config.shift > 0:  # translation in normalised coordinates: the slice spans [-1, 1]
+        theta[:, 0, 2] = _uniform(n, 2.0 * config.shift, generator)
+        theta[:, 1, 2] = _uniform(n, 2.0 * config.shift, generator)
     return theta
 
 
@@ -62,8 +67,11 @@ def augment_batch(images: list[torch.Tensor], labels: list[torch.Tensor], config
     theta = _affine(n, config, generator).to(images[0].device)
     grid = F.affine_grid(theta, list(images[0].shape), align_corners=False)
     out_images, out_labels = [], []
+    # Shifted slices uncover background (zeros after normalisation), as a wider field of view
+    # shows it; without shifts the edge pixels are repeated (the engine's behaviour before 0.2).
+    padding = "zeros" if config.shift > 0 else "border"
     for image, label in zip(images, labels):
-        warped = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        warped = F.grid_sample(image, grid, mode="bilinear", padding_mode=padding, align_corners=False)
         out_images.append(_intensity(warped, config, generator))
         warped_label = F.grid_sample(label[:, None].float(), grid, mode="nearest", padding_mode="zeros",
                                      align_corners=False)

@@ -62,6 +62,10 @@ class AugmentConfig:
     contrast: float = field(default=0.1, metadata=_meta("relative contrast jitter", flag=None, minimum=0.0,
                                                          exclusive_maximum=1.0))
     gamma: float = field(default=0.2, metadata=_meta("log-gamma jitter", flag=None, minimum=0.0))
+    shift: float = field(default=0.0, metadata=_meta(
+        "max random shift of the slice content, as a fraction of the slice size (default 0); the area it "
+        "uncovers is background (zeros), as at the edge of a wider field of view", flag="--shift", minimum=0.0,
+        maximum=0.5, group="augmentation"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

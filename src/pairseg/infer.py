@@ -39,11 +39,6 @@ def inference_memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
-#: Network inputs are padded to whole multiples of this many pixels (the largest output stride
-#: of the encoders, so every encoder level has whole pixels).
-INPUT_MULTIPLE = 32
-
-
 def model_grid_shape(shape: Sequence[int], size: int, spacing: Sequence[float] | None,
                      model_spacing: float | None) -> tuple[int, int]:
     """The (rows, columns) a native slice of ``shape`` pixels of ``spacing`` mm becomes before the
@@ -52,6 +47,66 @@ def model_grid_shape(shape: Sequence[int], size: int, spacing: Sequence[float] |
     if model_spacing is None or spacing is None:
         return (size, size)
     return resampled_shape(shape, spacing, model_spacing)
+
+
+def tile_starts(length: int, size: int) -> list[int]:
+    """First pixels of the ``size``-pixel windows that cover ``length`` pixels (``length`` >=
+    ``size``): windows overlap by at least half, their number is odd so one is centred (where a
+    training slice's anatomy sits), and the first and last touch the two ends."""
+    if length <= size:
+        return [0]
+    count = -(-(length - size) // (size // 2)) + 1
+    count += 1 - count % 2
+    return [int(round(i * (length - size) / (count - 1))) for i in range(count)]
+
+
+def _tile_weights(size: int) -> torch.Tensor:
+    """(size, size) Gaussian weights (sigma = size / 8, as nnU-Net blends its windows), so each
+    window's centre, where the network has the most context, counts most."""
+    axis = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    gauss = torch.exp(-0.5 * (axis / (size / 8)) ** 2)
+    weights = gauss[:, None] * gauss[None, :]
+    return (weights / weights.max()).clamp_min(1e-3)
+
+
+#: Canvases up to this many times the training slice's area are run whole; larger ones (very large
+#: slices) in ``size`` x ``size`` windows, which bounds the memory of one network call.
+WHOLE_SLICE_AREA = 4
+#: Whole canvases are padded to multiples of this many pixels (the encoders' largest stride).
+INPUT_MULTIPLE = 32
+
+
+def _run(model: torch.nn.Module, batch: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    batch = batch.to(device, memory_format=inference_memory_format(device))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        return model.predict_proba(batch).float().cpu()
+
+
+def _predict_canvas(model: torch.nn.Module, canvas: torch.Tensor, size: int, device: torch.device,
+                    precision: str, batch_size: int) -> torch.Tensor:
+    """Per-class probabilities (N, K, H, W) of a (N, 3, H, W) canvas at least ``size`` pixels on
+    each side. Up to ``WHOLE_SLICE_AREA`` x ``size``² pixels the network (fully convolutional)
+    sees the whole canvas, zero-padded to a multiple of ``INPUT_MULTIPLE``, a few slices per call
+    so one call holds about ``batch_size`` x ``size``² pixels; larger canvases go through
+    ``size`` x ``size`` windows (``tile_starts``) blended with Gaussian weights."""
+    height, width = canvas.shape[-2:]
+    if height * width <= WHOLE_SLICE_AREA * size * size:
+        padded_h, padded_w = (-(-n // INPUT_MULTIPLE) * INPUT_MULTIPLE for n in (height, width))
+        canvas = torch.nn.functional.pad(canvas, (0, padded_w - width, 0, padded_h - height))
+        step = max(1, batch_size * size * size // (padded_h * padded_w))
+        return torch.cat([_run(model, canvas[i:i + step], device, precision)
+                          for i in range(0, canvas.shape[0], step)])[..., :height, :width]
+    total = None
+    weight_sum = torch.zeros(height, width)
+    weights = _tile_weights(size)
+    for top in tile_starts(height, size):
+        for left in tile_starts(width, size):
+            probs = _run(model, canvas[..., top:top + size, left:left + size], device, precision)
+            if total is None:
+                total = torch.zeros(canvas.shape[0], probs.shape[1], height, width)
+            total[..., top:top + size, left:left + size] += probs * weights
+            weight_sum[top:top + size, left:left + size] += weights
+    return total / weight_sum
 
 
 @torch.inference_mode()
@@ -70,12 +125,14 @@ def predict_volume(model: torch.nn.Module, array: np.ndarray, size: int, device:
 
     Physical resolution: with ``model_spacing`` (the model's pixel spacing, mm) and ``spacing``
     (the array's (row, column) pixel spacing, mm), each whole slice is resampled to the model's
-    spacing (``model_grid_shape``), zero-padded to a multiple of ``INPUT_MULTIPLE`` pixels, run
-    through the fully convolutional network, cropped and resampled back to the native grid, so
-    the network sees anatomy at the size it was trained on whatever the field of view. Without
-    them (models written before 0.2) slices are resized to ``size`` x ``size``. Memory stays
-    bounded: a batch holds at most ``batch_size`` x ``size``² network pixels (at least one slice).
-    ``precision="bf16"`` runs the network under bfloat16 autocast (see ``check_precision``).
+    spacing (``model_grid_shape``); a slice smaller than ``size`` x ``size`` is centred on zeros
+    of that size, as training pads it; the network then sees the whole canvas (very large slices:
+    overlapping ``size`` windows, see ``_predict_canvas``), and the probabilities are cropped and
+    resampled back to the native grid, so the network sees anatomy at the size it was trained on
+    whatever the field of view. Without a spacing (models written before 0.2) slices are resized
+    to ``size`` x ``size``. Memory stays bounded by about ``batch_size`` x ``size``² network
+    pixels per call. ``precision="bf16"`` runs the network under bfloat16 autocast (see
+    ``check_precision``).
     """
     model.eval()
     depth, height, width = array.shape
@@ -83,23 +140,21 @@ def predict_volume(model: torch.nn.Module, array: np.ndarray, size: int, device:
     probabilities = (np.zeros((depth, model.num_classes, height, width), dtype=np.float16)
                      if keep_probabilities else None)
     grid = model_grid_shape((height, width), size, spacing, model_spacing)
-    padded = grid if model_spacing is None or spacing is None else \
-        tuple(-(-n // INPUT_MULTIPLE) * INPUT_MULTIPLE for n in grid)
-    per_batch = max(1, min(batch_size, batch_size * size * size // (padded[0] * padded[1])))
+    canvas = (max(grid[0], size), max(grid[1], size))
+    offset = ((canvas[0] - grid[0]) // 2, (canvas[1] - grid[1]) // 2)  # as crop_or_pad centres
     start = time.monotonic()
-    for first in range(0, depth, per_batch):
-        stop = min(first + per_batch, depth)
+    for first in range(0, depth, batch_size):
+        stop = min(first + batch_size, depth)
         below, above = max(first - 1, 0), min(stop + 1, depth)  # the batch's slices and their neighbours
         slices = array[below:above] if window is None else apply_window(array[below:above], window)
         slices = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
-        stacks = stacks_25d(slices)[first - below:stop - below]
-        batch = resize_slices(stacks, grid)
-        if padded != grid:
-            batch = torch.nn.functional.pad(batch, (0, padded[1] - grid[1], 0, padded[0] - grid[0]))
-        batch = batch.to(device, memory_format=inference_memory_format(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            probs = model.predict_proba(batch).float()
-        probs = resize_slices(probs[..., :grid[0], :grid[1]], (height, width)).cpu()
+        stacks = resize_slices(stacks_25d(slices)[first - below:stop - below], grid)
+        if canvas != grid:
+            stacks = torch.nn.functional.pad(stacks, (offset[1], canvas[1] - grid[1] - offset[1],
+                                                      offset[0], canvas[0] - grid[0] - offset[0]))
+        probs = _predict_canvas(model, stacks, size, device, precision, batch_size)
+        probs = probs[..., offset[0]:offset[0] + grid[0], offset[1]:offset[1] + grid[1]]
+        probs = resize_slices(probs, (height, width))
         labels[first:stop] = decode_labels(probs).numpy().astype(np.uint8)
         if probabilities is not None:
             probabilities[first:stop] = probs.numpy().astype(np.float16)

@@ -836,10 +836,13 @@ def _place_into(labels: Volume, reference: Volume, tol: float = 1e-4) -> np.ndar
 # --------------------------------------------------------------------------------------------
 
 
-def _temporary_name(target: Path) -> Path:
+def _temporary_name(target: Path, kind: str = "tmp") -> Path:
+    """``.<stem>.tmp-<8 hex><suffix>`` beside ``target``; ``kind="old"`` names the copy of an
+    existing output that ``write_together`` keeps until its outputs are all in place (never
+    removed as a stale temporary: a kill at that moment must not lose it)."""
     suffix = _suffix(target)
     stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
-    return target.parent / f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}"
+    return target.parent / f".{stem}.{kind}-{uuid.uuid4().hex[:8]}{suffix}"
 
 
 def _temporary_patterns(target: Path) -> list[re.Pattern]:
@@ -973,7 +976,7 @@ def _commit(pending: list) -> None:
     try:
         for tmp, target in pending:
             if target.exists():
-                backup = _temporary_name(target)
+                backup = _temporary_name(target, "old")
                 os.replace(target, backup)
                 backups.append((backup, target))
             os.replace(tmp, target)
