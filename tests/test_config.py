@@ -145,8 +145,12 @@ def test_output_location(tmp_path):
         check_output_location(TrainConfig(data="d", out=str(existing)))
     assert check_output_location(TrainConfig(data="d", out=str(existing), overwrite=True)) == existing
     assert check_output_location(TrainConfig(data="d", out=str(existing), resume=True)) == existing
+    folder = tmp_path / "folder.pairseg"
+    folder.mkdir()
     with pytest.raises(PairSegInputError, match="existing folder"):
-        check_output_location(TrainConfig(data="d", out=str(tmp_path), overwrite=True))
+        check_output_location(TrainConfig(data="d", out=str(folder), overwrite=True))
+    with pytest.raises(PairSegInputError, match="file type"):
+        check_output_location(TrainConfig(data="d", out=str(tmp_path / "model.pth")))
     assert existing.read_bytes() == b"old model"
 
 

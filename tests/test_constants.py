@@ -67,3 +67,22 @@ def test_device_names():
     if not torch.cuda.is_available():
         with pytest.raises(PairSegInputError, match="no CUDA"):
             resolve_device("cuda:1")
+
+
+def test_segments_match_classes_by_the_same_rule(tmp_path):
+    """A ``Right_Kidney`` segment (as Slicer users name them) is the class ``right kidney`` when a
+    .seg.nrrd label is read, and gets that organ's default colour."""
+    import numpy as np
+
+    from pairseg.io import Volume, default_colors, read_label, write_labels
+
+    image = Volume(np.zeros((3, 8, 8), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0),
+                   (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    labels = np.zeros((3, 8, 8), np.uint8)
+    labels[1, 2:4, 2:4], labels[1, 5:7, 5:7] = 1, 2
+    path = tmp_path / "case_label.seg.nrrd"
+    write_labels(path, labels, image, ["Right_Kidney", "Left-Kidney"], [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0)])
+    back, names = read_label(path, ["left kidney", "right kidney"], reference=image)
+    assert names == ["left kidney", "right kidney"]
+    np.testing.assert_array_equal(back, np.select([labels == 1, labels == 2], [2, 1], 0))
+    assert default_colors(["Right_Kidney"]) == default_colors(["right kidney"])

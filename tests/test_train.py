@@ -222,15 +222,15 @@ def test_readout_follows_the_pair_mode_unless_given():
 
 def test_budget_and_size_checks(small_data, tmp_path):
     with pytest.raises(PairSegInputError, match="either"):
-        train(_config(small_data, tmp_path / "m", epochs=1, steps=1))
+        train(_config(small_data, tmp_path / "m.pairseg", epochs=1, steps=1))
     with pytest.raises(PairSegInputError, match="at least 1"):
-        train(_config(small_data, tmp_path / "m", steps=0))
+        train(_config(small_data, tmp_path / "m.pairseg", steps=0))
     with pytest.raises(PairSegInputError, match="--size"):
-        train(_config(small_data, tmp_path / "m", steps=1, size=8))
+        train(_config(small_data, tmp_path / "m.pairseg", steps=1, size=8))
     with pytest.raises(PairSegInputError, match="no case named"):
-        train(_config(small_data, tmp_path / "m", steps=1, cases=["nope"]))
+        train(_config(small_data, tmp_path / "m.pairseg", steps=1, cases=["nope"]))
     with pytest.raises(PairSegInputError, match="val-fraction"):
-        train(_config(small_data, tmp_path / "m", steps=1, val_fraction=0.9, cases=["case_000"]))
+        train(_config(small_data, tmp_path / "m.pairseg", steps=1, val_fraction=0.9, cases=["case_000"]))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -27,7 +27,7 @@ from pairseg import __version__
 from pairseg.config import add_arguments as add_train_arguments
 from pairseg.config import from_arguments as train_config_from_arguments
 from pairseg.config import setting
-from pairseg.constants import ARCHITECTURES, DEFAULT_ARCHITECTURE, MODALITIES, PRECISIONS
+from pairseg.constants import MODALITIES, PRECISIONS
 from pairseg.errors import PairSegInputError, PairSegOutputError, PairSegWarning
 from pairseg.events import HumanEvents, JsonEvents
 

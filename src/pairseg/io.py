@@ -35,6 +35,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
+from .constants import class_key
 from .errors import PairSegInputError, PairSegOutputError, PairSegWarning
 
 __all__ = [
@@ -726,7 +727,7 @@ def _geometry_from_matrix(ijk_to_lps: np.ndarray) -> tuple[tuple[float, ...], tu
 
 
 def _norm_name(name: str) -> str:
-    return " ".join(str(name).split()).lower()
+    return class_key(str(name))  # the one class-name rule: Right_Kidney == right kidney
 
 
 def _read_segmentation(
