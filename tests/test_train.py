@@ -312,3 +312,32 @@ def test_the_loops_public_steps_and_milestone_hook_reproduce_train(small_data, t
     assert result.completed == loop.state.epoch and not result.stopped
     assert steps_seen == list(zip([1, 2, 3, 4], engine_losses))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in engine_weights.items())
+
+
+def test_bf16_training_runs_bfloat16_autocast_or_is_refused(small_data, tmp_path, monkeypatch):
+    """--precision bf16: the forward pass in bfloat16 (losses in float32) where the device has a
+    native path; refused with a clear error, before any data is read, where it has none."""
+    import pairseg.devices as devices
+    from pairseg.train import training_autocast
+
+    cpu = torch.device("cpu")
+    assert training_autocast(_config(small_data, tmp_path / "a.pairseg"), cpu) == (False, torch.float16)  # auto: fp32
+    if devices.bf16_supported(cpu):
+        seen = []
+        hook = torch.nn.Conv2d.forward
+
+        def spy(self, x):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return hook(self, x)
+
+        monkeypatch.setattr(torch.nn.Conv2d, "forward", spy)
+        result = train(_config(small_data, tmp_path / "bf16.pairseg", steps=2, precision="bf16",
+                               channels_last=True))
+        monkeypatch.undo()
+        assert seen and set(seen) == {torch.bfloat16}
+        assert all(torch.isfinite(h["loss"]) if isinstance(h["loss"], torch.Tensor) else h["loss"] == h["loss"]
+                   for h in result.history) and read_metadata(result.model_path)["spacing"] > 0
+    monkeypatch.setattr(devices, "bf16_supported", lambda device: False)
+    with pytest.raises(PairSegInputError, match="bf16 is not supported"):
+        train(_config(small_data.parent / "missing", tmp_path / "no.pairseg", steps=2, precision="bf16"))
+    assert not (tmp_path / "no.pairseg").exists()

@@ -640,6 +640,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
     torch.manual_seed(config.seed + dist.rank)
     out = Path(config.out)
     ckpt_file = checkpoint_path(out)
+    training_autocast(config, dist.device)  # an unsupported precision is refused before any data is read
     data = load_training_data(config, events)
     model = build_training_model(config, data, dist.device)
     plan = EpochPlan(data.store, model.training_form, config, data.dataset.modality, dist.world_size)
