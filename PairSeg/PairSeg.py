@@ -3,13 +3,18 @@
 The module file only wires the GUI; the work is in PairSegLib (logic, background engine process,
 MRML conversion, overlays, model registry, dependency installation). From the Python console::
 
-    logic = slicer.modules.pairseg.logic()
+    import PairSeg
+    logic = PairSeg.PairSegLogic()   # or slicer.util.getModuleLogic("PairSeg"), the module panel's logic
     segmentationNode = logic.segmentVolume(volumeNode, "/path/to/model.pairseg", device="auto")
     result = logic.compareToReference(segmentationNode, referenceSegmentationNode)
+
+(``slicer.modules.pairseg.logic()`` is the C++ scripted-module logic that Slicer makes for every
+scripted module; it has none of these methods.)
 """
 
 import logging
 import os
+import sys
 from typing import Annotated
 
 import ctk
@@ -23,8 +28,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 import PairSegLib
-
-DOCUMENTATION_URL = "https://github.com/pairseg/SlicerPairSeg#readme"
+import PairSegLib.gui
 
 
 class PairSeg(ScriptedLoadableModule):
@@ -37,8 +41,9 @@ class PairSeg(ScriptedLoadableModule):
         self.parent.helpText = (
             "Segment organs in a CT or MR volume with a PairSeg model (C2FCN / CFCN pairwise networks, "
             "trained with the PairSegTrainer module or the <code>pairseg</code> command line). Choose the "
-            "volume and a model file, then click Segment. The work runs in a background process that can "
-            f"be cancelled. <a href=\"{DOCUMENTATION_URL}\">Documentation</a>.")
+            "volume and a model (a ready model of the catalog is preselected), then click Segment. The work "
+            "runs in a background process that can be cancelled. The README of the extension's source "
+            "documents the module.")
         self.parent.acknowledgementText = (
             "Method: R. Wang, S. Cao, K. Ma, Y. Zheng, D. Meng, \"Pairwise learning for medical image "
             "segmentation\", Medical Image Analysis 67 (2021) 101876. Sample data: CHAOS challenge "
@@ -51,6 +56,33 @@ def registerSampleData():
     from PairSegLib import sampledata
 
     sampledata.registerSampleData(os.path.join(os.path.dirname(__file__), "Resources", "Icons"))
+
+
+def readCatalog():
+    """The ready-model catalog (``pairseg.catalog``, standard library only) or None when absent."""
+    root = PairSegLib.engineRoot()
+    if root not in sys.path:
+        sys.path.append(root)
+    from pairseg.catalog import load_catalog
+
+    try:
+        return load_catalog()
+    except Exception as error:  # a damaged catalog must not break the module panel
+        logging.warning(f"PairSeg: model catalog not readable: {error}")
+        return None
+
+
+def describeCatalogEntry(entry):
+    """Lines shown for a catalog model: title, description, held-out Dice per class."""
+    lines = [f"Ready model: {entry.title} (version {entry.version}, {entry.modality})", entry.description]
+    evaluation = entry.evaluation or {}
+    if evaluation.get("mean_dice") is not None:
+        perClass = ", ".join(f"{name} {100 * value:.1f}" for name, value in (evaluation.get("dice") or {}).items())
+        lines.append(f"Measured Dice on held-out {evaluation.get('case', 'case')}: mean {100 * evaluation['mean_dice']:.1f}"
+                     + (f" ({perClass})" if perClass else ""))
+    if not entry.available:
+        lines.append(f"The model file {entry.file} is missing" + (f"; download it from {entry.url}" if entry.url else "."))
+    return lines
 
 
 @parameterNodeWrapper
@@ -71,6 +103,8 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.catalogEntries = {}
+        self.defaultModelPath = ""
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self.task = None
@@ -103,8 +137,11 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setRunning(False)
 
     def cleanup(self):
+        if self.timer is not None:
+            self.timer.stop()
         if self.task is not None and not self.task.done:
             self.task.shutdown()  # kills the engine's whole process tree, without waiting for it
+        self.setParameterNode(None)
         self.removeObservers()
 
     def enter(self):
@@ -112,10 +149,7 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshKnownModels()
 
     def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         if self.task is not None and not self.task.done:
@@ -132,14 +166,17 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
                 self._parameterNode.inputVolume = firstVolume
+        if not self._parameterNode.modelPath and self.defaultModelPath:
+            self.ui.modelPathLineEdit.currentPath = self.defaultModelPath
 
     def setParameterNode(self, parameterNode):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
         self._parameterNode = parameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = PairSegLib.gui.connectParameterNode(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
             self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
             index = self.ui.deviceComboBox.findData(self._parameterNode.device)
@@ -169,12 +206,28 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGui()
 
     def refreshKnownModels(self):
+        """Catalog (ready) models first, then models registered by the Trainer and recent files."""
         combo = self.ui.knownModelsComboBox
         combo.clear()
-        combo.addItem("Registered and recent models...", "")
+        combo.addItem("Ready, registered and recent models...", "")
+        self.catalogEntries = {}
+        self.defaultModelPath = ""
+        catalog = readCatalog()
+        for entry in (catalog.entries if catalog else []):
+            path = str(entry.file)
+            self.catalogEntries[os.path.normcase(os.path.abspath(path))] = entry
+            default = " (default)" if entry.name == catalog.default else ""
+            combo.addItem(f"Ready model: {entry.title}{default}" + ("" if entry.available else " [file missing]"), path)
+            combo.setItemData(combo.count - 1, entry.summary(), qt.Qt.ToolTipRole)
+            if default and entry.available:
+                self.defaultModelPath = path
         for label, path in self.logic.registry.knownModels():
             combo.addItem(label, path)
             combo.setItemData(combo.count - 1, path, qt.Qt.ToolTipRole)
+
+    def catalogEntry(self, path):
+        """The catalog entry whose file is ``path``, or None."""
+        return self.catalogEntries.get(os.path.normcase(os.path.abspath(path))) if path else None
 
     def onKnownModelChosen(self, index):
         path = self.ui.knownModelsComboBox.itemData(index)
@@ -184,12 +237,14 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onModelPathChanged(self, path):
         if self._parameterNode:
             self._parameterNode.modelPath = path
+        entry = self.catalogEntry(path)
+        lines = describeCatalogEntry(entry) if entry is not None else []
         try:
             metadata = self.logic.modelMetadata(path) if path else None
-            text = "\n".join(PairSegLib.describeModel(metadata)) if metadata else "No model selected."
+            lines += PairSegLib.describeModel(metadata) if metadata else ([] if lines else ["No model selected."])
         except PairSegLib.InputError as error:
-            text = str(error)
-        self.ui.modelInfoLabel.text = text
+            lines.append(str(error))
+        self.ui.modelInfoLabel.text = "\n".join(lines)
 
     def onDeviceChanged(self, index):
         if self._parameterNode:
@@ -234,6 +289,7 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if task.state == PairSegLib.State.DONE:
             self._parameterNode.outputSegmentation = task.segmentationNode
             slicer.util.setSliceViewerLayers(background=task.volumeNode, fit=False)
+            self.ui.modelPathLineEdit.addCurrentPathToHistory()
             self.refreshKnownModels()
         elif task.state == PairSegLib.State.FAILED:
             slicer.util.errorDisplay(str(task.error), windowTitle="PairSeg segmentation failed")

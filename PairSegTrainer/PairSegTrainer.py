@@ -4,18 +4,45 @@ scene, watch the curves, fine-tune on corrected cases, and look at the AND/XOR p
 The module file stays thin: the logic is ``PairSegTrainerLib.logic.PairSegTrainerLogic`` (usable
 from the Python console and scripts) and the GUI wiring is ``PairSegTrainerLib.widget``. Torch
 and the ``pairseg`` engine are imported only at the point of use, or run in a background process.
+From the Python console::
+
+    import PairSegTrainer
+    logic = PairSegTrainer.PairSegTrainerLogic()   # or slicer.util.getModuleLogic("PairSegTrainer")
+
+(``slicer.modules.pairsegtrainer.logic()`` is Slicer's C++ scripted-module logic, not this one.)
+The module depends on the PairSeg module (model registry, engine runner in ``PairSegLib``).
 """
 
 import importlib
 import logging
+from typing import Annotated
 
 import slicer
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
-import PairSegTrainerLib.logic as _trainerLogic
+#: PairSegTrainerLib modules in dependency order (reloaded together by a developer Reload)
+LIB_MODULES = ("config", "job", "trainingset", "plots", "proxymaps", "logic", "widget")
+
+
+def _reloadLibInDeveloperMode():
+    """Slicer's Reload re-runs this file; reload the Lib first so that the classes below derive
+    from the reloaded ones (else ``isinstance`` against the reloaded Logic fails)."""
+    import sys
+
+    if not slicer.util.settingsValue("Developer/DeveloperMode", False, converter=slicer.util.toBool):
+        return
+    for name in LIB_MODULES:
+        fullName = "PairSegTrainerLib." + name
+        if fullName in sys.modules:
+            importlib.reload(sys.modules[fullName])
+
+
+_reloadLibInDeveloperMode()
+
+import PairSegTrainerLib.logic as _trainerLogic  # noqa: E402
 
 
 class PairSegTrainer(ScriptedLoadableModule):
@@ -23,13 +50,13 @@ class PairSegTrainer(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "PairSeg Trainer"
         self.parent.categories = ["Segmentation"]
-        self.parent.dependencies = []
+        self.parent.dependencies = ["PairSeg"]  # PairSegLib: model registry and engine runner
         self.parent.contributors = ["PairSeg developers"]
         self.parent.helpText = (
             "Train pairwise segmentation models (C2FCN, CFCN) or single-slice baselines on the "
             "segmentations of the scene, watch loss and validation Dice live, fine-tune a model on "
-            "corrected cases, and inspect the AND/XOR proxy maps of slice pairs. "
-            "<a href='https://github.com/pairseg/SlicerPairSeg/blob/main/README.md#3d-slicer-the-pairsegtrainer-module'>Documentation</a>.")
+            "corrected cases, and inspect the AND/XOR proxy maps of slice pairs. The README of the "
+            "extension's source documents the module (section '3D Slicer: the PairSegTrainer module').")
         self.parent.acknowledgementText = (
             "Method: R. Wang, S. Cao, K. Ma, Y. Zheng, D. Meng, \"Pairwise learning for medical image "
             "segmentation\", Medical Image Analysis 67 (2021) 101876.")
@@ -37,7 +64,13 @@ class PairSegTrainer(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class PairSegTrainerParameterNode:
-    """Settings shown in the GUI (the training-set list is stored as node references)."""
+    """Settings shown in the GUI (the training-set list is stored as node references).
+
+    Numeric settings declare their ranges (the GUI connectors set the spin boxes from them, so the
+    GUI and the node agree and an out-of-range value is refused at once). The training ones belong
+    to the engine's training schema: when ``pairseg.config`` (torch-free TrainConfig settings) is on
+    main, take their defaults and ranges from ``pairseg.config.setting(name)``.
+    """
 
     classNames: str = ""
     modality: str = "MR"
@@ -46,22 +79,22 @@ class PairSegTrainerParameterNode:
     outputFolder: str = ""
     initFrom: str = ""
     useSteps: bool = False
-    epochs: int = 50
-    steps: int = 2000
-    batchSize: int = 8
-    size: int = 256
-    learningRate: float = 1e-4
-    valFraction: float = 0.2
+    epochs: Annotated[int, WithinRange(1, 10000)] = 50
+    steps: Annotated[int, WithinRange(1, 10000000)] = 2000
+    batchSize: Annotated[int, WithinRange(1, 512)] = 8
+    size: Annotated[int, WithinRange(32, 1024)] = 256
+    learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-4
+    valFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.2
     device: str = "auto"
-    gpus: int = 1
+    gpus: Annotated[int, WithinRange(1, 64)] = 1
     pairMode: str = "intra+inter"
     offsets: str = ""
-    interRepeats: int = 2
+    interRepeats: Annotated[int, WithinRange(1, 20)] = 2
     mapping: str = "{}"
     currentModel: str = ""
     proxyModel: str = ""
-    proxySliceA: int = 0
-    proxySliceB: int = 3
+    proxySliceA: Annotated[int, WithinRange(0, 10000)] = 0
+    proxySliceB: Annotated[int, WithinRange(0, 10000)] = 3
 
 
 class PairSegTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -71,19 +104,19 @@ class PairSegTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.panel = None
+        self.logic = None
+        self.ui = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         from PairSegTrainerLib import widget as panelModule
 
-        if self.developerMode:
-            for name in ("config", "job", "trainingset", "plots", "proxymaps", "logic", "widget"):
-                importlib.reload(importlib.import_module("PairSegTrainerLib." + name))
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/PairSegTrainer.ui"))
         self.layout.addWidget(uiWidget)
-        ui = slicer.util.childWidgetVariables(uiWidget)
+        self.ui = ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.panel = panelModule.TrainerPanel(ui, PairSegTrainerLogic(), PairSegTrainerParameterNode, self)
+        self.logic = PairSegTrainerLogic()  # what slicer.util.getModuleLogic("PairSegTrainer") returns
+        self.panel = panelModule.TrainerPanel(ui, self.logic, PairSegTrainerParameterNode, self)
 
     def enter(self):
         if self.panel:

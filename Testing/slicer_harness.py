@@ -1,65 +1,67 @@
 """Headless Slicer test harness — TEST-ONLY code, never shipped in the extension.
 
-What it gives
--------------
-The ``slicer-core`` wheel provides real MRML (``slicer.vtkMRMLScene`` and ~400 wrapped MRML and
-module-logic classes) plus the real ``slicer.util``, but no application: there is no
-``slicer.app``, ``slicer.mrmlScene``, ``slicer.modules``, ``qt``, ``ctk`` or
-``slicer.ScriptedLoadableModule``. This file fills exactly those gaps so that the Logic classes of
-the PairSeg and PairSegTrainer scripted modules run unchanged against a real scene:
+What is real here
+-----------------
+- MRML: the ``slicer-core`` wheel (``slicer.vtkMRMLScene``, ~400 MRML and module-logic classes,
+  ``slicer.vtkSlicerScriptedLoadableModuleLogic``) and the real ``slicer.util``.
+- Qt: PySide6 offscreen, seen through the PythonQt-like ``qt``/``ctk`` layer of
+  ``Testing/pythonqt.py`` (real widgets, real ``.ui`` loading, real signals and timers).
+- Slicer's pure-Python module support of a chosen RELEASE: ``slicer.parameterNodeWrapper``,
+  ``slicer.ScriptedLoadableModule`` and ``slicer.i18n`` are Slicer's own unmodified files, read from
+  ``../shared/third_party/slicer/<tag>/`` (or ``$PAIRSEG_SLICER_PYTHON_DIR/<tag>``), never copied
+  into this repository. ``SLICER_RELEASES`` lists the releases the project supports.
 
-``setUpSlicer() -> SlicerHarness``
-    Once per process (idempotent). Builds one real ``vtkMRMLScene`` with a
-    ``vtkSlicerApplicationLogic`` and the module logics Colors (default colour nodes), Volumes,
-    Segmentations, SubjectHierarchy, Data, Tables and Terminologies, registered with
-    ``SetModuleLogic`` like the application does. Sets ``slicer.mrmlScene``,
-    ``slicer.modules.<name>.logic()`` (lower-case names, as in Slicer) and a small ``slicer.app``
-    stand-in (``temporaryPath``, ``processEvents``, ``testingEnabled``, ``connect``, ...).
-    Subject-hierarchy items, created by Qt plugins in the application, are created and removed
-    here by scene observers (NodeAdded / NodeAboutToBeRemoved) for storable, visible nodes.
+What stays a stand-in (the C++ application cannot run here)
+-----------------------------------------------------------
+``slicer.app`` (a QApplication with the members module code and ``slicer.util`` use: module
+manager, temporaryPath, testingEnabled, startupCompleted(), ...), the C++ module objects
+``slicer.modules.<name>`` (qSlicerScriptedLoadableModule: title, dependencies, path,
+``widgetRepresentation()``, and ``logic()`` returning a REAL ``vtkSlicerScriptedLoadableModuleLogic``
+as in Slicer — not the Python logic), the module panel that hosts a module widget
+(qSlicerScriptedLoadableModuleWidget: ``isEntered``, enter/exit), and the subject-hierarchy
+items that the application's Qt plugins create.
 
-``resetScene() -> vtkMRMLScene``
-    Clears the scene (``Clear(0)``: default colour nodes survive, as in "Close scene").
+Entry points
+------------
+``setUpSlicer() -> SlicerHarness``: once per process; one real scene with the application logic
+and the module logics Colors, Volumes, Segmentations, SubjectHierarchy, Data, Tables and
+Terminologies (``slicer.modules.<name>.logic()`` returns them, as in Slicer).
+``resetScene()``, ``sceneSnapshot()``, ``loadVolume(path, name=None, labelmap=False)``.
+``availableReleases()`` / ``useSlicerRelease(tag)``: switch the Slicer Python files in use.
+``loadScriptedModule(moduleFilePath, release=None)``: what Slicer's scripted-module factory does
+(module folder on sys.path, import, ``ModuleClass(parent)``, dependencies checked), registered as
+``slicer.modules.<lowercase name>``. ``moduleWidget(name)``: the module's widget after ``setup()``,
+hosted like in the module panel. ``unloadModules()``: ``moduleAboutToBeUnloaded`` -> ``cleanup()``.
 
-``installModuleStandIns()``
-    Import-time stand-ins so a scripted module FILE can be imported: permissive ``qt`` and
-    ``ctk`` modules (every attribute is an inert dummy), ``slicer.ScriptedLoadableModule`` (the
-    four base classes; ``getParameterNode()`` returns a real singleton
-    ``vtkMRMLScriptedModuleNode``), ``slicer.parameterNodeWrapper`` (a small typed wrapper that
-    stores plain values as node parameters and MRML nodes as node references) and ``slicer.i18n``.
-    Real modules of those names, when present (inside Slicer), are never replaced.
-
-``loadScriptedModule(moduleFilePath) -> python module``
-    Installs the stand-ins, puts the module's folder (and the repository root, for the
-    ``pairseg`` engine) on ``sys.path`` like Slicer does, imports the file, and registers
-    ``slicer.modules.<lowercase name>`` with ``logic()`` (a ``<Name>Logic`` instance) and ``path``.
-
-``sceneSnapshot(scene=None)``
-    Sorted (class, name) pairs of all nodes, for "the scene is unchanged" assertions.
-
-``loadVolume(path, name=None, labelmap=False)``
-    Reads an image file into a new volume node through a real ``vtkMRMLVolumeArchetypeStorageNode``
-    (the path Slicer's "Add data" takes), without ``slicer.util.loadVolume`` (needs the app's IO
-    manager, absent here).
-
-The pytest fixtures built on this live in ``Testing/conftest.py`` (``slicer_harness``,
-``mrml_scene``, ``load_module``). Only tests import this file; module code must never need it.
+The pytest fixtures built on this live in ``Testing/conftest.py``. Only tests import this file.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
-import logging
 import os
 import sys
 import tempfile
 import types
-import typing
-import unittest
 
 REPOSITORY_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Slicer releases whose pure-Python module support the project supports (oldest first).
+SLICER_RELEASES = ("v5.6.0", "v5.8.0", "v5.10.0")
+#: Slicer's own Python modules read from the release folders.
+SLICER_PYTHON_MODULES = ("parameterNodeWrapper", "ScriptedLoadableModule", "i18n")
 
 _harness = None
+
+
+def slicerPythonDir():
+    """Folder holding ``<tag>/`` copies of Slicer's pure-Python files (see module docstring)."""
+    return os.environ.get("PAIRSEG_SLICER_PYTHON_DIR",
+                          os.path.join(os.path.dirname(REPOSITORY_ROOT), "shared", "third_party", "slicer"))
+
+
+def qtAvailable():
+    return importlib.util.find_spec("PySide6") is not None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -67,43 +69,40 @@ _harness = None
 # ----------------------------------------------------------------------------------------------
 
 
-class _ModuleNamespace:
-    """What ``slicer.modules.<name>`` is in the application, reduced to ``logic()`` and ``path``."""
+class _CoreModule:
+    """``slicer.modules.<name>`` for the C++ core modules: ``logic()`` and ``name``."""
 
-    def __init__(self, name, logicFactory, path=""):
+    def __init__(self, name, logicFactory):
         self.name = name
-        self.path = path
         self._logicFactory = logicFactory
-        self._logic = None
 
     def logic(self):
-        if self._logic is None:
-            self._logic = self._logicFactory()
-        return self._logic
+        return self._logicFactory()
 
     def widgetRepresentation(self):
         return None
 
 
 class _ModulesNamespace(types.SimpleNamespace):
-    """``slicer.modules``: attributes are per-module namespaces; iteration gives their names."""
+    """``slicer.modules``: attributes are per-module objects; iteration gives their names."""
 
     def __iter__(self):
         return iter(vars(self))
 
 
-class _ApplicationStandIn:
-    """The few ``slicer.app`` members that logic code and ``slicer.util`` use headless."""
+class _ApplicationMembers:
+    """The ``slicer.app`` members that module code and ``slicer.util`` use headless."""
 
-    applicationName = "Slicer (headless test harness)"
+    applicationName = "Slicer"
     majorVersion = 5
-    minorVersion = 13
+    minorVersion = 10
 
-    def __init__(self, harness):
+    def _initMembers(self, harness):
         self._harness = harness
         self.temporaryPath = tempfile.mkdtemp(prefix="slicer-harness-")
         self.slicerHome = REPOSITORY_ROOT
         self.commandOptions = types.SimpleNamespace(noMainWindow=True)
+        self.moduleManagerObject = None
 
     def applicationLogic(self):
         return self._harness.appLogic
@@ -114,12 +113,6 @@ class _ApplicationStandIn:
     def testingEnabled(self):
         return True
 
-    def processEvents(self, *args):
-        pass
-
-    def connect(self, *args):
-        pass
-
     def layoutManager(self):
         return None
 
@@ -127,6 +120,19 @@ class _ApplicationStandIn:
         pass
 
     def resumeRender(self):
+        pass
+
+    def moduleManager(self):
+        return self.moduleManagerObject
+
+
+class _PlainApplication(_ApplicationMembers):
+    """``slicer.app`` where no Qt binding is installed (logic tests only)."""
+
+    def processEvents(self, *args):
+        pass
+
+    def connect(self, *args):
         pass
 
 
@@ -169,7 +175,7 @@ class SlicerHarness:
         vtk.vtkObject.GlobalWarningDisplayOn()
 
         slicer.mrmlScene = self.scene
-        slicer.app = _ApplicationStandIn(self)
+        slicer.app = _makeApplication(self)
         modules = getattr(slicer, "modules", None)
         if not isinstance(modules, _ModulesNamespace):
             modules = _ModulesNamespace()
@@ -177,7 +183,7 @@ class SlicerHarness:
         for registeredName, moduleName, _ in self.MODULE_LOGICS:
             if registeredName in self.moduleLogics:
                 setattr(modules, moduleName,
-                        _ModuleNamespace(moduleName, lambda n=registeredName: self.moduleLogics[n]))
+                        _CoreModule(moduleName, lambda n=registeredName: self.moduleLogics[n]))
         self._observeSubjectHierarchy()
 
     # -- subject hierarchy: the application's Qt plugins create items; we do it here ------------
@@ -185,6 +191,24 @@ class SlicerHarness:
     def _observeSubjectHierarchy(self):
         import vtk
         from vtkmodules.util.misc import calldata_type
+
+        # VTK 9.6 (the slicer-core wheel) lets Python's cycle collector free a Python observer
+        # that a C++ object still calls when the cycle node wrapper -> observer -> owner -> node
+        # wrapper has no other Python reference (segfault at the next event; 8-line reproduction:
+        # an object holding a node and observing it with a lambda, del, gc.collect(), Modified()).
+        # Slicer's parameterNodeWrapper makes exactly this cycle (connectGui), so keep the Python
+        # wrapper of every parameter node alive while the node is in the scene.
+        self._parameterNodeWrappers = {}
+
+        @calldata_type(vtk.VTK_OBJECT)
+        def onScriptedModuleNodeAdded(caller, event, node):
+            if node is not None and node.IsA("vtkMRMLScriptedModuleNode"):
+                self._parameterNodeWrappers[node.GetID()] = node
+
+        @calldata_type(vtk.VTK_OBJECT)
+        def onScriptedModuleNodeRemoved(caller, event, node):
+            if node is not None:
+                self._parameterNodeWrappers.pop(node.GetID(), None)
 
         @calldata_type(vtk.VTK_OBJECT)
         def onNodeAdded(caller, event, node):
@@ -211,6 +235,8 @@ class SlicerHarness:
         self._observers = [
             self.scene.AddObserver(self.scene.NodeAddedEvent, onNodeAdded),
             self.scene.AddObserver(self.scene.NodeAboutToBeRemovedEvent, onNodeAboutToBeRemoved),
+            self.scene.AddObserver(self.scene.NodeAddedEvent, onScriptedModuleNodeAdded),
+            self.scene.AddObserver(self.scene.NodeRemovedEvent, onScriptedModuleNodeRemoved),
         ]
 
     def subjectHierarchy(self):
@@ -219,6 +245,14 @@ class SlicerHarness:
 
     def resetScene(self):
         self.scene.Clear(0)
+        colors = self.moduleLogics.get("Colors")
+        if colors is not None and not self.scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode"):
+            # a test closed the scene with its singletons (Clear(1)): default colours back
+            import vtk
+
+            vtk.vtkObject.GlobalWarningDisplayOff()
+            colors.AddDefaultColorNodes()
+            vtk.vtkObject.GlobalWarningDisplayOn()
         self.subjectHierarchy()
         return self.scene
 
@@ -268,267 +302,255 @@ def loadVolume(path, name=None, labelmap=False, scene=None):
     return volumeNode
 
 
+
+
+def _makeApplication(harness):
+    """A QApplication with the ``slicer.app`` members when Qt is available, else a plain object."""
+    if not qtAvailable():
+        app = _PlainApplication()
+        app._initMembers(harness)
+        return app
+    import pythonqt
+
+    qt, _ = pythonqt.install()
+    settingsDir = tempfile.mkdtemp(prefix="slicer-harness-settings-")
+    qt.QSettings.setDefaultFormat(qt.QSettings.IniFormat)
+    qt.QSettings.setPath(qt.QSettings.IniFormat, qt.QSettings.UserScope, settingsDir)
+
+    class SlicerApplication(_ApplicationMembers, qt.QApplication):
+        """qSlicerApplication stand-in: a real QApplication plus the members listed above."""
+
+        startupCompleted = pythonqt.Signal()
+
+        def userSettings(self):
+            return qt.QSettings()
+
+        def settings(self):
+            return qt.QSettings()
+
+    app = pythonqt.application(SlicerApplication)
+    if not isinstance(app, _ApplicationMembers):
+        raise RuntimeError("a QApplication was created before the Slicer harness")
+    app.setOrganizationName("PairSegTests")
+    app.setApplicationName("Slicer")
+    app._initMembers(harness)
+    app.moduleManagerObject = _moduleManager(qt, pythonqt)
+    return app
+
+
 # ----------------------------------------------------------------------------------------------
-# Import-time stand-ins for qt, ctk and the ScriptedLoadableModule framework
+# Slicer's pure-Python module support, per release
 # ----------------------------------------------------------------------------------------------
 
 
-class _Inert:
-    """Any qt/ctk name: callable, subclassable, every attribute is another inert object."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Inert()
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _Inert()
-
-    def __bool__(self):
-        return False
-
-    def __iter__(self):
-        return iter(())
-
-    def __or__(self, other):
-        return self
-
-    __ror__ = __or__
+def availableReleases():
+    """The releases of SLICER_RELEASES whose files are present (see slicerPythonDir())."""
+    return [tag for tag in SLICER_RELEASES if os.path.isdir(os.path.join(slicerPythonDir(), tag, "parameterNodeWrapper"))]
 
 
-class _InertModule(types.ModuleType):
-    """A module whose every attribute is an inert class (so ``class X(qt.QObject)`` works)."""
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        inertClass = type(name, (_Inert,), {})
-        setattr(self, name, inertClass)
-        return inertClass
+_currentRelease = None
 
 
-def _moduleResourcePath(moduleClassOrInstance, filename):
-    moduleFile = sys.modules[type(moduleClassOrInstance).__module__].__file__
-    return os.path.join(os.path.dirname(moduleFile), "Resources", filename)
+def currentRelease():
+    return _currentRelease
 
 
-class ScriptedLoadableModule:
-    """Stand-in for slicer.ScriptedLoadableModule.ScriptedLoadableModule."""
+def useSlicerRelease(tag):
+    """Make ``slicer.parameterNodeWrapper`` / ``ScriptedLoadableModule`` / ``i18n`` those of ``tag``.
 
-    def __init__(self, parent=None):
-        if parent is None:
-            parent = types.SimpleNamespace()
-        self.parent = parent
-        self.moduleName = type(self).__name__
-        parent.title = self.moduleName
-        parent.categories = []
-        parent.dependencies = []
-        parent.contributors = []
-        parent.helpText = ""
-        parent.acknowledgementText = ""
-
-    def resourcePath(self, filename):
-        return _moduleResourcePath(self, filename)
-
-    def getDefaultModuleDocumentationLink(self, docPage=""):
-        return ""
-
-
-class ScriptedLoadableModuleWidget:
-    """Stand-in for the widget base; only enough for construction (no GUI headless)."""
-
-    def __init__(self, parent=None):
-        self.parent = parent
-        self.moduleName = type(self).__name__[: -len("Widget")]
-        self.developerMode = False
-
-    def resourcePath(self, filename):
-        return _moduleResourcePath(self, filename)
-
-    def setup(self):
-        pass
-
-    def cleanup(self):
-        pass
-
-
-class ScriptedLoadableModuleLogic:
-    """Stand-in for the logic base with a real singleton parameter node in slicer.mrmlScene."""
-
-    def __init__(self, parent=None):
-        name = type(self).__name__
-        self.moduleName = name[: -len("Logic")] if name.endswith("Logic") else name
-
-    def getParameterNode(self):
-        import slicer
-
-        scene = slicer.mrmlScene
-        node = scene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.vtkMRMLScriptedModuleNode()
-            node.SetName(scene.GenerateUniqueName(self.moduleName))
-            node.SetSingletonTag(self.moduleName)
-            node.SetModuleName(self.moduleName)
-            node.SetHideFromEditors(True)
-            node = scene.AddNode(node)
-        return node
-
-    def setDefaultParameters(self, parameterNode):
-        pass
-
-
-class ScriptedLoadableModuleTest(unittest.TestCase):
-    """Stand-in for the self-test base: delayDisplay only logs."""
-
-    def delayDisplay(self, message, msec=0):
-        logging.info(message)
-
-
-def _unwrapAnnotation(annotation):
-    if typing.get_origin(annotation) is typing.Annotated:
-        return typing.get_args(annotation)[0]
-    origin = typing.get_origin(annotation)
-    if origin is typing.Union:  # Optional[X]
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0] if args else str
-    return annotation
-
-
-def parameterNodeWrapper(cls):
-    """Stand-in for slicer.parameterNodeWrapper.parameterNodeWrapper.
-
-    Plain values (str, int, float, bool, pathlib.Path) are stored as parameters of the wrapped
-    ``vtkMRMLScriptedModuleNode``, MRML nodes as its node references. Defaults come from the
-    class attributes.
+    Modules imported from a previous release (and scripted module files imported on top of them)
+    are dropped first, so the next import runs the files of ``tag``. Raises FileNotFoundError when
+    the release's files are absent.
     """
-    import pathlib
-
+    global _currentRelease
     import slicer
 
-    hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {}
-    for fieldName, annotation in hints.items():
-        fieldType = _unwrapAnnotation(annotation)
-        fields[fieldName] = (fieldType, getattr(cls, fieldName, None))
-
-    def isNodeType(fieldType):
-        return isinstance(fieldType, type) and issubclass(fieldType, slicer.vtkMRMLNode)
-
-    def makeProperty(fieldName, fieldType, default):
-        def getter(self):
-            node = self.parameterNode
-            if isNodeType(fieldType):
-                return node.GetNodeReference(fieldName)
-            if not node.GetParameter(fieldName) and fieldName not in self._set:
-                return default
-            text = node.GetParameter(fieldName)
-            if fieldType is bool:
-                return text == "True"
-            if fieldType in (int, float):
-                return fieldType(text)
-            if fieldType is pathlib.Path:
-                return pathlib.Path(text)
-            return text
-
-        def setter(self, value):
-            node = self.parameterNode
-            if isNodeType(fieldType):
-                node.SetNodeReferenceID(fieldName, value.GetID() if value is not None else None)
-            else:
-                self._set.add(fieldName)
-                node.SetParameter(fieldName, str(value))
-
-        return property(getter, setter)
-
-    def __init__(self, parameterNode):
-        self.parameterNode = parameterNode
-        self._set = set()
-        for fieldName, (fieldType, default) in fields.items():
-            if not isNodeType(fieldType) and parameterNode.GetParameter(fieldName) == "" \
-                    and default is not None:
-                setattr(self, fieldName, default)
-
-    namespace = {"__init__": __init__, "__doc__": cls.__doc__, "_fields": fields,
-                 "StartModify": lambda self: 0, "EndModify": lambda self, wasModified: None,
-                 "AddObserver": lambda self, *args: self.parameterNode.AddObserver(*args),
-                 "RemoveObserver": lambda self, tag: self.parameterNode.RemoveObserver(tag)}
-    for fieldName, (fieldType, default) in fields.items():
-        namespace[fieldName] = makeProperty(fieldName, fieldType, default)
-    for name, value in vars(cls).items():
-        if callable(value) and not name.startswith("__"):
-            namespace[name] = value
-    return type(cls.__name__, (), namespace)
+    folder = os.path.join(slicerPythonDir(), tag)
+    if not os.path.isdir(os.path.join(folder, "parameterNodeWrapper")):
+        raise FileNotFoundError(f"Slicer {tag} Python files not found in {folder}")
+    if _currentRelease == tag:
+        return folder
+    unloadModules()
+    for name in list(sys.modules):
+        if any(name == f"slicer.{m}" or name.startswith(f"slicer.{m}.") for m in SLICER_PYTHON_MODULES):
+            del sys.modules[name]
+    for m in SLICER_PYTHON_MODULES:
+        if m in vars(slicer):
+            delattr(slicer, m)
+    releaseDirs = {os.path.join(slicerPythonDir(), t) for t in SLICER_RELEASES}
+    slicer.__path__ = [p for p in slicer.__path__ if p not in releaseDirs] + [folder]
+    major, minor = (int(part) for part in tag.lstrip("v").split(".")[:2])
+    slicer.app.majorVersion, slicer.app.minorVersion = major, minor
+    for m in SLICER_PYTHON_MODULES:
+        setattr(slicer, m, importlib.import_module(f"slicer.{m}"))
+    _currentRelease = tag
+    return folder
 
 
-def installModuleStandIns():
-    """Register the test-only qt, ctk and slicer.* stand-ins (never over real modules)."""
+# ----------------------------------------------------------------------------------------------
+# C++ module objects, module manager and module panel (stand-ins for the application)
+# ----------------------------------------------------------------------------------------------
+
+_retiredPanels = []
+_loadedModules = {}  # name -> (python module, qSlicerScriptedLoadableModule stand-in)
+
+
+def _moduleManager(qt, pythonqt):
     import slicer
 
-    for name in ("qt", "ctk"):
-        if name not in sys.modules:
-            try:
-                importlib.import_module(name)
-            except ImportError:
-                sys.modules[name] = _InertModule(name)
+    class qSlicerModuleManager(qt.QObject):
+        """Stand-in: module(name), moduleAboutToBeUnloaded(QString), factoryManager()."""
 
-    if "slicer.ScriptedLoadableModule" not in sys.modules:
-        module = types.ModuleType("slicer.ScriptedLoadableModule")
-        module.ScriptedLoadableModule = ScriptedLoadableModule
-        module.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
-        module.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
-        module.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
-        module.__all__ = ["ScriptedLoadableModule", "ScriptedLoadableModuleWidget",
-                          "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest"]
-        sys.modules[module.__name__] = module
-        slicer.ScriptedLoadableModule = module
+        moduleAboutToBeUnloaded = pythonqt.Signal(str)
 
-    if "slicer.parameterNodeWrapper" not in sys.modules:
-        module = types.ModuleType("slicer.parameterNodeWrapper")
-        module.parameterNodeWrapper = parameterNodeWrapper
+        def module(self, name):
+            entry = _loadedModules.get(name)
+            return entry[1] if entry else None
 
-        class _Marker:
-            def __init__(self, *args, **kwargs):
-                self.args = args
+        def factoryManager(self):
+            return types.SimpleNamespace(loadedModuleNames=lambda: list(_loadedModules))
 
-        for markerName in ("WithinRange", "Choice", "Default", "Minimum", "Maximum", "Decimals",
-                           "SingleStep", "Label"):
-            setattr(module, markerName, type(markerName, (_Marker,), {}))
-        sys.modules[module.__name__] = module
-        slicer.parameterNodeWrapper = module
+    class qSlicerScriptedLoadableModule(qt.QObject):
+        """Stand-in for the C++ module object a scripted module's class is given as ``parent``."""
 
-    if "slicer.i18n" not in sys.modules:
-        module = types.ModuleType("slicer.i18n")
-        module.tr = lambda text: text
-        module.translate = lambda context, text: text
-        sys.modules[module.__name__] = module
-        slicer.i18n = module
+        title = pythonqt.Property(str, lambda s: s._values.get("title", ""), lambda s, v: s._values.__setitem__("title", v))
+        categories = pythonqt.Property("QStringList", lambda s: s._values.get("categories", []),
+                                       lambda s, v: s._values.__setitem__("categories", list(v)))
+        dependencies = pythonqt.Property("QStringList", lambda s: s._values.get("dependencies", []),
+                                         lambda s, v: s._values.__setitem__("dependencies", list(v)))
+        contributors = pythonqt.Property("QStringList", lambda s: s._values.get("contributors", []),
+                                         lambda s, v: s._values.__setitem__("contributors", list(v)))
+        helpText = pythonqt.Property(str, lambda s: s._values.get("helpText", ""),
+                                     lambda s, v: s._values.__setitem__("helpText", v))
+        acknowledgementText = pythonqt.Property(str, lambda s: s._values.get("acknowledgementText", ""),
+                                                lambda s, v: s._values.__setitem__("acknowledgementText", v))
+        icon = pythonqt.Property(qt.QIcon, lambda s: s._values.get("icon", qt.QIcon()),
+                                 lambda s, v: s._values.__setitem__("icon", v))
+
+        def __init__(self, name, path):
+            super().__init__()
+            self._values = {}
+            self.path = path
+            self.setObjectName(name)
+            self._logic = None
+            self._widgetRepresentation = None
+            self.moduleClass = None
+
+        def logic(self):
+            """As in Slicer: the C++ vtkSlicerScriptedLoadableModuleLogic, NOT the Python Logic."""
+            if self._logic is None:
+                self._logic = slicer.vtkSlicerScriptedLoadableModuleLogic()
+                self._logic.SetMRMLScene(slicer.mrmlScene)
+            return self._logic
+
+        def widgetRepresentation(self):
+            if self._widgetRepresentation is None:
+                widgetClass = getattr(sys.modules[self.moduleClass.__module__], self.name + "Widget")
+                panel = qSlicerScriptedLoadableModuleWidget()
+                panel.setLayout(qt.QVBoxLayout())
+                panel.setMRMLScene(slicer.mrmlScene)
+                panel._pythonWidget = widgetClass(panel)
+                panel._pythonWidget.setup()
+                self._widgetRepresentation = panel
+            return self._widgetRepresentation
+
+        def createNewWidgetRepresentation(self):
+            self._widgetRepresentation = None
+            return self.widgetRepresentation()
+
+    class qSlicerScriptedLoadableModuleWidget(slicer.qSlicerWidget):
+        """Stand-in for the module panel: ``self()``, ``isEntered``, ``enter()``/``exit()``."""
+
+        def __init__(self):
+            super().__init__()
+            self._entered = False
+            self._pythonWidget = None
+
+        isEntered = pythonqt.Property(bool, lambda s: s._entered)
+
+        def self(self):
+            return self._pythonWidget
+
+        def enter(self):
+            self._entered = True
+            if hasattr(self._pythonWidget, "enter"):
+                self._pythonWidget.enter()
+
+        def exit(self):
+            if hasattr(self._pythonWidget, "exit"):
+                self._pythonWidget.exit()
+            self._entered = False
+
+    slicer.qSlicerScriptedLoadableModule = qSlicerScriptedLoadableModule
+    slicer.qSlicerScriptedLoadableModuleWidget = qSlicerScriptedLoadableModuleWidget
+    return qSlicerModuleManager()
 
 
-def loadScriptedModule(moduleFilePath):
-    """Import a scripted module file headless and register slicer.modules.<name>."""
+def loadScriptedModule(moduleFilePath, release=None):
+    """Load a scripted module file the way Slicer's scripted-module factory does.
+
+    Uses the Slicer Python files of ``release`` (default: the current one, else the newest
+    available). Its declared dependencies must be loaded already (Slicer loads them first and
+    refuses a module whose dependency is missing). Returns the Python module.
+    """
     import slicer
 
     setUpSlicer()
-    installModuleStandIns()
+    if not qtAvailable():
+        raise RuntimeError("PySide6 is needed to load a scripted module (pip install PySide6-Essentials)")
+    release = release or _currentRelease or (availableReleases() or [None])[-1]
+    if release is None:
+        raise FileNotFoundError(f"no Slicer Python files in {slicerPythonDir()} (releases {SLICER_RELEASES})")
+    useSlicerRelease(release)
     moduleFilePath = os.path.abspath(str(moduleFilePath))
     moduleDir = os.path.dirname(moduleFilePath)
     moduleName = os.path.splitext(os.path.basename(moduleFilePath))[0]
+    if moduleName in _loadedModules:
+        return _loadedModules[moduleName][0]
     for path in (os.path.join(REPOSITORY_ROOT, "src"), moduleDir):
         if path not in sys.path:
             sys.path.insert(0, path)
-    if moduleName in sys.modules and getattr(sys.modules[moduleName], "__file__", None) \
-            and os.path.abspath(sys.modules[moduleName].__file__) == moduleFilePath:
-        module = sys.modules[moduleName]
-    else:
-        spec = importlib.util.spec_from_file_location(moduleName, moduleFilePath)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[moduleName] = module
-        spec.loader.exec_module(module)
-    logicClass = getattr(module, moduleName + "Logic", None)
-    if logicClass is not None:
-        setattr(slicer.modules, moduleName.lower(),
-                _ModuleNamespace(moduleName.lower(), logicClass, moduleFilePath))
+    spec = importlib.util.spec_from_file_location(moduleName, moduleFilePath)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[moduleName] = module
+    spec.loader.exec_module(module)
+    parent = slicer.qSlicerScriptedLoadableModule(moduleName, moduleFilePath)
+    moduleClass = getattr(module, moduleName)
+    parent.moduleClass = moduleClass
+    parent.moduleObject = moduleClass(parent)
+    for dependency in parent.dependencies:
+        # Slicer loads a module's dependencies first (from its module paths), and refuses the
+        # module when one is missing.
+        if dependency not in _loadedModules:
+            dependencyPath = os.path.join(os.path.dirname(moduleDir), dependency, dependency + ".py")
+            if not os.path.isfile(dependencyPath):
+                del sys.modules[moduleName]
+                raise RuntimeError(f"{moduleName} depends on {dependency}, which is not found")
+            loadScriptedModule(dependencyPath, release)
+    _loadedModules[moduleName] = (module, parent)
+    setattr(slicer.modules, moduleName.lower(), parent)
     return module
+
+
+def moduleWidget(moduleName):
+    """The module's Python widget after setup(), in its panel (created on first call)."""
+    return _loadedModules[moduleName][1].widgetRepresentation().self()
+
+
+def unloadModules():
+    """Unload every loaded scripted module like Slicer does on exit (cleanup() through the signal)."""
+    import slicer
+
+    manager = slicer.app.moduleManager() if hasattr(slicer, "app") else None
+    for name in reversed(list(_loadedModules)):
+        module, parent = _loadedModules.pop(name)
+        if manager is not None:
+            manager.moduleAboutToBeUnloaded.emit(name)
+        if parent._widgetRepresentation is not None:
+            # Slicer deletes module panels only at exit: keep the widgets alive (observers that a
+            # module forgot to remove still find a live widget, as they would in Slicer).
+            _retiredPanels.append(parent._widgetRepresentation)
+        if hasattr(slicer.modules, name.lower()):
+            delattr(slicer.modules, name.lower())
+        if sys.modules.get(name) is module:
+            del sys.modules[name]

@@ -34,7 +34,10 @@ def test_scene_reset_and_snapshot(mrml_scene, harness):
     assert harness.sceneSnapshot() == before
 
 
-def test_load_module_file_with_stand_ins(mrml_scene, harness, tmp_path):
+def test_load_module_file_on_real_slicer_python(mrml_scene, harness, load_module, tmp_path):
+    """A module file loads on Slicer's real ScriptedLoadableModule/parameterNodeWrapper; the C++
+    module object's logic() is NOT the Python logic (as in Slicer); getModuleLogic goes through the
+    widget's ``logic`` attribute."""
     moduleDir = tmp_path / "HarnessDemo"
     moduleDir.mkdir()
     (moduleDir / "HarnessDemo.py").write_text(textwrap.dedent('''
@@ -55,22 +58,44 @@ def test_load_module_file_with_stand_ins(mrml_scene, harness, tmp_path):
                 self.parent.title = "Demo"
 
         class HarnessDemoWidget(ScriptedLoadableModuleWidget):
-            pass
+            def setup(self):
+                ScriptedLoadableModuleWidget.setup(self)
+                self.logic = HarnessDemoLogic()
+                self.checkBox = qt.QCheckBox()
+                self.checkBox.setProperty("SlicerParameterName", "enabled")
+                self.layout.addWidget(self.checkBox)
+                self.parameterNode = self.logic.getParameterNode()
+                self.tag = self.parameterNode.connectGui(self.parent)
+
+            def cleanup(self):
+                self.parameterNode.disconnectGui(self.tag)
 
         class HarnessDemoLogic(ScriptedLoadableModuleLogic):
             def getParameterNode(self):
                 return HarnessDemoParameterNode(super().getParameterNode())
     '''))
-    module = harness.loadScriptedModule(moduleDir / "HarnessDemo.py")
     import slicer
 
-    instance = module.HarnessDemo(None)
-    assert instance.parent.title == "Demo"
-    params = slicer.modules.harnessdemo.logic().getParameterNode()
-    assert params.threshold == 1.5 and params.enabled is True and params.label == "x"
-    volume = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-    params.inputVolume = volume
-    params.enabled = False
-    params.threshold = 3.0
-    again = module.HarnessDemoLogic().getParameterNode()
-    assert again.inputVolume is volume and again.enabled is False and again.threshold == 3.0
+    module = harness.loadScriptedModule(moduleDir / "HarnessDemo.py")
+    try:
+        assert slicer.modules.harnessdemo.title == "Demo"
+        cppLogic = slicer.modules.harnessdemo.logic()
+        assert isinstance(cppLogic, slicer.vtkSlicerScriptedLoadableModuleLogic)
+        assert not isinstance(cppLogic, module.HarnessDemoLogic)
+        assert not hasattr(cppLogic, "getParameterNode")
+        params = module.HarnessDemoLogic().getParameterNode()
+        assert params.threshold == 1.5 and params.enabled is True and params.label == "x"
+        volume = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        params.inputVolume = volume
+        params.threshold = 3.0
+        again = module.HarnessDemoLogic().getParameterNode()
+        assert again.inputVolume is volume and again.threshold == 3.0
+        # The widget through Slicer's own util: getModuleLogic -> the widget's .logic.
+        widget = harness.moduleWidget("HarnessDemo")
+        assert slicer.util.getModuleLogic("HarnessDemo") is widget.logic
+        widget.checkBox.checked = False  # real QCheckBox -> real GUI connector -> node
+        assert again.enabled is False
+        again.enabled = True
+        assert widget.checkBox.checked is True
+    finally:
+        harness.unloadModules()

@@ -28,6 +28,7 @@ ENGINE_REQUIREMENTS = {
     "monai": "monai>=1.3",
     "slicerio": "slicerio>=1.0",
     "nrrd": "pynrrd>=1.0",
+    "safetensors": "safetensors>=0.4",
 }
 #: distributions pip must never change: torch (the PyTorch extension's build) and Slicer's own
 PINNED_DISTRIBUTIONS = ("torch", "numpy", "scipy", "SimpleITK", "vtk")

@@ -9,6 +9,7 @@ pairseg train ...`` for several GPUs): the same code path as headless training.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -125,8 +126,8 @@ class TrainingConfig:
             raise ConfigError(f"batch size must be >= 1, got {self.batchSize}")
         if not float(self.learningRate) > 0:
             raise ConfigError(f"learning rate must be > 0, got {self.learningRate}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
+            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} or cuda:N")
         if int(self.gpus) < 1:
             raise ConfigError(f"number of GPUs must be >= 1, got {self.gpus}")
         if not 0.0 <= float(self.valFraction) < 1.0:

@@ -75,7 +75,9 @@ class TrainingPlots:
             self.diceTable = self._table(f"{self.prefix} Dice table")
             self.lossChart = self._chart(LOSS_CHART, "step", "training loss")
             self.diceChart = self._chart(DICE_CHART, "epoch", "Dice")
-            self.diceChart.SetYAxisRange(0.0, 1.0) if hasattr(self.diceChart, "SetYAxisRange") else None
+            # A fixed Dice axis: the range only applies with automatic range off.
+            self.diceChart.SetYAxisRangeAuto(False)
+            self.diceChart.SetYAxisRange(0.0, 1.0)
         lossTable = vtk.vtkTable()
         lossTable.AddColumn(_floatColumn("step", curves.lossSteps))
         lossTable.AddColumn(_floatColumn("loss", curves.lossValues))

@@ -15,6 +15,7 @@ import slicer
 
 from . import config as configModule
 from . import job as jobModule
+from .job import pairSegLib
 from .trainingset import IGNORE, TrainingItem, normalizeName, segmentNames
 
 POLL_MS = 500
@@ -53,15 +54,28 @@ class TrainerPanel:
         self.fillDevices(probe=False)
 
     def fillDevices(self, probe):
+        """Device menu from the logic (``probe``: ask torch for GPUs); keeps the chosen device."""
         combo = self.ui.deviceComboBox
         current = combo.currentData if combo.count else "auto"
+        combo.blockSignals(True)
         combo.clear()
         for value, label in self.logic.listDevices(probe=probe):
             combo.addItem(label, value)
-        index = combo.findData(current)
-        combo.setCurrentIndex(max(index, 0))
+        combo.blockSignals(False)
+        self._selectDevice(current)
         gpus = sum(1 for i in range(combo.count) if str(combo.itemData(i)).startswith("cuda"))
         self.ui.gpusSpinBox.setMaximum(max(1, gpus) if probe else 64)
+
+    def _selectDevice(self, value):
+        """Show ``value`` in the device menu; a device not detected here (a scene saved on
+        another computer, or before Detect GPUs) gets its own entry instead of showing Automatic."""
+        combo = self.ui.deviceComboBox
+        value = value or "auto"
+        index = combo.findData(value)
+        if index < 0:
+            combo.addItem(f"{value} (not detected here)", value)
+            index = combo.count - 1
+        combo.setCurrentIndex(index)
 
     def _connect(self):
         ui = self.ui
@@ -100,7 +114,7 @@ class TrainerPanel:
             self._parameterNode.parameterNode.RemoveObserver(self._nodeObserverTag)
         self._parameterNode = parameterNode
         if parameterNode:
-            self._guiObserver = parameterNode.connectGui(self.ui)
+            self._guiObserver = pairSegLib("gui").connectParameterNode(parameterNode, self.ui)
             self._nodeObserverTag = parameterNode.parameterNode.AddObserver(
                 "ModifiedEvent", lambda *args: self.updateGui())
             self._loadManualWidgets()
@@ -117,10 +131,11 @@ class TrainerPanel:
         p = self._parameterNode
         ui = self.ui
         for combo, value in ((ui.architectureComboBox, p.arch), (ui.modalityComboBox, p.modality),
-                             (ui.pairModeComboBox, p.pairMode), (ui.deviceComboBox, p.device)):
+                             (ui.pairModeComboBox, p.pairMode)):
             index = combo.findData(value)
             if index >= 0:
                 combo.setCurrentIndex(index)
+        self._selectDevice(p.device)
         ui.stepsRadioButton.setChecked(bool(p.useSteps))
         ui.epochsRadioButton.setChecked(not p.useSteps)
         ui.outputFolderPathLineEdit.currentPath = p.outputFolder or os.path.join(os.path.expanduser("~"), "PairSeg")
@@ -146,7 +161,9 @@ class TrainerPanel:
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
-        self.initializeParameterNode()
+        # Only a module in use makes its parameter node in the new scene (Slicer's convention).
+        if self.moduleWidget.parent.isEntered:
+            self.initializeParameterNode()
 
     # -- training set ------------------------------------------------------------------------
 

@@ -1,0 +1,238 @@
+"""PairSeg module widget, offscreen, for each supported Slicer release.
+
+Real parts: the module's .ui loaded by Qt (PySide6) through the PythonQt-like layer
+(Testing/pythonqt.py), Slicer's own parameterNodeWrapper / ScriptedLoadableModule of the release
+under test, real MRML, and the real engine (a tiny phantom model) in its background process.
+Clicks are real ``click()`` calls on the buttons; the task is followed by the module's QTimer.
+"""
+
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+
+def pump(until, timeout=120.0):
+    """Run the Qt event loop (timers fire) until ``until()`` is true."""
+    import slicer
+
+    deadline = time.monotonic() + timeout
+    while not until():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached while running the event loop")
+        slicer.app.processEvents()
+        time.sleep(0.02)
+
+
+def phantomVolume(harness, phantom_dir):
+    images = sorted(p for p in os.listdir(phantom_dir) if "_image" in p)
+    return harness.loadVolume(str(phantom_dir / images[0]), name="phantom")
+
+
+@pytest.fixture
+def pairsegWidget(slicer_release, module_widget, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # model registry of this test only
+    monkeypatch.setenv("PAIRSEG_MODELS_DIR", str(tmp_path / "no-catalog"))
+    widget = module_widget("PairSeg")
+    widget.parent.enter()
+    return widget
+
+
+def test_setup_binds_parameter_node(pairsegWidget, mrml_scene):
+    import slicer
+
+    widget = pairsegWidget
+    ui = widget.ui
+    node = widget._parameterNode
+    assert node is not None and node.parameterNode.GetScene() is mrml_scene
+    # GUI -> node and node -> GUI through Slicer's connectors
+    ui.largestComponentCheckBox.checked = False
+    assert node.keepLargestComponent is False
+    node.keepLargestComponent = True
+    assert ui.largestComponentCheckBox.checked is True
+    # device menu (not a connector: labels) -> node; the CPU warning follows
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+    assert node.device == "cpu" and ui.deviceWarningLabel.isVisibleTo(widget.parent)
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cuda"))
+    assert node.device == "cuda" and not ui.deviceWarningLabel.isVisibleTo(widget.parent)
+    # nothing to segment yet
+    assert not ui.applyButton.enabled and ui.applyButton.text == "Segment"
+    volume = mrml_scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "v")
+    assert ui.inputVolumeSelector.currentNode() is volume and node.inputVolume is volume  # selector picked it
+    labels = mrml_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+    assert labels not in [ui.inputVolumeSelector.nodeFromIndex(i) for i in range(ui.inputVolumeSelector.nodeCount())]
+    # the console API of the docs (fault 7)
+    assert slicer.util.getModuleLogic("PairSeg") is widget.logic
+    assert not hasattr(slicer.modules.pairseg.logic(), "segmentVolume")
+
+
+def test_exit_enter_and_cleanup_disconnect(pairsegWidget, mrml_scene):
+    import slicer
+
+    widget = pairsegWidget
+    node = widget._parameterNode
+    widget.parent.exit()
+    assert widget._parameterNode is None
+    node.keepLargestComponent = False
+    assert widget.ui.largestComponentCheckBox.checked is True  # no longer bound
+    widget.parent.enter()
+    assert widget.ui.largestComponentCheckBox.checked is False  # bound again, from the node
+    widget.timer.start()
+    slicer.app.moduleManager().moduleAboutToBeUnloaded.emit("PairSeg")  # Slicer exit / unload
+    assert not widget.timer.isActive() and widget._parameterNode is None
+
+
+def test_scene_close_makes_a_new_parameter_node_only_when_entered(pairsegWidget, mrml_scene):
+    widget = pairsegWidget
+    old = widget._parameterNode.parameterNode
+    mrml_scene.Clear(1)  # close, singletons too (as when a scene file replaces the scene)
+    assert widget._parameterNode is not None and widget._parameterNode.parameterNode is not old
+    assert widget._parameterNode.parameterNode.GetScene() is mrml_scene
+    widget.parent.exit()
+    mrml_scene.Clear(1)
+    assert mrml_scene.GetSingletonNode("PairSeg", "vtkMRMLScriptedModuleNode") is None
+
+
+def test_segment_cancel_then_segment_and_compare(pairsegWidget, mrml_scene, harness, phantom_dir, phantom_model):
+    import slicer
+
+    widget = pairsegWidget
+    ui = widget.ui
+    volume = phantomVolume(harness, phantom_dir)
+    ui.inputVolumeSelector.setCurrentNode(volume)
+    ui.modelPathLineEdit.currentPath = str(phantom_model)
+    assert widget._parameterNode.modelPath == str(phantom_model)
+    assert ui.modelInfoLabel.text.startswith("Classes: liver")
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+    assert ui.applyButton.enabled
+
+    before = harness.sceneSnapshot()
+    ui.applyButton.click()  # Segment
+    assert widget.task is not None and not widget.task.done
+    assert ui.applyButton.text == "Cancel" and ui.progressBar.isVisibleTo(widget.parent)
+    assert not ui.inputsCollapsibleButton.enabled and widget.timer.isActive()
+    ui.applyButton.click()  # Cancel
+    pump(lambda: widget.task.done)
+    assert widget.task.state == "cancelled"
+    assert widget.task.process.finished
+    assert ui.applyButton.text == "Segment" and not ui.progressBar.isVisibleTo(widget.parent)
+    assert not widget.timer.isActive() and harness.sceneSnapshot() == before
+
+    ui.applyButton.click()  # Segment again, to the end
+    fractions = []
+    pump(lambda: fractions.append(ui.progressBar.value) or widget.task.done, timeout=180)
+    assert widget.task.state == "finished", ui.statusLabel.text
+    output = widget._parameterNode.outputSegmentation
+    assert output is not None and ui.outputSegmentationSelector.currentNode() is output
+    segmentation = output.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())][0] == "liver"
+    # the model path went into the path editor's history (QSettings under its settingKey)
+    history = [ui.modelPathLineEdit.comboBox().itemText(i) for i in range(ui.modelPathLineEdit.comboBox().count())]
+    assert history[0] == str(phantom_model)
+    # and into the recent models of the known-models menu
+    combo = ui.knownModelsComboBox
+    assert str(phantom_model) in [combo.itemData(i) for i in range(combo.count)]
+
+    # Compare with a reference: a copy of the result, so Dice is exactly 1
+    reference = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "reference")
+    reference.GetSegmentation().DeepCopy(segmentation)
+    ui.compareCollapsibleButton.collapsed = False
+    ui.referenceSegmentationSelector.setCurrentNode(reference)
+    assert widget._parameterNode.referenceSegmentation is reference and ui.compareButton.enabled
+    ui.compareButton.click()
+    assert ui.resultsTableView.isVisibleTo(widget.parent)
+    table = ui.resultsTableView.mrmlTableNode()
+    assert table is not None and table.GetTable().GetNumberOfRows() >= 1
+    assert ui.resultsTableView.cellText(0, 0) == "liver"
+    assert float(ui.resultsTableView.cellText(0, 1)) == pytest.approx(1.0)
+
+
+def test_segment_refuses_bad_model_with_a_message(pairsegWidget, mrml_scene, harness, phantom_dir, tmp_path, caplog):
+    widget = pairsegWidget
+    ui = widget.ui
+    phantomVolume(harness, phantom_dir)
+    broken = tmp_path / "broken.pairseg"
+    broken.write_bytes(b"not a model")
+    ui.modelPathLineEdit.currentPath = str(broken)
+    assert str(broken) in ui.modelInfoLabel.text or "model" in ui.modelInfoLabel.text.lower()
+    before = mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    ui.applyButton.click()
+    assert widget.task is None and ui.applyButton.text == "Segment"
+    assert any(record.levelname == "ERROR" for record in caplog.records)  # errorDisplay (testing mode logs)
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before
+
+
+def _catalog(folder, model, default=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "phantom.pairseg"
+    target.write_bytes(model.read_bytes())
+    entry = {
+        "name": "phantom-organs", "title": "Phantom organs (test)", "description": "A tiny model made by the test.",
+        "version": "1.0", "modality": "MR", "arch": "c2fcn", "file": "phantom.pairseg",
+        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(), "file_size_bytes": target.stat().st_size,
+        "classes": [{"name": "liver", "color": [200, 100, 50], "terminology": {}}], "spacing_mm": 1.25,
+        "size": 64, "training_data": {"dataset": "phantoms", "cases": [], "licence": "CC0", "citation": "-"},
+        "evaluation": {"case": "phantom_000", "dice": {"liver": 0.912}, "assd_mm": {"liver": 1.0},
+                       "mean_dice": 0.912, "command": "pairseg evaluate"},
+        "cpu_segment_seconds": 1.0, "url": None,
+    }
+    (folder / "models.json").write_text(json.dumps({"catalog_version": 1, "default": "phantom-organs" if default else None,
+                                                    "models": [entry]}))
+    return target
+
+
+def test_catalog_default_model_preselected(slicer_release, module_widget, mrml_scene, harness, phantom_dir,
+                                           phantom_model, tmp_path, monkeypatch):
+    """Issue 12 item 6: after installing, load sample -> Segment works with the default ready model."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    modelFile = _catalog(tmp_path / "catalog", phantom_model)
+    monkeypatch.setenv("PAIRSEG_MODELS_DIR", str(tmp_path / "catalog"))
+    widget = module_widget("PairSeg")
+    widget.parent.enter()
+    ui = widget.ui
+    combo = ui.knownModelsComboBox
+    labels = [combo.itemText(i) for i in range(combo.count)]
+    assert "Ready model: Phantom organs (test) (default)" in labels
+    assert widget._parameterNode.modelPath == str(modelFile) == ui.modelPathLineEdit.currentPath
+    info = ui.modelInfoLabel.text
+    assert "A tiny model made by the test." in info and "mean 91.2" in info and "liver 91.2" in info
+    volume = phantomVolume(harness, phantom_dir)  # "load sample"
+    assert widget._parameterNode.inputVolume is volume and ui.applyButton.enabled
+    # choosing another model and back through the menu
+    ui.modelPathLineEdit.currentPath = ""
+    assert ui.modelInfoLabel.text == "No model selected."
+    combo.setCurrentIndex(labels.index("Ready model: Phantom organs (test) (default)"))
+    combo.activated.emit(combo.currentIndex)
+    assert widget._parameterNode.modelPath == str(modelFile)
+
+
+def test_catalog_absent_or_damaged_keeps_panel_working(slicer_release, module_widget, mrml_scene, tmp_path,
+                                                       monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "models.json").write_text("{not json")
+    monkeypatch.setenv("PAIRSEG_MODELS_DIR", str(tmp_path / "catalog"))
+    widget = module_widget("PairSeg")
+    widget.parent.enter()
+    assert widget._parameterNode.modelPath == "" and widget.ui.knownModelsComboBox.count == 1
+
+
+def test_sample_data_registered_at_startup(slicer_release, module_widget, mrml_scene, monkeypatch, tmp_path):
+    """registerSampleData runs from the application's startupCompleted() signal."""
+    import slicer
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    calls = []
+    from PairSegLib import sampledata
+
+    monkeypatch.setattr(sampledata, "registerSampleData", lambda iconsPath: calls.append(iconsPath))
+    module_widget("PairSeg")
+    slicer.app.startupCompleted.emit()
+    assert calls and os.path.isdir(calls[-1])
+
+
+def test_array_sanity():
+    assert np.zeros(1).sum() == 0  # numpy present for the helpers above

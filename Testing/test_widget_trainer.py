@@ -1,0 +1,176 @@
+"""PairSegTrainer module widget, offscreen, for each supported Slicer release.
+
+Real parts as in test_widget_pairseg.py: Qt widgets from the .ui, Slicer's own
+parameterNodeWrapper / ScriptedLoadableModule of the release, real MRML, and the real engine
+(``pairseg train`` in a background process) for Train -> Stop -> Resume -> registered model.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from test_pairsegtrainer_helpers import addSegmentation, addVolume
+from test_widget_pairseg import pump
+
+
+@pytest.fixture
+def trainerWidget(slicer_release, module_widget, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    widget = module_widget("PairSegTrainer")
+    widget.parent.enter()
+    return widget
+
+
+def syntheticCase(scene, name="case", seed=0):
+    """A small MR-like volume with a bright 'liver' blob and its segmentation."""
+    rng = np.random.default_rng(seed)
+    shape = (10, 48, 48)
+    zz, yy, xx = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    liver = ((yy - 22) ** 2 + (xx - 20) ** 2 < (10 + zz % 3) ** 2).astype(np.uint8)
+    image = (rng.normal(100, 10, shape) + 300.0 * liver).astype(np.float32)
+    volume = addVolume(scene, image, name=name, spacing=(1.2, 1.2, 3.0))
+    segmentation = addSegmentation(scene, volume, liver, {1: "liver"}, name=name + " segmentation")
+    return volume, segmentation
+
+
+def test_spin_box_ranges_come_from_the_parameters(trainerWidget):
+    """Fault 3: the connectors set the spin boxes from the declared ranges (not +-2^31 / +-inf)."""
+    ui = trainerWidget.ui
+    node = trainerWidget.panel._parameterNode
+    for widget, parameter in ((ui.epochsSpinBox, "epochs"), (ui.stepsSpinBox, "steps"), (ui.batchSizeSpinBox, "batchSize"),
+                              (ui.sizeSpinBox, "size"), (ui.learningRateSpinBox, "learningRate"),
+                              (ui.valFractionSpinBox, "valFraction"), (ui.gpusSpinBox, "gpus"),
+                              (ui.interRepeatsSpinBox, "interRepeats")):
+        assert widget.minimum > 0 or parameter == "valFraction", (parameter, widget.minimum)
+        assert widget.maximum < 1e8, (parameter, widget.maximum)
+        widget.value = widget.minimum - 1  # typed below the range: clamped by the widget
+        assert getattr(node, parameter) == pytest.approx(widget.minimum)
+        with pytest.raises(ValueError):
+            setattr(node, parameter, widget.minimum - 1)  # the node refuses it too
+    ui.learningRateSpinBox.value = 0.0005
+    assert node.learningRate == pytest.approx(0.0005)
+    assert ui.learningRateSpinBox.decimals == 6
+
+
+def test_console_api_and_dependency(trainerWidget):
+    """Fault 7 for the Trainer and its declared dependency on PairSeg (fault 11)."""
+    import slicer
+
+    assert slicer.util.getModuleLogic("PairSegTrainer") is trainerWidget.logic
+    assert not hasattr(slicer.modules.pairsegtrainer.logic(), "startTraining")
+    assert list(slicer.modules.pairsegtrainer.dependencies) == ["PairSeg"]
+    assert hasattr(slicer.modules, "pairseg")  # loaded first, as Slicer does for a dependency
+
+
+def test_device_choices(trainerWidget, monkeypatch, tmp_path):
+    """Fault 9: Detect GPUs offers cuda:N, which the configuration accepts; a saved device that is
+    not detected here is shown as itself, not as Automatic."""
+    panel = trainerWidget.panel
+    ui = trainerWidget.ui
+    node = panel._parameterNode
+    devices = [("auto", "Automatic"), ("cpu", "CPU"), ("cuda:0", "GPU 0: A"), ("cuda:1", "GPU 1: B")]
+    monkeypatch.setattr(panel.logic, "listDevices", lambda probe=False: list(devices) if probe else devices[:2])
+    ui.refreshDevicesButton.click()
+    assert [ui.deviceComboBox.itemData(i) for i in range(ui.deviceComboBox.count)] == [d[0] for d in devices]
+    assert ui.gpusSpinBox.maximum == 2
+    ui.deviceComboBox.setCurrentIndex(3)
+    assert node.device == "cuda:1"
+    config = panel.buildConfig(str(tmp_path))
+    (tmp_path / "dataset.json").write_text("{}")
+    config.outputModel = str(tmp_path / "m.pairseg")
+    config.steps, config.epochs = 10, None
+    config.validate()  # cuda:1 accepted
+    # a scene saved with "cuda" on a GPU computer, opened here without probing
+    node.device = "cuda"
+    panel.setParameterNode(panel.parameterClass(panel.logic.getParameterNode()))
+    assert ui.deviceComboBox.currentData == "cuda" and node.device == "cuda"
+    assert "not detected" in ui.deviceComboBox.currentText
+
+
+def test_parameter_node_only_in_scenes_where_entered(slicer_release, module_widget, mrml_scene, tmp_path, monkeypatch):
+    """Fault 11: a set-up but never entered Trainer does not put its node into every new scene."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    widget = module_widget("PairSegTrainer")
+    mrml_scene.Clear(1)
+    assert mrml_scene.GetSingletonNode("PairSegTrainer", "vtkMRMLScriptedModuleNode") is None
+    widget.parent.enter()
+    assert mrml_scene.GetSingletonNode("PairSegTrainer", "vtkMRMLScriptedModuleNode") is not None
+    mrml_scene.Clear(1)
+    assert widget.panel._parameterNode is not None
+    assert widget.panel._parameterNode.parameterNode.GetScene() is mrml_scene
+
+
+def test_add_case_and_train_stop_resume_to_registered_model(trainerWidget, mrml_scene, tmp_path, monkeypatch):
+    import slicer
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    widget = trainerWidget
+    panel = widget.panel
+    ui = widget.ui
+    node = panel._parameterNode
+    volume, segmentation = syntheticCase(mrml_scene)
+    # Add case: nothing selected -> message; then the volume and its segmentation
+    ui.volumeSelector.setCurrentNode(None)
+    ui.addCaseButton.click()
+    assert ui.trainingTable.rowCount == 0
+    ui.volumeSelector.setCurrentNode(volume)
+    ui.segmentationSelector.setCurrentNode(segmentation)
+    ui.addCaseButton.click()
+    assert ui.trainingTable.rowCount == 1 and ui.trainButton.enabled
+    assert "liver" in ui.trainingTable.item(0, 2).text() or "liver" in ui.mappingStatusLabel.text
+    # settings through the widgets
+    ui.classesLineEdit.text = "liver"
+    ui.outputNameLineEdit.text = "widget-model"
+    ui.outputFolderPathLineEdit.currentPath = str(tmp_path / "out")
+    ui.stepsRadioButton.setChecked(True)
+    ui.stepsSpinBox.value = 60
+    ui.sizeSpinBox.value = 32
+    ui.batchSizeSpinBox.value = 2
+    ui.valFractionSpinBox.value = 0.0
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+    assert (node.useSteps, node.steps, node.size, node.batchSize, node.device) == (True, 60, 32, 2, "cpu")
+    assert not ui.epochsSpinBox.enabled and ui.stepsSpinBox.enabled
+
+    ui.trainButton.click()  # Train
+    job = panel.job
+    assert job is not None and ui.trainButton.text == "Stop" and panel.timer.isActive()
+    pump(lambda: (job.step or 0) >= 2 or not job.running, timeout=240)
+    assert job.running, job.log[-10:]
+    assert "step" in ui.statusLabel.text and "ETA" in ui.statusLabel.text
+    ui.trainButton.click()  # Stop
+    pump(lambda: not job.running and not panel.timer.isActive(), timeout=120)
+    assert job.state == "stopped", job.log[-10:]
+    assert ui.trainButton.text == "Train" and ui.resumeButton.enabled
+    assert "Resume" in ui.statusLabel.text
+    stoppedAt = job.step
+    assert ui.logTextEdit.toPlainText()  # the engine's log reached the panel
+
+    ui.resumeButton.click()  # Resume from the checkpoint
+    resumed = panel.job
+    assert resumed is not job and ui.trainButton.text == "Stop"
+    pump(lambda: not resumed.running and not panel.timer.isActive(), timeout=600)
+    assert resumed.state == "finished", resumed.log[-10:]
+    modelPath = str(tmp_path / "out" / "widget-model.pairseg")
+    assert os.path.isfile(modelPath) and resumed.step == 60 and stoppedAt < 60
+    assert node.currentModel == modelPath == ui.currentModelPathLineEdit.currentPath
+    assert "registered for PairSeg" in ui.statusLabel.text
+    assert [m["path"] for m in panel.logic.registry.registeredModels()] == [modelPath]
+    assert ui.fineTuneButton.enabled and ui.segmentNewButton.enabled
+    # the Dice chart keeps its 0..1 axis (auto range off, else SetYAxisRange has no effect)
+    chart = resumed.plots.diceChart
+    assert not chart.GetYAxisRangeAuto() and tuple(chart.GetYAxisRange()) == (0.0, 1.0)
+    # PairSeg lists the registered model
+    pairsegWidget = slicer.util.getModuleWidget("PairSeg")
+    pairsegWidget.refreshKnownModels()
+    combo = pairsegWidget.ui.knownModelsComboBox
+    assert modelPath in [combo.itemData(i) for i in range(combo.count)]
+
+
+def test_cleanup_stops_timer_and_disconnects(trainerWidget, mrml_scene):
+    import slicer
+
+    panel = trainerWidget.panel
+    panel.timer.start()
+    slicer.app.moduleManager().moduleAboutToBeUnloaded.emit("PairSegTrainer")
+    assert not panel.timer.isActive() and panel._parameterNode is None
