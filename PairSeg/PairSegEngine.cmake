@@ -10,8 +10,12 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/augment.py
   pairseg/catalog.py
   pairseg/cli.py
+  pairseg/config.py
+  pairseg/constants.py
   pairseg/data.py
+  pairseg/datasets.py
   pairseg/demo.py
+  pairseg/devices.py
   pairseg/distributed.py
   pairseg/errors.py
   pairseg/events.py
@@ -27,6 +31,7 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/networks/pairwise.py
   pairseg/networks/resnet.py
   pairseg/networks/unet.py
+  pairseg/orientation.py
   pairseg/pairs.py
   pairseg/phantoms.py
   pairseg/postprocess.py
@@ -50,4 +55,11 @@ ctkMacroCompilePythonScript(
 file(GLOB PAIRSEG_CATALOG_FILES "${PROJECT_SOURCE_DIR}/Resources/Models/*")
 install(FILES ${PAIRSEG_CATALOG_FILES}
   DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models
+  COMPONENT RuntimeLibraries)
+
+# The embedded sample case (Resources/SampleData at the repository top level, CC BY-SA 4.0 with its
+# README) beside the modules, where PairSegLib.sampledata.embeddedCaseFolder() looks for it.
+file(GLOB PAIRSEG_SAMPLE_FILES "${PROJECT_SOURCE_DIR}/Resources/SampleData/*")
+install(FILES ${PAIRSEG_SAMPLE_FILES}
+  DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/SampleData
   COMPONENT RuntimeLibraries)

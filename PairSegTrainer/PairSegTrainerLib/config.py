@@ -39,7 +39,7 @@ ARCHITECTURE_NAMES = tuple(name for name, _ in ARCHITECTURES)
 PAIR_MODES = ("intra+inter", "intra", "inter", "identical")
 MODALITIES = ("MR", "CT")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-MODEL_SUFFIX = ".pairseg"
+MODEL_SUFFIX = engine.torchFreeEngineModule("constants").MODEL_SUFFIX
 
 # Paper defaults (Wang et al. 2021): intra-patient offsets per modality, Adam lr 1e-4, 256 px.
 DEFAULT_OFFSETS = {"MR": (3, 5, 7), "CT": (5, 9, 13)}
