@@ -56,3 +56,10 @@ file(GLOB PAIRSEG_CATALOG_FILES "${PROJECT_SOURCE_DIR}/Resources/Models/*")
 install(FILES ${PAIRSEG_CATALOG_FILES}
   DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models
   COMPONENT RuntimeLibraries)
+
+# The embedded sample case (Resources/SampleData at the repository top level, CC BY-SA 4.0 with its
+# README) beside the modules, where PairSegLib.sampledata.embeddedCaseFolder() looks for it.
+file(GLOB PAIRSEG_SAMPLE_FILES "${PROJECT_SOURCE_DIR}/Resources/SampleData/*")
+install(FILES ${PAIRSEG_SAMPLE_FILES}
+  DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/SampleData
+  COMPONENT RuntimeLibraries)

@@ -398,3 +398,19 @@ def test_samples_registered_embedded_first_then_download(sampledata, monkeypatch
     assert segmentationNode.GetSegmentation().GetNumberOfSegments() == 4
     assert download["uris"].startswith("https://zenodo.org/records/3431873/files/CHAOS_Train_Sets.zip")
     assert download["sampleName"] == "CHAOSMRT2Patient1" and callable(download["customDownloader"])
+
+
+def test_missing_embedded_case_registers_the_download_only(sampledata, monkeypatch, tmp_path):
+    registered = []
+
+    class SampleDataLogic:
+        @staticmethod
+        def registerCustomSampleDataSource(**kwargs):
+            registered.append(kwargs["sampleName"])
+
+    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
+    monkeypatch.setenv("PAIRSEG_SAMPLE_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(sampledata.SampleDataError, match="not a readable sample description"):
+        sampledata.loadEmbeddedSample()
+    sampledata.registerSampleData(os.path.join(ROOT, "PairSeg", "Resources", "Icons"))
+    assert registered == ["CHAOSMRT2Patient1"]

@@ -130,24 +130,61 @@ def test_config_command_lines_and_validation(tmp_path):
                              size=64, batchSize=2, device="cpu", offsets="3, 5,7", python="py")
     cfg.validate()
     command = cfg.commandLine()
-    assert command[:4] == ["py", "-m", "pairseg", "train"]
-    for flag, value in (("--steps", "20"), ("--size", "64"), ("--batch-size", "2"), ("--offsets", "3,5,7"),
-                        ("--arch", "c2fcn"), ("--pair-mode", "intra+inter"), ("--events", "json")):
-        assert command[command.index(flag) + 1] == value
-    assert "--epochs" not in command and "--resume" not in command
+    runFile = str(tmp_path / "m.pairseg.train.json")
+    assert command == ["py", "-m", "pairseg", "train", "--config", runFile, "--events", "json"]
+    written = json.loads(open(runFile).read())
+    assert (written["steps"], written["epochs"], written["size"], written["batch_size"], written["offsets"]) == \
+        (20, None, 64, 2, [3, 5, 7])
     multi = cfg.copy(gpus=4, resume=True, initFrom="").commandLine()
     assert multi[:7] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", "-m"]
-    assert "--resume" in multi
+    assert multi[7:] == ["pairseg", "train", "--config", runFile, "--events", "json"]
+    assert json.loads(open(runFile).read())["resume"] is True
     with pytest.raises(config.ConfigError, match="nothing to resume"):
         cfg.copy(resume=True).validate()
-    with pytest.raises(config.ConfigError, match="architecture"):
+    with pytest.raises(config.ConfigError, match="arch"):
         cfg.copy(arch="resnet").validate()
+    with pytest.raises(config.ConfigError, match="batch_size"):
+        cfg.copy(batchSize=0).validate()
     with pytest.raises(config.ConfigError, match="dataset.json"):
         cfg.copy(dataFolder=str(tmp_path / "nothing")).validate()
     with pytest.raises(config.ConfigError, match="offsets"):
         config.parseOffsets("3,x")
     assert config.versionedModelPath(str(tmp_path / "liver.pairseg")).endswith("liver_v2.pairseg")
     assert config.versionedModelPath(str(tmp_path / "liver_v7.pairseg")).endswith("liver_v8.pairseg")
+
+
+def test_training_settings_round_trip_trainer_json_cli(tmp_path):
+    """Trainer -> run file -> the engine's TrainConfig (as ``pairseg train --config`` reads it) ->
+    Trainer again; and the same settings given as ``pairseg train`` options give the same config."""
+    lib = trainerLib()
+    from pairseg.cli import build_parser
+    from pairseg.config import TrainConfig, from_arguments
+
+    from PairSegTrainerLib import config
+
+    (tmp_path / "dataset.json").write_text("{}")
+    cfg = lib.TrainingConfig(dataFolder=str(tmp_path), outputModel=str(tmp_path / "liver.pairseg"), arch="cfcn",
+                             steps=123, size=96, batchSize=3, learningRate=2.5e-4, device="cuda:1", seed=7,
+                             valFraction=0.25, pairMode="intra", offsets=(2, 4), interRepeats=3,
+                             initFrom=str(tmp_path / "base.pairseg"), stopFile=str(tmp_path / "stop"), python="py")
+    command = cfg.commandLine()
+    runFile = command[command.index("--config") + 1]
+    fromFile = TrainConfig.read(runFile)
+    assert lib.TrainingConfig.fromEngineConfig(fromFile, python="py") == cfg
+    fromCommand = from_arguments(build_parser().parse_args(command[3:]))
+    assert fromCommand == fromFile
+    options = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "liver.pairseg"), "--arch", "cfcn",
+               "--steps", "123", "--size", "96", "--batch-size", "3", "--lr", "2.5e-4", "--device", "cuda:1",
+               "--seed", "7", "--val-fraction", "0.25", "--pair-mode", "intra", "--offsets", "2,4",
+               "--inter-repeats", "3", "--init-from", str(tmp_path / "base.pairseg"), "--stop-file",
+               str(tmp_path / "stop")]
+    assert from_arguments(build_parser().parse_args(options)).to_dict() == fromFile.to_dict()
+    # defaults are the engine's, not the Trainer's own
+    default = lib.TrainingConfig()
+    engineDefaults = TrainConfig(data="d", out="o")
+    for name, engineName in config.ENGINE_NAMES.items():
+        if name not in ("dataFolder", "outputModel", "arch", "offsets", "initFrom", "stopFile"):
+            assert getattr(default, name) == getattr(engineDefaults, engineName), name
 
 
 def test_training_set_in_parameter_node(load_module, mrml_scene):
@@ -170,4 +207,6 @@ def test_training_set_in_parameter_node(load_module, mrml_scene):
     tree = ast.parse(pathlib.Path(module.__file__).read_text())
     topImports = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     topImports |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
-    assert topImports <= {"importlib", "logging", "slicer", "PairSegTrainerLib"}
+    import sys
+
+    assert topImports - set(sys.stdlib_module_names) <= {"slicer", "PairSegTrainerLib", "PairSegLib"}

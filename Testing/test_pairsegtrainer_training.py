@@ -109,7 +109,7 @@ def test_stop_leaves_checkpoint_that_resumes(trainerLogic, mrml_scene, harness, 
     resumed = job.resume()
     resumed.wait(timeout=180)
     assert resumed.state == "done", resumed.log[-10:]
-    assert "--resume" in resumed.command
+    assert json.loads(open(resumed.config.runFile).read())["resume"] is True   # pairseg train --config
     progress = [e for e in resumed.events if e["event"] == "progress"]
     assert progress[0]["step"] == stoppedAt + 1 and progress[-1]["step"] == 10
     assert resumed.curves is job.curves and resumed.curves.lossSteps[-1] == 10.0
@@ -230,8 +230,9 @@ def test_fine_tune_starts_from_a_catalog_model_by_name(trainerLogic, mrml_scene,
     job = trainerLogic.fineTune([(volume, segmentation)], "phantom-organs", str(tmp_path / "set"),
                                 outputFolder=str(tmp_path / "models"), steps=2)
     (command,) = commands
-    assert command[command.index("--init-from") + 1] == str(catalog / "phantom.pairseg")
-    assert command[command.index("--out") + 1] == str(tmp_path / "models" / "phantom-organs_v2.pairseg")
+    settings = json.loads(open(command[command.index("--config") + 1]).read())   # the run file
+    assert settings["init_from"] == str(catalog / "phantom.pairseg")
+    assert settings["out"] == str(tmp_path / "models" / "phantom-organs_v2.pairseg")
     manifest = json.loads((tmp_path / "set" / "dataset.json").read_text())
     assert list(manifest["labels"].values())[1:] == metadata["class_names"]
     job.wait(timeout=30, raiseOnError=False)   # the stand-in process sends no "done": a failure

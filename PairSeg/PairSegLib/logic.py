@@ -193,7 +193,8 @@ class PairSegCoreLogic:
         """A model file path from a path or a catalog model's name (a bare name, no folder or
         suffix, that is not a file here). InputError for an unknown name."""
         text = os.fspath(spec)
-        if os.path.exists(text) or os.sep in text or "/" in text or text.endswith(models.MODEL_SUFFIX):
+        suffix = engineModule.torchFreeEngineModule("constants").MODEL_SUFFIX
+        if os.path.exists(text) or os.sep in text or "/" in text or text.endswith(suffix):
             return text
         try:
             return engineModule.resolveModel(text)

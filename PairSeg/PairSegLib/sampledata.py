@@ -423,14 +423,20 @@ def downloadSampleWithProgress(patient=DOWNLOAD_PATIENT, name=None, **options):
 def registerSampleData(iconsPath):
     """Register PairSeg's samples in the Sample Data module: the embedded CHAOS case (first; from
     the local files) and CHAOS patient 1 from the public archive (a 0.9 GB download)."""
+    import logging
+
     import SampleData
 
     thumbnail = os.path.join(iconsPath, SAMPLE_NAME + ".png")
-    imagePath, labelPath, _ = embeddedCase()
-    SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="PairSeg", sampleName=SAMPLE_NAME, uris=imagePath, fileNames=os.path.basename(imagePath),
-        nodeNames=SAMPLE_NAME, thumbnailFileName=thumbnail,
-        customDownloader=lambda source: list(loadEmbeddedSample()))
+    try:
+        imagePath, _, _ = embeddedCase()
+    except SampleDataError as error:   # an installation without Resources/SampleData: download only
+        logging.warning(f"PairSeg: {error}")
+    else:
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="PairSeg", sampleName=SAMPLE_NAME, uris=imagePath, fileNames=os.path.basename(imagePath),
+            nodeNames=SAMPLE_NAME, thumbnailFileName=thumbnail,
+            customDownloader=lambda source: list(loadEmbeddedSample()))
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="PairSeg", sampleName=DOWNLOAD_NAME, uris=CHAOS_ARCHIVE_URL, fileNames=CHAOS_ARCHIVE_NAME,
         nodeNames=DOWNLOAD_NAME, thumbnailFileName=thumbnail,

@@ -1,20 +1,32 @@
-"""Training settings of the PairSegTrainer module, with every default in one place.
+"""Training settings of the PairSegTrainer module, as the engine defines them.
 
-``TrainingConfig`` is a plain dataclass (no Slicer, no torch): the Widget fills it from the UI, a
-script fills it by hand, and ``commandLine()`` turns it into the engine's training command
-(``python -m pairseg train ...``, or ``python -m torch.distributed.run --nproc-per-node N -m
-pairseg train ...`` for several GPUs): the same code path as headless training.
+The engine's ``pairseg.config.TrainConfig`` (torch-free) is the one definition of the training
+settings, their defaults and ranges. ``TrainingConfig`` is its Slicer-side view (camelCase names,
+plus what only Slicer needs: GPUs for torchrun, the interpreter): its defaults are the engine's,
+``engineConfig()`` builds and checks the engine's TrainConfig, and ``commandLine()`` writes it as
+the run's JSON file (``<model>.train.json``) and returns ``python -m pairseg train --config FILE
+--events json`` (``python -m torch.distributed.run --nproc-per-node N -m pairseg ...`` for several
+GPUs): the same code path as headless training. ``fromEngineConfig`` reads one back.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from PairSegLib import engine
+
+
+def engineSchema():
+    """The engine's ``pairseg.config`` module (torch-free)."""
+    return engine.torchFreeEngineModule("config")
+
+
+def engineDefault(name):
+    """The engine's default of a training setting (``pairseg.config.setting(name).default``)."""
+    return engineSchema().setting(name).default
 
 # (engine name, label shown in the UI); the first one is the default.
 ARCHITECTURES = (
@@ -27,14 +39,19 @@ ARCHITECTURE_NAMES = tuple(name for name, _ in ARCHITECTURES)
 PAIR_MODES = ("intra+inter", "intra", "inter", "identical")
 MODALITIES = ("MR", "CT")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-MODEL_SUFFIX = ".pairseg"
+MODEL_SUFFIX = engine.torchFreeEngineModule("constants").MODEL_SUFFIX
 
 # Paper defaults (Wang et al. 2021): intra-patient offsets per modality, Adam lr 1e-4, 256 px.
 DEFAULT_OFFSETS = {"MR": (3, 5, 7), "CT": (5, 9, 13)}
-DEFAULT_LEARNING_RATE = 1e-4
-DEFAULT_SIZE = 256
-DEFAULT_BATCH_SIZE = 8
-DEFAULT_EPOCHS = 50
+DEFAULT_LEARNING_RATE = engineDefault("lr")
+DEFAULT_SIZE = engineDefault("size")
+DEFAULT_BATCH_SIZE = engineDefault("batch_size")
+DEFAULT_EPOCHS = engineDefault("epochs")      # None: the engine's fallback budget
+#: TrainingConfig field -> the engine's TrainConfig field
+ENGINE_NAMES = {"dataFolder": "data", "outputModel": "out", "arch": "arch", "epochs": "epochs", "steps": "steps",
+                "size": "size", "batchSize": "batch_size", "learningRate": "lr", "device": "device", "seed": "seed",
+                "valFraction": "val_fraction", "pairMode": "pair_mode", "offsets": "offsets",
+                "interRepeats": "inter_repeats", "initFrom": "init_from", "resume": "resume", "stopFile": "stop_file"}
 # Fine-tuning after a few corrected cases: short schedule, smaller learning rate.
 FINE_TUNE_EPOCHS = 10
 FINE_TUNE_LEARNING_RATE = 3e-5
@@ -69,17 +86,17 @@ class TrainingConfig:
     outputModel: str = ""                # the model file to write (``*.pairseg``)
     arch: str = ARCHITECTURE_NAMES[0]
     epochs: Optional[int] = DEFAULT_EPOCHS   # give epochs or steps (steps wins when both are set)
-    steps: Optional[int] = None
+    steps: Optional[int] = engineDefault("steps")
     size: int = DEFAULT_SIZE
     batchSize: int = DEFAULT_BATCH_SIZE
     learningRate: float = DEFAULT_LEARNING_RATE
-    device: str = "auto"
+    device: str = engineDefault("device")
     gpus: int = 1                        # > 1: one process per GPU through torchrun (DDP)
-    seed: int = 0
-    valFraction: float = 0.2
-    pairMode: str = PAIR_MODES[0]
+    seed: int = engineDefault("seed")
+    valFraction: float = engineDefault("val_fraction")
+    pairMode: str = engineDefault("pair_mode")
     offsets: tuple = ()                  # empty: the engine's default for the modality
-    interRepeats: int = 2
+    interRepeats: int = engineDefault("inter_repeats")
     initFrom: str = ""                   # fine-tune from this model file
     resume: bool = False                 # continue ``<outputModel>.ckpt``
     stopFile: str = ""                   # the engine stops cleanly when this file appears
@@ -104,6 +121,40 @@ class TrainingConfig:
         """Where the engine keeps its resumable checkpoint: ``<MODEL>.ckpt`` beside the output."""
         return self.outputModel + ".ckpt"
 
+    @property
+    def runFile(self) -> str:
+        """The run's settings as the engine's JSON (``pairseg train --config``): beside the output."""
+        return self.outputModel + ".train.json"
+
+    def engineSettings(self) -> dict:
+        """The settings under the engine's names (``pairseg.config.TrainConfig`` fields)."""
+        values = {engineName: getattr(self, name) for name, engineName in ENGINE_NAMES.items()}
+        if self.steps is not None:
+            values["epochs"] = None          # the budget is steps or epochs, never both
+        values["offsets"] = list(parseOffsets(self.offsets)) or None
+        for name in ("init_from", "stop_file"):
+            values[name] = values[name] or None
+        return values
+
+    def engineConfig(self):
+        """The engine's TrainConfig of these settings, checked by the engine's own rules
+        (ranges, choices, exclusive options); ConfigError with the engine's message otherwise."""
+        schema = engineSchema()
+        try:
+            return schema.TrainConfig.from_dict(self.engineSettings(), source="training settings")
+        except ValueError as error:   # the engine's PairSegInputError
+            raise ConfigError(str(error)) from error
+
+    @classmethod
+    def fromEngineConfig(cls, engineConfig, **slicerOnly) -> "TrainingConfig":
+        """The TrainingConfig of an engine TrainConfig (e.g. read from a run file)."""
+        values = {name: getattr(engineConfig, engineName) for name, engineName in ENGINE_NAMES.items()}
+        values["offsets"] = tuple(values["offsets"] or ())
+        values["initFrom"] = values["initFrom"] or ""
+        values["stopFile"] = values["stopFile"] or ""
+        values.update(slicerOnly)
+        return cls(**values)
+
     def validate(self) -> None:
         """Raise ConfigError with a readable message for a setting the engine would refuse."""
         if not self.dataFolder:
@@ -112,63 +163,22 @@ class TrainingConfig:
             raise ConfigError(f"{self.dataFolder}: no dataset.json (export the training set first)")
         if not self.outputModel:
             raise ConfigError("no output model file given")
-        if self.arch not in ARCHITECTURE_NAMES:
-            raise ConfigError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURE_NAMES)}")
-        if self.steps is None and self.epochs is None:
-            raise ConfigError("give a number of epochs or of steps")
-        for name in ("steps", "epochs"):
-            value = getattr(self, name)
-            if value is not None and int(value) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {value}")
-        if int(self.size) < 32 or int(self.size) % 8:
-            raise ConfigError(f"input size must be a multiple of 8 and >= 32, got {self.size}")
-        if int(self.batchSize) < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batchSize}")
-        if not float(self.learningRate) > 0:
-            raise ConfigError(f"learning rate must be > 0, got {self.learningRate}")
-        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
-            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)} or cuda:N")
         if int(self.gpus) < 1:
             raise ConfigError(f"number of GPUs must be >= 1, got {self.gpus}")
-        if not 0.0 <= float(self.valFraction) < 1.0:
-            raise ConfigError(f"validation fraction must be in [0, 1), got {self.valFraction}")
-        if self.pairMode not in PAIR_MODES:
-            raise ConfigError(f"unknown pair mode {self.pairMode!r}; choose one of {', '.join(PAIR_MODES)}")
-        parseOffsets(self.offsets)
-        if int(self.interRepeats) < 1:
-            raise ConfigError(f"inter-patient repeats must be >= 1, got {self.interRepeats}")
+        self.engineConfig()
         if self.initFrom and not Path(self.initFrom).is_file():
             raise ConfigError(f"fine-tune model {self.initFrom} does not exist")
         if self.resume and not Path(self.checkpointPath).is_file():
             raise ConfigError(f"nothing to resume: {self.checkpointPath} does not exist")
 
     def engineArguments(self) -> list:
-        """The arguments after ``pairseg`` (``train --data ... --events json``)."""
-        args = ["train", "--data", str(self.dataFolder), "--out", str(self.outputModel),
-                "--arch", self.arch]
-        if self.steps is not None:
-            args += ["--steps", str(int(self.steps))]
-        else:
-            args += ["--epochs", str(int(self.epochs))]
-        args += ["--size", str(int(self.size)), "--batch-size", str(int(self.batchSize)),
-                 "--lr", repr(float(self.learningRate)), "--device", self.device,
-                 "--seed", str(int(self.seed)), "--val-fraction", repr(float(self.valFraction)),
-                 "--pair-mode", self.pairMode, "--inter-repeats", str(int(self.interRepeats))]
-        offsets = parseOffsets(self.offsets)
-        if offsets:
-            args += ["--offsets", ",".join(str(o) for o in offsets)]
-        if self.initFrom:
-            args += ["--init-from", str(self.initFrom)]
-        if self.resume:
-            args.append("--resume")
-        if self.stopFile:
-            args += ["--stop-file", str(self.stopFile)]
-        args += [str(a) for a in self.extraArgs]
-        args += ["--events", "json"]
-        return args
+        """The arguments after ``pairseg``: ``train --config <runFile> ... --events json``."""
+        return ["train", "--config", self.runFile] + [str(a) for a in self.extraArgs] + ["--events", "json"]
 
     def commandLine(self) -> list:
-        """The full command: one process, or torchrun with one worker per GPU."""
+        """Write the run file (``engineConfig().write(runFile)``, atomic) and return the command:
+        one process, or torchrun with one worker per GPU."""
+        self.engineConfig().write(self.runFile)
         python = self.python or engine.pythonExecutable()
         if int(self.gpus) > 1:
             # ``python -m torch.distributed.run`` is torchrun; it needs no script on PATH.
