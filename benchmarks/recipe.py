@@ -77,22 +77,10 @@ def load_cases(npz: Path | None, names: list[str] | None = None):
     return cases, meta["class_names"]
 
 
-def padded(volume, factor: float):
-    """``volume`` in a field of view ``factor`` times wider in-plane, padded with zeros (the
-    background of the image); returns (padded volume, (row, column) offsets of the original)."""
-    from pairseg.io import Volume
-
-    depth, rows, cols = volume.array.shape
-    new_rows, new_cols = int(round(rows * factor)), int(round(cols * factor))
-    top, left = (new_rows - rows) // 2, (new_cols - cols) // 2
-    array = np.zeros((depth, new_rows, new_cols), np.float32)
-    array[:, top:top + rows, left:left + cols] = volume.array
-    return Volume(array, volume.spacing, volume.origin, volume.direction), (top, left)
-
-
 def score(model, cases: dict, names: list[str], class_names: list[str], spacing: float, size: int, device,
           fov=(1.0,), assd: bool = True) -> dict:
     """{fov: {case: metrics}} of ``model`` on ``names``, largest component kept."""
+    from pairseg.data import widen_field_of_view
     from pairseg.infer import predict_native
     from pairseg.metrics import evaluate_case
     from pairseg.postprocess import keep_largest_component
@@ -102,7 +90,7 @@ def score(model, cases: dict, names: list[str], class_names: list[str], spacing:
         per_case = {}
         for name in names:
             volume, label = cases[name]
-            source, (top, left) = (volume, (0, 0)) if factor == 1.0 else padded(volume, factor)
+            source, (top, left) = (volume, (0, 0)) if factor == 1.0 else widen_field_of_view(volume, factor)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 pred, _ = predict_native(model, source, "MR", size, device, model_spacing=spacing,
                                          mr_rule="above-minimum")

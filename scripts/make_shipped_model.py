@@ -31,7 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from pairseg.catalog import CATALOG_FILE, file_sha256  # noqa: E402
-from pairseg.io import Volume, read_label, read_volume, write_volume  # noqa: E402
+from pairseg.data import widen_field_of_view  # noqa: E402
+from pairseg.io import read_label, read_volume, write_volume  # noqa: E402
 from pairseg.metrics import evaluate_case  # noqa: E402
 from pairseg.modelfile import load_model, read_metadata, write_model_file  # noqa: E402
 
@@ -63,19 +64,6 @@ def segment(model: Path, image: Path, out: Path) -> float:
                     "--output", str(out), "--device", "cpu"], check=True, capture_output=True,
                    env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     return time.perf_counter() - tick
-
-
-def padded(volume: Volume, factor: float) -> tuple[Volume, tuple[int, int]]:
-    """``volume`` in a ``factor`` times wider in-plane field of view (background zeros), with the
-    origin moved so the anatomy stays where it was; returns it and the original's offsets."""
-    depth, rows, cols = volume.array.shape
-    new_rows, new_cols = int(round(rows * factor)), int(round(cols * factor))
-    top, left = (new_rows - rows) // 2, (new_cols - cols) // 2
-    array = np.zeros((depth, new_rows, new_cols), volume.array.dtype)
-    array[:, top:top + rows, left:left + cols] = volume.array
-    direction = np.asarray(volume.direction).reshape(3, 3)
-    shift = direction @ (np.array([left, top, 0.0]) * np.asarray(volume.spacing))
-    return Volume(array, volume.spacing, tuple(np.asarray(volume.origin) - shift), volume.direction), (top, left)
 
 
 def main() -> None:
@@ -113,7 +101,7 @@ def main() -> None:
             source = image_path
             top, left = 0, 0
             if factor != 1.0:
-                wide, (top, left) = padded(image, factor)
+                wide, (top, left) = widen_field_of_view(image, factor)
                 source = work / f"wide{factor}.nii.gz"
                 write_volume(source, wide)
             prediction = work / f"pred{factor}.nii.gz"

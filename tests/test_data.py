@@ -258,3 +258,20 @@ def test_slice_store_resamples_to_the_model_spacing():
 def test_default_spacing_fills_the_size_with_the_median_field_of_view():
     grids = [((256, 256), (1.25, 1.25)), ((256, 200), (1.5, 1.5)), ((512, 512), (0.5, 0.5))]
     assert default_spacing(grids, 192) == pytest.approx(320 / 192)
+
+
+def test_widen_field_of_view_keeps_every_voxel_in_place():
+    from pairseg.data import widen_field_of_view
+
+    angle = np.deg2rad(15)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    volume = Volume(np.arange(2 * 8 * 6, dtype=np.float32).reshape(2, 8, 6) + 1, (0.5, 1.5, 3.0), (10.0, -4.0, 2.0),
+                    direction.ravel())
+    wide, (top, left) = widen_field_of_view(volume, 1.5)
+    assert wide.array.shape == (2, 12, 8) and (top, left) == (2, 1)
+    assert np.array_equal(wide.array[:, top:top + 8, left:left + 6], volume.array)
+    assert wide.array.sum() == volume.array.sum()  # the rest is background
+    for z, y, x in ((0, 0, 0), (1, 7, 5), (1, 3, 2)):
+        before = volume.to_sitk().TransformIndexToPhysicalPoint((x, y, z))
+        after = wide.to_sitk().TransformIndexToPhysicalPoint((x + left, y + top, z))
+        np.testing.assert_allclose(after, before, atol=1e-9)

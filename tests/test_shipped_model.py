@@ -10,22 +10,12 @@ import numpy as np
 import pytest
 
 from pairseg.catalog import load_catalog
-from pairseg.io import Volume, read_label, read_volume
+from pairseg.data import widen_field_of_view
+from pairseg.io import read_label, read_volume
 from pairseg.metrics import evaluate_case
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "Resources" / "SampleData"
-
-
-def _wider(volume: Volume, factor: float) -> tuple[Volume, tuple[int, int]]:
-    """The same voxels in a ``factor`` times wider field of view, padded with background; the
-    origin moves so every voxel keeps its physical place."""
-    depth, rows, cols = volume.array.shape
-    top, left = (int(round(rows * factor)) - rows) // 2, (int(round(cols * factor)) - cols) // 2
-    array = np.zeros((depth, rows + 2 * top, cols + 2 * left), volume.array.dtype)
-    array[:, top:top + rows, left:left + cols] = volume.array
-    shift = np.asarray(volume.direction).reshape(3, 3) @ (np.array([left, top, 0.0]) * np.asarray(volume.spacing))
-    return Volume(array, volume.spacing, tuple(np.asarray(volume.origin) - shift), volume.direction), (top, left)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +37,7 @@ def test_field_of_view_does_not_change_the_organs(shipped):
     spacing = tuple(reversed(image.spacing))
     dice = {}
     for factor in (1.0, 1.25, 1.5):
-        volume, (top, left) = _wider(image, factor) if factor != 1.0 else (image, (0, 0))
+        volume, (top, left) = widen_field_of_view(image, factor) if factor != 1.0 else (image, (0, 0))
         labels = predictor.segment(volume).labels.array[:, top:top + reference.shape[1], left:left + reference.shape[2]]
         dice[factor] = evaluate_case(labels, reference, spacing, predictor.class_names)["dice"]
     for organ, value in dice[1.0].items():  # as the catalog states it (rounding aside)

@@ -42,6 +42,7 @@ __all__ = [
     "crop_or_pad",
     "to_model_grid",
     "default_spacing",
+    "widen_field_of_view",
     "in_plane_spacing",
     "MR_WINDOW_RULES",
     "SliceStore",
@@ -198,6 +199,19 @@ def to_model_grid(batch: torch.Tensor, spacing: Sequence[float] | None, model_sp
         return resize_slices(batch, size, labels=labels)
     shape = resampled_shape(batch.shape[-2:], spacing, model_spacing)
     return crop_or_pad(resize_slices(batch, shape, labels=labels), size)
+
+
+def widen_field_of_view(volume: Volume, factor: float) -> tuple[Volume, tuple[int, int]]:
+    """The same voxels in an in-plane field of view ``factor`` times wider, padded with zeros (the
+    image's background), the origin moved so every voxel keeps its physical place; returns the new
+    volume and the (row, column) offset of the original voxels in it. For measuring how a model
+    copes with scans wider than its training ones (issue 12, tests and benchmarks)."""
+    depth, rows, cols = volume.array.shape[:3]
+    top, left = (int(round(rows * factor)) - rows) // 2, (int(round(cols * factor)) - cols) // 2
+    array = np.zeros((depth, rows + 2 * top, cols + 2 * left) + volume.array.shape[3:], volume.array.dtype)
+    array[:, top:top + rows, left:left + cols] = volume.array
+    shift = np.asarray(volume.direction, dtype=float).reshape(3, 3) @ (np.array([left, top, 0.0]) * np.asarray(volume.spacing))
+    return Volume(array, volume.spacing, tuple(np.asarray(volume.origin) - shift), volume.direction), (top, left)
 
 
 def default_spacing(volumes: Sequence[tuple[Sequence[int], Sequence[float]]], size: int) -> float:
