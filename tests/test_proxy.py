@@ -184,3 +184,31 @@ def test_c2fcn_readout_option_selects_the_read_out():
         assert torch.allclose(model.predict_proba(x), 1 - (1 - probs[:, :2]) * (1 - probs[:, 2:]))
         model.readout = "and"
         assert torch.allclose(model.predict_proba(x), probs[:, :2])
+
+
+def test_one_g_proxy_for_numpy_and_torch_and_without_torch():
+    """g_proxy has one implementation for both array libraries, importable where torch is not
+    (the Slicer modules draw the ground-truth AND/XOR maps with it)."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import torch
+
+    from pairseg.proxy import proxy_targets, proxy_targets_unchecked
+
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 4, (2, 9, 11)), rng.integers(0, 4, (2, 9, 11))
+    for k in (1, 3):
+        ak, bk = np.minimum(a, k), np.minimum(b, k)
+        from_numpy = proxy_targets(ak, bk, k)
+        from_torch = proxy_targets_unchecked(torch.from_numpy(ak), torch.from_numpy(bk), k)
+        assert isinstance(from_numpy, np.ndarray) and isinstance(from_torch, torch.Tensor)
+        np.testing.assert_array_equal(from_numpy, from_torch.numpy())
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np\n"
+            "from pairseg.proxy import proxy_targets, decode_labels, proxy_probabilities\n"
+            "t = proxy_targets(np.array([[0, 1], [2, 2]]), np.array([[1, 1], [0, 2]]), 2)\n"
+            "print(t.shape, t[:, 0, 1].tolist(), decode_labels(t[:2]).tolist())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[0] == "(4, 2, 2) [1.0, 0.0, 0.0, 0.0] [[0, 1], [0, 2]]"

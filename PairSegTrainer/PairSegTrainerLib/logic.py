@@ -268,11 +268,12 @@ class PairSegTrainerLogic:
                 raise ValueError(f"slice {index} of volume {name} is outside 0..{volumeLabels.shape[0] - 1}")
         planeA = labelsA[int(sliceA)]
         planeB = proxymaps.resizeNearest(labelsB[int(sliceB)], planeA.shape)
-        andMap, xorMap = proxymaps.andXorArrays(planeA, planeB)
+        targets = proxymaps.proxyTargetStack(planeA, planeB, len(classNames))
+        andMap, xorMap = proxymaps.andXorArrays(targets, len(classNames))
         scene = self.scene
         colors = proxymaps.proxyColorTable(scene)
         result = proxymaps.ProxyMapsResult(sliceA=int(sliceA), sliceB=int(sliceB), classNames=list(classNames),
-                                           targets=proxymaps.proxyTargetStack(planeA, planeB, len(classNames)))
+                                           targets=targets)
         pairName = f"{volumeA.GetName()}[{sliceA}]-{volumeB.GetName()}[{sliceB}]"
         result.andNode = proxymaps.sliceNode(scene, "vtkMRMLLabelMapVolumeNode", f"AND {pairName}",
                                              volumeA, sliceA, (andMap > 0).astype(np.uint8) * proxymaps.AND_VALUE, colors)

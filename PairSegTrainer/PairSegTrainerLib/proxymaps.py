@@ -23,31 +23,22 @@ AND_VALUE, XOR_VALUE = 1, 2       # values of the combined overlay label map
 COLOR_TABLE_NAME = "PairSegProxyColors"
 
 
-def andXorArrays(labelA: np.ndarray, labelB: np.ndarray) -> tuple:
-    """(AND, XOR) of two label slices, over all classes: AND holds the class id k where both
-    slices are class k (the AND_k maps are disjoint, so nothing is lost), XOR is 1 where some
-    class is present in exactly one slice (any a != b with a or b in the foreground)."""
-    labelA = np.asarray(labelA)
-    labelB = np.asarray(labelB)
-    if labelA.shape != labelB.shape:
-        raise ValueError(f"label slices differ in shape: {labelA.shape} vs {labelB.shape}")
-    andMap = np.where((labelA == labelB) & (labelA > 0), labelA, 0).astype(np.uint8)
-    xorMap = ((labelA != labelB) & ((labelA > 0) | (labelB > 0))).astype(np.uint8)
-    return andMap, xorMap
-
-
 def proxyTargetStack(labelA: np.ndarray, labelB: np.ndarray, numClasses: int) -> np.ndarray:
-    """The engine's target layout ``(P, H, W)`` float32 (architecture.md, pairseg.proxy):
+    """g_proxy of two label slices (H, W), values 0..K: the engine's own ``pairseg.proxy.proxy_targets``
+    (numpy, no torch in Slicer's process), (P, H, W) float32 in the engine's target layout:
     K == 1: [background in both, AND, XOR]; K > 1: [AND_1..AND_K, XOR_1..XOR_K]."""
-    a = np.asarray(labelA)
-    b = np.asarray(labelB)
-    ands = [((a == k) & (b == k)) for k in range(1, numClasses + 1)]
-    xors = [((a == k) ^ (b == k)) for k in range(1, numClasses + 1)]
-    if numClasses == 1:
-        stack = [~(ands[0] | xors[0]), ands[0], xors[0]]
-    else:
-        stack = ands + xors
-    return np.stack(stack).astype(np.float32)
+    from PairSegLib.engine import torchFreeEngineModule
+
+    return torchFreeEngineModule("proxy").proxy_targets(np.asarray(labelA), np.asarray(labelB), int(numClasses))
+
+
+def andXorArrays(targets: np.ndarray, numClasses: int) -> tuple:
+    """(AND, XOR) maps for display from a ``proxyTargetStack``: AND holds the class id k where
+    AND_k is set (the AND_k maps are disjoint, so nothing is lost), XOR is 1 where any XOR_k is."""
+    targets = np.asarray(targets) > 0.5
+    ands, xors = (targets[1:2], targets[2:3]) if numClasses == 1 else (targets[:numClasses], targets[numClasses:])
+    classIds = np.arange(1, ands.shape[0] + 1, dtype=np.uint8).reshape(-1, 1, 1)
+    return (ands * classIds).max(axis=0).astype(np.uint8), xors.any(axis=0).astype(np.uint8)
 
 
 def resizeNearest(plane: np.ndarray, shape) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Optional, Union
 import torch
 from monai.losses import DiceLoss
 
-from .proxy import _check_num_classes, _targets_torch, proxy_channels, proxy_probabilities
+from .proxy import _check_num_classes, proxy_channels, proxy_probabilities, proxy_targets_unchecked
 
 __all__ = [
     "PROXY_WEIGHT",
@@ -98,7 +98,7 @@ def _seg_dice(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tenso
 
 
 def _proxy_dice(logits: torch.Tensor, label_a: torch.Tensor, label_b: torch.Tensor, k: int) -> torch.Tensor:
-    return soft_dice_loss(proxy_probabilities(logits.float(), k), _targets_torch(label_a, label_b, k))
+    return soft_dice_loss(proxy_probabilities(logits.float(), k), proxy_targets_unchecked(label_a, label_b, k))
 
 
 def multiclass_dice_loss(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -11,21 +11,26 @@ g_proxy is symmetric and g_proxy(y, y) = {AND = y, XOR = 0}, so a network traine
 slice x from the AND channel(s) of f(x, x) (reflexivity, Eq. 12).
 
 Every function takes numpy arrays or torch tensors and returns the same library; torch work stays
-on the input's device.
+on the input's device. The module imports torch only for tensors, so numpy callers (the Slicer
+modules, which never load torch) use the same g_proxy as training does.
 """
 
 from __future__ import annotations
 
-from typing import Union
+import sys
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 
-Array = Union[np.ndarray, torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+
+Array = Union[np.ndarray, "torch.Tensor"]
 
 __all__ = [
     "proxy_channels",
     "proxy_targets",
+    "proxy_targets_unchecked",
     "proxy_probabilities",
     "segmentation_from_proxy",
     "READOUTS",
@@ -47,14 +52,24 @@ def proxy_channels(num_classes: int) -> int:
     return 3 if k == 1 else 2 * k
 
 
+def _is_tensor(x: object) -> bool:
+    """Whether ``x`` is a torch tensor (torch cannot have made one if it was never imported)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def _is_integer_labels(labels: Array) -> bool:
-    if isinstance(labels, torch.Tensor):
+    if _is_tensor(labels):
+        import torch
+
         return labels.dtype == torch.bool or not (labels.is_floating_point() or labels.is_complex())
     return labels.dtype == np.bool_ or np.issubdtype(labels.dtype, np.integer)
 
 
 def _value_range(labels: Array) -> tuple[int, int]:
-    if isinstance(labels, torch.Tensor):
+    if _is_tensor(labels):
+        import torch
+
         lo, hi = torch.aminmax(labels.to(torch.int64))  # one device sync for both bounds
         return int(lo), int(hi)
     return int(labels.min()), int(labels.max())
@@ -62,8 +77,8 @@ def _value_range(labels: Array) -> tuple[int, int]:
 
 def _check_labels(label_a: Array, label_b: Array, num_classes: int) -> None:
     """Raise ValueError on mismatched libraries / shapes, non-integer dtypes or values outside 0..K."""
-    a_torch = isinstance(label_a, torch.Tensor)
-    b_torch = isinstance(label_b, torch.Tensor)
+    a_torch = _is_tensor(label_a)
+    b_torch = _is_tensor(label_b)
     for name, lab, is_t in (("label_a", label_a, a_torch), ("label_b", label_b, b_torch)):
         if not is_t and not isinstance(lab, np.ndarray):
             raise ValueError(f"{name} must be a numpy array or torch tensor, got {type(lab).__name__}")
@@ -88,32 +103,27 @@ def _check_labels(label_a: Array, label_b: Array, num_classes: int) -> None:
                 )
 
 
-def _targets_torch(label_a: torch.Tensor, label_b: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """g_proxy on tensors without validation (hot path of the training loss)."""
-    classes = torch.arange(1, num_classes + 1, device=label_a.device).view(num_classes, 1, 1)
-    a = label_a.unsqueeze(-3).to(torch.int64) == classes  # (..., K, H, W)
-    b = label_b.unsqueeze(-3).to(torch.int64) == classes
-    both = a & b
-    one = a ^ b
-    if num_classes == 1:
-        neither = ~(a | b)
-        out = torch.cat((neither, both, one), dim=-3)
-    else:
-        out = torch.cat((both, one), dim=-3)
-    return out.to(torch.float32)
+def proxy_targets_unchecked(label_a: Array, label_b: Array, num_classes: int) -> Array:
+    """``proxy_targets`` without validation (the training loss's hot path): numpy arrays or torch
+    tensors (on any device) of the same shape with values 0..K."""
+    if _is_tensor(label_a):
+        import torch
 
+        classes = torch.arange(1, num_classes + 1, device=label_a.device).view(num_classes, 1, 1)
+        a = label_a.unsqueeze(-3).to(torch.int64) == classes  # (..., K, H, W): y_i == k
+        b = label_b.unsqueeze(-3).to(torch.int64) == classes
 
-def _targets_numpy(label_a: np.ndarray, label_b: np.ndarray, num_classes: int) -> np.ndarray:
-    classes = np.arange(1, num_classes + 1).reshape(num_classes, 1, 1)
-    a = np.expand_dims(label_a.astype(np.int64), -3) == classes
-    b = np.expand_dims(label_b.astype(np.int64), -3) == classes
-    both = a & b
-    one = a ^ b
-    if num_classes == 1:
-        out = np.concatenate((~(a | b), both, one), axis=-3)
+        def stack(maps):
+            return torch.cat(maps, dim=-3).to(torch.float32)
     else:
-        out = np.concatenate((both, one), axis=-3)
-    return out.astype(np.float32)
+        classes = np.arange(1, num_classes + 1).reshape(num_classes, 1, 1)
+        a = np.expand_dims(np.asarray(label_a).astype(np.int64), -3) == classes
+        b = np.expand_dims(np.asarray(label_b).astype(np.int64), -3) == classes
+
+        def stack(maps):
+            return np.concatenate(maps, axis=-3).astype(np.float32)
+    both, one = a & b, a ^ b  # AND_k and XOR_k (Eqs. 3-4)
+    return stack((~(a | b), both, one) if num_classes == 1 else (both, one))
 
 
 def proxy_targets(label_a: Array, label_b: Array, num_classes: int) -> Array:
@@ -124,9 +134,7 @@ def proxy_targets(label_a: Array, label_b: Array, num_classes: int) -> Array:
     """
     k = _check_num_classes(num_classes)
     _check_labels(label_a, label_b, k)
-    if isinstance(label_a, torch.Tensor):
-        return _targets_torch(label_a, label_b, k)
-    return _targets_numpy(label_a, label_b, k)
+    return proxy_targets_unchecked(label_a, label_b, k)
 
 
 def _check_channels(x: Array, num_classes: int, what: str) -> int:
@@ -144,7 +152,9 @@ def proxy_probabilities(logits: Array, num_classes: int) -> Array:
     or an independent sigmoid per map (K > 1, multi-label)."""
     k = _check_num_classes(num_classes)
     _check_channels(logits, k, "proxy logits")
-    if isinstance(logits, torch.Tensor):
+    if _is_tensor(logits):
+        import torch
+
         return torch.softmax(logits, dim=-3) if k == 1 else torch.sigmoid(logits)
     x = np.asarray(logits, dtype=np.float32)
     if k == 1:
@@ -188,7 +198,9 @@ def decode_labels(class_probs: Array, threshold: float = 0.5) -> Array:
         )
     if class_probs.shape[-3] < 1:
         raise ValueError("class probabilities need at least one class channel")
-    if isinstance(class_probs, torch.Tensor):
+    if _is_tensor(class_probs):
+        import torch
+
         best, idx = torch.max(class_probs, dim=-3)
         labels = idx.to(torch.int64) + 1
         return torch.where(best >= threshold, labels, torch.zeros_like(labels))
