@@ -68,3 +68,35 @@ def phantom_model(phantom_dir, tmp_path_factory) -> Path:
 def chaos_model(chaos_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("chaos-model") / "chaos.pairseg"
     return _tiny_model(chaos_dir, out, ["case_002", "case_003"], steps=12, size=64)
+
+
+def _save_format1(path: Path, model, metadata: dict, with_readout: bool = True) -> Path:
+    """A format-1 model file written exactly as the engine wrote it before format 2 (modelfile.py as
+    of commit 04ba74e): ``torch.save`` of {"format", "format_version": 1, "metadata": JSON text,
+    "state_dict"}, the metadata's ``sha256`` over the weights only. ``with_readout=False``: as
+    before commit 3fc3b62, when a C2FCN's options had no ``readout`` (the engine read out AND)."""
+    import json
+    import time
+
+    import torch
+
+    from pairseg import __version__
+    from pairseg.modelfile import weights_sha256
+
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    meta = dict(metadata)
+    options = {k: v for k, v in model.options.items() if with_readout or k != "readout"}
+    meta.update(engine_version=__version__, arch=model.arch, num_classes=int(model.num_classes),
+                in_channels=int(model.in_channels), options=options,
+                created=meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"), sha256=weights_sha256(state))
+    if len(meta.get("class_names", [])) != model.num_classes:
+        raise ValueError("metadata class_names must list one name per model class")
+    torch.save({"format": "pairseg-model", "format_version": 1, "metadata": json.dumps(meta, sort_keys=True),
+                "state_dict": state}, path)
+    return path
+
+
+@pytest.fixture
+def save_format1():
+    """``save_format1(path, model, metadata, with_readout=True)``: see :func:`_save_format1`."""
+    return _save_format1

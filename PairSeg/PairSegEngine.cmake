@@ -20,6 +20,7 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/losses.py
   pairseg/metrics.py
   pairseg/modelfile.py
+  pairseg/modelformat.py
   pairseg/networks/__init__.py
   pairseg/networks/base.py
   pairseg/networks/deeplab.py

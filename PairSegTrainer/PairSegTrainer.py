@@ -142,31 +142,61 @@ class PairSegTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogic.PairSegTrai
 
 
 class PairSegTrainerTest(ScriptedLoadableModuleTest):
-    """In-application smoke test: export a tiny synthetic case and check its geometry and labels.
-    The full tests (training runs, stop/resume, proxy maps) are the pytest files in Testing/."""
+    """Offline, in under a minute: the embedded sample case (PairSeg module) -> exported training
+    set -> a tiny training run (4 steps, 64 px, CPU) -> registered model -> predicted proxy maps ->
+    segment with it. No download and no installation: skipped when the engine's packages are not
+    installed. The registry used is a temporary one (the user's model list is not touched)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
 
     def runTest(self):
-        slicer.mrmlScene.Clear()
-        self.test_exportTrainingSet()
+        self.setUp()
+        self.test_PairSegTrainer_embeddedSample()
 
-    def test_exportTrainingSet(self):
+    def test_PairSegTrainer_embeddedSample(self):
+        import os
+        import shutil
         import tempfile
 
-        import numpy as np
+        from PairSegLib import install, sampledata
+        from PairSegLib.models import ModelRegistry
 
-        self.delayDisplay("Exporting a synthetic case")
-        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "case")
-        slicer.util.updateVolumeFromArray(volume, np.random.default_rng(0).random((8, 16, 16)).astype(np.float32))
-        volume.SetSpacing(0.8, 0.8, 2.5)
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "case seg")
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        segmentation.GetSegmentation().AddEmptySegment("liver", "liver")
-        mask = np.zeros((8, 16, 16), np.uint8)
-        mask[2:6, 4:10, 4:10] = 1
-        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, "liver", volume)
-        folder = tempfile.mkdtemp(prefix="pairsegtrainer-test-")
-        manifest = PairSegTrainerLogic().exportTrainingSet([(volume, segmentation)], folder, ["liver"])
-        self.assertEqual(manifest["labels"], {"0": "background", "1": "liver"})
-        self.assertEqual(manifest["training"][0]["voxels"]["liver"], int(mask.sum()))
-        logging.info("PairSegTrainer export test passed")
+        from PairSegTrainerLib.config import TrainingConfig
+
+        missing = install.missingPackages()
+        if missing:
+            self.skipTest("the engine's packages are not installed (" + ", ".join(missing) + "): press Train once "
+                          "to install them, then run the self-test again")
+        folder = tempfile.mkdtemp(prefix="PairSegTrainerTest-")
+        try:
+            self.delayDisplay("Exporting the embedded sample case as a training set")
+            volumeNode, segmentationNode = sampledata.loadEmbeddedSample()
+            logic = PairSegTrainerLogic(registry=ModelRegistry(os.path.join(folder, "registry.json")))
+            manifest = logic.exportTrainingSet([(volumeNode, segmentationNode)], os.path.join(folder, "set"),
+                                               modality="MR")
+            self.assertEqual(list(manifest["labels"].values())[1:], sampledata.CHAOS_MR_CLASSES)
+
+            self.delayDisplay("Training a tiny model (engine process)")
+            modelPath = os.path.join(folder, "selftest.pairseg")
+            job = logic.startTraining(TrainingConfig(dataFolder=os.path.join(folder, "set"), outputModel=modelPath,
+                                                     steps=4, epochs=None, size=64, batchSize=2, device="cpu",
+                                                     valFraction=0.0), plots=False)
+            job.wait(timeout=300)
+            self.assertEqual(job.state, "done", job.errorMessage)
+            self.assertEqual([m["path"] for m in logic.registry.registeredModels()], [modelPath])
+
+            self.delayDisplay("Predicted proxy maps of an intra-patient pair (engine process)")
+            sliceA, sliceB = logic.pickProxyPair(volumeNode, segmentationNode, mode="intra")
+            result = logic.proxyMaps(volumeNode, sliceA, segmentationNode, volumeNode, sliceB, segmentationNode,
+                                     model=modelPath, device="cpu")
+            result.run.wait(timeout=120)
+            self.assertIsNotNone(result.predictedAndNode)
+
+            self.delayDisplay("Segmenting with the new model (engine process)")
+            run = logic.segmentVolume(volumeNode, modelPath, device="cpu").wait(timeout=120)
+            self.assertEqual(run.segmentationNode.GetSegmentation().GetNumberOfSegments(), 4)
+            logging.info(f"PairSegTrainer self-test passed in {job.elapsedSeconds:.0f} s of training")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         self.delayDisplay("Test passed")

@@ -383,7 +383,7 @@ def test_bad_inputs_give_clear_errors_and_leave_scene(pairseg, logic, harness, m
         (ct, phantom_model, "trained on MR"),
         (volume, None, "No model file"),
         (volume, tmp_path / "missing.pairseg", "not found"),
-        (volume, corrupt, "not a readable PairSeg model"),
+        (volume, corrupt, r"corrupt\.pairseg: not a PairSeg model file .*refused"),
         (volume, foreignZip, "not a PairSeg model"),
     ]
     before = harness.sceneSnapshot()
@@ -398,19 +398,19 @@ def test_bad_inputs_give_clear_errors_and_leave_scene(pairseg, logic, harness, m
 
 def test_engine_failure_is_reported_and_scene_unchanged(pairseg, logic, harness, mrml_scene, phantom_dir,
                                                         phantom_model, tmp_path):
-    import torch
+    from safetensors.torch import load
+
+    from pairseg.modelfile import read_metadata, write_model_file
 
     volume, _ = _phantomVolume(harness, phantom_dir)
-    # readable metadata, tampered weights: only the engine notices (checksum), after it started
-    payload = torch.load(phantom_model, map_location="cpu", weights_only=True)
-    name = next(iter(payload["state_dict"]))
-    payload["state_dict"][name] = payload["state_dict"][name] + 1
-    tampered = tmp_path / "tampered.pairseg"
-    torch.save(payload, tampered)
+    # valid metadata and checksum, one weight missing: only the engine notices, after it started
+    state = load(open(phantom_model, "rb").read())
+    state.pop(sorted(state)[0])
+    misfit = write_model_file(tmp_path / "misfit.pairseg", state, read_metadata(phantom_model))
     existing = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "existing")
     before = harness.sceneSnapshot()
-    with pytest.raises(pairseg.PairSegLib.InputError, match="checksum"):
-        logic.segmentVolume(volume, tampered, segmentationNode=existing, device="cpu")
+    with pytest.raises(pairseg.PairSegLib.InputError, match="weights do not fit"):
+        logic.segmentVolume(volume, misfit, segmentationNode=existing, device="cpu")
     assert harness.sceneSnapshot() == before
     assert existing.GetSegmentation().GetNumberOfSegments() == 0
 

@@ -1,13 +1,18 @@
-"""The CHAOS sample data path (PairSegLib.sampledata), headless on real MRML.
+"""PairSeg's sample data (PairSegLib.sampledata), headless on real MRML.
 
-The Zenodo archive itself (0.9 GB) is not downloaded here: each test writes an archive with the
-CHAOS layout (``Train_Sets/MR/<patient>/T2SPIR/DICOM_anon/*.dcm`` + ``Ground/*.png``, masks in the
-CHAOS grey values) from a known volume and label map, then checks that conversion and loading give
+The embedded case (Resources/SampleData) is loaded from the repository's files. The Zenodo archive
+itself (0.9 GB) is not downloaded here: each test writes an archive with the CHAOS layout
+(``Train_Sets/MR/<patient>/T2SPIR/DICOM_anon/*.dcm`` + ``Ground/*.png``, masks in the CHAOS grey
+values) from a known volume and label map, "downloads" it from a ``file://`` URL through the real
+downloader (worker thread, size and SHA-256 check), then checks that conversion and loading give
 back exactly that volume and label map, in physical space.
 """
 
+import hashlib
 import os
+import pathlib
 import sys
+import time
 import types
 import zipfile
 
@@ -112,7 +117,9 @@ def checkConverted(imagePath, labelPath, image, label):
     assert convertedLabel.GetDirection() == converted.GetDirection()
 
 
-def checkLoaded(sampledata, volumeNode, segmentationNode, labelPath):
+def checkLoaded(sampledata, volumeNode, segmentationNode, labelPath, physical=False):
+    """Names, colours, terminology and voxels of the loaded reference; ``physical``: compare each
+    segment with the label file in physical space (the file's voxel order may differ)."""
     import slicer
 
     segmentation = segmentationNode.GetSegmentation()
@@ -127,11 +134,29 @@ def checkLoaded(sampledata, volumeNode, segmentationNode, labelPath):
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentation.GetNthSegmentID(index),
                                                           volumeNode)
         expected = sitk.GetArrayFromImage(sitk.ReadImage(labelPath)) == index + 1
+        if physical:
+            expected = physicalLabels(labelPath, volumeNode) == index + 1
         assert expected.any()
         assert np.array_equal(mask > 0, expected), name
     assert segmentationNode.GetNodeReference("referenceImageGeometryRef") is volumeNode
     assert volumeNode.GetAttribute("DICOM.Modality") == "MR"
     assert volumeNode.GetStorageNode().GetFileName() == os.path.abspath(volumeNode.GetStorageNode().GetFileName())
+
+
+def physicalLabels(labelPath, volumeNode):
+    """The label file resampled (nearest neighbour, identity transform) onto the volume node's grid."""
+    import slicer
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ slicer.util.arrayFromVTKMatrix(matrix)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    grid = sitk.Image([int(d) for d in volumeNode.GetImageData().GetDimensions()], sitk.sitkUInt8)
+    grid.SetSpacing([float(s) for s in spacing])
+    grid.SetOrigin([float(o) for o in lps[:3, 3]])
+    grid.SetDirection([float(d) for d in (lps[:3, :3] / spacing).ravel()])
+    return inPhysicalSpace(sitk.ReadImage(labelPath), grid)
 
 
 def test_convert_and_load_synthetic_archive(sampledata, harness, mrml_scene, tmp_path):
@@ -172,60 +197,162 @@ def test_convert_and_load_real_chaos_case(sampledata, harness, mrml_scene, chaos
     assert np.array_equal(slicer.util.arrayFromVolume(volumeNode), sitk.GetArrayFromImage(converted))
 
 
-def test_download_sample_uses_cache_then_converted_case(sampledata, harness, mrml_scene, tmp_path, monkeypatch):
-    """downloadSample: the archive comes from Sample Data's cache; once converted, no archive is needed."""
+def published(path):
+    """(size, SHA-256) of a file, as the checksum table would publish them."""
+    data = open(path, "rb").read()
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def test_download_runs_on_a_worker_with_progress_then_uses_cache(sampledata, harness, mrml_scene, tmp_path):
+    """CaseDownload: the archive is fetched on a worker thread (poll() never blocks, progress
+    grows), verified, converted; once converted no archive is needed."""
     image, label = syntheticCase()
+    (tmp_path / "server").mkdir()
+    source = writeChaosArchive(image, label, str(tmp_path / "server" / "CHAOS_Train_Sets.zip"))
+    size, sha256 = published(source)
     cache = tmp_path / "cache"
-    cache.mkdir()
-    archive = writeChaosArchive(image, label, str(cache / "CHAOS_Train_Sets.zip"))
-    requests = []
+    sampledata.CHUNK_BYTES = 4096   # many chunks: progress is visible
+    fractions, longestPoll = [], 0.0
+    download = sampledata.CaseDownload(2, cache=str(cache), url=pathlib.Path(source).as_uri(), expectedSize=size,
+                                       expectedSha256=sha256).start()
+    while True:
+        started = time.perf_counter()
+        running = download.poll()
+        longestPoll = max(longestPoll, time.perf_counter() - started)
+        fractions.append(download.fraction)
+        if not running:
+            break
+        time.sleep(0.001)
+    assert download.error is None and download.stage == "done"
+    assert longestPoll < 0.01
+    assert fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert (cache / "CHAOS_Train_Sets.zip").read_bytes() == pathlib.Path(source).read_bytes()
+    assert not list(cache.glob("*.part"))
+    volumeNode, segmentationNode = sampledata.loadChaosCase(download.imagePath, download.labelPath, "first")
+    checkLoaded(sampledata, volumeNode, segmentationNode, download.labelPath)
+    os.remove(cache / "CHAOS_Train_Sets.zip")
+    os.remove(source)   # neither the archive nor the server is needed any more
+    again = sampledata.CaseDownload(2, cache=str(cache), url=pathlib.Path(source).as_uri()).start()
+    assert again.wait() == (download.imagePath, download.labelPath)
 
-    class SampleDataLogic:
-        def downloadFileIntoCache(self, uri, name, checksum=None):
-            requests.append((uri, name))
-            return archive
 
-    monkeypatch.setattr(sampledata, "cacheFolder", lambda: str(cache))
-    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
-    volumeNode, segmentationNode = sampledata.downloadSample()
-    assert requests == [(sampledata.CHAOS_ARCHIVE_URL, "CHAOS_Train_Sets.zip")]
-    os.remove(archive)
-    again, _ = sampledata.downloadSample(name="again")
-    assert len(requests) == 1
-    import slicer
+@pytest.mark.parametrize("problem", ["checksum", "size"])
+def test_download_not_matching_the_published_file_is_deleted(sampledata, harness, mrml_scene, tmp_path, problem):
+    image, label = syntheticCase()
+    source = writeChaosArchive(image, label, str(tmp_path / "CHAOS_Train_Sets.zip"))
+    size, sha256 = published(source)
+    expected = dict(expectedSize=size, expectedSha256="0" * 64) if problem == "checksum" else \
+        dict(expectedSize=size + 1, expectedSha256=sha256)
+    cache = tmp_path / "cache"
+    before = harness.sceneSnapshot()
+    download = sampledata.CaseDownload(2, cache=str(cache), url=pathlib.Path(source).as_uri(), **expected).start()
+    with pytest.raises(sampledata.SampleDataError, match="SHA-256" if problem == "checksum" else "bytes instead of"):
+        download.wait()
+    assert download.stage == "failed"
+    assert not os.listdir(cache)   # nothing unverified is kept (no archive, no .part, no case)
+    assert harness.sceneSnapshot() == before
 
-    assert np.array_equal(slicer.util.arrayFromVolume(again), slicer.util.arrayFromVolume(volumeNode))
+
+def test_download_can_be_cancelled_and_leaves_nothing(sampledata, tmp_path):
+    image, label = syntheticCase()
+    source = writeChaosArchive(image, label, str(tmp_path / "CHAOS_Train_Sets.zip"))
+    size, sha256 = published(source)
+    gate = []
+
+    class SlowResponse:
+        headers = {"Content-Length": str(size)}
+
+        def __init__(self):
+            self.stream = open(source, "rb")
+
+        def read(self, count):
+            gate.append(1)
+            time.sleep(0.01)
+            return self.stream.read(64)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            self.stream.close()
+
+    cache = tmp_path / "cache"
+    download = sampledata.CaseDownload(2, cache=str(cache), url="https://example.invalid/CHAOS_Train_Sets.zip",
+                                       expectedSize=size, expectedSha256=sha256,
+                                       opener=lambda url: SlowResponse()).start()
+    while not gate:
+        time.sleep(0.005)
+    download.cancel()
+    with pytest.raises(sampledata.DownloadCancelled):
+        download.wait()
+    assert not os.listdir(cache)
 
 
-def test_corrupt_download_is_removed_and_scene_unchanged(sampledata, harness, mrml_scene, tmp_path, monkeypatch):
+def test_corrupt_cached_archive_is_removed_and_scene_unchanged(sampledata, harness, mrml_scene, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     partial = cache / "CHAOS_Train_Sets.zip"
-    partial.write_bytes(b"PK\x03\x04 interrupted")
-
-    class SampleDataLogic:
-        def downloadFileIntoCache(self, uri, name, checksum=None):
-            return str(partial)
-
-    monkeypatch.setattr(sampledata, "cacheFolder", lambda: str(cache))
-    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
+    partial.write_bytes(b"PK\x03\x04 damaged on disk")
     before = harness.sceneSnapshot()
     with pytest.raises(sampledata.CorruptArchiveError, match="not a readable zip archive"):
-        sampledata.downloadSample()
+        sampledata.downloadSample(2, cache=str(cache))
     assert not partial.exists()
     assert harness.sceneSnapshot() == before
     assert not (cache / "PairSeg").exists() or not os.listdir(cache / "PairSeg")
 
 
-def test_failed_download_names_the_source(sampledata, harness, mrml_scene, tmp_path, monkeypatch):
-    class SampleDataLogic:
-        def downloadFileIntoCache(self, uri, name, checksum=None):
-            raise ValueError(f"Failed to download {uri}")
-
-    monkeypatch.setattr(sampledata, "cacheFolder", lambda: str(tmp_path))
-    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
+def test_failed_download_names_the_source(sampledata, harness, mrml_scene, tmp_path):
+    before = harness.sceneSnapshot()
     with pytest.raises(sampledata.SampleDataError, match="zenodo.3431873.*internet connection"):
-        sampledata.downloadSample()
+        sampledata.downloadSample(2, cache=str(tmp_path), url=(tmp_path / "nowhere.zip").as_uri())
+    assert harness.sceneSnapshot() == before and not os.listdir(tmp_path)
+
+
+def test_progress_dialog_and_error_dialog(sampledata, harness, mrml_scene, tmp_path, monkeypatch):
+    """The Sample Data entry's downloader keeps the event loop running while the worker works,
+    and reports a failure in a dialog (no traceback, no nodes)."""
+    import slicer
+
+    calls = {"processEvents": 0, "errors": []}
+
+    class Dialog:
+        wasCanceled = False
+        labelText = ""
+        value = 0
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(slicer.util, "createProgressDialog", lambda **kwargs: Dialog(), raising=False)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: calls["errors"].append(text))
+    monkeypatch.setattr(slicer.app, "processEvents", lambda *a: calls.__setitem__("processEvents",
+                                                                                   calls["processEvents"] + 1))
+    def unreachable(url):
+        time.sleep(0.3)   # the worker is busy for a while: the GUI loop must keep running
+        raise OSError("connection refused")
+
+    before = harness.sceneSnapshot()
+    assert sampledata.downloadSampleWithProgress(cache=str(tmp_path), opener=unreachable) == []
+    assert calls["processEvents"] >= 1
+    assert len(calls["errors"]) == 1 and "Could not download CHAOS_Train_Sets.zip" in calls["errors"][0]
+    assert "connection refused" in calls["errors"][0]
+    assert harness.sceneSnapshot() == before
+
+
+def test_embedded_sample_loads_offline_on_the_exact_grid(sampledata, harness, mrml_scene, monkeypatch):
+    """The primary sample: the repository's CHAOS case from local files; the expert labels land on
+    the volume's voxels although Slicer's reader reorders this left-handed file."""
+    import slicer
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("the embedded sample downloads"))
+    started = time.perf_counter()
+    volumeNode, segmentationNode = sampledata.loadEmbeddedSample()
+    assert time.perf_counter() - started < 10
+    imagePath, labelPath, classNames = sampledata.embeddedCase()
+    assert classNames == sampledata.CHAOS_MR_CLASSES
+    assert os.path.dirname(imagePath) == os.path.join(ROOT, "Resources", "SampleData")
+    checkLoaded(sampledata, volumeNode, segmentationNode, labelPath, physical=True)
 
 
 def test_archive_without_patient_or_masks_gives_clear_errors(sampledata, mrml_scene, tmp_path):
@@ -253,7 +380,7 @@ def test_bad_label_file_leaves_scene_unchanged(sampledata, harness, mrml_scene, 
     assert harness.sceneSnapshot() == before
 
 
-def test_sample_registered_with_public_source_and_thumbnail(sampledata, monkeypatch):
+def test_samples_registered_embedded_first_then_download(sampledata, monkeypatch, harness, mrml_scene):
     registered = []
 
     class SampleDataLogic:
@@ -263,38 +390,11 @@ def test_sample_registered_with_public_source_and_thumbnail(sampledata, monkeypa
 
     monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
     sampledata.registerSampleData(os.path.join(ROOT, "PairSeg", "Resources", "Icons"))
-    (source,) = registered
-    assert source["uris"].startswith("https://zenodo.org/records/3431873/files/CHAOS_Train_Sets.zip")
-    assert source["category"] == "PairSeg" and source["sampleName"] == "CHAOSMRT2Case002"
-    assert os.path.isfile(source["thumbnailFileName"])
-    assert callable(source["customDownloader"])
-
-
-@pytest.mark.chaos
-def test_slicer_self_test_runs_on_the_sample(load_module, harness, mrml_scene, chaos_dir, tmp_path, monkeypatch):
-    """PairSegTest (the self-test Slicer runs) end to end, headless: the sample (from a CHAOS-layout
-    archive of a real case, in place of the download), a 10-step engine-trained model, Segment, Compare."""
-    monkeypatch.setenv("PAIRSEG_USER_DIR", str(tmp_path / "user"))
-    pairseg = load_module("PairSeg")
-    from PairSegLib import sampledata
-
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    image = sitk.ReadImage(str(chaos_dir / "case_002_image.nii.gz"))
-    label = sitk.ReadImage(str(chaos_dir / "case_002_label.nii.gz"))
-    archive = writeChaosArchive(image, label, str(cache / "CHAOS_Train_Sets.zip"))
-
-    class SampleDataLogic:
-        @staticmethod
-        def registerCustomSampleDataSource(**kwargs):
-            pass
-
-        def downloadFileIntoCache(self, uri, name, checksum=None):
-            return archive
-
-    monkeypatch.setattr(sampledata, "cacheFolder", lambda: str(cache))
-    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
-    result = pairseg.PairSegTest("test_PairSeg_sampleCase").run()
-    assert result.wasSuccessful(), result.errors + result.failures
-    segmentations = [n for n in mrml_scene.GetNodesByClass("vtkMRMLSegmentationNode")]
-    assert len(segmentations) == 2  # the sample's reference and PairSeg's result
+    embedded, download = registered
+    assert embedded["sampleName"] == "CHAOSMRT2Case002" and embedded["category"] == "PairSeg"
+    assert os.path.isfile(embedded["uris"]) and os.path.isfile(embedded["thumbnailFileName"])
+    volumeNode, segmentationNode = embedded["customDownloader"](None)   # local files: loads at once
+    assert volumeNode.GetName() == "CHAOSMRT2Case002"
+    assert segmentationNode.GetSegmentation().GetNumberOfSegments() == 4
+    assert download["uris"].startswith("https://zenodo.org/records/3431873/files/CHAOS_Train_Sets.zip")
+    assert download["sampleName"] == "CHAOSMRT2Patient1" and callable(download["customDownloader"])

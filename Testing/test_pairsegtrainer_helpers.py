@@ -19,10 +19,12 @@ CHAOS_SEGMENT_NAMES = {4: "Spleen", 1: "Liver", 3: "left_kidney", 2: "Right Kidn
 
 
 def trainerLib():
-    """Import PairSegTrainerLib as Slicer would (module folder on sys.path)."""
-    folder = str(ROOT / "PairSegTrainer")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
+    """Import PairSegTrainerLib as Slicer would: both module folders on sys.path (PairSeg, the
+    declared dependency, is loaded first)."""
+    for module in ("PairSeg", "PairSegTrainer"):
+        folder = str(ROOT / module)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     import PairSegTrainerLib
 
     return PairSegTrainerLib
@@ -99,9 +101,9 @@ def sitkIjkToRas(image):
 def trainerLogic(mrml_scene, tmp_path):
     """A PairSegTrainerLogic on the harness scene with a private model registry."""
     lib = trainerLib()
-    from PairSegTrainerLib.logic import modelRegistryClass
+    from PairSegLib.models import ModelRegistry
 
-    registry = modelRegistryClass()(tmp_path / "registry" / "registered_models.json")
+    registry = ModelRegistry(tmp_path / "registry" / "registered_models.json")
     return lib.PairSegTrainerLogic(registry=registry)
 
 

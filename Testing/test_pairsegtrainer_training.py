@@ -36,7 +36,7 @@ def test_training_run_to_registered_model(trainerLogic, mrml_scene, harness, cha
     seen = []
     job.onEvent = lambda _job, event: seen.append(event["event"])
     job.wait(timeout=240)
-    assert job.state == "finished", job.log[-10:]
+    assert job.state == "done", job.log[-10:]
     for kind in ("start", "progress", "validation", "checkpoint", "done"):
         assert kind in seen, f"no {kind} event: {seen}"
     assert job.fraction == 1.0 and job.step == 20 and job.total == 20
@@ -60,6 +60,8 @@ def test_training_run_to_registered_model(trainerLogic, mrml_scene, harness, cha
     sliceA, sliceB = trainerLogic.pickProxyPair(volume, segmentation, mode="intra", classNames=CHAOS_CLASSES)
     assert abs(sliceA - sliceB) in (3, 5, 7)
     result = trainerLogic.proxyMaps(volume, sliceA, segmentation, volume, sliceB, segmentation, model=str(output))
+    assert result.predictedAndNode is None and result.run.state == "running"  # computed in the background
+    result.run.wait(timeout=120)
     import slicer
 
     pAnd = slicer.util.arrayFromVolume(result.predictedAndNode)
@@ -73,7 +75,7 @@ def test_training_run_to_registered_model(trainerLogic, mrml_scene, harness, cha
     fine = trainerLogic.fineTune(items[:1], str(output), str(tmp_path / "finetune-set"), steps=4, **{
         k: v for k, v in TINY.items() if k not in ("size", "epochs", "learningRate")})
     fine.wait(timeout=180)
-    assert fine.state == "finished", fine.log[-10:]
+    assert fine.state == "done", fine.log[-10:]
     assert fine.modelPath.endswith("chaos-tiny_v2.pairseg")
     assert fine.config.initFrom == str(output)
     assert "case_002" in fine.metadata["training"]["seen_cases"]
@@ -97,7 +99,7 @@ def test_stop_leaves_checkpoint_that_resumes(trainerLogic, mrml_scene, harness, 
 
     job.onEvent = stopEarly
     job.wait(timeout=180)
-    assert job.state == "stopped", job.log[-10:]
+    assert job.state == "cancelled", job.log[-10:]
     assert job.checkpoint and (tmp_path / "stop" / "stopped.pairseg.ckpt").is_file()
     assert not output.exists()  # no partial model
     assert job.resumable and trainerLogic.registry.registeredModels() == []
@@ -106,7 +108,7 @@ def test_stop_leaves_checkpoint_that_resumes(trainerLogic, mrml_scene, harness, 
 
     resumed = job.resume()
     resumed.wait(timeout=180)
-    assert resumed.state == "finished", resumed.log[-10:]
+    assert resumed.state == "done", resumed.log[-10:]
     assert "--resume" in resumed.command
     progress = [e for e in resumed.events if e["event"] == "progress"]
     assert progress[0]["step"] == stoppedAt + 1 and progress[-1]["step"] == 10
@@ -126,6 +128,7 @@ FAKE_ENGINE = textwrap.dedent("""
     emit(event="start", arch="c2fcn")
     print("a plain log line", flush=True)
     print("a warning on stderr", file=sys.stderr, flush=True)
+    output = sys.argv[2]
     if mode == "error":
         emit(event="error", message="dataset.json lists no case", kind="input")
         sys.exit(2)
@@ -140,19 +143,24 @@ FAKE_ENGINE = textwrap.dedent("""
             sys.exit(130)
         time.sleep(0.02 if mode == "ok" else 0.05)
     emit(event="validation", epoch=1, dice={"liver": 0.5, "spleen": None}, mean_dice=0.5)
-    emit(event="done", outputs=["model.pairseg"])
+    open(output, "w").write("model")
+    emit(event="done", outputs=[output])
 """)
 
 
-def _fakeJob(mode):
+def _fakeJob(mode, folder):
     lib = trainerLib()
-    return lib.EngineJob([sys.executable, "-c", FAKE_ENGINE, mode], name="fake").start()
+    output = str(folder / f"{mode}.pairseg")
+    config = lib.TrainingConfig(outputModel=output)
+    return lib.TrainingRun(config, logic=None, register=False, ensureEngine=False,
+                           command=[sys.executable, "-c", FAKE_ENGINE, mode, output]).start()
 
 
-def test_job_events_progress_and_curves():
-    job = _fakeJob("ok").wait(timeout=30)
-    assert job.state == "finished" and job.returnCode == 0
-    assert job.fraction == 1.0 and job.outputs == ["model.pairseg"]
+def test_job_events_progress_and_curves(tmp_path):
+    job = _fakeJob("ok", tmp_path).wait(timeout=30)
+    assert job.state == "done" and job.returnCode == 0
+    assert job.fraction == 1.0 and job.outputs == [str(tmp_path / "ok.pairseg")]
+    assert job.modelPath == str(tmp_path / "ok.pairseg")
     assert job.curves.lossValues == pytest.approx([1.0, 0.5, 1 / 3, 0.25, 0.2])
     assert job.curves.meanDice == [0.5] and job.curves.classDice["liver"] == [0.5]
     assert np.isnan(job.curves.classDice["spleen"][0])
@@ -160,18 +168,74 @@ def test_job_events_progress_and_curves():
     assert json.dumps(job.events)  # events stay JSON-able
 
 
-def test_job_error_and_stop():
-    failed = _fakeJob("error").wait(timeout=30, raiseOnError=False)
+def test_job_error_and_stop(tmp_path):
+    failed = _fakeJob("error", tmp_path).wait(timeout=30, raiseOnError=False)
     assert failed.state == "failed" and failed.returnCode == 2
     assert failed.errorMessage == "dataset.json lists no case" and failed.errorKind == "input"
     with pytest.raises(trainerLib().JobError, match="lists no case"):
-        _fakeJob("error").wait(timeout=30)
-    running = _fakeJob("long")
+        _fakeJob("error", tmp_path).wait(timeout=30)
+    running = _fakeJob("long", tmp_path)
     while running.poll() and running.step is None:
         pass
     running.stop()
     running.wait(timeout=30)
-    assert running.state == "stopped" and running.checkpoint == "ckpt"
+    assert running.state == "cancelled" and running.checkpoint == "ckpt"
     from PairSegTrainerLib.job import formatDuration
 
     assert formatDuration(75) == "1m15s" and formatDuration(None) == "?" and formatDuration(7300) == "2h01m"
+
+
+def test_fine_tune_starts_from_a_catalog_model_by_name(trainerLogic, mrml_scene, harness, phantom_dir, phantom_model,
+                                                        tmp_path, monkeypatch):
+    """``fineTune(items, "<catalog name>", ...)``: the catalog's file (checked) is the base, its
+    classes and modality shape the export, and the new version is written to the output folder
+    (the catalog lives in the extension's folder)."""
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+
+    from pairseg.modelfile import read_metadata
+
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    shutil.copy(phantom_model, catalog / "phantom.pairseg")
+    data = (catalog / "phantom.pairseg").read_bytes()
+    metadata = read_metadata(phantom_model)
+    entry = dict(name="phantom-organs", title="Phantom organs", description="test", version="1", modality="MR",
+                 arch=metadata["arch"], file="phantom.pairseg", sha256=hashlib.sha256(data).hexdigest(),
+                 file_size_bytes=len(data), classes=[{"name": n, "color": [1, 2, 3], "terminology": {}}
+                                                     for n in metadata["class_names"]],
+                 spacing_mm=1.0, size=metadata["size"], training_data={}, evaluation={}, cpu_segment_seconds=1.0)
+    (catalog / "models.json").write_text(json.dumps({"catalog_version": 1, "default": "phantom-organs",
+                                                     "models": [entry]}))
+    monkeypatch.setenv("PAIRSEG_MODELS_DIR", str(catalog))
+    commands = []
+
+    def recordingLauncher(command, env=None, cwd=None):
+        commands.append(list(command))
+        return subprocess.Popen([sys.executable, "-c", "pass"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+
+    trainerLogic.launcher = recordingLauncher
+    volume = harness.loadVolume(str(phantom_dir / "case_000_image.nii.gz"), name="case")
+    labelNode = harness.loadVolume(str(phantom_dir / "case_000_label.nii.gz"), name="labels", labelmap=True)
+    import slicer
+
+    from test_pairsegtrainer_helpers import addSegmentation
+
+    labels = slicer.util.arrayFromVolume(labelNode).copy()
+    names = {index + 1: name for index, name in enumerate(metadata["class_names"])}
+    segmentation = addSegmentation(mrml_scene, volume, labels, names)
+    job = trainerLogic.fineTune([(volume, segmentation)], "phantom-organs", str(tmp_path / "set"),
+                                outputFolder=str(tmp_path / "models"), steps=2)
+    (command,) = commands
+    assert command[command.index("--init-from") + 1] == str(catalog / "phantom.pairseg")
+    assert command[command.index("--out") + 1] == str(tmp_path / "models" / "phantom-organs_v2.pairseg")
+    manifest = json.loads((tmp_path / "set" / "dataset.json").read_text())
+    assert list(manifest["labels"].values())[1:] == metadata["class_names"]
+    job.wait(timeout=30, raiseOnError=False)   # the stand-in process sends no "done": a failure
+    assert job.state == "failed"
+    with pytest.raises(ValueError, match="no catalog model of that name"):
+        trainerLogic.fineTune([(volume, segmentation)], "no-such-model", str(tmp_path / "set2"))
+    assert not os.path.exists(tmp_path / "set2")

@@ -1,35 +1,35 @@
 """Shared pieces of the PairSeg benchmarks: data location, machine facts, the training loop used
 by the accuracy benchmarks and the evaluation of a model on held-out cases.
 
-The training loop here is the engine's own loop (``pairseg.train``) cut down to what a benchmark
-needs: the same ``SliceStore``, ``EpochPlan`` (pair sampling), background batch producer with
-augmentation, criterion, Adam settings and seeding, but it pauses at *milestone* steps to evaluate
-the model in memory. The engine has no learning-rate schedule, so the model at milestone ``s`` of
-a long run is exactly the model a run of ``--steps s`` would have produced with the same seed.
+The training loop here is the engine's own (``pairseg.train.TrainingLoop``: the same pair
+sampling, batch producer with augmentation, criterion, Adam settings, mixed precision and seeding),
+driven on an in-memory ``SliceStore`` and paused at *milestone* steps through its ``on_step`` hook
+to evaluate the model in memory. The engine has no learning-rate schedule, so the model at
+milestone ``s`` of a long run is the model a run of ``--steps s`` produces with the same seed and
+data.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pairseg.constants import PAIRWISE_ARCHITECTURES
 from pairseg.data import SliceStore, load_case, load_dataset, normalize
+from pairseg.distributed import DistributedContext
 from pairseg.infer import predict_volume
-from pairseg.losses import criterion_for
 from pairseg.metrics import dice as dice_of
 from pairseg.metrics import evaluate_case, summarize
 from pairseg.networks import build_model
 from pairseg.postprocess import keep_largest_component
-from pairseg.train import EpochPlan, TrainConfig, _batch_iterator
+from pairseg.train import EpochPlan, TrainConfig, TrainingLoop
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -113,75 +113,55 @@ def make_config(arch: str, size: int, batch_size: int, seed: int, pair_mode: str
 
 
 def plan_info(store: SliceStore, arch: str, config: TrainConfig, modality: str) -> dict:
-    form = build_form(arch)
+    """Samples and steps per epoch of ``arch`` on ``store`` (pairs for a pairwise architecture)."""
+    form = "pairwise" if arch in PAIRWISE_ARCHITECTURES else "single"  # EpochPlan asks pairwise or not
     plan = EpochPlan(store, form, config, modality)
     return {"samples_per_epoch": int(len(plan.rows(0))), "steps_per_epoch": int(plan.steps_per_epoch())}
 
 
-def build_form(arch: str) -> str:
-    return {"deeplabv3plus": "single", "unet": "single", "c2fcn": "proxy", "cfcn": "conjugate",
-            "siamfcn": "siamese"}[arch]
-
-
 def train_with_milestones(store: SliceStore, arch: str, config: TrainConfig, modality: str, num_classes: int,
                           milestones: list[int], on_milestone, device: torch.device = torch.device("cpu"),
-                          log_every: int = 25, log=print) -> dict:
-    """Train ``arch`` for max(milestones) steps; call ``on_milestone(model, step, epochs_done)``."""
-    torch.manual_seed(config.seed)
-    model = build_model(arch, num_classes, 3, **config.model_options(arch)).to(device)
+                          log_every: int = 25, log=print, init_state: dict | None = None) -> dict:
+    """Train ``arch`` for max(milestones) steps with the engine's loop (``pairseg.train.TrainingLoop``)
+    and call ``on_milestone(model, step, epochs_done, mean loss of the last epoch's steps)`` at
+    each milestone, from the loop's ``on_step`` hook. The time spent in ``on_milestone`` is left
+    out of ``train_seconds_total``. ``init_state``: start from these weights (fine-tuning)."""
+    torch.manual_seed(config.seed)  # the engine's start (seed + rank 0): the same initial weights
+    model = build_model(arch, num_classes, 3, **config.model_options(arch))
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    model = model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    criterion = criterion_for(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    use_amp = config.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    plan = EpochPlan(store, model.training_form, config, modality)
-    per_epoch = plan.steps_per_epoch()
+    loop = TrainingLoop(model, EpochPlan(store, model.training_form, config, modality), config,
+                        DistributedContext(device=device))
+    per_epoch = loop.steps_per_epoch
     total = max(milestones)
     pending = sorted(set(milestones))
-    step, epoch = 0, 0
     losses: list[float] = []
-    train_seconds = 0.0
+    paused = 0.0  # seconds spent evaluating at milestones
+
+    def on_step(loop: TrainingLoop, loss: float) -> None:
+        nonlocal paused
+        step = loop.state.step
+        losses.append(loss)
+        if log_every and step % log_every == 0:
+            seconds = time.perf_counter() - tick - paused
+            log(f"  {arch} step {step}/{total} loss {np.mean(losses[-log_every:]):.4f} "
+                f"({seconds / step:.2f} s/step)")
+        if pending and step == pending[0]:
+            pending.pop(0)
+            start = time.perf_counter()
+            on_milestone(model, step, step / per_epoch, float(np.mean(losses[-per_epoch:])))
+            model.train()
+            paused += time.perf_counter() - start
+
+    tick = time.perf_counter()
     model.train()
-    while step < total:
-        batches = plan.batches(epoch)
-        halt = threading.Event()
-        iterator = _batch_iterator(plan, store, batches, step, config, device, 0, halt)
-        tick = time.perf_counter()
-        for images, labels in iterator:
-            images = [t.to(device, non_blocking=True) for t in images]
-            labels = [t.to(device, non_blocking=True) for t in labels]
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                outputs = model(*images)
-            loss = criterion(outputs, *labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                halt.set()
-                raise RuntimeError(f"training diverged at step {step}")
-            losses.append(value)
-            if log_every and step % log_every == 0:
-                log(f"  {arch} step {step}/{total} loss {np.mean(losses[-log_every:]):.4f} "
-                    f"({(time.perf_counter() - tick) / max(1, step - (epoch * per_epoch)):.2f} s/step)")
-            if pending and step == pending[0]:
-                train_seconds += time.perf_counter() - tick
-                pending.pop(0)
-                on_milestone(model, step, step / per_epoch, float(np.mean(losses[-per_epoch:])))
-                model.train()
-                tick = time.perf_counter()
-            if step >= total:
-                halt.set()
-                break
-        for _ in iterator:
-            pass
-        train_seconds += time.perf_counter() - tick
-        epoch += 1
-    return {"steps_per_epoch": per_epoch, "samples_per_epoch": int(len(plan.rows(0))),
+    while loop.state.step < total:
+        loop.run_epoch(total, on_step=on_step)
+    train_seconds = time.perf_counter() - tick - paused
+    return {"steps_per_epoch": per_epoch, "samples_per_epoch": int(len(loop.plan.rows(0))),
             "train_seconds_total": train_seconds, "loss_curve": [float(np.mean(losses[i:i + 25]))
                                                                  for i in range(0, len(losses), 25)]}
 

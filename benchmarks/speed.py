@@ -49,7 +49,7 @@ from pairseg.losses import criterion_for  # noqa: E402
 from pairseg.modelfile import save_model  # noqa: E402
 from pairseg.networks import build_model  # noqa: E402
 from pairseg.postprocess import keep_largest_component  # noqa: E402
-from pairseg.train import EpochPlan, _batch_iterator, prepare_batch  # noqa: E402
+from pairseg.train import EpochPlan, batch_iterator, prepare_batch  # noqa: E402
 
 CLASSES = ["liver", "right kidney", "left kidney", "spleen"]
 RESULTS: dict = {}
@@ -179,7 +179,7 @@ def bench_epoch(args, cases: Cases) -> None:
             epoch_times, count = [], 0
             for round_ in range(args.epoch_rounds):  # epochs alternate with pure steps: drift hits both
                 tick = time.perf_counter()
-                epoch = _batch_iterator(plan, store, plan.batches(1 + round_)[: args.epoch_steps], 0, config,
+                epoch = batch_iterator(plan, store, plan.batches(1 + round_)[: args.epoch_steps], 0, config,
                                         torch.device("cpu"), 0, threading.Event())
                 for images, labels in epoch:  # a whole epoch, thread start and first batch included
                     step(images, labels)

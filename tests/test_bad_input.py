@@ -51,8 +51,14 @@ def model(tmp_path_factory) -> Path:
 
 
 def _write_raw(path: Path, array: np.ndarray) -> Path:
-    """Write any array as it is (NRRD: ITK's NIfTI writer would turn NaN/Inf into 0)."""
+    """Write any array as it is, in the format the suffix names."""
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return path
+
+
+def _cut(path: Path, fraction: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
     return path
 
 
@@ -84,15 +90,31 @@ SEGMENT_CASES = {
 }
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".nii.gz", ".nii", ".mha"])
 @pytest.mark.parametrize("name", sorted(SEGMENT_CASES))
-def test_segment_bad_images(name, model, tmp_path, capsys):
+def test_segment_bad_images(name, suffix, model, tmp_path, capsys):
+    """Every format: ITK's NIfTI reader alone would hide NaN/Inf as 0."""
     make, problem = SEGMENT_CASES[name]
-    source = _write_raw(tmp_path / f"{name}_image.nrrd", make())
+    source = _write_raw(tmp_path / f"{name}_image{suffix}", make())
     out = tmp_path / "out.seg.nrrd"
     error = run(capsys, "segment", "--model", model, "--input", source, "--output", out,
                 "--probabilities", tmp_path / "p.nii.gz", "--device", "cpu")
     assert source.name in error["message"] and problem in error["message"], error["message"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [source.name]
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_segment_and_evaluate_truncated_files(suffix, model, tmp_path, capsys):
+    scan = _cut(Path(write_volume(tmp_path / f"scan{suffix}", _image((12, 32, 40)))))
+    out = tmp_path / "out.nii.gz"
+    error = run(capsys, "segment", "--model", model, "--input", scan, "--output", out, "--device", "cpu")
+    assert error["message"].startswith(f"{scan}: ") and "truncated" in error["message"]
+    labels = _cut(Path(write_labels(tmp_path / f"pred{suffix}", _labels((12, 32, 40)), _image((12, 32, 40)))))
+    ref = write_labels(tmp_path / "ref.nii.gz", _labels((12, 32, 40)), _image((12, 32, 40)))
+    code = main(["evaluate", "--pred", str(labels), "--ref", ref])
+    err = capsys.readouterr().err
+    assert code == EXIT_BAD_INPUT and f"{labels}: " in err and "truncated" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([scan.name, labels.name, "ref.nii.gz"])
 
 
 def test_segment_unreadable_files(model, tmp_path, capsys):
@@ -200,6 +222,15 @@ def test_class_absent_from_every_label(tmp_path, capsys):
         write_labels(folder / f"c{seed}_label.nii.gz", _labels(classes=(1,)), image)
     error = _train(capsys, folder, tmp_path)
     assert "spleen" in error["message"] and "absent" in error["message"]
+
+
+@pytest.mark.parametrize("kind", ["label", "image"])
+def test_truncated_training_file_is_named(kind, tmp_path, capsys):
+    """A cut label was read as zeros and blamed as "spleen absent from every label"."""
+    data = _dataset(tmp_path / "data")
+    _cut(data / f"bad_{kind}.nii.gz", 0.6)
+    error = _train(capsys, data, tmp_path)
+    assert f"bad_{kind}.nii.gz: file is truncated" in error["message"] and "absent" not in error["message"]
 
 
 def test_unreadable_training_files(tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from pairseg import io
-from pairseg.errors import PairSegInputError
+from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.io import (
     Volume,
     read_label,
@@ -114,7 +114,8 @@ def test_volume_record_helpers():
     np.testing.assert_array_equal(again.array, vol.array)
 
 
-def _write_dicom_series(volume: Volume, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.42") -> None:
+def _write_dicom_series(volume: Volume, folder: Path, series_uid: str = "1.2.826.0.1.3680043.2.1125.1.42",
+                        description: str = "") -> None:
     """Write ``volume`` as an MR DICOM series, one file per slice, with position/orientation tags."""
     folder.mkdir(exist_ok=True)
     image = sitk.Cast(volume.to_sitk(), sitk.sitkInt16)
@@ -136,6 +137,7 @@ def _write_dicom_series(volume: Volume, folder: Path, series_uid: str = "1.2.826
             "0020|0037": orientation,
             "0018|0050": str(volume.spacing[2]),
             "0028|0030": f"{volume.spacing[1]}\\{volume.spacing[0]}",
+            "0008|103e": description,
         }
         for key, value in tags.items():
             slice_.SetMetaData(key, value)
@@ -158,10 +160,13 @@ def test_dicom_folder_with_two_series(tmp_path):
     first = _volume(np.eye(3), shape=(4, 5, 6), seed=1)
     second = _volume(np.eye(3), shape=(3, 5, 6), seed=2)
     first.array, second.array = np.round(first.array), np.round(second.array)
-    _write_dicom_series(first, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.51")
-    _write_dicom_series(second, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.52")
-    with pytest.raises(PairSegInputError, match=r"2 DICOM series.*1\.52"):
+    _write_dicom_series(first, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.51", "T2 SPIR")
+    _write_dicom_series(second, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.52", "T1 DUAL")
+    with pytest.raises(PairSegInputError, match=r"2 DICOM series; choose one with --series") as caught:
         read_volume(tmp_path / "dicom")
+    # Each series with its description and slice count, so a user can pick one.
+    assert "1.2.826.0.1.3680043.2.1125.1.51 'T2 SPIR' (4 slices)" in str(caught.value)
+    assert "1.2.826.0.1.3680043.2.1125.1.52 'T1 DUAL' (3 slices)" in str(caught.value)
     back = read_volume(tmp_path / "dicom", series_id="1.2.826.0.1.3680043.2.1125.1.52")
     np.testing.assert_array_equal(back.array, second.array)
     with pytest.raises(PairSegInputError, match="no DICOM series 9.9"):
@@ -324,9 +329,11 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(io.sitk, "WriteImage", failing_write)
-    with pytest.raises(RuntimeError, match="disk full"):
+    # The writer's error names the user's path, never the hidden temporary.
+    with pytest.raises(PairSegOutputError, match=r"result\.nii\.gz: cannot write output \(disk full\)") as caught:
         write_labels(out, np.zeros(image.shape, np.uint8), image)
-    with pytest.raises(RuntimeError):
+    assert ".tmp-" not in str(caught.value)
+    with pytest.raises(PairSegOutputError, match=r"new\.nrrd: cannot write output"):
         write_volume(tmp_path / "new.nrrd", image)
     assert out.read_bytes() == before  # old result intact
     assert sorted(os.listdir(tmp_path)) == ["result.nii.gz"]  # no partial or temporary file
@@ -366,3 +373,340 @@ def test_read_label_volume_carries_geometry(tmp_path, suffix):
     np.testing.assert_array_equal(volume.array, _labels())
     with_ref, _ = read_label_volume(out, ["a", "b", "c"], reference=image)
     assert with_ref.spacing == image.spacing and with_ref.origin == image.origin
+
+
+# ---------------------------------------------------------------------------------------------
+# Corrupt inputs: truncated files, NaN/Inf hidden by a reader, uneven DICOM slices, NIfTI forms
+# ---------------------------------------------------------------------------------------------
+
+
+def _cut(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def _write_uncompressed(path: Path, volume: Volume) -> Path:
+    sitk.WriteImage(volume.to_sitk(), str(path), False)
+    return path
+
+
+# (suffix, compressed) for every file format PairSeg reads; MHD keeps its voxels in a .raw file.
+FORMATS = [(".nii", False), (".nii.gz", True), (".nrrd", False), (".nrrd", True), (".mha", False),
+           (".mha", True), (".mhd", False)]
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.98])
+@pytest.mark.parametrize("suffix,compressed", FORMATS)
+def test_truncated_image_is_refused_by_name(tmp_path, suffix, compressed, fraction):
+    volume = _volume(np.eye(3), shape=(12, 30, 40))
+    path = tmp_path / f"scan{suffix}"
+    sitk.WriteImage(volume.to_sitk(), str(path), compressed)
+    assert read_volume(path).shape == (12, 30, 40)
+    _cut(tmp_path / "scan.raw" if suffix == ".mhd" else path, fraction)
+    with pytest.raises(PairSegInputError, match=r"scan\.(nii|nrrd|mha|mhd).*truncated"):
+        read_volume(path)
+    labels = tmp_path / f"labels{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(1).integers(0, 3, (12, 30, 40), np.uint8)), str(labels), compressed)
+    _cut(tmp_path / "labels.raw" if suffix == ".mhd" else labels, fraction)
+    with pytest.raises(PairSegInputError, match=r"labels\.(nii|nrrd|mha|mhd).*truncated"):
+        read_label(labels)
+
+
+def test_metaimage_with_missing_data_file(tmp_path):
+    path = _write_uncompressed(tmp_path / "scan.mhd", _volume(np.eye(3)))
+    (tmp_path / "scan.raw").unlink()
+    with pytest.raises(PairSegInputError, match=r"scan\.mhd.*scan\.raw does not exist"):
+        read_volume(path)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.95])
+def test_truncated_segmentation_is_refused(tmp_path, fraction):
+    image = _volume(np.eye(3), shape=(12, 30, 40))
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:10, 5:25, 5:35] = 1
+    path = Path(write_labels(tmp_path / "labels.seg.nrrd", labels, image, ["liver"]))
+    _cut(path, fraction)
+    with pytest.raises(PairSegInputError, match=r"labels\.seg\.nrrd.*truncated"):
+        read_label(path)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_and_inf_reach_the_engine_as_they_are_stored(tmp_path, suffix, dtype):
+    """ITK's NIfTI library replaces non-finite floats by 0; PairSeg puts the stored values back."""
+    volume = _volume(np.eye(3))
+    volume.array = volume.array.astype(dtype)
+    volume.array[1, 2, 3], volume.array[2, 0, 0], volume.array[4, 6, 8] = np.nan, np.inf, -np.inf
+    path = tmp_path / f"scan{suffix}"
+    write_volume(path, volume)
+    back = read_volume(path)
+    assert np.isnan(back.array[1, 2, 3]) and back.array[2, 0, 0] == np.inf and back.array[4, 6, 8] == -np.inf
+    finite = np.isfinite(volume.array)
+    assert np.count_nonzero(~np.isfinite(back.array)) == 3
+    np.testing.assert_allclose(back.array[finite], volume.array[finite], rtol=1e-6)
+    # A label map with NaN is refused, not read as background.
+    with pytest.raises(PairSegInputError, match=r"scan.*NaN or infinite"):
+        read_label(path)
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    vol = _volume(_rotation(0.25, 0.4), shape=(7, 8, 10))
+    vol.array = np.round(vol.array).astype(np.float32)
+    _write_dicom_series(vol, tmp_path / "series")
+    gap = sorted((tmp_path / "series").iterdir())[3]
+    gap.unlink()
+    with pytest.raises(PairSegInputError, match=r"series.*non-uniform slice spacing: slices 2 and 3.*"
+                                                r"9 mm apart where the others are 4.5 mm"):
+        read_volume(tmp_path / "series")
+
+
+def test_dicom_series_with_a_truncated_slice_is_refused(tmp_path):
+    vol = _volume(np.eye(3), shape=(5, 8, 10))
+    vol.array = np.round(vol.array).astype(np.float32)
+    _write_dicom_series(vol, tmp_path / "series")
+    cut = _cut(sorted((tmp_path / "series").iterdir())[2], 0.6)
+    with pytest.raises(PairSegInputError, match=rf"series: 1 DICOM file.*truncated or corrupt: {cut.name}"):
+        read_volume(tmp_path / "series")
+
+
+REAL_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "totalseg_examples" / "ct_dicom"
+
+
+@pytest.mark.skipif(not REAL_DICOM.is_dir(), reason="real CT DICOM example not present beside the project")
+def test_real_ct_dicom_missing_or_truncated_slice(tmp_path):
+    import shutil
+
+    whole = tmp_path / "whole"
+    shutil.copytree(REAL_DICOM, whole)
+    assert read_volume(whole).shape[0] == len(list(whole.iterdir()))
+    for name, spoil in (("missing", lambda p: p.unlink()), ("cut", lambda p: _cut(p, 0.5))):
+        folder = tmp_path / name
+        shutil.copytree(REAL_DICOM, folder)
+        for path in folder.iterdir():
+            path.chmod(0o644)
+        spoil(sorted(folder.iterdir())[7])
+        with pytest.raises(PairSegInputError, match="non-uniform slice spacing" if name == "missing" else "truncated"):
+            read_volume(folder)
+
+
+def _nifti_forms(path: Path) -> tuple:
+    import gzip
+    import struct
+
+    with (gzip.open(path) if path.name.endswith(".gz") else open(path, "rb")) as handle:
+        header = handle.read(348)
+    return struct.unpack_from("<2h6f12f", header, 252)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_qform_sform_disagreement_warns_and_outputs_keep_both(tmp_path, suffix):
+    import struct
+
+    image = _volume(_rotation(0.2, 0.3), shape=(6, 8, 10))
+    path = _write_uncompressed(tmp_path / "scan.nii", image)
+    header = bytearray(path.read_bytes())
+    srow = list(struct.unpack_from("<12f", header, 280))
+    srow[3] += 50.0  # the sform's origin 50 mm to the side of the qform's
+    struct.pack_into("<12f", header, 280, *srow)
+    path.write_bytes(bytes(header))
+    with pytest.warns(io.GeometryWarning, match=r"scan\.nii: the NIfTI qform and sform disagree by up to 50 mm"):
+        volume = read_volume(path)
+    out = Path(write_labels(tmp_path / f"labels{suffix}", _labels((6, 8, 10)), volume, ["a", "b", "c"]))
+    assert _nifti_forms(out) == _nifti_forms(path)  # the input's own qform and sform, codes included
+    with pytest.warns(io.GeometryWarning):
+        labels = read_label_volume(out, reference=volume)[0]
+    np.testing.assert_array_equal(labels.array, _labels((6, 8, 10)))
+    # Agreeing forms: no warning, and outputs as ITK writes them.
+    plain = _write_uncompressed(tmp_path / "plain.nii", image)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_volume(plain).nifti_forms is None
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs: checked before work, never destroying inputs, committed together, no temporaries left
+# ---------------------------------------------------------------------------------------------
+
+
+def test_failed_cleanup_does_not_mask_the_write_error(tmp_path, monkeypatch):
+    image = _volume(np.eye(3))
+
+    def failing_write(img, path, *args):
+        raise RuntimeError("No space left on device")
+
+    def failing_unlink(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(io.sitk, "WriteImage", failing_write)
+    monkeypatch.setattr(Path, "unlink", failing_unlink)
+    with pytest.raises(PairSegOutputError, match=r"out\.nrrd: cannot write output \(No space left on device\)"):
+        write_volume(tmp_path / "out.nrrd", image)
+
+
+def test_check_output_refuses_before_any_work(tmp_path):
+    suffixes = io.LABEL_SUFFIXES
+    assert io.check_output(tmp_path / "new" / "deeper" / "labels.nii.gz", suffixes) == \
+        tmp_path / "new" / "deeper" / "labels.nii.gz"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+    with pytest.raises(PairSegOutputError, match=r"labels\.png: unsupported output file type '\.png'"):
+        io.check_output(tmp_path / "labels.png", suffixes)
+    (tmp_path / "folder.nii.gz").mkdir()
+    with pytest.raises(PairSegOutputError, match=r"folder\.nii\.gz: output is an existing folder"):
+        io.check_output(tmp_path / "folder.nii.gz", suffixes)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(PairSegOutputError, match=r"afile.*is a file, not a folder"):
+        io.check_output(tmp_path / "afile" / "labels.nii.gz", suffixes)
+    with pytest.raises(PairSegOutputError, match=r"afile: output folder is an existing file"):
+        io.check_output(tmp_path / "afile", folder=True)
+    # A place no process can create files in (even root): /proc.
+    with pytest.raises(PairSegOutputError, match=r"labels\.nii\.gz: cannot write output in /proc"):
+        io.check_output("/proc/labels.nii.gz", suffixes)
+    assert sorted(os.listdir(tmp_path)) == ["afile", "folder.nii.gz"]  # the write test left nothing
+
+
+def test_check_distinct_sees_through_links_and_dots(tmp_path):
+    scan = tmp_path / "scan.nii.gz"
+    scan.write_bytes(b"")
+    (tmp_path / "link.nii.gz").symlink_to(scan)
+    with pytest.raises(PairSegOutputError, match=r"--output is the input .*scan\.nii\.gz"):
+        io.check_distinct([scan], [("--output", tmp_path / "sub" / ".." / "scan.nii.gz")])
+    with pytest.raises(PairSegOutputError, match="--output is the input"):
+        io.check_distinct([scan], [("--output", tmp_path / "link.nii.gz")])
+    with pytest.raises(PairSegOutputError, match=r"--probabilities is the same file as --output"):
+        io.check_distinct([scan], [("--output", tmp_path / "a.nii.gz"), ("--probabilities", tmp_path / "a.nii.gz")])
+    io.check_distinct([scan], [("--output", tmp_path / "a.nii.gz"), ("--probabilities", None)])
+
+
+def test_write_together_commits_all_or_none(tmp_path, monkeypatch):
+    image = _volume(np.eye(3))
+    first, second = tmp_path / "labels.nii.gz", tmp_path / "probs.nii.gz"
+    write_labels(first, _labels(), image)
+    write_volume(second, image)
+    before = first.read_bytes(), second.read_bytes()
+    real_write = io.sitk.WriteImage
+
+    def second_fails(img, path, *args):
+        if "probs" in str(path):
+            raise RuntimeError("disk full")
+        real_write(img, path, *args)
+
+    monkeypatch.setattr(io.sitk, "WriteImage", second_fails)
+    with pytest.raises(PairSegOutputError, match=r"probs\.nii\.gz: cannot write output"):
+        with io.write_together():
+            write_labels(first, np.zeros(image.shape, np.uint8), image)
+            write_volume(second, image)
+    assert (first.read_bytes(), second.read_bytes()) == before  # the earlier output is not replaced
+    assert sorted(os.listdir(tmp_path)) == ["labels.nii.gz", "probs.nii.gz"]
+    monkeypatch.setattr(io.sitk, "WriteImage", real_write)
+    # A rename that fails half way puts the replaced outputs back.
+    real_replace = os.replace
+    failures = []
+
+    def replace_fails_for_probs(src, dst):  # the new probabilities cannot be moved into place, once
+        if str(dst) == str(second) and not failures:
+            failures.append(src)
+            raise OSError(28, "No space left on device", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", replace_fails_for_probs)
+    with pytest.raises(PairSegOutputError, match=r"probs\.nii\.gz: cannot write output .*no output of this case"):
+        with io.write_together():
+            write_labels(first, np.zeros(image.shape, np.uint8), image)
+            write_volume(second, image)
+    monkeypatch.setattr(io.os, "replace", real_replace)
+    assert (first.read_bytes(), second.read_bytes()) == before
+    assert sorted(os.listdir(tmp_path)) == ["labels.nii.gz", "probs.nii.gz"]
+    with io.write_together():
+        write_labels(first, np.zeros(image.shape, np.uint8), image)
+        write_volume(second, image)
+        assert first.read_bytes() == before[0]  # nothing replaced before the block ends
+    assert read_label(first)[0].max() == 0
+
+
+def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
+    from pairseg.modelfile import atomic_torch_save
+
+    out = tmp_path / "labels.nii.gz"
+    mine = [tmp_path / ".labels.tmp-0123abcd.nii.gz", tmp_path / ".labels.tmp-0123abcd.nii.gz.forms"]
+    others = [tmp_path / ".other.tmp-0123abcd.nii.gz", tmp_path / "labels.tmp-0123abcd.nii.gz",
+              tmp_path / ".labels.tmp-notours.nii.gz", tmp_path / "keep.txt"]
+    for path in mine + others:
+        path.write_bytes(b"x")
+    assert sorted(io.remove_stale_temporaries(out)) == sorted(mine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in others)
+    # The temporary name modelfile.atomic_torch_save uses (a killed checkpoint write leaves it).
+    import tempfile
+
+    model = tmp_path / "m.pairseg.ckpt"
+    handle, stale = tempfile.mkstemp(prefix=f".{model.name}.", suffix=".tmp", dir=tmp_path)
+    os.close(handle)
+    atomic_torch_save({"a": 1}, model)
+    assert io.remove_stale_temporaries(model) == [Path(stale)]
+
+
+def test_segment_series_option_picks_one_of_several(tmp_path, capsys):
+    """`pairseg segment --series UID`: the CLI way to choose; the error lists what there is."""
+    import json
+
+    import torch
+
+    from pairseg.cli import main
+    from pairseg.modelfile import save_model
+    from pairseg.networks import build_model
+
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "m.pairseg", build_model("c2fcn", 1, 3, base="unet", width=4),
+                       {"class_names": ["liver"], "class_colors": [[1, 0, 0]], "modality": "MR", "size": 32})
+    first, second = _volume(np.eye(3), shape=(4, 20, 24), seed=1), _volume(np.eye(3), shape=(5, 20, 24), seed=2)
+    first.array, second.array = np.round(first.array), np.round(second.array)
+    _write_dicom_series(first, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.61", "T2 SPIR")
+    _write_dicom_series(second, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.62", "T1 DUAL")
+    out = tmp_path / "labels.nii.gz"
+    argv = ["segment", "--model", str(model), "--input", str(tmp_path / "dicom"), "--output", str(out),
+            "--device", "cpu", "--events", "json"]
+    assert main(argv) == 2
+    error = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert "choose one with --series UID" in error["message"] and "'T1 DUAL' (5 slices)" in error["message"]
+    assert not out.exists()
+    assert main(argv + ["--series", "1.2.826.0.1.3680043.2.1125.1.62"]) == 0
+    assert read_label(out)[0].shape == (5, 20, 24)
+    assert main(argv + ["--series", "9.9"]) == 2
+    assert "no DICOM series 9.9" in capsys.readouterr().out
+    argv[argv.index("--input") + 1] = str(out)  # an image file has no series to pick
+    assert main(argv + ["--series", "1.2.826.0.1.3680043.2.1125.1.62", "--output", str(tmp_path / "x.nii.gz")]) == 2
+    assert "--series picks a series of a DICOM folder; this input is an image file" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])
+def test_write_probabilities_streams_the_file_write_volume_writes(tmp_path, suffix, monkeypatch):
+    import gzip
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    canonical = rng.random((60, 3, 64, 96)).astype(np.float16)
+    probabilities = canonical[::-1]  # a strided view, as predict_native returns for a flipped volume
+    like = _volume(DIRECTIONS["oblique"], shape=(60, 64, 96))
+    expected = write_volume(tmp_path / f"expected{suffix}",
+                            like.like(np.moveaxis(probabilities, 1, -1).astype(np.float32)))
+    monkeypatch.setattr(io, "_CHUNK", 1 << 16)  # slabs of a few slices
+    tracemalloc.start()
+    try:
+        written = io.write_probabilities(tmp_path / f"probs{suffix}", probabilities, like)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    full_float32 = probabilities.size * 4
+    assert peak < full_float32 / 4, (peak, full_float32)  # never a whole float32 (or float16) copy
+    a, b = sitk.ReadImage(written), sitk.ReadImage(expected)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+    assert a.GetNumberOfComponentsPerPixel() == 3 and a.GetPixelID() == sitk.sitkVectorFloat32
+    for getter in ("GetSpacing", "GetOrigin", "GetDirection", "GetSize"):
+        assert getattr(a, getter)() == getattr(b, getter)()
+    if suffix.startswith(".nii"):
+        opener = gzip.open if suffix.endswith(".gz") else open
+        with opener(written, "rb") as x, opener(expected, "rb") as y:
+            assert x.read() == y.read()  # byte for byte what ITK writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"expected{suffix}", f"probs{suffix}"])

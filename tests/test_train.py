@@ -172,6 +172,24 @@ def test_init_from_refuses_other_classes_or_modality(full_run, small_data, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "other"]
 
 
+def test_init_from_accepts_the_same_classes_spelt_otherwise(full_run, small_data, tmp_path):
+    """A Trainer export names its classes after the segments (``Right_Kidney``): the same classes
+    as a model's ``right kidney`` under the one class-name rule (constants.class_key)."""
+    base, _, _ = full_run
+    manifest = json.loads((small_data / "dataset.json").read_text())
+    for entry in manifest["training"]:
+        entry["image"] = str((small_data / entry["image"]).resolve())
+        entry["label"] = str((small_data / entry["label"]).resolve())
+    spelt = {"1": "Liver", "2": "Right_Kidney", "3": "left-kidney", "4": " SPLEEN"}
+    assert [manifest["labels"][k] for k in spelt] == CLASSES
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "dataset.json").write_text(json.dumps({**manifest, "labels": {**manifest["labels"], **spelt}}))
+    out = tmp_path / "tuned.pairseg"
+    train(_config(exported, out, arch=None, steps=1, cases=["case_002"], init_from=str(base)))
+    assert read_metadata(out)["class_names"] == ["Liver", "Right_Kidney", "left-kidney", "SPLEEN"]
+
+
 @pytest.mark.parametrize("arch, extra", [
     ("deeplabv3plus", {}), ("unet", {}), ("cfcn", {}), ("siamfcn", {}), ("c2fcn", {"base": "unet"}),
     ("c2fcn", {"aggregate": "max", "pair_mode": "intra+inter", "offsets": None}),
@@ -214,3 +232,83 @@ def test_budget_and_size_checks(small_data, tmp_path):
     with pytest.raises(PairSegInputError, match="val-fraction"):
         train(_config(small_data, tmp_path / "m", steps=1, val_fraction=0.9, cases=["case_000"]))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_train_never_changes_the_callers_config(small_data, tmp_path):
+    """No budget given: 20 epochs, read from the schema, and the caller's config stays as it was."""
+    stop = tmp_path / "STOP"
+    stop.touch()
+    config = _config(small_data, tmp_path / "m.pairseg", stop_file=str(stop))
+    before = config.to_json()
+    recorder = Recorder()
+    result = train(config, recorder)
+    start = recorder.of("start")[0]
+    assert result.stopped and start["total_steps"] == 20 * start["steps_per_epoch"]
+    assert config.to_json() == before and config.epochs is None
+
+
+def test_existing_model_file_needs_overwrite(small_data, tmp_path):
+    out = tmp_path / "m.pairseg"
+    out.write_bytes(b"an earlier model")
+    with pytest.raises(PairSegInputError, match="--overwrite"):
+        train(_config(small_data, out, steps=1))
+    assert out.read_bytes() == b"an earlier model" and sorted(tmp_path.iterdir()) == [out]
+    train(_config(small_data, out, steps=1, overwrite=True))
+    assert read_metadata(out)["training"]["steps"] == 1
+
+
+def _load_benchmarks_common():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "common.py"
+    spec = importlib.util.spec_from_file_location("pairseg_benchmarks_common", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_loops_public_steps_and_milestone_hook_reproduce_train(small_data, tmp_path):
+    """The benchmarks' milestone training is the engine's loop: the model at milestone s is the
+    model ``train`` writes after s steps, with the same per-step losses."""
+    from pairseg.train import EpochPlan, TrainingLoop, build_training_model, load_training_data, training_budget
+
+    config = _config(small_data, tmp_path / "m.pairseg", steps=4)
+    recorder = Recorder()
+    train(config, recorder)
+    engine_losses = [p["loss"] for p in recorder.of("progress")]
+    engine_weights = load_model(config.out)[0].state_dict()
+
+    torch.manual_seed(config.seed)
+    data = load_training_data(config)
+    common = _load_benchmarks_common()
+    snapshots, logged = {}, []
+
+    def on_milestone(model, step, epochs, loss):
+        snapshots[step] = ({k: v.clone() for k, v in model.state_dict().items()}, epochs, loss)
+
+    summary = common.train_with_milestones(data.store, "c2fcn", config, data.dataset.modality,
+                                           data.dataset.num_classes, [2, 4], on_milestone, log_every=2,
+                                           log=logged.append)
+    assert sorted(snapshots) == [2, 4] and len(logged) == 2 and "step 4/4" in logged[-1]
+    assert set(summary) == {"steps_per_epoch", "samples_per_epoch", "train_seconds_total", "loss_curve"}
+    assert summary["steps_per_epoch"] == recorder.of("start")[0]["steps_per_epoch"]
+    weights, epochs, loss = snapshots[4]
+    assert epochs == 4 / summary["steps_per_epoch"]
+    for name, value in engine_weights.items():
+        assert torch.equal(weights[name], value), name
+    assert summary["loss_curve"] == [pytest.approx(sum(engine_losses) / 4)]
+
+    # and the same steps driven by hand, with the on_step hook seeing every step once
+    torch.manual_seed(config.seed)
+    model = build_training_model(config, data, torch.device("cpu"))
+    loop = TrainingLoop(model, EpochPlan(data.store, model.training_form, config, "MR"), config)
+    steps_seen = []
+    total = training_budget(config, loop.plan)
+    assert total == 4
+    while loop.state.step < total:
+        result = loop.run_epoch(total, on_step=lambda lp, value: steps_seen.append((lp.state.step, value)))
+    assert result.completed == loop.state.epoch and not result.stopped
+    assert steps_seen == list(zip([1, 2, 3, 4], engine_losses))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in engine_weights.items())

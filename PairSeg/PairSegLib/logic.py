@@ -1,218 +1,174 @@
 """PairSegCoreLogic: segmentation with the engine, comparison with a reference (no GUI code).
 
-``PairSeg.PairSegLogic`` is this class plus Slicer's ScriptedLoadableModuleLogic; use that one
-from the Python console::
+``PairSeg.PairSegLogic`` is this class plus Slicer's ScriptedLoadableModuleLogic; from the Python
+console (``slicer.util.getModuleLogic("PairSeg")`` or ``PairSeg.PairSegLogic()``)::
 
-    logic = slicer.modules.pairseg.logic()
     segmentationNode = logic.segmentVolume(volumeNode, "/path/model.pairseg")
     result = logic.compareToReference(segmentationNode, referenceSegmentationNode)
+
+Both run the engine in a background process (``engine.EngineRun``): ``pairseg segment`` and
+``pairseg evaluate``. The ``...Async`` variants return the running run for a GUI timer to poll.
 """
 
+import csv
+import io
+import json
 import logging
 import os
 import shutil
 import tempfile
-import time
 
 import numpy as np
 import slicer
 
 from . import engine as engineModule
 from . import models, mrml, overlays
+from .engine import EngineError, RunState
 from .mrml import InputError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+State = RunState
 
 
-class SegmentationError(RuntimeError):
+class SegmentationError(EngineError):
     """The engine failed (not the user's input): message from the engine."""
 
 
-class SegmentationCancelled(RuntimeError):
-    pass
+class WorkFolderRun(engineModule.EngineRun):
+    """An EngineRun with a temporary folder for its input and output files, made when the run
+    starts and removed when it ends (any state). ``logic``: a PairSegCoreLogic (its launcher,
+    python, temporaryFolder and keepTemporaryFiles). Subclasses write their inputs and set
+    ``self.command`` in ``writeInputs()``."""
 
-
-class State:
-    INITIALIZING = "initializing"
-    RUNNING = "running"
-    IMPORTING = "importing"
-    FINISHED = "finished"
-    CANCELLED = "cancelled"
-    FAILED = "failed"
-    DONE_STATES = ("finished", "cancelled", "failed")
-
-
-class SegmentationTask:
-    """One asynchronous segmentation. Call ``poll()`` from the main thread until it returns True.
-
-    Attributes: ``state`` (see State), ``fraction`` (0..1), ``message``, ``error`` (exception
-    when failed), ``segmentationNode`` (when finished), ``events`` (all engine events).
-    Callbacks (main thread): ``onProgress(task)``, ``onFinished(task)``.
-    """
-
-    def __init__(self, logic, volumeNode, modelPath, metadata, segmentationNode, device,
-                 keepLargestComponent, onProgress=None, onFinished=None):
+    def __init__(self, logic, **options):
+        super().__init__(launcher=logic.launcher, python=logic.python, **options)
         self.logic = logic
+        self.workDirectory = None
+
+    def prepare(self):
+        self.workDirectory = tempfile.mkdtemp(prefix=f"PairSeg-{self.name}-", dir=self.logic.temporaryFolder())
+        self.writeInputs()
+
+    def writeInputs(self):
+        raise NotImplementedError
+
+    def finished(self):
+        if self.workDirectory and not self.logic.keepTemporaryFiles:
+            shutil.rmtree(self.workDirectory, ignore_errors=True)
+
+    def path(self, name):
+        return os.path.join(self.workDirectory, name)
+
+
+class SegmentationRun(WorkFolderRun):
+    """One segmentation: the volume is exported, ``pairseg segment`` runs in the background, and
+    on success the label map is imported as segments (one per model class; ``segmentationNode``).
+    Nothing in the scene changes unless the run succeeds."""
+
+    name = "segmentation"
+    inputErrorClass = InputError
+
+    def __init__(self, logic, volumeNode, modelPath, metadata, segmentationNode=None, device="auto",
+                 keepLargestComponent=True, **options):
+        super().__init__(logic, **options)
         self.volumeNode = volumeNode
-        self.modelPath = os.path.abspath(modelPath)
+        self.modelPath = os.path.abspath(os.fspath(modelPath))
         self.metadata = metadata
         self.targetSegmentationNode = segmentationNode
         self.device = device
         self.keepLargestComponent = keepLargestComponent
-        self.onProgress = onProgress
-        self.onFinished = onFinished
-        self.state = State.INITIALIZING
-        self.fraction = 0.0
-        self.message = "Preparing the input"
-        self.error = None
         self.segmentationNode = None
-        self.events = []
-        self.process = None
-        self.startTime = time.monotonic()
-        self.workDirectory = None
-        self._cancelRequested = False
+        self.message = "Preparing the input"
 
-    # -- life cycle -------------------------------------------------------------------------
+    def writeInputs(self):
+        inputPath, self.outputPath = self.path("input.nrrd"), self.path("labels.nrrd")
+        mrml.exportVolume(self.volumeNode, inputPath)
+        arguments = ["segment", "--model", self.modelPath, "--input", inputPath, "--output", self.outputPath,
+                     "--device", self.device, "--events", "json"]
+        if not self.keepLargestComponent:
+            arguments.append("--no-largest-component")
+        self.command = engineModule.engineCommand(*arguments, python=self.python)
 
-    def start(self):
+    def failure(self, code):
+        error = super().failure(code)
+        return error if isinstance(error, InputError) else SegmentationError(str(error))
+
+    def completingText(self):
+        return "Importing the segmentation"
+
+    def completed(self):
+        names = list(self.metadata["class_names"])
         try:
-            self.workDirectory = tempfile.mkdtemp(prefix="PairSeg-", dir=self.logic.temporaryFolder())
-            self.inputPath = os.path.join(self.workDirectory, "input.nrrd")
-            self.outputPath = os.path.join(self.workDirectory, "labels.nrrd")
-            mrml.exportVolume(self.volumeNode, self.inputPath)
-            arguments = ["segment", "--model", self.modelPath, "--input", self.inputPath,
-                         "--output", self.outputPath, "--device", self.device, "--events", "json"]
-            if not self.keepLargestComponent:
-                arguments.append("--no-largest-component")
-            self.process = self.logic.processFactory(arguments)
-            self.process.start()
-        except Exception as error:
-            self._finish(State.FAILED, error)
-            return self
-        self._setState(State.RUNNING, 0.0, "Starting the engine")
-        return self
-
-    def cancel(self):
-        """Stop the engine; the scene is left as it was. The task ends at the next ``poll()``."""
-        self._cancelRequested = True
-        if self.process is not None:
-            self.process.cancel()
-
-    @property
-    def done(self):
-        return self.state in State.DONE_STATES
-
-    def poll(self):
-        """Handle new engine events; import the result when the engine is done. True when over."""
-        if self.done:
-            return True
-        if self._cancelRequested:
-            self._finish(State.CANCELLED, SegmentationCancelled("Segmentation cancelled."))
-            return True
-        for event in self.process.poll():
-            self._handleEvent(event)
-        if not self.process.finished:
-            return False
-        if self._cancelRequested:
-            self._finish(State.CANCELLED, SegmentationCancelled("Segmentation cancelled."))
-        elif self.process.returncode != 0:
-            message = self.process.errorMessage
-            errorClass = InputError if self.process.returncode == 2 else SegmentationError
-            self._finish(State.FAILED, errorClass(_friendlyEngineError(message)))
-        else:
-            self._import()
-        return True
-
-    def _handleEvent(self, event):
-        self.events.append(event)
-        kind = event.get("event")
-        if kind == "progress":
-            fraction = event.get("fraction")
-            stage = event.get("stage") or "segmenting"
-            if isinstance(fraction, (int, float)):
-                self.fraction = min(max(float(fraction), 0.0), 1.0) * 0.95
-            text = f"{stage.capitalize()}"
-            if event.get("step") is not None and event.get("total"):
-                text += f" {event['step']}/{event['total']}"
-            if isinstance(event.get("eta_s"), (int, float)):
-                text += f", about {int(event['eta_s'])} s left"
-            self._setState(State.RUNNING, self.fraction, text)
-        elif kind == "start":
-            device = event.get("device")
-            self._setState(State.RUNNING, self.fraction,
-                           f"Engine started{' on ' + str(device) if device else ''}")
-        elif kind == "message" and event.get("text"):
-            self._setState(State.RUNNING, self.fraction, str(event["text"]))
-
-    def _import(self):
-        self._setState(State.IMPORTING, 0.97, "Importing the segmentation")
-        try:
-            names = list(self.metadata["class_names"])
             labelImage = mrml.readLabelImage(self.outputPath, self.volumeNode, len(names))
-            segments = mrml.buildSegments(labelImage, names, self.metadata.get("class_colors"))
-            # Nothing in the scene changes before this point.
-            segmentationNode = self.targetSegmentationNode
-            if segmentationNode is None or segmentationNode.GetScene() is None:
-                segmentationNode = mrml.newSegmentationNode(self.volumeNode)
-            else:
-                if not segmentationNode.GetDisplayNode():
-                    segmentationNode.CreateDefaultDisplayNodes()
-                if not segmentationNode.GetNodeReference("referenceImageGeometryRef") and \
-                        segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
-                    mrml.prepareSegmentationNode(segmentationNode, self.volumeNode)
-            mrml.applySegments(segmentationNode, segments)
-            segmentationNode.SetAttribute("PairSeg.Model", self.modelPath)
-            self.segmentationNode = segmentationNode
-        except Exception as error:
-            self._finish(State.FAILED, SegmentationError(f"Importing the result failed: {error}"))
-            return
-        seconds = time.monotonic() - self.startTime
-        self._finish(State.FINISHED, None, f"Done: {len(names)} segments in {seconds:.1f} s")
-
-    def _setState(self, state, fraction, message):
-        self.state, self.fraction, self.message = state, fraction, message
-        if self.onProgress:
-            try:
-                self.onProgress(self)
-            except Exception:
-                logging.exception("PairSeg progress callback failed")
-
-    def _finish(self, state, error, message=None):
-        self.error = error
-        self._cleanup()
-        if message is None:
-            message = {State.CANCELLED: "Cancelled", State.FAILED: f"Failed: {error}"}.get(state, "Done")
-        self._setState(state, 1.0 if state == State.FINISHED else self.fraction, message)
-        if self.onFinished:
-            self.onFinished(self)
-
-    def _cleanup(self):
-        if self.process is not None and not getattr(self.process, "finished", True):
-            self.process.cancel()
-        if self.workDirectory and not self.logic.keepTemporaryFiles:
-            shutil.rmtree(self.workDirectory, ignore_errors=True)
-
-    def wait(self, pollInterval=0.05):
-        while not self.poll():
-            time.sleep(pollInterval)
-        return self
+        except IOError as error:
+            raise SegmentationError(f"Importing the result failed: {error}") from error
+        self.segmentationNode = mrml.importSegments(labelImage, names, self.metadata.get("class_colors"),
+                                                    self.volumeNode, self.targetSegmentationNode)
+        self.segmentationNode.SetAttribute("PairSeg.Model", self.modelPath)
+        return f"Done: {len(names)} segments in {self.elapsedSeconds:.1f} s"
 
 
-def _friendlyEngineError(message):
-    text = str(message)
-    lowered = text.lower()
-    if "out of memory" in lowered:
-        return text + "\nTry --device cpu, close other GPU programs, or crop the volume."
-    if "no module named 'torch'" in lowered or 'no module named "torch"' in lowered:
-        return "PyTorch is not installed: install it with the PyTorch extension (PyTorch Utils module)."
-    return text
+class ComparisonRun(WorkFolderRun):
+    """Dice and ASSD of a segmentation against a reference by ``pairseg evaluate`` (the engine's
+    own metrics) in the background; on success the table and the boundary-distance overlay are
+    added to the scene (``result``, a ComparisonResult)."""
+
+    name = "comparison"
+    expectsDoneEvent = False  # ``pairseg evaluate`` writes its JSON file instead of events
+    inputErrorClass = InputError
+
+    def __init__(self, logic, segmentationNode, geometryNode, temporaryGeometry, names, predicted, reference,
+                 showOverlay=True, **options):
+        super().__init__(logic, **options)
+        self.segmentationNode = segmentationNode
+        self.geometryNode = geometryNode
+        self.temporaryGeometry = temporaryGeometry
+        self.names = names
+        self.predicted = predicted
+        self.reference = reference
+        self.showOverlay = showOverlay
+        self.result = None
+
+    def writeInputs(self):
+        predictedPath, referencePath = self.path("predicted.nrrd"), self.path("reference.nrrd")
+        self.resultsPath = self.path("metrics.json")
+        mrml.writeLabelArray(self.predicted, self.geometryNode, predictedPath)
+        mrml.writeLabelArray(self.reference, self.geometryNode, referencePath)
+        classes = io.StringIO()
+        csv.writer(classes, lineterminator="").writerow(self.names)
+        self.command = engineModule.engineCommand("evaluate", "--pred", predictedPath, "--ref", referencePath,
+                                                  "--classes", classes.getvalue(), "--json", self.resultsPath,
+                                                  python=self.python)
+
+    def completingText(self):
+        return "Adding the comparison table and the distance overlay"
+
+    def completed(self):
+        try:
+            with open(self.resultsPath, encoding="utf-8") as stream:
+                (metrics,) = json.load(stream)["cases"]
+        except (OSError, ValueError, KeyError) as error:
+            raise EngineError(f"pairseg evaluate wrote no readable results: {error}") from error
+        self.result = self.logic.addComparisonNodes(self.segmentationNode, self.geometryNode, self.temporaryGeometry,
+                                                    self.names, self.predicted, self.reference, metrics,
+                                                    self.showOverlay)
+        return "Comparison done"
+
+    def finished(self):
+        super().finished()
+        if self.temporaryGeometry and self.geometryNode.GetScene() is not None:
+            slicer.mrmlScene.RemoveNode(self.geometryNode)
 
 
 class PairSegCoreLogic:
-    """Segment volumes with PairSeg models; compare segmentations with a reference."""
+    """Segment volumes with PairSeg models; compare segmentations with a reference.
+
+    ``launcher``: the EngineLauncher of every engine run (None: ``engine.launchProcess``);
+    ``python``: the interpreter for the engine (None: ``engine.pythonExecutable()``)."""
 
     def __init__(self):
-        self.processFactory = lambda arguments: engineModule.EngineProcess(arguments)
+        self.launcher = None
+        self.python = None
         self.keepTemporaryFiles = False
         self.registry = models.ModelRegistry()
 
@@ -232,14 +188,28 @@ class PairSegCoreLogic:
         except models.ModelFileError as error:
             raise InputError(str(error)) from error
 
+    @staticmethod
+    def modelFile(spec):
+        """A model file path from a path or a catalog model's name (a bare name, no folder or
+        suffix, that is not a file here). InputError for an unknown name."""
+        text = os.fspath(spec)
+        if os.path.exists(text) or os.sep in text or "/" in text or text.endswith(models.MODEL_SUFFIX):
+            return text
+        try:
+            return engineModule.resolveModel(text)
+        except ValueError as error:
+            raise InputError(str(error)) from error
+
     def validateInputs(self, volumeNode, modelPath, segmentationNode=None, device="auto"):
-        """All checks made before the engine starts; returns the model metadata."""
+        """All checks made before the engine starts; returns the model metadata. ``modelPath``:
+        a model file or a catalog model's name (``modelFile``)."""
         mrml.checkInputVolume(volumeNode)
         if modelPath is None or not str(modelPath).strip():
             raise InputError("No model file selected.")
-        metadata = self.modelMetadata(os.fspath(modelPath))
-        if device not in DEVICES:
-            raise InputError(f"Unknown device '{device}': use one of {', '.join(DEVICES)}.")
+        metadata = self.modelMetadata(self.modelFile(modelPath))
+        if device not in DEVICES and not (isinstance(device, str) and device.startswith("cuda:")
+                                          and device[5:].isdigit()):
+            raise InputError(f"Unknown device '{device}': use one of {', '.join(DEVICES)} or cuda:N.")
         if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
             raise InputError(f"'{segmentationNode.GetName()}' is not a segmentation node.")
         mrml.checkModality(volumeNode, metadata.get("modality"))
@@ -249,20 +219,20 @@ class PairSegCoreLogic:
 
     def segmentVolumeAsync(self, volumeNode, modelPath, segmentationNode=None, device="auto",
                            keepLargestComponent=True, onProgress=None, onFinished=None):
-        """Start segmenting; returns a running SegmentationTask (call its ``poll()``; ``cancel()``).
-
-        Input errors raise InputError at once, before anything starts.
-        """
+        """Start segmenting; returns the running SegmentationRun (a Qt timer calls its ``poll()``;
+        ``cancel()`` stops it). InputError at once for bad input, DependencyError when the engine
+        cannot run and its installation was declined: nothing starts in both cases."""
         metadata = self.validateInputs(volumeNode, modelPath, segmentationNode, device)
-        task = SegmentationTask(self, volumeNode, os.fspath(modelPath), metadata, segmentationNode,
-                                device, keepLargestComponent, onProgress, onFinished)
-        task.start()
-        if task.state != State.FAILED:
+        modelPath = self.modelFile(modelPath)
+        run = SegmentationRun(self, volumeNode, modelPath, metadata, segmentationNode, device, keepLargestComponent)
+        run.onProgress, run.onFinished = onProgress, onFinished
+        run.start()
+        if run.state != State.FAILED:
             try:
                 self.registry.addRecentModel(modelPath)
             except OSError:
                 logging.warning("PairSeg: could not update the recent-model list")
-        return task
+        return run
 
     def segmentVolume(self, volumeNode, modelPath, segmentationNode=None, device="auto",
                       keepLargestComponent=True):
@@ -273,22 +243,18 @@ class PairSegCoreLogic:
         replaced, others kept). Raises InputError (bad input), SegmentationError (engine failure);
         the scene is unchanged in both cases.
         """
-        task = self.segmentVolumeAsync(volumeNode, modelPath, segmentationNode, device, keepLargestComponent)
-        task.wait()
-        if task.state != State.FINISHED:
-            raise task.error
-        return task.segmentationNode
+        run = self.segmentVolumeAsync(volumeNode, modelPath, segmentationNode, device, keepLargestComponent)
+        run.wait()
+        if run.state != State.DONE:
+            raise run.error
+        return run.segmentationNode
 
     # -- comparison -------------------------------------------------------------------------
 
-    def compareToReference(self, segmentationNode, referenceSegmentationNode, showOverlay=True):
-        """Dice and ASSD (mm) per segment (matched by name) and a boundary-distance overlay.
-
-        Returns a ComparisonResult with ``tableNode`` (columns Segment, Dice, ASSD (mm),
-        Predicted (mL), Reference (mL)), ``distanceVolumeNode`` (distance in mm of each predicted
-        boundary voxel to the reference surface; -1 elsewhere, shown transparent) and
-        ``metrics`` (the engine's pairseg.metrics.evaluate_case dict).
-        """
+    def compareToReferenceAsync(self, segmentationNode, referenceSegmentationNode, showOverlay=True,
+                                onProgress=None, onFinished=None):
+        """Start comparing (``pairseg evaluate`` in the background); returns the ComparisonRun,
+        whose ``result`` is a ComparisonResult once it is done. InputError at once for bad input."""
         for node, what in ((segmentationNode, "segmentation"), (referenceSegmentationNode, "reference segmentation")):
             if node is None or not node.IsA("vtkMRMLSegmentationNode"):
                 raise InputError(f"No {what} selected.")
@@ -296,34 +262,56 @@ class PairSegCoreLogic:
         if not matches:
             raise InputError(f"No segment of '{segmentationNode.GetName()}' has a namesake in "
                              f"'{referenceSegmentationNode.GetName()}'.")
-        from pairseg.metrics import evaluate_case  # engine, imported at the point of use
-
         geometryNode, temporary = overlays.referenceGeometryVolume(segmentationNode)
         try:
             names = [name for name, _, _ in matches]
             predicted = overlays.labelArray(segmentationNode, [m[1] for m in matches], geometryNode)
             reference = overlays.labelArray(referenceSegmentationNode, [m[2] for m in matches], geometryNode)
-            spacingZyx = tuple(reversed(geometryNode.GetSpacing()))
-            metrics = evaluate_case(predicted, reference, spacingZyx, names)
-            distances = overlays.boundaryDistanceMap(predicted, reference, spacingZyx, len(names))
-            scene = slicer.mrmlScene
-            tableNode = scene.AddNewNodeByClass(
-                "vtkMRMLTableNode", scene.GenerateUniqueName(f"{segmentationNode.GetName()} vs reference"))
-            voxelMl = float(np.prod(spacingZyx)) / 1000.0
-            self._fillTable(tableNode, names, metrics, voxelMl)
-            distanceNode = overlays.addDistanceVolume(
-                distances, geometryNode, scene.GenerateUniqueName(f"{segmentationNode.GetName()} boundary distance (mm)"))
-            if temporary:
-                distanceNode.SetAndObserveTransformNodeID(
-                    segmentationNode.GetParentTransformNode().GetID() if segmentationNode.GetParentTransformNode() else None)
-            for node in (tableNode, distanceNode):
-                mrml.placeBeside(node, segmentationNode)
-            tableNode.SetNodeReferenceID("PairSeg.boundaryDistance", distanceNode.GetID())
-            if showOverlay:
-                overlays.showAsForeground(distanceNode)
-        finally:
+        except Exception:
             if temporary:
                 slicer.mrmlScene.RemoveNode(geometryNode)
+            raise
+        run = ComparisonRun(self, segmentationNode, geometryNode, temporary, names, predicted, reference, showOverlay)
+        run.onProgress, run.onFinished = onProgress, onFinished
+        try:
+            run.start()
+        except Exception:
+            run.finished()
+            raise
+        return run
+
+    def compareToReference(self, segmentationNode, referenceSegmentationNode, showOverlay=True):
+        """Dice and ASSD (mm) per segment (matched by name) and a boundary-distance overlay; blocks.
+
+        Returns a ComparisonResult with ``tableNode`` (columns Segment, Dice, ASSD (mm),
+        Predicted (mL), Reference (mL)), ``distanceVolumeNode`` (distance in mm of each predicted
+        boundary voxel to the reference surface; -1 elsewhere, shown transparent) and
+        ``metrics`` (one case of ``pairseg evaluate --json``: the engine's evaluate_case dict).
+        """
+        run = self.compareToReferenceAsync(segmentationNode, referenceSegmentationNode, showOverlay)
+        run.wait()
+        return run.result
+
+    def addComparisonNodes(self, segmentationNode, geometryNode, temporaryGeometry, names, predicted, reference,
+                           metrics, showOverlay=True):
+        """The table and the boundary-distance overlay (scipy, this process) of a comparison."""
+        spacingZyx = tuple(reversed(geometryNode.GetSpacing()))
+        distances = overlays.boundaryDistanceMap(predicted, reference, spacingZyx, len(names))
+        scene = slicer.mrmlScene
+        tableNode = scene.AddNewNodeByClass(
+            "vtkMRMLTableNode", scene.GenerateUniqueName(f"{segmentationNode.GetName()} vs reference"))
+        voxelMl = float(np.prod(spacingZyx)) / 1000.0
+        self._fillTable(tableNode, names, metrics, voxelMl)
+        distanceNode = overlays.addDistanceVolume(
+            distances, geometryNode, scene.GenerateUniqueName(f"{segmentationNode.GetName()} boundary distance (mm)"))
+        if temporaryGeometry:
+            parent = segmentationNode.GetParentTransformNode()
+            distanceNode.SetAndObserveTransformNodeID(parent.GetID() if parent else None)
+        for node in (tableNode, distanceNode):
+            mrml.placeBeside(node, segmentationNode)
+        tableNode.SetNodeReferenceID("PairSeg.boundaryDistance", distanceNode.GetID())
+        if showOverlay:
+            overlays.showAsForeground(distanceNode)
         return ComparisonResult(tableNode, distanceNode, metrics)
 
     @staticmethod

@@ -1,9 +1,11 @@
 """Model files seen from Slicer: metadata without torch, and the shared model registry.
 
-``readModelMetadata(path)`` reads the JSON metadata of a ``.pairseg`` model file (a PyTorch zip
-archive) WITHOUT importing torch: the archive's pickle is read with an unpickler that builds
-nothing but placeholders for tensors (no code can run), so the module can describe a model
-before torch is installed.
+``readModelMetadata(path)`` reads, verifies and validates the JSON metadata of a ``.pairseg``
+model file WITHOUT torch (so the module can describe a model before torch is installed), through
+the engine's standard-library-only reader ``pairseg.modelformat`` (shipped with this module): a
+format-2 file is a safetensors file whose JSON header holds the metadata, and its SHA-256 over
+weights and metadata is checked; a format-1 file (a PyTorch archive) has its metadata string read
+from the pickle's opcodes without building any object, and is migrated to the current format.
 
 ``ModelRegistry`` is the list of models the user has registered (the PairSegTrainer module
 registers each model it trains) and of recently used model files. It is one JSON file in the
@@ -16,79 +18,34 @@ user's PairSeg folder, shared by both modules::
 The folder is ``$PAIRSEG_USER_DIR`` when set, else ``~/.pairseg``. Writes are atomic.
 """
 
-import collections
 import json
 import os
-import pickle
 import tempfile
 import time
-import zipfile
 
-MODEL_FORMAT = "pairseg-model"
-MODEL_SUFFIX = ".pairseg"
 REGISTRY_FORMAT = "pairseg-model-registry"
 MAX_RECENT = 10
 
 
 class ModelFileError(ValueError):
-    """A model file that is missing, unreadable or not a PairSeg model."""
-
-
-class _Placeholder:
-    """Stands for torch objects (tensors, storages) inside the pickle; holds nothing."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __call__(self, *args, **kwargs):
-        return _Placeholder()
-
-    def __setstate__(self, state):
-        pass
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    """Only OrderedDict and inert placeholders may be built: safe on untrusted files."""
-
-    def find_class(self, module, name):
-        if module == "collections" and name == "OrderedDict":
-            return collections.OrderedDict
-        if module == "torch" or module.startswith("torch."):
-            return _Placeholder
-        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in model file")
-
-    def persistent_load(self, pid):
-        return None
+    """A model file that is missing, unreadable, edited or not a PairSeg model."""
 
 
 def readModelMetadata(path):
-    """The metadata dict of a PairSeg model file; ModelFileError with a clear message otherwise."""
-    path = os.fspath(path)
+    """The metadata dict of a PairSeg model file (checksum verified, migrated, validated);
+    ModelFileError with a message naming the file otherwise."""
+    path = os.fspath(path) if path else ""
     if not path:
         raise ModelFileError("No model file selected.")
     if not os.path.isfile(path):
         raise ModelFileError(f"Model file not found: {path}")
+    from pairseg import modelformat  # the engine's torch-free reader (standard library only)
+    from pairseg.errors import PairSegInputError
+
     try:
-        with zipfile.ZipFile(path) as archive:
-            pickleNames = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-            if not pickleNames:
-                raise ModelFileError(f"{path}: not a PairSeg model file (no data record)")
-            with archive.open(pickleNames[0]) as stream:
-                payload = _MetadataUnpickler(stream).load()
-    except ModelFileError:
-        raise
-    except Exception as error:
-        raise ModelFileError(f"{path}: not a readable PairSeg model file (corrupt or another format: "
-                             f"{type(error).__name__})") from error
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ModelFileError(f"{path}: not a PairSeg model file")
-    try:
-        metadata = json.loads(payload["metadata"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ModelFileError(f"{path}: model metadata is missing or corrupt") from error
-    if not isinstance(metadata, dict) or not metadata.get("class_names"):
-        raise ModelFileError(f"{path}: model metadata has no class names")
-    return metadata
+        return modelformat.read_metadata(path)
+    except PairSegInputError as error:
+        raise ModelFileError(str(error)) from error
 
 
 def describeModel(metadata):
@@ -96,8 +53,12 @@ def describeModel(metadata):
     lines = []
     names = list(metadata.get("class_names") or [])
     lines.append("Classes: " + (", ".join(names) if names else "?"))
+    size = str(metadata.get("size", "?"))
+    spacing = metadata.get("spacing")  # in-plane mm: a number, [row, col], or None (slices resized)
+    if spacing:
+        size += " px at " + ("x".join(f"{v:g}" for v in spacing) if isinstance(spacing, list) else f"{spacing:g}") + " mm"
     lines.append(f"Modality: {metadata.get('modality', '?')}    Architecture: {metadata.get('arch', '?')}"
-                 f"    Input size: {metadata.get('size', '?')}")
+                 f"    Input size: {size}")
     training = metadata.get("training") or {}
     if training:
         cases = training.get("cases")

@@ -75,11 +75,15 @@ def checkModality(volumeNode, modelModality):
                              "look like a CT image in Hounsfield units.")
 
 
-def exportVolume(volumeNode, path):
-    """Write the volume's voxels and geometry (IJK-to-RAS, without parent transforms) to ``path``."""
+def exportVolume(volumeNode, path, compress=False):
+    """Write the volume's voxels and geometry (IJK-to-RAS, without parent transforms) to ``path``
+    through a storage node that is never added to the scene. IOError when writing fails.
+
+    The one volume export of both modules (engine inputs, training sets): the file holds the
+    node's voxels in the node's IJK order, so results written on its grid come back exactly."""
     storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storageNode.SetFileName(os.fspath(path))
-    storageNode.SetUseCompression(False)
+    storageNode.SetUseCompression(bool(compress))
     if not storageNode.WriteData(volumeNode):
         raise IOError(f"Could not write volume '{volumeNode.GetName()}' to {path}")
     return path
@@ -92,33 +96,73 @@ def ijkToLps(volumeNode):
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ slicer.util.arrayFromVTKMatrix(matrix)
 
 
-def readLabelImage(path, referenceVolumeNode, numberOfClasses):
-    """Read an engine label map as vtkOrientedImageData in exactly the input volume's voxel grid.
+def _fileIjkToLps(image):
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+    matrix[:3, 3] = image.GetOrigin()
+    return matrix
 
-    SimpleITK reads the voxels in file order (Slicer's reader would reorder a left-handed grid);
-    the file's geometry must be the input's, which the engine guarantees and this checks.
-    """
+
+def readArrayOnGrid(path, expectedIjkToLps, dimensions):
+    """Voxels of an image file as a (k, j, i) numpy array on exactly the grid ``expectedIjkToLps``
+    (4 x 4, IJK to LPS) with ``dimensions`` (i, j, k). IOError when the file is unreadable or its
+    voxels do not sit exactly on that grid.
+
+    The file may store the same voxel lattice in another axis order or direction (Slicer's reader
+    reorders left-handed files; SimpleITK does not): such a file is mapped by transposing and
+    flipping axes, never by resampling."""
     import SimpleITK as sitk
 
+    path = os.fspath(path)
     if not os.path.isfile(path):
-        raise IOError(f"The engine wrote no result ({path}).")
+        raise IOError(f"{path} does not exist.")
     try:
-        image = sitk.ReadImage(os.fspath(path))
+        image = sitk.ReadImage(path)
     except RuntimeError as error:
-        raise IOError(f"The engine's result {path} could not be read.") from error
-    labels = sitk.GetArrayFromImage(image)
-    expected = ijkToLps(referenceVolumeNode)
-    found = np.eye(4)
-    found[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
-    found[:3, 3] = image.GetOrigin()
-    dimensions = referenceVolumeNode.GetImageData().GetDimensions()
-    if labels.shape != tuple(reversed(dimensions)) or np.abs(found - expected).max() > GEOMETRY_TOLERANCE:
-        raise IOError("The engine's result does not have the input volume's geometry.")
-    if labels.size and (labels.min() < 0 or labels.max() > numberOfClasses):
-        raise IOError(f"The engine's result holds label {labels.max()}, but the model has "
-                      f"{numberOfClasses} classes.")
+        raise IOError(f"{path} could not be read as an image.") from error
+    dimensions = tuple(int(d) for d in dimensions)
+    mismatch = IOError(f"{path} does not have the expected voxel grid ({dimensions[0]} x {dimensions[1]} x "
+                       f"{dimensions[2]} voxels, same spacing, directions and origin).")
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise mismatch
+    relative = np.linalg.inv(expectedIjkToLps) @ _fileIjkToLps(image)  # file index -> expected index
+    axes = np.rint(relative[:3, :3])
+    if np.abs(relative[:3, :3] - axes).max() > GEOMETRY_TOLERANCE or \
+            sorted(np.abs(axes).sum(axis=0).tolist()) != [1.0, 1.0, 1.0] or \
+            sorted(np.abs(axes).sum(axis=1).tolist()) != [1.0, 1.0, 1.0]:
+        raise mismatch
+    voxels = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # indexed (file i, j, k)
+    order = [int(np.flatnonzero(axes[row])[0]) for row in range(3)]
+    voxels = voxels.transpose(order)
+    for row in range(3):
+        sign = axes[row, order[row]]
+        expectedOffset = 0.0 if sign > 0 else dimensions[row] - 1.0
+        if abs(relative[row, 3] - expectedOffset) > GEOMETRY_TOLERANCE:
+            raise mismatch
+        if sign < 0:
+            voxels = np.flip(voxels, axis=row)
+    if voxels.shape != dimensions:
+        raise mismatch
+    return np.ascontiguousarray(voxels.transpose(2, 1, 0))
+
+
+def readLabelImage(path, referenceVolumeNode, numberOfClasses):
+    """Read a label map file as vtkOrientedImageData in exactly the reference volume's voxel grid.
+
+    The one label import of both modules (engine results, the embedded sample's expert labels).
+    IOError when the file is missing or unreadable, is not on the volume's grid, or holds labels
+    outside 0..numberOfClasses."""
     from vtk.util import numpy_support
 
+    dimensions = referenceVolumeNode.GetImageData().GetDimensions()
+    try:
+        labels = readArrayOnGrid(path, ijkToLps(referenceVolumeNode), dimensions)
+    except IOError as error:
+        if not os.path.isfile(os.fspath(path)):
+            raise IOError(f"The engine wrote no result ({path}).") from error
+        raise IOError(f"{error} The label map does not have the input volume's geometry.") from error
+    if labels.size and (labels.min() < 0 or labels.max() > numberOfClasses):
+        raise IOError(f"{path} holds label {labels.max()}, but there are {numberOfClasses} classes.")
     dtype = np.uint8 if numberOfClasses < 256 else np.uint16
     flat = np.ascontiguousarray(labels.astype(dtype)).ravel()
     orientedImage = slicer.vtkOrientedImageData()
@@ -128,6 +172,27 @@ def readLabelImage(path, referenceVolumeNode, numberOfClasses):
     referenceVolumeNode.GetIJKToRASMatrix(ijkToRas)
     orientedImage.SetImageToWorldMatrix(ijkToRas)  # exactly the input's geometry
     return orientedImage
+
+
+def writeLabelArray(labels, referenceVolumeNode, path):
+    """Write ``labels`` ((k, j, i) integers, the volume's voxel order) with the reference volume's
+    geometry (IJK order kept, like ``exportVolume``), without touching the scene."""
+    import SimpleITK as sitk
+
+    labels = np.asarray(labels)
+    dimensions = referenceVolumeNode.GetImageData().GetDimensions()
+    if labels.shape != tuple(reversed(dimensions)):
+        raise ValueError(f"label array {labels.shape} does not fit volume '{referenceVolumeNode.GetName()}' "
+                         f"{tuple(reversed(dimensions))}")
+    matrix = ijkToLps(referenceVolumeNode)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(labels.astype(np.uint8 if labels.max(initial=0) < 256
+                                                                      else np.uint16)))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetOrigin([float(o) for o in matrix[:3, 3]])
+    image.SetDirection([float(d) for d in (matrix[:3, :3] / spacing).ravel()])
+    sitk.WriteImage(image, os.fspath(path), True)
+    return path
 
 
 def buildSegments(labelImage, classNames, classColors):
@@ -208,3 +273,22 @@ def prepareSegmentationNode(segmentationNode, volumeNode):
     if volumeNode.GetParentTransformNode() is not None and segmentationNode.GetParentTransformNode() is None:
         segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetParentTransformNode().GetID())
     placeBeside(segmentationNode, volumeNode)
+
+
+def importSegments(labelImage, classNames, classColors, volumeNode, segmentationNode=None, name=None):
+    """Put the classes of ``labelImage`` (from ``readLabelImage``) into the scene as segments.
+
+    Into ``segmentationNode`` when given and still in the scene (segments of the same names are
+    replaced in place, others kept), else into a new segmentation beside ``volumeNode`` named
+    ``name`` (default "<volume> PairSeg"). Returns the segmentation node."""
+    segments = buildSegments(labelImage, classNames, classColors)
+    if segmentationNode is None or segmentationNode.GetScene() is None:
+        segmentationNode = newSegmentationNode(volumeNode, name)
+    else:
+        if not segmentationNode.GetDisplayNode():
+            segmentationNode.CreateDefaultDisplayNodes()
+        if not segmentationNode.GetNodeReference("referenceImageGeometryRef") and \
+                segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
+            prepareSegmentationNode(segmentationNode, volumeNode)
+    applySegments(segmentationNode, segments)
+    return segmentationNode

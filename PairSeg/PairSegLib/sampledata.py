@@ -1,22 +1,34 @@
-"""The CHAOS MR T2-SPIR sample case, from the challenge's public archive, for the Sample Data module.
+"""PairSeg's sample data: the embedded CHAOS MR case (primary, offline) and more CHAOS patients
+from the challenge's public archive (optional download), for the Sample Data module.
 
-CHAOS (Kavur et al., Medical Image Analysis 69, 2021; CC BY-SA 4.0) is published on Zenodo (record
-3431873) as one archive, ``CHAOS_Train_Sets.zip`` (about 0.9 GB), that holds per patient a DICOM
-series (``Train_Sets/MR/<patient>/T2SPIR/DICOM_anon/*.dcm``) and one ground-truth PNG per slice
-(``.../T2SPIR/Ground/*.png``, same file names; grey 63 liver, 126 right kidney, 189 left kidney, 252
-spleen). The sample entry downloads the archive once into Slicer's cache, extracts only the chosen
-patient's T2-SPIR series and masks, converts them to a volume and a label map in the series'
-geometry (cached too, so later loads are instant), and loads an MR volume plus a reference
-segmentation with the four organs named, coloured and coded like PairSeg's own output.
+**Embedded case** (``Resources/SampleData``, beside the modules in the extension, at the top of a
+source checkout): CHAOS MR T2-SPIR patient 2, image and expert label (CC BY-SA 4.0, attribution in
+that folder's README). ``loadEmbeddedSample()`` loads it from the local files: instant, offline.
 
-Only stdlib, numpy, SimpleITK and slicer are used; the conversion (``convertChaosCase``) has no
-Slicer dependency at all.
+**Other patients**: CHAOS (Kavur et al., Medical Image Analysis 69, 2021; CC BY-SA 4.0) is published
+on Zenodo (record 3431873) as one archive, ``CHAOS_Train_Sets.zip`` (890,771,694 bytes), that holds
+per patient a DICOM series (``Train_Sets/MR/<patient>/T2SPIR/DICOM_anon/*.dcm``) and one
+ground-truth PNG per slice (``.../T2SPIR/Ground/*.png``, same file names; grey 63 liver, 126 right
+kidney, 189 left kidney, 252 spleen). ``CaseDownload`` downloads the archive once into Slicer's
+cache ON A WORKER THREAD (progress in ``fraction``, cancellable), checks its size and SHA-256
+against the published values below before it is used, extracts only the chosen patient's T2-SPIR
+series and masks and converts them to a volume and a label map in the series' geometry (cached, so
+later loads are instant). ``downloadSampleWithProgress`` shows that in a progress dialog and
+reports failures in a dialog; ``downloadSample`` is the blocking console variant.
+
+Only stdlib, numpy, SimpleITK and slicer are used; the conversion (``convertChaosCase``) and the
+download have no Slicer dependency at all.
 """
 
+import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
+import threading
+import time
+import urllib.request
 import zipfile
 
 import numpy as np
@@ -24,6 +36,12 @@ import numpy as np
 CHAOS_ARCHIVE_URL = "https://zenodo.org/records/3431873/files/CHAOS_Train_Sets.zip?download=1"
 CHAOS_ARCHIVE_NAME = "CHAOS_Train_Sets.zip"
 CHAOS_RECORD_URL = "https://doi.org/10.5281/zenodo.3431873"
+# The archive's size and SHA-256 as published by two independent projects that use it (the
+# torch-em dataset loader's CHECKSUM table, and a data-acquisition log that also matched Zenodo's
+# own MD5 df21053002a1cc86df918a87da3b2c19). Not measured here: the archive is not downloaded in
+# PairSeg's tests. A download that does not match both is deleted and reported, never used.
+CHAOS_ARCHIVE_SIZE = 890771694
+CHAOS_ARCHIVE_SHA256 = "535f7d3417a0e0f0d9133fb3d962423d2a9cf3f103e4f09a3d8a1daf87d5d2fc"
 # Ground-truth grey values of the CHAOS MR masks: (label, name, lowest grey, highest grey), the
 # intervals the challenge's data description gives around 63 / 126 / 189 / 252.
 CHAOS_MR_LABELS = ((1, "liver", 55, 70), (2, "right kidney", 110, 135), (3, "left kidney", 175, 200),
@@ -31,8 +49,12 @@ CHAOS_MR_LABELS = ((1, "liver", 55, 70), (2, "right kidney", 110, 135), (3, "lef
 CHAOS_MR_CLASSES = [name for _, name, _, _ in CHAOS_MR_LABELS]
 # The engine's colours of these organs (pairseg.io.NAMED_COLORS; the engine is not imported here).
 CHAOS_MR_COLORS = [(0.867, 0.510, 0.396), (0.725, 0.400, 0.325), (0.580, 0.290, 0.220), (0.616, 0.424, 0.635)]
-SAMPLE_PATIENT = 2
+SAMPLE_PATIENT = 2          # the embedded case
 SAMPLE_NAME = "CHAOSMRT2Case002"
+DOWNLOAD_PATIENT = 1        # the Sample Data entry that downloads the archive
+DOWNLOAD_NAME = "CHAOSMRT2Patient1"
+EMBEDDED_FOLDER_ENV = "PAIRSEG_SAMPLE_DATA_DIR"
+CHUNK_BYTES = 1 << 20
 
 
 class SampleDataError(RuntimeError):
@@ -121,13 +143,15 @@ def convertChaosCase(archivePath, patient, outputFolder, sequence="T2SPIR"):
     return imagePath, labelPath
 
 
-def loadChaosCase(imagePath, labelPath, name=SAMPLE_NAME):
-    """Load a converted case: (MR volume node, reference segmentation node beside it).
+def loadChaosCase(imagePath, labelPath, name=SAMPLE_NAME, classNames=None):
+    """Load a case: (MR volume node, reference segmentation node beside it).
 
-    The volume is read through MRML storage; the segmentation shares its geometry and has the four
-    organs with the names, colours and terminology PairSeg's CHAOS models use. If anything fails,
-    the nodes added so far are removed again.
+    The volume is read through MRML storage; the label map through the one exact-grid label import
+    (``mrml.readLabelImage``), so the segmentation shares the volume's voxels; it has the four
+    organs (``classNames``, default CHAOS_MR_CLASSES) with the names, colours and terminology
+    PairSeg's CHAOS models use. If anything fails, the nodes added so far are removed again.
     """
+    classNames = list(classNames or CHAOS_MR_CLASSES)
     import slicer
 
     from .mrml import buildSegments, newSegmentationNode, readLabelImage
@@ -145,10 +169,12 @@ def loadChaosCase(imagePath, labelPath, name=SAMPLE_NAME):
             raise SampleDataError(f"Could not read the sample volume {imagePath}.")
         volumeNode.CreateDefaultDisplayNodes()
         volumeNode.SetAttribute("DICOM.Modality", "MR")
-        labelImage = readLabelImage(labelPath, volumeNode, len(CHAOS_MR_CLASSES))
+        labelImage = readLabelImage(labelPath, volumeNode, len(classNames))
         segmentationNode = newSegmentationNode(volumeNode, f"{name} reference")
         added.append(segmentationNode)
-        for segment in buildSegments(labelImage, CHAOS_MR_CLASSES, CHAOS_MR_COLORS):
+        colors = [CHAOS_MR_COLORS[CHAOS_MR_CLASSES.index(c)] if c in CHAOS_MR_CLASSES else (0.5, 0.5, 0.5)
+                  for c in classNames]
+        for segment in buildSegments(labelImage, classNames, colors):
             segmentationNode.GetSegmentation().AddSegment(segment)
     except Exception:
         _removeNodes(scene, added)
@@ -170,6 +196,44 @@ def _removeNodes(scene, nodes):
                 scene.RemoveNode(displayNode)
 
 
+def embeddedCaseFolder():
+    """The folder of the embedded sample case: ``$PAIRSEG_SAMPLE_DATA_DIR``, else
+    ``Resources/SampleData`` beside the modules (extension) or at the top of the source checkout."""
+    if os.environ.get(EMBEDDED_FOLDER_ENV):
+        return os.environ[EMBEDDED_FOLDER_ENV]
+    libraryFolder = os.path.dirname(os.path.abspath(__file__))   # .../PairSegLib
+    for base in (os.path.dirname(libraryFolder), os.path.dirname(os.path.dirname(libraryFolder))):
+        folder = os.path.join(base, "Resources", "SampleData")
+        if os.path.isfile(os.path.join(folder, "dataset.json")):
+            return folder
+    raise SampleDataError(f"PairSeg's embedded sample case (Resources/SampleData) was not found near {libraryFolder}.")
+
+
+def embeddedCase():
+    """(image path, label path, class names) of the embedded case, from its dataset.json."""
+    folder = embeddedCaseFolder()
+    manifestPath = os.path.join(folder, "dataset.json")
+    try:
+        with open(manifestPath, encoding="utf-8") as stream:
+            manifest = json.load(stream)
+        (case,) = manifest["training"][:1]
+        labels = manifest["labels"]
+        classNames = [labels[str(value)] for value in range(1, len(labels))]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise SampleDataError(f"{manifestPath} is not a readable sample description ({error}).") from error
+    paths = [os.path.normpath(os.path.join(folder, case[key])) for key in ("image", "label")]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise SampleDataError(f"The embedded sample file {path} is missing.")
+    return paths[0], paths[1], classNames
+
+
+def loadEmbeddedSample(name=SAMPLE_NAME):
+    """Load the embedded CHAOS case (no download): (MR volume node, reference segmentation node)."""
+    imagePath, labelPath, classNames = embeddedCase()
+    return loadChaosCase(imagePath, labelPath, name, classNames)
+
+
 def cacheFolder():
     """Slicer's download cache (where Sample Data keeps its files)."""
     import slicer
@@ -184,43 +248,190 @@ def casePaths(patient=SAMPLE_PATIENT, folder=None, sequence="T2SPIR"):
     return stem + ".nrrd", stem + "-label.nrrd"
 
 
-def downloadSample(patient=SAMPLE_PATIENT, name=SAMPLE_NAME, archivePath=None):
-    """Download (once) the CHAOS archive, convert (once) and load one patient's T2-SPIR case.
-
-    Returns (volume node, reference segmentation node). ``archivePath`` uses an archive already on
-    disk instead of downloading it.
-    """
-    imagePath, labelPath = casePaths(patient)
-    if not (os.path.isfile(imagePath) and os.path.isfile(labelPath)):
-        downloaded = archivePath is None
-        if downloaded:
-            archivePath = _downloadArchive()
-        try:
-            convertChaosCase(archivePath, patient, os.path.dirname(imagePath))
-        except CorruptArchiveError:
-            if downloaded:  # an interrupted download of ours: the next try downloads it again
-                os.remove(archivePath)
-            raise
-    return loadChaosCase(imagePath, labelPath, name)
+class DownloadCancelled(SampleDataError):
+    pass
 
 
-def _downloadArchive():
-    """The CHAOS archive in Slicer's cache, downloaded through Sample Data when not there yet."""
-    import SampleData
+def fetchVerified(url, target, expectedSize=CHAOS_ARCHIVE_SIZE, expectedSha256=CHAOS_ARCHIVE_SHA256,
+                  onProgress=None, cancelled=None, opener=None):
+    """Download ``url`` to ``target`` through ``<target>.part`` and check its size and SHA-256.
 
+    ``onProgress(receivedBytes, totalBytes)`` after each chunk; ``cancelled()`` True stops the
+    download (DownloadCancelled). SampleDataError when the transfer fails or the file does not
+    match (the partial file is removed: nothing unverified is ever left under ``target``)."""
+    opener = opener or urllib.request.urlopen
+    partial = target + ".part"
+    digest = hashlib.sha256()
+    received = 0
     try:
-        return SampleData.SampleDataLogic().downloadFileIntoCache(CHAOS_ARCHIVE_URL, CHAOS_ARCHIVE_NAME)
-    except ValueError as error:
-        raise SampleDataError(f"Could not download {CHAOS_ARCHIVE_NAME} from {CHAOS_RECORD_URL} ({error}). "
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        with opener(url) as response, open(partial, "wb") as stream:
+            total = int(response.headers.get("Content-Length") or expectedSize or 0)
+            while True:
+                if cancelled is not None and cancelled():
+                    raise DownloadCancelled(f"The download of {os.path.basename(target)} was cancelled.")
+                chunk = response.read(CHUNK_BYTES)
+                if not chunk:
+                    break
+                stream.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                if onProgress is not None:
+                    onProgress(received, total)
+        if expectedSize is not None and received != expectedSize:
+            raise SampleDataError(f"The download of {url} is incomplete or not the published file: "
+                                  f"{received} bytes instead of {expectedSize}.")
+        if expectedSha256 is not None and digest.hexdigest() != expectedSha256.lower():
+            raise SampleDataError(f"The download of {url} does not have the published SHA-256 checksum "
+                                  f"({digest.hexdigest()} instead of {expectedSha256}).")
+        os.replace(partial, target)
+    except SampleDataError:
+        _removeQuietly(partial)
+        raise
+    except (OSError, ValueError) as error:
+        _removeQuietly(partial)
+        raise SampleDataError(f"Could not download {os.path.basename(target)} from {CHAOS_RECORD_URL} ({error}). "
                               "Check the internet connection, or save the file by hand as "
-                              f"{os.path.join(cacheFolder(), CHAOS_ARCHIVE_NAME)}.") from error
+                              f"{target}.") from error
+    return target
+
+
+def _removeQuietly(path):
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+class CaseDownload:
+    """Prepare one CHAOS patient on a worker thread: download the archive into the cache when it is
+    not there (verified), then convert the patient's series (``convertChaosCase``).
+
+    The GUI thread calls ``poll()`` (True while working) and reads ``stage``, ``fraction`` (0..1),
+    ``message``; ``cancel()`` stops at the next chunk. When done: ``imagePath``/``labelPath``, or
+    ``error`` (a SampleDataError). ``archivePath``: use this archive instead of the cache's."""
+
+    def __init__(self, patient=DOWNLOAD_PATIENT, cache=None, archivePath=None, url=CHAOS_ARCHIVE_URL,
+                 expectedSize=CHAOS_ARCHIVE_SIZE, expectedSha256=CHAOS_ARCHIVE_SHA256, opener=None):
+        self.patient = int(patient)
+        self.cache = cache or cacheFolder()
+        self.archivePath = archivePath
+        self.url, self.expectedSize, self.expectedSha256, self.opener = url, expectedSize, expectedSha256, opener
+        self.imagePath, self.labelPath = casePaths(self.patient, os.path.join(self.cache, "PairSeg"))
+        self.stage = "waiting"
+        self.fraction = 0.0
+        self.message = ""
+        self.error = None
+        self._cancel = False
+        self._thread = None
+
+    def start(self):
+        self._thread = threading.Thread(target=self._work, name="pairseg-sample-download", daemon=True)
+        self._thread.start()
+        return self
+
+    def cancel(self):
+        self._cancel = True
+
+    @property
+    def done(self):
+        return self._thread is not None and not self._thread.is_alive()
+
+    def poll(self):
+        """True while the worker is busy (never blocks)."""
+        return not self.done
+
+    def wait(self, interval=0.1):
+        """Block until done (console); raises ``error`` when it failed."""
+        while self.poll():
+            time.sleep(interval)
+        if self.error is not None:
+            raise self.error
+        return self.imagePath, self.labelPath
+
+    def _progress(self, received, total):
+        self.fraction = received / total if total else 0.0
+        self.message = f"Downloading {CHAOS_ARCHIVE_NAME}: {received / 1e6:.0f} of {total / 1e6:.0f} MB"
+
+    def _work(self):
+        try:
+            if os.path.isfile(self.imagePath) and os.path.isfile(self.labelPath):
+                return
+            downloaded = False
+            if self.archivePath is None:
+                self.archivePath = os.path.join(self.cache, CHAOS_ARCHIVE_NAME)
+                if not os.path.isfile(self.archivePath):
+                    self.stage = "downloading"
+                    fetchVerified(self.url, self.archivePath, self.expectedSize, self.expectedSha256,
+                                  onProgress=self._progress, cancelled=lambda: self._cancel, opener=self.opener)
+                    downloaded = True
+            self.stage, self.fraction = "converting", 1.0
+            self.message = f"Extracting CHAOS patient {self.patient} from {os.path.basename(self.archivePath)}"
+            try:
+                convertChaosCase(self.archivePath, self.patient, os.path.dirname(self.imagePath))
+            except CorruptArchiveError:
+                if downloaded or os.path.dirname(os.path.abspath(self.archivePath)) == os.path.abspath(self.cache):
+                    _removeQuietly(self.archivePath)  # ours: the next try downloads it again
+                raise
+        except SampleDataError as error:
+            self.error = error
+        except Exception as error:  # anything else is reported the same way, never lost on the thread
+            self.error = SampleDataError(f"Preparing CHAOS patient {self.patient} failed: {error}")
+        finally:
+            self.stage = "failed" if self.error is not None else "done"
+
+
+def downloadSample(patient=DOWNLOAD_PATIENT, name=None, archivePath=None, **options):
+    """Download (once, verified) the CHAOS archive, convert (once) and load one patient's T2-SPIR
+    case; blocks (console use). Returns (volume node, reference segmentation node).
+    ``archivePath`` uses an archive already on disk instead of downloading it."""
+    imagePath, labelPath = CaseDownload(patient, archivePath=archivePath, **options).start().wait()
+    return loadChaosCase(imagePath, labelPath, name or f"CHAOSMRT2Patient{int(patient)}")
+
+
+def downloadSampleWithProgress(patient=DOWNLOAD_PATIENT, name=None, **options):
+    """The Sample Data entry's downloader: the worker thread downloads and converts while a
+    progress dialog (with Cancel) keeps Slicer responsive; failures are shown in a dialog.
+    Returns the loaded nodes, or [] when cancelled or failed. ``options`` go to CaseDownload."""
+    import slicer
+
+    download = CaseDownload(patient, **options).start()
+    dialog = slicer.util.createProgressDialog(windowTitle="PairSeg sample data", labelText="Preparing...",
+                                              maximum=100)
+    try:
+        while download.poll():
+            dialog.labelText = download.message or "Preparing..."
+            dialog.value = int(100 * download.fraction)
+            slicer.app.processEvents()
+            if dialog.wasCanceled:
+                download.cancel()
+            time.sleep(0.05)
+    finally:
+        dialog.close()
+    if isinstance(download.error, DownloadCancelled):
+        return []
+    if download.error is not None:
+        slicer.util.errorDisplay(str(download.error), windowTitle="PairSeg sample data")
+        return []
+    try:
+        return list(loadChaosCase(download.imagePath, download.labelPath, name or DOWNLOAD_NAME))
+    except Exception as error:
+        slicer.util.errorDisplay(f"Loading CHAOS patient {patient} failed: {error}", windowTitle="PairSeg sample data")
+        return []
 
 
 def registerSampleData(iconsPath):
-    """Register the CHAOS sample in the Sample Data module (its button runs ``downloadSample``)."""
+    """Register PairSeg's samples in the Sample Data module: the embedded CHAOS case (first; from
+    the local files) and CHAOS patient 1 from the public archive (a 0.9 GB download)."""
     import SampleData
 
+    thumbnail = os.path.join(iconsPath, SAMPLE_NAME + ".png")
+    imagePath, labelPath, _ = embeddedCase()
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
-        category="PairSeg", sampleName=SAMPLE_NAME, uris=CHAOS_ARCHIVE_URL, fileNames=CHAOS_ARCHIVE_NAME,
-        nodeNames=SAMPLE_NAME, thumbnailFileName=os.path.join(iconsPath, SAMPLE_NAME + ".png"),
-        customDownloader=lambda source: downloadSample())
+        category="PairSeg", sampleName=SAMPLE_NAME, uris=imagePath, fileNames=os.path.basename(imagePath),
+        nodeNames=SAMPLE_NAME, thumbnailFileName=thumbnail,
+        customDownloader=lambda source: list(loadEmbeddedSample()))
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="PairSeg", sampleName=DOWNLOAD_NAME, uris=CHAOS_ARCHIVE_URL, fileNames=CHAOS_ARCHIVE_NAME,
+        nodeNames=DOWNLOAD_NAME, thumbnailFileName=thumbnail,
+        customDownloader=lambda source: downloadSampleWithProgress())

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .job import pairSegLib
+from PairSegLib import engine
 
 # (engine name, label shown in the UI); the first one is the default.
 ARCHITECTURES = (
@@ -169,24 +169,12 @@ class TrainingConfig:
 
     def commandLine(self) -> list:
         """The full command: one process, or torchrun with one worker per GPU."""
-        python = self.python or pythonExecutable()
+        python = self.python or engine.pythonExecutable()
         if int(self.gpus) > 1:
             # ``python -m torch.distributed.run`` is torchrun; it needs no script on PATH.
             return [python, "-m", "torch.distributed.run", "--standalone",
                     "--nproc-per-node", str(int(self.gpus)), "-m", "pairseg"] + self.engineArguments()
-        return pairSegLib("engine").engineCommand(*self.engineArguments(), python=python)
-
-
-def pythonExecutable() -> str:
-    """The interpreter for engine processes: PythonSlicer inside Slicer, else this Python
-    (``PairSegLib.engine.pythonExecutable``, shared with the PairSeg module)."""
-    return pairSegLib("engine").pythonExecutable()
-
-
-def engineEnvironment() -> dict:
-    """Environment for engine processes (``PairSegLib.engine.engineEnvironment``, shared with the
-    PairSeg module): the folder holding ``pairseg`` first on PYTHONPATH, unbuffered output."""
-    return pairSegLib("engine").engineEnvironment()
+        return engine.engineCommand(*self.engineArguments(), python=python)
 
 
 def versionedModelPath(modelPath: str) -> str:

@@ -10,9 +10,12 @@ scripts and tests without the GUI.
     job = logic.resumeTraining(job)
 
     result = logic.proxyMaps(volA, 12, segA, volB, 15, segB, model="/m/liver.pairseg")
+    result.run.wait()   # the predicted maps come from a background ``pairseg proxy-maps``
 
-Engine work (training, segmentation) runs in a background process started from the engine's CLI
-(``python -m pairseg ... --events json``); the scene is only touched on the calling thread.
+All engine work (training, segmentation, predicted proxy maps) runs in a background process
+through the PairSeg module's engine bridge (``PairSegLib.engine.EngineRun``: ``python -m pairseg
+... --events json``); torch never runs in Slicer's process except to list GPUs, and the scene is
+only touched on the calling thread.
 """
 
 from __future__ import annotations
@@ -20,88 +23,24 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from PairSegLib import install, models
+from PairSegLib.logic import PairSegCoreLogic
 
 from . import config as configModule
-from . import job as jobModule
 from . import proxymaps
 from . import trainingset
 from .config import TrainingConfig
-from .job import EngineJob, JobError
+from .job import JobError, TrainingRun
 from .plots import TrainingPlots
 from .trainingset import TrainingItem, TrainingSetError
 
 TRAINING_VOLUME_ROLE = "trainingVolume"
 TRAINING_SEGMENTATION_ROLE = "trainingSegmentation"
-
-
-class TrainingJob(EngineJob):
-    """A training run: an EngineJob plus its config, live plots and model registration."""
-
-    def __init__(self, config: TrainingConfig, logic: "PairSegTrainerLogic", launcher=None,
-                 plots: Optional[TrainingPlots] = None, register: bool = True, modelName: str = ""):
-        super().__init__(config.commandLine(), env=configModule.engineEnvironment(),
-                         launcher=launcher, name="training",
-                         stopFile=config.stopFile or None)
-        self.config = config
-        self.logic = logic
-        self.plots = plots
-        self.register = register
-        self.modelName = modelName
-        self.modelPath = None        # set when the model file is written and registered
-        self.metadata = None
-        self._plotted = (-1, -1)
-        self._lastPlot = 0.0
-        self.plotInterval = 0.5
-
-    def poll(self) -> bool:
-        running = super().poll()
-        self.updatePlots(force=not running)
-        return running
-
-    def updatePlots(self, force: bool = False) -> None:
-        if self.plots is None:
-            return
-        size = (len(self.curves.lossValues), len(self.curves.valEpochs))
-        now = time.monotonic()
-        if size != self._plotted and (force or now - self._lastPlot >= self.plotInterval):
-            self.plots.update(self.curves)
-            self._plotted = size
-            self._lastPlot = now
-
-    def _notifyFinished(self) -> None:
-        if self.state == jobModule.FINISHED:
-            output = self.outputs[0] if self.outputs else self.config.outputModel
-            if not Path(output).is_file():
-                self.state = jobModule.FAILED
-                self.errorMessage = f"training reported success but {output} does not exist"
-            else:
-                self.modelPath = str(output)
-                if self.register:
-                    try:
-                        self.metadata = self.logic.registerModel(self.modelPath, self.modelName or None)
-                        self._appendLog(f"Model registered: {self.modelPath}")
-                    except Exception as error:  # registration must not turn a trained model into a failure
-                        self._appendLog(f"Model written but not registered: {error}")
-        if self.stopFile and os.path.exists(self.stopFile):
-            try:
-                os.remove(self.stopFile)
-            except OSError:
-                pass
-        super()._notifyFinished()
-
-    @property
-    def resumable(self) -> bool:
-        return self.state in (jobModule.STOPPED, jobModule.FAILED) and Path(self.config.checkpointPath).is_file()
-
-    def resume(self) -> "TrainingJob":
-        """Continue this run from its checkpoint, in a new process (same plots)."""
-        return self.logic.resumeTraining(self)
+TrainingJob = TrainingRun   # the name earlier versions of this API used
 
 
 class PairSegTrainerLogic:
@@ -109,8 +48,9 @@ class PairSegTrainerLogic:
 
     def __init__(self, scene=None, launcher=None, registry=None):
         self._scene = scene
-        self.launcher = launcher          # injectable process launcher (tests, other front ends)
+        self.launcher = launcher          # the EngineLauncher of every run (tests, other front ends)
         self._registry = registry
+        self._segmentationLogic = None
         self.jobs = []
 
     # -- scene / registry -------------------------------------------------------------------
@@ -127,12 +67,20 @@ class PairSegTrainerLogic:
     def registry(self):
         """The model registry shared with the PairSeg module (PairSegLib.models.ModelRegistry)."""
         if self._registry is None:
-            self._registry = modelRegistryClass()()
+            self._registry = models.ModelRegistry()
         return self._registry
+
+    @property
+    def segmentationLogic(self) -> PairSegCoreLogic:
+        """The PairSeg module's logic (segmentation runs), with this logic's launcher and registry."""
+        if self._segmentationLogic is None:
+            self._segmentationLogic = PairSegCoreLogic()
+        self._segmentationLogic.launcher = self.launcher
+        self._segmentationLogic.registry = self.registry
+        return self._segmentationLogic
 
     def registerModel(self, modelPath: str, name: Optional[str] = None) -> dict:
         """Register a model file so PairSeg lists it; returns its metadata."""
-        models = pairSegModels()
         metadata = models.readModelMetadata(modelPath)
         if name is None:
             name = Path(modelPath).name[: -len(configModule.MODEL_SUFFIX)] \
@@ -141,7 +89,7 @@ class PairSegTrainerLogic:
         return metadata
 
     def readModelMetadata(self, modelPath: str) -> dict:
-        return pairSegModels().readModelMetadata(modelPath)
+        return models.readModelMetadata(modelPath)
 
     # -- training set -----------------------------------------------------------------------
 
@@ -207,6 +155,7 @@ class PairSegTrainerLogic:
         """Start ``python -m pairseg train ... --events json`` (torchrun for several GPUs) in a
         background process; returns the running TrainingJob (call ``poll()`` from a timer, or
         ``wait()``). On success the model is registered for the PairSeg module."""
+        install.ensureEngineReady(askConfirmation=True)   # before anything is written or added
         config = config.copy()
         config.validate()
         Path(config.outputModel).parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +165,7 @@ class PairSegTrainerLogic:
             os.remove(config.stopFile)
         plotNodes = plots if isinstance(plots, TrainingPlots) else (
             TrainingPlots(self.scene, prefix=Path(config.outputModel).stem) if plots else None)
-        job = TrainingJob(config, self, launcher=self.launcher, plots=plotNodes, register=register,
+        job = TrainingRun(config, self, launcher=self.launcher, plots=plotNodes, register=register,
                           modelName=modelName)
         self.jobs.append(job)
         job.start()
@@ -224,7 +173,7 @@ class PairSegTrainerLogic:
 
     def resumeTraining(self, jobOrConfig, plots: bool = True) -> TrainingJob:
         """Continue a stopped run from ``<MODEL>.ckpt`` (a TrainingJob or its TrainingConfig)."""
-        if isinstance(jobOrConfig, TrainingJob):
+        if isinstance(jobOrConfig, TrainingRun):
             previous = jobOrConfig
             if previous.running:
                 raise JobError("the training run is still running; stop it first")
@@ -236,13 +185,21 @@ class PairSegTrainerLogic:
             return job
         return self.startTraining(jobOrConfig.copy(resume=True), plots=plots)
 
-    def fineTuneConfig(self, baseModel: str, dataFolder: str, outputModel: str = "",
+    def fineTuneConfig(self, baseModel: str, dataFolder: str, outputModel: str = "", outputFolder: str = "",
                        **changes) -> TrainingConfig:
-        """A short schedule starting from ``baseModel`` (``--init-from``), same architecture and
-        size; the output is the next version of the base model's name (``name_v2.pairseg``)."""
-        metadata = self.readModelMetadata(baseModel)
-        values = dict(dataFolder=str(dataFolder), initFrom=str(baseModel),
-                      outputModel=outputModel or configModule.versionedModelPath(baseModel),
+        """A short schedule starting from ``baseModel`` (a model file or a catalog model's name;
+        ``--init-from``), same architecture and size. The output is the next version of the base
+        model's name (``name_v2.pairseg``) in ``outputFolder`` (default: beside a base file; for a
+        catalog model, which lives in the extension's folder, ``~/PairSeg``)."""
+        basePath = self.segmentationLogic.modelFile(baseModel)
+        metadata = self.readModelMetadata(basePath)
+        if not outputModel:
+            isCatalog = os.path.abspath(basePath) != os.path.abspath(os.fspath(baseModel))
+            folder = outputFolder or (os.path.join(os.path.expanduser("~"), "PairSeg") if isCatalog
+                                      else os.path.dirname(os.path.abspath(basePath)))
+            name = os.fspath(baseModel) if isCatalog else Path(basePath).name
+            outputModel = configModule.versionedModelPath(os.path.join(folder, Path(name).name))
+        values = dict(dataFolder=str(dataFolder), initFrom=str(basePath), outputModel=outputModel,
                       arch=metadata.get("arch", configModule.ARCHITECTURE_NAMES[0]),
                       size=int(metadata.get("size") or configModule.DEFAULT_SIZE),
                       epochs=configModule.FINE_TUNE_EPOCHS, steps=None,
@@ -251,94 +208,45 @@ class PairSegTrainerLogic:
         return TrainingConfig(**values)
 
     def fineTune(self, items, baseModel: str, folder: str, outputModel: str = "", mapping=None,
-                 **changes) -> TrainingJob:
+                 outputFolder: str = "", **changes) -> TrainingRun:
         """Annotate-then-retrain in one call: export ``items`` with the base model's classes and
         modality, then start a fine-tuning run (a new model version; the engine records every
-        case the model has seen, the base model's included, in ``training.seen_cases``)."""
-        metadata = self.readModelMetadata(baseModel)
+        case the model has seen, the base model's included, in ``training.seen_cases``).
+        ``baseModel``: a model file or a catalog model's name (e.g. the shipped CHAOS model)."""
+        install.ensureEngineReady(askConfirmation=True)   # before the training set is written
+        metadata = self.readModelMetadata(self.segmentationLogic.modelFile(baseModel))
         self.exportTrainingSet(items, folder, classNames=list(metadata["class_names"]), mapping=mapping,
                                modality=metadata.get("modality", "MR"))
-        config = self.fineTuneConfig(baseModel, folder, outputModel, **changes)
+        config = self.fineTuneConfig(baseModel, folder, outputModel, outputFolder, **changes)
         return self.startTraining(config)
 
     # -- segment a new case with the current model (for correction) --------------------------
 
-    def segmentVolume(self, volumeNode, modelPath: str, device: str = "auto", workFolder: str = "",
-                      onFinished=None) -> EngineJob:
-        """Run ``pairseg segment`` on ``volumeNode`` in the background; when it finishes, a new
-        segmentation node (one segment per class, named by class) is set as ``job.segmentationNode``.
-        Correct it in the Segment Editor, then ``addToTrainingSet`` and ``fineTune``."""
-        folder = Path(workFolder or tempfile.mkdtemp(prefix="pairseg-segment-"))
-        folder.mkdir(parents=True, exist_ok=True)
-        inputPath = folder / "input.nrrd"
-        outputPath = folder / "output_label.nrrd"
-        trainingset.writeVolume(volumeNode, inputPath)
-        command = jobModule.pairSegLib("engine").engineCommand(
-            "segment", "--model", modelPath, "--input", inputPath, "--output", outputPath,
-            "--device", device, "--events", "json", python=configModule.pythonExecutable())
-        job = EngineJob(command, env=configModule.engineEnvironment(), launcher=self.launcher, name="segmentation")
-        job.segmentationNode = None
-        job.outputPath = str(outputPath)
+    def segmentVolume(self, volumeNode, modelPath: str, device: str = "auto", onFinished=None):
+        """Run ``pairseg segment`` on ``volumeNode`` in the background (the PairSeg module's
+        SegmentationRun); when it is done, a new segmentation node (one segment per class, named by
+        class) is ``run.segmentationNode``. Correct it in the Segment Editor, then
+        ``addToTrainingSet`` and ``fineTune``."""
+        logic = self.segmentationLogic
+        metadata = logic.validateInputs(volumeNode, modelPath, None, device)
+        from PairSegLib.logic import SegmentationRun
 
-        def finished(finishedJob):
-            if finishedJob.state == jobModule.FINISHED:
-                try:
-                    metadata = self.readModelMetadata(modelPath)
-                    finishedJob.segmentationNode = self.importLabelFile(
-                        outputPath, volumeNode, metadata["class_names"], metadata.get("class_colors"),
-                        name=f"{volumeNode.GetName()} PairSeg")
-                except Exception as error:
-                    finishedJob.state = jobModule.FAILED
-                    finishedJob.errorMessage = f"could not load the segmentation: {error}"
-            if onFinished:
-                onFinished(finishedJob)
-
-        job.onFinished = finished
-        self.jobs.append(job)
-        job.start()
-        return job
-
-    def importLabelFile(self, path, referenceVolume, classNames, classColors=None, name="PairSeg"):
-        """Label map file -> new segmentation node, one segment per class named after it."""
-        import slicer
-
-        scene = self.scene
-        labelNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__pairseg_import__")
-        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-        storage.SetFileName(str(path))
-        storage.SetCenterImage(False)
-        scene.AddNode(storage)
-        colorNode = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "__pairseg_classes__")
-        try:
-            if not storage.ReadData(labelNode):
-                raise JobError(f"could not read {path}")
-            colorNode.SetTypeToUser()
-            colorNode.SetNumberOfColors(len(classNames) + 1)
-            colorNode.SetColor(0, "background", 0, 0, 0, 0)
-            for index, className in enumerate(classNames):
-                color = (classColors or [])[index] if classColors and index < len(classColors) else (0.5, 0.5, 0.5)
-                colorNode.SetColor(index + 1, className, *[float(c) for c in color[:3]], 1.0)
-            labelNode.CreateDefaultDisplayNodes()
-            labelNode.GetDisplayNode().SetAndObserveColorNodeID(colorNode.GetID())
-            segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
-            segmentationNode.CreateDefaultDisplayNodes()
-            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelNode, segmentationNode):
-                raise JobError(f"could not import {path} as segments")
-            return segmentationNode
-        finally:
-            for node in (labelNode, storage, colorNode):
-                trainingset.removeNode(scene, node)
+        run = SegmentationRun(logic, volumeNode, modelPath, metadata, None, device)
+        run.onFinished = onFinished
+        self.jobs.append(run)
+        run.start()
+        return run
 
     # -- proxy maps --------------------------------------------------------------------------
 
     def proxyMaps(self, volumeA, sliceA: int, segmentationA, volumeB=None, sliceB: Optional[int] = None,
                   segmentationB=None, model: Optional[str] = None, classNames=None, mapping=None,
-                  show: bool = True, device: str = "cpu"):
+                  show: bool = True, device: str = "auto"):
         """Nodes holding the ground-truth AND and XOR maps of slice ``sliceA`` of volume A and
         slice ``sliceB`` of volume B (default: the same volume) in slice A's geometry, coloured
-        AND blue / XOR red; with ``model`` also its predicted AND/XOR probability maps.
-        Returns a proxymaps.ProxyMapsResult."""
+        AND blue / XOR red. With ``model``, ``pairseg proxy-maps`` computes its predicted AND/XOR
+        probability maps in the background: ``result.run`` (poll it, or ``result.run.wait()``)
+        adds them to ``result`` when it is done. Returns a proxymaps.ProxyMapsResult."""
         volumeB = volumeB or volumeA
         segmentationB = segmentationB or segmentationA
         if sliceB is None:
@@ -374,39 +282,15 @@ class PairSegTrainerLogic:
         result.overlayNode = proxymaps.sliceNode(scene, "vtkMRMLLabelMapVolumeNode", f"Proxy {pairName}",
                                                  volumeA, sliceA, overlay.astype(np.uint8), colors)
         result.andClasses = andMap
-        if model:
-            pAnd, pXor = self.predictedProxyMaps(model, volumeA, sliceA, volumeB, sliceB, device=device)
-            result.predictedAndNode = proxymaps.sliceNode(scene, "vtkMRMLScalarVolumeNode",
-                                                          f"AND predicted {pairName}", volumeA, sliceA,
-                                                          pAnd.astype(np.float32))
-            result.predictedXorNode = proxymaps.sliceNode(scene, "vtkMRMLScalarVolumeNode",
-                                                          f"XOR predicted {pairName}", volumeA, sliceA,
-                                                          pXor.astype(np.float32))
-            rgb = np.zeros(pAnd.shape + (3,), np.float32)
-            for channel in range(3):
-                rgb[..., channel] = 255.0 * (pAnd * proxymaps.AND_COLOR[channel] + pXor * proxymaps.XOR_COLOR[channel])
-            result.predictedOverlayNode = proxymaps.sliceNode(scene, "vtkMRMLVectorVolumeNode",
-                                                              f"Proxy predicted {pairName}", volumeA, sliceA,
-                                                              np.clip(rgb, 0, 255).astype(np.uint8))
         if show:
-            proxymaps.showInSliceViews(scene, volumeA, result.overlayNode, result.predictedOverlayNode,
+            proxymaps.showInSliceViews(scene, volumeA, result.overlayNode,
                                        rasPoint=proxymaps.sliceCenterRas(volumeA, sliceA))
+        if model:
+            result.run = proxymaps.PredictedProxyMapsRun(self.segmentationLogic, result, str(model), volumeA, labelsA,
+                                                         volumeB, labelsB, pairName, device=device, show=show)
+            self.jobs.append(result.run)
+            result.run.start()
         return result
-
-    def predictedProxyMaps(self, modelPath: str, volumeA, sliceA: int, volumeB, sliceB: int, device: str = "cpu"):
-        """A pairwise model's (AND, XOR) probability maps on slice A's grid (torch at point of use)."""
-        import slicer
-
-        from pairseg.io import Volume
-        from pairseg.proxymaps import predicted_and_xor
-
-        def record(node):
-            return Volume(slicer.util.arrayFromVolume(node).astype(np.float32), (1.0, 1.0, 1.0),
-                          (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), None)
-
-        pAnd, pXor = predicted_and_xor(str(modelPath), record(volumeA), int(sliceA), record(volumeB), int(sliceB),
-                                       device=device)
-        return np.asarray(pAnd, np.float32), np.asarray(pXor, np.float32)
 
     def pickProxyPair(self, volumeA, segmentationA, volumeB=None, segmentationB=None, mode: str = "intra",
                       offsets=None, seed: Optional[int] = 0, modality: str = "MR", classNames=None, mapping=None):
@@ -432,10 +316,13 @@ class PairSegTrainerLogic:
     @staticmethod
     def listDevices(probe: bool = False) -> list:
         """[(value, label)] for the device menu. Without ``probe`` torch is only asked when it is
-        already imported (no import cost); ``probe=True`` imports it (point of use)."""
+        already imported (no import cost); ``probe=True`` goes through the engine's install step
+        (``install.ensureEngineReady``) and imports it (point of use)."""
         devices = [("auto", "Automatic"), ("cpu", "CPU")]
         if not probe and "torch" not in sys.modules:
             return devices
+        if probe:
+            install.ensureEngineReady(askConfirmation=True)
         try:
             import torch
         except ImportError:
@@ -461,17 +348,6 @@ def toItems(items) -> list:
         else:
             result.append(TrainingItem(*item))
     return result
-
-
-def pairSegModels():
-    """The PairSeg module's ``PairSegLib.models`` (model metadata without torch, registry).
-    In the extension both modules' folders are on sys.path; in a source checkout the sibling
-    ``PairSeg`` folder is added."""
-    return jobModule.pairSegLib("models")
-
-
-def modelRegistryClass():
-    return pairSegModels().ModelRegistry
 
 
 __all__ = ["PairSegTrainerLogic", "TrainingJob", "TrainingConfig", "TrainingItem", "TrainingSetError",

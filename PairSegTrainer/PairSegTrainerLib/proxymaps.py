@@ -4,7 +4,8 @@ For two labelled slices the ground truth of the proxy supervision is, per class 
 AND_k = (a == k) & (b == k) and XOR_k = (a == k) ^ (b == k) (Wang et al. 2021, Sec. 3.1.2). The
 nodes hold them in slice A's geometry (one-slice volumes placed where slice A is), coloured as in
 the paper's Fig. 3: AND blue, XOR red. With a pairwise model, its predicted AND/XOR probability
-maps for the same pair are added (computed by the engine, torch imported at point of use).
+maps for the same pair are added: ``PredictedProxyMapsRun`` runs ``pairseg proxy-maps`` in the
+background on the volumes' real geometry and brings its maps back on slice A's exact grid.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+from PairSegLib import mrml
+from PairSegLib.logic import WorkFolderRun
 
 AND_COLOR = (0.16, 0.35, 1.0)     # blue
 XOR_COLOR = (1.0, 0.16, 0.16)     # red
@@ -109,6 +112,7 @@ class ProxyMapsResult:
     predictedAndNode: object = None    # scalar volume, model's AND probability (max over classes)
     predictedXorNode: object = None    # scalar volume, model's XOR probability
     predictedOverlayNode: object = None  # RGB vector volume: blue = AND, red = XOR probability
+    run: object = None                 # the PredictedProxyMapsRun computing the predicted maps
     sliceA: int = 0
     sliceB: int = 0
     classNames: list = field(default_factory=list)
@@ -192,3 +196,75 @@ def sliceCenterRas(volumeNode, sliceIndex: int):
     matrix = sliceGeometry(volumeNode, sliceIndex)
     point = matrix.MultiplyPoint(((dims[0] - 1) / 2.0, (dims[1] - 1) / 2.0, 0.0, 1.0))
     return point[:3]
+
+
+def sliceIjkToLps(volumeNode, sliceIndex: int) -> np.ndarray:
+    """The 4 x 4 IJK-to-LPS matrix of the one-slice volume at ``sliceIndex`` (the engine's files)."""
+    import slicer
+
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ slicer.util.arrayFromVTKMatrix(sliceGeometry(volumeNode, sliceIndex))
+
+
+class PredictedProxyMapsRun(WorkFolderRun):
+    """A pairwise model's predicted AND/XOR maps of a slice pair, by ``pairseg proxy-maps`` in
+    the background. The volumes and their exported label maps are written with their geometry;
+    when the engine is done, its ``and_predicted``/``xor_predicted`` maps (read on slice A's exact
+    grid) become the result's predicted nodes (AND and XOR probabilities, and an RGB overlay)."""
+
+    name = "proxy maps"
+
+    def __init__(self, logic, result: ProxyMapsResult, modelPath: str, volumeA, labelsA, volumeB, labelsB,
+                 pairName: str, device: str = "auto", show: bool = True):
+        super().__init__(logic)
+        self.result = result
+        self.modelPath = modelPath
+        self.volumeA, self.labelsA = volumeA, labelsA
+        self.volumeB, self.labelsB = volumeB, labelsB
+        self.pairName = pairName
+        self.device = device
+        self.show = show
+
+    def writeInputs(self):
+        import csv
+        import io
+
+        arguments = ["proxy-maps", "--model", self.modelPath, "--slice-a", self.result.sliceA,
+                     "--slice-b", self.result.sliceB, "--out", self.path("maps"), "--device", self.device]
+        for name, volume, labels in (("a", self.volumeA, self.labelsA), ("b", self.volumeB, self.labelsB)):
+            imagePath, labelPath = self.path(f"image_{name}.nrrd"), self.path(f"label_{name}.nrrd")
+            mrml.exportVolume(volume, imagePath)
+            mrml.writeLabelArray(labels, volume, labelPath)
+            arguments += [f"--image-{name}", imagePath, f"--label-{name}", labelPath]
+        classes = io.StringIO()
+        csv.writer(classes, lineterminator="").writerow(self.result.classNames)
+        arguments += ["--classes", classes.getvalue(), "--events", "json"]
+        from PairSegLib.engine import engineCommand
+
+        self.command = engineCommand(*arguments, python=self.python)
+
+    def completingText(self):
+        return "Adding the predicted proxy maps"
+
+    def completed(self):
+        scene = self.volumeA.GetScene()
+        dimensions = self.volumeA.GetImageData().GetDimensions()
+        grid = sliceIjkToLps(self.volumeA, self.result.sliceA)
+        maps = [mrml.readArrayOnGrid(self.path(f"maps/{kind}_predicted.nii.gz"), grid,
+                                     (dimensions[0], dimensions[1], 1))[0].astype(np.float32)
+                for kind in ("and", "xor")]
+        pAnd, pXor = maps
+        rgb = np.zeros(pAnd.shape + (3,), np.float32)
+        for channel in range(3):
+            rgb[..., channel] = 255.0 * (pAnd * AND_COLOR[channel] + pXor * XOR_COLOR[channel])
+        sliceA = self.result.sliceA
+        self.result.predictedAndNode = sliceNode(scene, "vtkMRMLScalarVolumeNode", f"AND predicted {self.pairName}",
+                                                 self.volumeA, sliceA, pAnd)
+        self.result.predictedXorNode = sliceNode(scene, "vtkMRMLScalarVolumeNode", f"XOR predicted {self.pairName}",
+                                                 self.volumeA, sliceA, pXor)
+        self.result.predictedOverlayNode = sliceNode(scene, "vtkMRMLVectorVolumeNode",
+                                                     f"Proxy predicted {self.pairName}", self.volumeA, sliceA,
+                                                     np.clip(rgb, 0, 255).astype(np.uint8))
+        if self.show:
+            showInSliceViews(scene, self.volumeA, self.result.overlayNode, self.result.predictedOverlayNode,
+                             rasPoint=sliceCenterRas(self.volumeA, sliceA))
+        return "Predicted proxy maps added"

@@ -7,8 +7,9 @@ segment out on purpose. A segment whose name matches no class is an error that l
 (reported, never silently dropped).
 
 Label maps are exported in the VOLUME's geometry (``ExportSegmentsToLabelmapNode`` with
-``EXTENT_REFERENCE_GEOMETRY``), and both files are written by MRML storage nodes, so any
-orientation (oblique included) and spacing survive exactly.
+``EXTENT_REFERENCE_GEOMETRY``), and both files are written by the PairSeg module's one volume and
+label export (``PairSegLib.mrml``), so any orientation (oblique included) and spacing survive
+exactly.
 """
 
 from __future__ import annotations
@@ -341,33 +342,14 @@ def exportLabelArray(item, classNames, assignments: dict) -> np.ndarray:
 
 
 def writeVolume(volumeNode, path: Path) -> None:
-    """Write a volume node to ``path`` through a temporary storage node (geometry exact)."""
-    import slicer
+    """Write a volume node to ``path`` (the PairSeg module's ``mrml.exportVolume``: geometry exact,
+    compressed); TrainingSetError when writing fails."""
+    from PairSegLib import mrml
 
-    scene = _scene(volumeNode)
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetUseCompression(1)
-    storage.SetFileName(str(path))
-    scene.AddNode(storage)
     try:
-        if not storage.WriteData(volumeNode):
-            raise TrainingSetError(f"could not write {path}")
-    finally:
-        scene.RemoveNode(storage)
-
-
-def writeLabelArray(labels: np.ndarray, volumeNode, path: Path) -> None:
-    """Write ``labels`` (z, y, x) with the geometry of ``volumeNode``."""
-    import slicer
-
-    scene = _scene(volumeNode)
-    labelNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__pairseg_labels__")
-    try:
-        labelNode.CopyOrientation(volumeNode)
-        slicer.util.updateVolumeFromArray(labelNode, np.ascontiguousarray(labels, dtype=np.uint8))
-        writeVolume(labelNode, path)
-    finally:
-        removeNode(scene, labelNode)
+        mrml.exportVolume(volumeNode, path, compress=True)
+    except IOError as error:
+        raise TrainingSetError(str(error)) from error
 
 
 def exportTrainingSet(items, folder, classNames=None, mapping=None, modality: str = "MR",
@@ -379,6 +361,8 @@ def exportTrainingSet(items, folder, classNames=None, mapping=None, modality: st
         raise TrainingSetError(f"modality must be MR or CT, got {modality!r}")
     if not extension.startswith("."):
         extension = "." + extension
+    from PairSegLib import mrml
+
     items = list(items or [])
     report = checkItems(items, classNames, mapping)
     classNames = report.classNames
@@ -395,7 +379,7 @@ def exportTrainingSet(items, folder, classNames=None, mapping=None, modality: st
         imagePath = folder / f"{case}_image{extension}"
         labelPath = folder / f"{case}_label{extension}"
         writeVolume(item.volumeNode, imagePath)
-        writeLabelArray(labels, item.volumeNode, labelPath)
+        mrml.writeLabelArray(labels, item.volumeNode, labelPath)
         counts = np.bincount(labels.ravel(), minlength=len(classNames) + 1)
         entries.append({
             "image": f"./{imagePath.name}", "label": f"./{labelPath.name}", "case": case,

@@ -154,7 +154,7 @@ class TrainerPanel:
     def cleanup(self):
         self.timer.stop()
         if self.job is not None and self.job.running:
-            self.job.stop()
+            self.job.shutdown()  # kills the engine's whole process tree, without waiting for it
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
@@ -375,14 +375,14 @@ class TrainerPanel:
             self.ui.statusLabel.text = ", ".join(parts)
             return
         self.timer.stop()
-        if job.state == jobModule.FINISHED:
+        if job.state == jobModule.RunState.DONE:
             modelPath = getattr(job, "modelPath", None)
             self.ui.statusLabel.text = (f"Finished in {jobModule.formatDuration(job.elapsedSeconds)}"
                                         + (f": {modelPath} (registered for PairSeg)" if modelPath else "."))
             if modelPath:
                 self._parameterNode.currentModel = modelPath
                 self.ui.currentModelPathLineEdit.currentPath = modelPath
-        elif job.state == jobModule.STOPPED:
+        elif job.state == jobModule.RunState.CANCELLED:
             self.ui.statusLabel.text = "Stopped. Press Resume to continue from the checkpoint."
         else:
             self.ui.statusLabel.text = f"Failed: {job.errorMessage}"
@@ -405,7 +405,7 @@ class TrainerPanel:
             self._showError("Segmentation could not start", error)
 
     def _onSegmented(self, job):
-        if job.state == jobModule.FINISHED and job.segmentationNode is not None:
+        if job.state == jobModule.RunState.DONE and job.segmentationNode is not None:
             self.ui.segmentationSelector.setCurrentNode(job.segmentationNode)
             self.ui.volumeSelector.setCurrentNode(self.ui.newVolumeSelector.currentNode())
             self.ui.logTextEdit.appendPlainText(
@@ -429,7 +429,7 @@ class TrainerPanel:
             base = os.path.basename(baseModel).removesuffix(configModule.MODEL_SUFFIX)
             folder = self._trainingSetFolder(base + "-finetune")
             job = self.logic.fineTune(self.items(), baseModel, folder, mapping=self.mapping(),
-                                      device=self._parameterNode.device or "auto",
+                                      outputFolder=self._outputFolder(), device=self._parameterNode.device or "auto",
                                       batchSize=self._parameterNode.batchSize)
             self._startJob(job)
         except Exception as error:
@@ -454,12 +454,14 @@ class TrainerPanel:
         ui = self.ui
         try:
             volumeB = ui.proxyVolumeBSelector.currentNode()
-            self.logic.proxyMaps(ui.proxyVolumeASelector.currentNode(), self._parameterNode.proxySliceA,
+            result = self.logic.proxyMaps(ui.proxyVolumeASelector.currentNode(), self._parameterNode.proxySliceA,
                                  ui.proxySegmentationASelector.currentNode(), volumeB,
                                  self._parameterNode.proxySliceB,
                                  ui.proxySegmentationBSelector.currentNode() if volumeB else None,
                                  model=self._parameterNode.proxyModel or None, classNames=self.classNames(),
                                  mapping=self.mapping())
+            if result.run is not None:  # predicted maps: pairseg proxy-maps in the background
+                self._startJob(result.run)
         except Exception as error:
             self._showError("Could not make the proxy maps", error)
 

@@ -8,27 +8,13 @@ Left-right flips are off by default: they swap the sides of lateral organs (righ
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 
+from pairseg.config import AugmentConfig  # defined with the other training settings
 
-@dataclass
-class AugmentConfig:
-    """Ranges of the random transforms; ``enabled=False`` turns everything off."""
-
-    enabled: bool = True
-    rotation_deg: float = 10.0
-    scale: float = 0.1
-    flip_lr: bool = False
-    flip_ud: bool = False
-    brightness: float = 0.1
-    contrast: float = 0.1
-    gamma: float = 0.2
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["AugmentConfig", "augment_batch"]
 
 
 def _uniform(n: int, width: float, generator: torch.Generator) -> torch.Tensor:

@@ -165,4 +165,6 @@ def resolve_model(spec: str | Path, folder: str | Path | None = None) -> Path:
     if str(spec) in catalog.names:
         return catalog.entry(str(spec)).verify()
     choices = ", ".join(catalog.names) or "none"
+    if path.suffix == ".pairseg" or len(path.parts) > 1:  # meant as a file
+        raise PairSegInputError(f"{spec}: model file does not exist (or give a catalog model: {choices})")
     raise PairSegInputError(f"{spec}: no such model file, and no catalog model of that name (catalog: {choices})")

@@ -1,9 +1,13 @@
 """``pairseg`` command line: train, segment, evaluate, proxy-maps, info, demo.
 
 Every command prints a progress bar for people, or with ``--events json`` one JSON object per
-line for programs (the Slicer modules). Exit codes: 0 success, 2 bad input (after an ``error``
-event naming the file and the problem), 1 any other failure, 130 training stopped on request
-(a resumable checkpoint was written).
+line for programs (the Slicer modules). Exit codes: 0 success, 2 bad input or an output that
+cannot be written (after an ``error`` event naming the file and the problem), 1 any other
+failure, 130 training stopped on request (a resumable checkpoint was written) or interrupted
+(SIGINT), 143 terminated (SIGTERM) outside the training loop.
+
+Output locations are checked before any data or model is loaded (see ``pairseg.train.check_output_location`` and
+``_segment_outputs``); numeric options are checked by argparse (``positive_int`` ...).
 """
 
 from __future__ import annotations
@@ -11,33 +15,68 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 from pairseg import __version__
-from pairseg.errors import PairSegInputError
+from pairseg.config import add_arguments as add_train_arguments
+from pairseg.config import from_arguments as train_config_from_arguments
+from pairseg.config import setting
+from pairseg.constants import ARCHITECTURES, DEFAULT_ARCHITECTURE, MODALITIES, PRECISIONS
+from pairseg.errors import PairSegInputError, PairSegOutputError, PairSegWarning
 from pairseg.events import HumanEvents, JsonEvents
 
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+def _number(kind: type, minimum: float, inclusive: bool = True, maximum: float | None = None):
+    """An argparse type: ``kind`` (int or float) at least (or above) ``minimum``, below ``maximum``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if kind is float and value != value:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
+        low_ok = value >= minimum if inclusive else value > minimum
+        if not low_ok or (maximum is not None and not value < maximum):
+            bound = f"{'>=' if inclusive else '>'} {minimum:g}" + (f" and < {maximum:g}" if maximum is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = f"{kind.__name__}"  # argparse names the type in its messages
+    return parse
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+#: argparse types for numeric options (the ``train`` options use them too).
+positive_int = _number(int, 1)
+nonnegative_int = _number(int, 0)
+positive_float = _number(float, 0.0, inclusive=False, maximum=float("inf"))
+nonnegative_float = _number(float, 0.0, maximum=float("inf"))
+fraction = _number(float, 0.0, maximum=1.0)  # 0 <= x < 1
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived outside the training loop (which handles it itself, resumably)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _add_common(parser: argparse.ArgumentParser, device: bool = True) -> None:
     parser.add_argument("--events", choices=["human", "json"], default="human",
                         help="progress output: a progress bar (human) or JSON lines on stdout (json)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    if device:
+        parser.add_argument("--device", default="auto", help=setting("device").help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,78 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a pairwise model (or a single-image baseline) on a dataset folder: "
                                    "a dataset.json (Medical Segmentation Decathlon style) or <case>_image/<case>_label "
                                    "files with --classes and --modality.")
-    t.add_argument("--data", required=True, help="dataset folder")
-    t.add_argument("--out", required=True, help="model file to write (e.g. liver.pairseg)")
-    t.add_argument("--arch", choices=["c2fcn", "cfcn", "deeplabv3plus", "unet", "siamfcn"], default=None,
-                   help="architecture (default c2fcn, or the --init-from model's)")
-    budget = t.add_mutually_exclusive_group()
-    budget.add_argument("--epochs", type=int, help="number of epochs (default 20)")
-    budget.add_argument("--steps", type=int, help="number of optimiser steps")
-    t.add_argument("--size", type=int, default=256, help="training slice size in pixels (default 256)")
-    t.add_argument("--spacing", type=float, help="in-plane pixel spacing of the model in mm (default: the training "
-                                                  "set's median field of view divided by --size); slices are resampled "
-                                                  "to it for training and inference")
-    t.add_argument("--batch-size", type=int, default=8, help="samples (pairs) per step and GPU (default 8)")
-    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="Adam weight decay (default 5e-4)")
-    t.add_argument("--seed", type=int, default=0)
-    val = t.add_mutually_exclusive_group()
-    val.add_argument("--val", help="validation dataset folder")
-    val.add_argument("--val-fraction", type=float, default=0.0, help="hold out this fraction of the cases for validation")
-    t.add_argument("--resume", action="store_true", help="continue from <out>.ckpt")
-    t.add_argument("--init-from", help="fine-tune from this model file or catalog model name")
-    t.add_argument("--cross-modality", action="store_true",
-                   help="allow --init-from a model of another modality (e.g. an MR model on CT data); the new model "
-                        "records the dataset's modality and normalisation")
-    t.add_argument("--classes", help='class names for a folder without dataset.json, e.g. liver,"right kidney"')
-    t.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="modality for a folder without dataset.json")
-    t.add_argument("--cases", help="comma-separated case names to train on (default all)")
-    g = t.add_argument_group("pair sampling")
-    g.add_argument("--pair-mode", choices=["intra+inter", "intra", "inter", "identical"], default="intra+inter")
-    g.add_argument("--offsets", type=_int_list, help="intra-patient slice offsets (default 3,5,7 MR; 5,9,13 CT)")
-    g.add_argument("--inter-repeats", type=int, default=2, help="inter-patient pairs per slice and epoch (default 2)")
-    g.add_argument("--margin", type=int, help="keep only slices within this many slices of the labelled range")
-    n = t.add_argument_group("network")
-    n.add_argument("--output-stride", type=int, choices=[8, 16], default=8)
-    n.add_argument("--aggregate", choices=["sum", "max"], default="sum", help="C2FCN feature aggregation")
-    n.add_argument("--readout", choices=["union", "and"],
-                   help="C2FCN read-out of f(x, x): AND or XOR (union; the default) or the AND channels "
-                        "alone (paper Eq. 12; the default with --pair-mode identical); see benchmarks/RESULTS.md")
-    n.add_argument("--base", choices=["deeplabv3plus", "unet"], default="deeplabv3plus", help="network a pairwise model wraps")
-    n.add_argument("--sync-batchnorm", action="store_true", help="synchronise BatchNorm across GPUs (torchrun)")
-    n.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    n.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    n.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: mixed precision on CUDA, fp32 elsewhere; bf16: bfloat16 autocast on a CPU or GPU "
-                        "with a native bfloat16 path (about 2x faster training on AVX-512 BF16/AMX CPUs; "
-                        "benchmarks/RESULTS.md), refused elsewhere")
-    a = t.add_argument_group("augmentation")
-    a.add_argument("--no-augment", action="store_true", help="no augmentation")
-    a.add_argument("--rotation", type=float, default=10.0, help="max rotation in degrees (default 10)")
-    a.add_argument("--scale", type=float, default=0.1, help="max relative scaling (default 0.1)")
-    a.add_argument("--flip", action="store_true", help="random left-right flips (swaps lateral organs: off by default)")
-    a.add_argument("--intensity", type=float, default=0.1, help="brightness/contrast jitter (default 0.1)")
-    t.add_argument("--validate-every", type=int, default=1, help="validate every N epochs (default 1)")
-    t.add_argument("--stop-file", help="stop cleanly (resumable) when this file appears")
-    _add_common(t)
+    add_train_arguments(t)
+    _add_common(t, device=False)  # --device is a training setting
 
     s = sub.add_parser("segment", help="segment images with a model",
                        description="Segment an image, a DICOM series folder, or a folder of images.")
     s.add_argument("--model", default=None,
                    help="model file or catalog model name (see `pairseg models`; default: the catalog's default model)")
     s.add_argument("--input", required=True, help="image file, DICOM folder, or folder of images")
+    s.add_argument("--series", metavar="UID",
+                   help="the DICOM series to segment when the --input folder holds several (the error lists them)")
     s.add_argument("--output", required=True,
                    help="label file (.nii.gz, .nrrd, .seg.nrrd) or, for a folder input, an output folder")
     s.add_argument("--no-largest-component", action="store_true", help="keep every connected component")
     s.add_argument("--probabilities", help="also write per-class probabilities (file, or folder for a folder input)")
-    s.add_argument("--modality", choices=["MR", "CT"], type=str.upper, help="refuse a model of another modality")
-    s.add_argument("--batch-size", type=int, default=16, help="slices per inference batch (default 16)")
+    s.add_argument("--modality", choices=MODALITIES, type=str.upper, help="refuse a model of another modality")
+    s.add_argument("--batch-size", type=positive_int, default=16, help="slices per inference batch (default 16)")
     s.add_argument("--readout", choices=["and", "union"],
                    help="override a C2FCN model's read-out of f(x, x) (default: the model's own)")
-    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: bfloat16 autocast, about 1.9x faster on CPUs with AVX-512 BF16 or AMX, Dice "
                         "within 0.2 points of fp32 on CHAOS (benchmarks/RESULTS.md); refused where unsupported")
-    s.add_argument("--format", default=".nii.gz", help="output extension for folder inputs (default .nii.gz)")
+    s.add_argument("--format", default=".nii.gz",
+                   help="output extension for folder inputs: .nii.gz (default), .nii, .nrrd, .mha or .seg.nrrd")
     _add_common(s)
 
     e = sub.add_parser("evaluate", help="Dice and ASSD of predictions against references",
@@ -130,15 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ref", required=True, help="reference label file or folder")
     e.add_argument("--classes", help="class names (default: the reference folder's dataset.json, else label values)")
     e.add_argument("--hd95", action="store_true", help="also report the 95th-percentile Hausdorff distance")
-    e.add_argument("--json", help="write the full results as JSON here")
+    e.add_argument("--json", help="write the full results as JSON here (.json)")
 
     p = sub.add_parser("proxy-maps", help="write the AND/XOR proxy maps of two labelled slices",
                        description="Ground-truth AND/XOR proxy maps (g_proxy) of two slices, and with --model the "
                                    "predicted ones, as PNG pictures and NIfTI images in slice A's geometry.")
     p.add_argument("--label-a", required=True, help="label volume of slice A")
-    p.add_argument("--slice-a", type=int, required=True)
+    p.add_argument("--slice-a", type=nonnegative_int, required=True)
     p.add_argument("--label-b", help="label volume of slice B (default: the same as A)")
-    p.add_argument("--slice-b", type=int, required=True)
+    p.add_argument("--slice-b", type=nonnegative_int, required=True)
     p.add_argument("--image-a", help="image volume of slice A (needed with --model)")
     p.add_argument("--image-b", help="image volume of slice B (default: image A)")
     p.add_argument("--model", help="also write the model's predicted AND/XOR probability maps (file or catalog name)")
@@ -146,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     _add_common(p)
 
-    i = sub.add_parser("info", help="print a model file's metadata")
+    i = sub.add_parser("info", help="verify a model file (checksum of weights and metadata) and print its metadata")
     i.add_argument("model", help="model file or catalog model name")
-    i.add_argument("--json", action="store_true", help="print the raw metadata JSON")
+    i.add_argument("--json", action="store_true", help="print the metadata as JSON")
 
     m = sub.add_parser("models", help="list the ready models of the catalog",
                        description="The models that ship with PairSeg (Resources/Models/models.json): name, modality, "
@@ -160,11 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "held-out volume, print Dice/ASSD and write every output. --data takes a real dataset.")
     d.add_argument("--data", help="dataset folder (default: generated phantoms)")
     d.add_argument("--out", default="pairseg-demo-output", help="output folder (default pairseg-demo-output)")
-    d.add_argument("--arch", default="c2fcn", choices=["c2fcn", "cfcn", "deeplabv3plus", "unet", "siamfcn"])
-    d.add_argument("--train-cases", type=int, default=2, help="number of training cases (default 2)")
-    d.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    d.add_argument("--size", type=int, default=96, help="training size (default 96)")
-    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--arch", default=DEFAULT_ARCHITECTURE, choices=ARCHITECTURES)
+    d.add_argument("--train-cases", type=positive_int, default=2, help="number of training cases (default 2)")
+    d.add_argument("--steps", type=positive_int, default=300, help="training steps (default 300)")
+    d.add_argument("--size", type=_number(int, 32), default=96, help="training size (default 96, at least 32)")
+    d.add_argument("--batch-size", type=positive_int, default=8)
     _add_common(d)
     return parser
 
@@ -172,37 +162,49 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------
 
 
-def _augment_config(args):
-    from pairseg.augment import AugmentConfig
-
-    return AugmentConfig(enabled=not args.no_augment, rotation_deg=args.rotation, scale=args.scale,
-                         flip_lr=args.flip, brightness=args.intensity, contrast=args.intensity)
-
-
 def cmd_train(args, events) -> int:
-    from pairseg.train import TrainConfig, train
+    from pairseg.train import train
 
-    config = TrainConfig(
-        data=args.data, out=args.out, arch=args.arch, epochs=args.epochs, steps=args.steps, size=args.size,
-        spacing=args.spacing, cross_modality=args.cross_modality,
-        batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, device=args.device,
-        seed=args.seed, val=args.val, val_fraction=args.val_fraction, resume=args.resume,
-        init_from=args.init_from, classes=args.classes, modality=args.modality,
-        cases=[c.strip() for c in args.cases.split(",")] if args.cases else None,
-        pair_mode=args.pair_mode, offsets=args.offsets, inter_repeats=args.inter_repeats, margin=args.margin,
-        augment=_augment_config(args), output_stride=args.output_stride, aggregate=args.aggregate,
-        base=args.base, readout=args.readout, amp=not args.no_amp, precision=args.precision, channels_last=args.channels_last,
-        sync_batchnorm=args.sync_batchnorm, stop_file=args.stop_file, validate_every=args.validate_every)
-    result = train(config, events)
+    result = train(train_config_from_arguments(args), events)
     return EXIT_STOPPED if result.stopped else 0
 
 
 def _output_for(input_path: Path, output: Path, suffix: str, many: bool) -> Path:
     if not many:
         return output
-    from pairseg.data import _case_name
+    from pairseg.datasets import case_name
 
-    return output / (_case_name(input_path) + suffix)
+    return output / (case_name(input_path) + suffix)
+
+
+def _segment_outputs(args, inputs: list[Path], many: bool) -> list[tuple[Path, Path, Path | None]]:
+    """(input, label output, probabilities output) per case, every location checked before any
+    model or image is loaded: file types, folders, writability, and no output that is an input or
+    another output (two inputs of one case name included). Stale temporaries are removed."""
+    from pairseg.io import IMAGE_SUFFIXES, LABEL_SUFFIXES, check_distinct, check_output, remove_stale_temporaries
+
+    output = Path(args.output)  # folders are made by the (atomic) writes: a refused run leaves none
+    probabilities = Path(args.probabilities) if args.probabilities else None
+    if many:
+        check_output(output, what="--output", folder=True)
+        if probabilities is not None:
+            check_output(probabilities, what="--probabilities", folder=True)
+    cases = []
+    for path in inputs:
+        target = _output_for(path, output, args.format, many)
+        probs = _output_for(path, probabilities, ".probabilities.nii.gz", many) if probabilities else None
+        check_output(target, LABEL_SUFFIXES, "--output")
+        if probs is not None:
+            check_output(probs, IMAGE_SUFFIXES, "--probabilities")
+        cases.append((path, target, probs))
+    check_distinct([Path(args.input), *inputs, Path(args.model)],
+                   [(option, path) for _, target, probs in cases
+                    for option, path in (("--output", target), ("--probabilities", probs))])
+    for _, target, probs in cases:
+        for path in (target, probs):
+            if path is not None:
+                remove_stale_temporaries(path)
+    return cases
 
 
 def cmd_segment(args, events) -> int:
@@ -210,7 +212,9 @@ def cmd_segment(args, events) -> int:
 
     inputs = list_inputs(args.input)
     many = Path(args.input).is_dir() and inputs != [Path(args.input)]
-    output = Path(args.output)  # folders are made by the (atomic) writes: a refused run leaves none
+    if args.series and (many or not Path(args.input).is_dir()):
+        raise PairSegInputError(f"{args.input}: --series picks a series of a DICOM folder; this input is "
+                                f"{'a folder of image files' if many else 'an image file'}")
     if args.model is None:
         from pairseg.catalog import load_catalog
 
@@ -218,24 +222,42 @@ def cmd_segment(args, events) -> int:
         if catalog.default is None:
             raise PairSegInputError(f"no --model given and no default catalog model ({catalog.path})")
         args.model = catalog.default
+    cases = _segment_outputs(args, inputs, many)
     predictor = Predictor(args.model, args.device, batch_size=args.batch_size, readout=args.readout,
                           precision=args.precision)
     predictor.check_request(args.modality)
     events("start", model=args.model, device=str(predictor.device), inputs=[str(p) for p in inputs],
            classes=predictor.class_names)
-    written = []
-    for number, path in enumerate(inputs, 1):
+    written: list[Path] = []
+    failed: list[tuple[Path, str, bool]] = []  # (input, message, bad input?)
+    for number, (path, target, probs) in enumerate(cases, 1):
         def progress(event, **fields):
             if event == "progress":
                 fields.update(case=number, cases=len(inputs),
                               fraction=(number - 1 + fields.get("fraction", 0.0)) / len(inputs))
             events(event, **fields)
 
-        target = _output_for(path, output, args.format, many)
-        probs = _output_for(path, Path(args.probabilities), ".probabilities.nii.gz", many) if args.probabilities else None
-        written += predictor.segment_file(path, target, probabilities_path=probs,
-                                          keep_largest=not args.no_largest_component, events=progress)
-    events("done", outputs=[str(p) for p in written], classes=predictor.class_names,
+        try:
+            written += predictor.segment_file(path, target, probabilities_path=probs, series_id=args.series,
+                                              keep_largest=not args.no_largest_component, events=progress)
+        except Exception as error:  # a folder run goes on with the other cases
+            if not many:
+                raise
+            bad_input = isinstance(error, PairSegInputError)
+            message = str(error) if bad_input else f"{type(error).__name__}: {error}"
+            failed.append((path, message, bad_input))
+            events("message", text=f"case {path.name} failed: {message}")
+    outputs = [str(p) for p in written]
+    if failed:
+        events("done", outputs=outputs, failed=[str(p) for p, _, _ in failed], classes=predictor.class_names,
+               colors=predictor.metadata["class_colors"])
+        all_input = all(bad for _, _, bad in failed)
+        events("error", kind="input" if all_input else "internal",
+               message=f"{len(failed)} of {len(cases)} case(s) failed: "
+                       + "; ".join(f"{p.name}: {m}" for p, m, _ in failed)
+                       + f". Written: {', '.join(outputs) if outputs else 'nothing'}")
+        return EXIT_BAD_INPUT if all_input else 1
+    events("done", outputs=outputs, classes=predictor.class_names,
            colors=predictor.metadata["class_colors"])
     return 0
 
@@ -254,18 +276,22 @@ def _class_names_for(ref: Path, given: str | None) -> list[str] | None:
 
 
 def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
-    from pairseg.data import IMAGE_SUFFIXES, _case_name
+    from pairseg.constants import READABLE_IMAGE_SUFFIXES
+    from pairseg.datasets import case_name
 
+    for option, path in (("--pred", pred), ("--ref", ref)):
+        if not path.exists():
+            raise PairSegInputError(f"{path}: {option} does not exist")
     if pred.is_file() and ref.is_file():
-        return [(_case_name(ref), pred, ref)]
+        return [(case_name(ref), pred, ref)]
     if not (pred.is_dir() and ref.is_dir()):
         raise PairSegInputError(f"--pred and --ref must both be files or both folders ({pred}, {ref})")
 
     def index(folder: Path) -> dict[str, Path]:
         found = {}
         for path in sorted(folder.iterdir()):
-            if path.name.endswith(IMAGE_SUFFIXES) and "_image" not in path.name:
-                found[_case_name(path)] = path
+            if path.name.endswith(READABLE_IMAGE_SUFFIXES) and "_image" not in path.name:
+                found[case_name(path)] = path
         return found
 
     preds, refs = index(pred), index(ref)
@@ -276,13 +302,20 @@ def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
 
 
 def cmd_evaluate(args) -> int:
-    from pairseg.io import read_label, read_label_volume
+    from pairseg.io import check_distinct, check_output, read_label, read_label_volume, remove_stale_temporaries
     from pairseg.metrics import evaluate_case, format_table, summarize
 
     pred_root, ref_root = Path(args.pred), Path(args.ref)
+    pairs = _pair_files(pred_root, ref_root)
+    if args.json:
+        check_output(args.json, (".json",), "--json")
+        manifest = (ref_root if ref_root.is_dir() else ref_root.parent) / "dataset.json"  # read for class names
+        check_distinct([pred_root, ref_root, manifest, *(p for _, a, b in pairs for p in (a, b))],
+                       [("--json", args.json)])
+        remove_stale_temporaries(args.json)
     names = _class_names_for(ref_root, args.classes)
     cases = []
-    for case, pred_path, ref_path in _pair_files(pred_root, ref_root):
+    for case, pred_path, ref_path in pairs:
         reference, class_names = read_label_volume(ref_path, class_names=names)
         pred, _ = read_label(pred_path, class_names=class_names, reference=reference)
         result = evaluate_case(pred, reference.array, reference.spacing_zyx, class_names, hd95=args.hd95)
@@ -291,17 +324,29 @@ def cmd_evaluate(args) -> int:
     summary = summarize(cases)
     print(format_table(summary, cases))
     if args.json:
-        from pairseg.events import _jsonable
+        from pairseg.events import jsonable
+        from pairseg.io import write_text
 
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_jsonable({"cases": cases, "summary": summary}), indent=1))
+        write_text(args.json, json.dumps(jsonable({"cases": cases, "summary": summary}), indent=1))
     return 0
 
 
+#: The files ``proxy-maps`` writes into its --out folder.
+PROXY_MAP_FILES = ("and.nii.gz", "xor.nii.gz", "proxy_truth.png", "and_predicted.nii.gz", "xor_predicted.nii.gz",
+                   "proxy_predicted.png")
+
+
 def cmd_proxy_maps(args, events) -> int:
+    from pairseg.io import check_distinct, check_output, remove_stale_temporaries, write_together
     from pairseg.proxymaps import write_proxy_maps
 
-    outputs = write_proxy_maps(
+    folder = check_output(args.out, what="--out", folder=True)
+    check_distinct([args.label_a, args.label_b, args.image_a, args.image_b, args.model],
+                   [(f"--out file {name}", folder / name) for name in PROXY_MAP_FILES])
+    for name in PROXY_MAP_FILES:
+        remove_stale_temporaries(folder / name)
+    with write_together():  # the NIfTI maps appear together or not at all
+        outputs = write_proxy_maps(
         label_a=args.label_a, slice_a=args.slice_a, label_b=args.label_b, slice_b=args.slice_b,
         image_a=args.image_a, image_b=args.image_b, model=args.model, classes=args.classes,
         out=args.out, device=args.device)
@@ -310,11 +355,12 @@ def cmd_proxy_maps(args, events) -> int:
 
 
 def cmd_info(args) -> int:
-    from pairseg.modelfile import read_metadata
-
     from pairseg.catalog import resolve_model
+    from pairseg.modelfile import read_metadata
+    from pairseg.modelformat import read_model_bytes, stored_format_version
 
-    meta = read_metadata(resolve_model(args.model))
+    path = resolve_model(args.model)
+    meta = read_metadata(path)  # checksum verified, metadata migrated and validated
     if args.json:
         print(json.dumps(meta, indent=1, sort_keys=True))
         return 0
@@ -322,13 +368,18 @@ def cmd_info(args) -> int:
     print(f"model        {args.model}")
     print(f"architecture {meta['arch']} {meta.get('options', {})}")
     print(f"classes      {', '.join(meta['class_names'])}")
-    print(f"modality     {meta['modality']}   size {meta['size']}")
+    print(f"modality     {meta['modality']}   size {meta['size']}   spacing "
+          + (f"{meta['spacing']} mm" if meta["spacing"] else "none (slices resized)"))
     print(f"trained on   {len(training.get('cases', []))} case(s), {training.get('slices')} slices, "
           f"{training.get('steps')} steps, {training.get('epochs')} epochs")
     val = meta.get("validation") or {}
     if val.get("dice"):
         print("validation   " + ", ".join(f"{k} {v:.3f}" for k, v in val["dice"].items() if v is not None))
     print(f"engine       {meta.get('engine_version')}   created {meta.get('created')}")
+    version = stored_format_version(read_model_bytes(path), path)
+    print(f"file         format {version}, {meta['weights_dtype']} weights, " +
+          ("sha256 of weights and metadata verified" if version >= 2 else
+           "an older format whose sha256 covers the weights only (verified); metadata migrated"))
     return 0
 
 
@@ -371,6 +422,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     events = JsonEvents() if json_mode else HumanEvents()
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: only rank 0 speaks on stdout
         events = HumanEvents(quiet=True)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+    try:
+        with warnings.catch_warnings():
+            # PairSeg's own warnings (a NIfTI whose qform and sform disagree ...) reach the user as messages.
+            warnings.simplefilter("always", PairSegWarning)
+            show = warnings.showwarning
+
+            def report(message, category, *rest):
+                if issubclass(category, PairSegWarning):
+                    events("message", text=f"warning: {message}")
+                else:
+                    show(message, category, *rest)
+
+            warnings.showwarning = report
+            return _run(args, events, json_mode)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args, events, json_mode: bool) -> int:
     try:
         if args.command == "train":
             return cmd_train(args, events)
@@ -387,11 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return cmd_demo(args, events)
     except PairSegInputError as error:
-        events("error", message=str(error), kind="input")
+        events("error", message=str(error), kind="output" if isinstance(error, PairSegOutputError) else "input")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         events("error", message="interrupted", kind="interrupted")
         return EXIT_STOPPED
+    except Terminated:
+        events("error", message="terminated (SIGTERM)", kind="terminated")
+        return EXIT_TERMINATED
     except Exception as error:  # report, then fail
         events("error", message=f"{type(error).__name__}: {error}", kind="internal")
         if not json_mode:

@@ -1,4 +1,6 @@
-"""Datasets, intensity normalisation, 2.5D stacks and the in-memory slice store.
+"""Slice preprocessing (checks, intensity normalisation, 2.5D stacks, resampling) and the in-memory
+slice store. Datasets on disk live in ``pairseg.datasets``, canonical orientation in
+``pairseg.orientation``; their names are re-exported here.
 
 A training set is read from disk once: every volume is normalised (CT window or MR percentile
 clip), cut into 2.5D stacks (slices z-1, z, z+1 as channels, edges replicated) and resampled to
@@ -8,17 +10,17 @@ touches the disk.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pairseg.constants import MODALITIES, READABLE_IMAGE_SUFFIXES
+from pairseg.datasets import Case, Dataset, case_name, load_case, load_dataset, parse_classes  # noqa: F401
 from pairseg.errors import PairSegInputError
-from pairseg.io import Volume, read_label, read_volume
+from pairseg.io import Volume
+from pairseg.orientation import Orientation, canonical_arrays, in_plane_spacing  # noqa: F401
 
 __all__ = [
     "Volume",
@@ -27,6 +29,9 @@ __all__ = [
     "Case",
     "Dataset",
     "load_dataset",
+    "load_case",
+    "case_name",
+    "parse_classes",
     "normalize",
     "intensity_window",
     "apply_window",
@@ -48,8 +53,7 @@ __all__ = [
 CT_WINDOW = (-200.0, 250.0)
 MR_PERCENTILES = (2.0, 98.0)
 MR_WINDOW_RULES = ("above-minimum", "volume")
-MODALITIES = ("MR", "CT")
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+IMAGE_SUFFIXES = READABLE_IMAGE_SUFFIXES
 
 # ---------------------------------------------------------------------------------------------
 # Checks and normalisation
@@ -203,209 +207,6 @@ def default_spacing(volumes: Sequence[tuple[Sequence[int], Sequence[float]]], si
     if not extents:
         raise PairSegInputError("no training volume to choose a pixel spacing from")
     return float(np.median(extents)) / size
-
-
-# ---------------------------------------------------------------------------------------------
-# Canonical orientation
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Orientation:
-    """How a (z, y, x) array is laid out relative to the canonical one the networks see.
-
-    Canonical means ITK "LPS": slices ordered from inferior to superior, rows towards posterior,
-    columns towards the patient's left. Networks are trained and applied on canonical arrays, so
-    a volume stored with reversed slices or flipped in-plane axes (as Slicer writes left-handed
-    NIfTI files, for example) gets the same 2.5D neighbours and the same left/right layout. Only
-    axes are permuted and flipped: no resampling, so the mapping back is exact.
-    """
-
-    axes: tuple[int, int, int]
-    flips: tuple[bool, bool, bool]
-
-    @classmethod
-    def of(cls, direction: Sequence[float]) -> "Orientation":
-        cosines = np.abs(np.asarray(direction, dtype=float).reshape(3, 3))
-        signs = np.sign(np.asarray(direction, dtype=float).reshape(3, 3))
-        index_of_world: dict[int, int] = {}
-        free_world, free_index = [0, 1, 2], [0, 1, 2]
-        for _ in range(3):  # greedy: the best-aligned (world axis, index axis) pair first
-            w, i = max(((w, i) for w in free_world for i in free_index), key=lambda wi: cosines[wi])
-            index_of_world[w] = i
-            free_world.remove(w)
-            free_index.remove(i)
-        # canonical array axes are (S, P, L); array axis of index axis i (x=0, y=1, z=2) is 2 - i
-        axes = tuple(2 - index_of_world[w] for w in (2, 1, 0))
-        flips = tuple(bool(signs[w, index_of_world[w]] < 0) for w in (2, 1, 0))
-        return cls(axes, flips)  # type: ignore[arg-type]
-
-    @property
-    def identity(self) -> bool:
-        return self.axes == (0, 1, 2) and not any(self.flips)
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """Native (z, y, x, ...) -> canonical layout (a view where possible)."""
-        out = np.transpose(array, self.axes + tuple(range(3, array.ndim)))
-        flipped = [axis for axis, flip in enumerate(self.flips) if flip]
-        return np.flip(out, flipped) if flipped else out
-
-    def invert(self, array: np.ndarray) -> np.ndarray:
-        """Canonical (z, y, x, ...) -> native layout."""
-        flipped = [axis for axis, flip in enumerate(self.flips) if flip]
-        out = np.flip(array, flipped) if flipped else array
-        return np.transpose(out, tuple(int(a) for a in np.argsort(self.axes)) + tuple(range(3, array.ndim)))
-
-    def spacing_zyx(self, spacing_xyz: Sequence[float]) -> tuple[float, float, float]:
-        """Voxel spacing of the canonical array, in its (z, y, x) order."""
-        native = (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])
-        return tuple(float(native[a]) for a in self.axes)  # type: ignore[return-value]
-
-
-def in_plane_spacing(volume: Volume) -> tuple[float, float]:
-    """(row, column) pixel spacing in mm of ``volume``'s slices in canonical layout."""
-    return Orientation.of(volume.direction).spacing_zyx(volume.spacing)[1:]  # type: ignore[return-value]
-
-
-def canonical_arrays(volume: Volume, *others: np.ndarray) -> list[np.ndarray]:
-    """``volume.array`` and any arrays on its grid (labels), in canonical layout, contiguous."""
-    orientation = Orientation.of(volume.direction)
-    return [np.ascontiguousarray(orientation.apply(a)) for a in (volume.array, *others)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Datasets on disk
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Case:
-    """One annotated volume of a dataset."""
-
-    name: str
-    image: Path
-    label: Path | None = None
-
-
-@dataclass
-class Dataset:
-    """A list of cases with the class names (in label-value order) and the modality."""
-
-    folder: Path
-    cases: list[Case]
-    class_names: list[str]
-    modality: str
-    label_values: list[int] = field(default_factory=list)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def subset(self, names: Iterable[str]) -> "Dataset":
-        keep = set(names)
-        return Dataset(self.folder, [c for c in self.cases if c.name in keep], self.class_names,
-                       self.modality, self.label_values)
-
-
-def _case_name(path: Path) -> str:
-    name = path.name
-    for suffix in IMAGE_SUFFIXES + (".seg.nrrd",):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    for tag in ("_image", "_label", "_seg", "_0000"):
-        if name.endswith(tag):
-            return name[: -len(tag)]
-    return name
-
-
-def parse_classes(text: str | Sequence[str]) -> list[str]:
-    """``liver,"right kidney",spleen`` or a list -> clean class names (no background)."""
-    import csv
-
-    items = next(csv.reader([text], skipinitialspace=True)) if isinstance(text, str) else list(text)
-    names = [item.strip() for item in items if item.strip()]
-    if not names:
-        raise PairSegInputError("no class names given")
-    if len({n.lower() for n in names}) != len(names):
-        raise PairSegInputError(f"duplicate class names in {names}")
-    return names
-
-
-def load_dataset(folder: str | Path, classes: str | Sequence[str] | None = None,
-                 modality: str | None = None) -> Dataset:
-    """Open a dataset folder: a ``dataset.json`` (Medical Segmentation Decathlon style) or a bare
-    folder of ``<case>_image.<ext>`` + ``<case>_label.<ext>`` pairs (then ``classes`` and
-    ``modality`` say what the labels mean)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PairSegInputError(f"{folder}: dataset folder does not exist")
-    manifest = folder / "dataset.json"
-    if manifest.is_file():
-        try:
-            spec = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise PairSegInputError(f"{manifest}: not a readable JSON file ({error})") from error
-        labels = {int(k): str(v) for k, v in spec.get("labels", {}).items()}
-        values = sorted(v for v in labels if v != 0)
-        if not values:
-            raise PairSegInputError(f"{manifest}: 'labels' lists no foreground class")
-        if values != list(range(1, len(values) + 1)):
-            raise PairSegInputError(f"{manifest}: label values must be 1..K, got {values}")
-        names = [labels[v] for v in values]
-        if classes is not None and [n.lower() for n in parse_classes(classes)] != [n.lower() for n in names]:
-            raise PairSegInputError(f"{manifest}: classes {names} differ from the requested {parse_classes(classes)}")
-        found = str(spec.get("modality", {}).get("0", modality or "")).upper()
-        if found not in MODALITIES:
-            raise PairSegInputError(f"{manifest}: modality must be MR or CT, got {found!r}")
-        if modality is not None and modality.upper() != found:
-            raise PairSegInputError(f"{manifest}: dataset modality {found} differs from requested {modality.upper()}")
-        cases = []
-        for entry in spec.get("training", []):
-            image = (folder / entry["image"]).resolve()
-            label = (folder / entry["label"]).resolve() if entry.get("label") else None
-            cases.append(Case(_case_name(image), image, label))
-        if not cases:
-            raise PairSegInputError(f"{manifest}: 'training' lists no case")
-        return Dataset(folder, cases, names, found, values)
-
-    if classes is None or modality is None:
-        raise PairSegInputError(
-            f"{folder}: no dataset.json; give --classes and --modality for a folder of "
-            "<case>_image / <case>_label files")
-    if modality.upper() not in MODALITIES:
-        raise PairSegInputError(f"modality must be MR or CT, got {modality!r}")
-    names = parse_classes(classes)
-    images = {}
-    labels_found = {}
-    for path in sorted(folder.iterdir()):
-        stem = path.name
-        if "_image" in stem:
-            images[_case_name(path)] = path
-        elif "_label" in stem or stem.endswith(".seg.nrrd"):
-            labels_found[_case_name(path)] = path
-    cases = [Case(name, image, labels_found.get(name)) for name, image in sorted(images.items())]
-    if not cases:
-        raise PairSegInputError(f"{folder}: no <case>_image.<ext> files found")
-    return Dataset(folder, cases, names, modality.upper(), list(range(1, len(names) + 1)))
-
-
-def load_case(case: Case, dataset: Dataset) -> tuple[Volume, np.ndarray]:
-    """Read and check one annotated case: (image volume, label map z, y, x uint8)."""
-    image = read_volume(case.image)
-    check_image(image)
-    if case.label is None:
-        raise PairSegInputError(f"{case.image}: case {case.name} has no label file")
-    labels, _ = read_label(case.label, class_names=dataset.class_names, reference=image)
-    if labels.shape != image.array.shape:
-        raise PairSegInputError(
-            f"{case.label}: label shape {labels.shape} differs from image shape {image.array.shape}")
-    high = int(labels.max()) if labels.size else 0
-    if labels.min() < 0 or high > dataset.num_classes:
-        raise PairSegInputError(
-            f"{case.label}: label values up to {high} but only {dataset.num_classes} classes "
-            f"{dataset.class_names} are defined")
-    return image, labels.astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pairseg.events import EventSink, _jsonable
+from pairseg.events import EventSink, jsonable
 from pairseg.errors import PairSegInputError
 
 
@@ -31,7 +31,7 @@ def run_demo(*, data: str | None, out: str, arch: str = "c2fcn", train_cases: in
     model_path = folder / "model.pairseg"
     events("message", text=f"training {arch} on {', '.join(training)} ({steps} steps at {size}x{size})")
     train(TrainConfig(data=data, out=str(model_path), arch=arch, steps=steps, size=size, batch_size=batch_size,
-                      device=device, cases=training), events)
+                      device=device, cases=training, overwrite=True), events)
 
     events("message", text=f"segmenting held-out case {held_out.name}")
     predictor = Predictor(model_path, device)
@@ -49,7 +49,7 @@ def run_demo(*, data: str | None, out: str, arch: str = "c2fcn", train_cases: in
     events("message", text=table)
     report = {"data": str(data), "arch": arch, "training_cases": training, "held_out": held_out.name,
               "model": str(model_path), "prediction": str(prediction_path), "metrics": case, "summary": summary}
-    (folder / "metrics.json").write_text(json.dumps(_jsonable(report), indent=1))
+    (folder / "metrics.json").write_text(json.dumps(jsonable(report), indent=1))
     events("done", outputs=[str(model_path), str(prediction_path), str(folder / "metrics.json")],
            mean_dice=case["mean_dice"])
     return report

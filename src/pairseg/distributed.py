@@ -92,7 +92,7 @@ class DistributedContext:
     @classmethod
     def from_environment(cls, device: str = "auto") -> "DistributedContext":
         """The context of this process: torchrun's ranks when WORLD_SIZE > 1, else one process."""
-        from pairseg.infer import resolve_device
+        from pairseg.devices import resolve_device
 
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:

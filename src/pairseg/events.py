@@ -16,17 +16,19 @@ from typing import Any, Callable, TextIO
 EventSink = Callable[..., None]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """``value`` with JSON types only: numpy/torch scalars and arrays as numbers and lists, paths as
+    strings, and non-finite floats as None (null)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if getattr(value, "ndim", 0) and hasattr(value, "tolist"):  # numpy arrays, tensors
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist())
     if hasattr(value, "item") and callable(value.item):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if hasattr(value, "__fspath__"):
         return str(value)
     return value
@@ -39,7 +41,7 @@ class JsonEvents:
         self.stream = stream or sys.stdout
 
     def __call__(self, event: str, **fields: Any) -> None:
-        record = {"event": event, "time": round(time.time(), 3), **_jsonable(fields)}
+        record = {"event": event, "time": round(time.time(), 3), **jsonable(fields)}
         self.stream.write(json.dumps(record) + "\n")
         self.stream.flush()
 

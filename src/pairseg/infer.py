@@ -17,9 +17,11 @@ import torch
 
 from pairseg.data import (Orientation, apply_window, check_image, in_plane_spacing, intensity_window, resampled_shape,
                           resize_slices, stacks_25d)
+from pairseg.constants import READABLE_IMAGE_SUFFIXES, same_class_names
+from pairseg.devices import bf16_supported, check_precision, resolve_device  # noqa: F401 (re-exported)
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.io import Volume, read_volume, write_labels, write_volume
+from pairseg.io import Volume, read_volume, write_labels, write_probabilities, write_together
 from pairseg.catalog import resolve_model
 from pairseg.modelfile import load_model
 from pairseg.postprocess import keep_largest_component
@@ -28,46 +30,7 @@ from pairseg.proxy import decode_labels
 __all__ = ["resolve_device", "predict_volume", "predict_native", "model_preprocessing", "model_grid_shape",
            "Prediction", "Predictor", "IMAGE_SUFFIXES"]
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; an unavailable device is an error."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PairSegInputError("device 'cuda' requested but no CUDA GPU is available to PyTorch")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise PairSegInputError("device 'mps' requested but Apple MPS is not available")
-    if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise PairSegInputError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
-    return torch.device(name)
-
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """Whether ``device`` runs bfloat16 natively: a CPU with oneDNN's bfloat16 path (AVX-512 BF16 or
-    AMX) or a CUDA GPU that supports it."""
-    if device.type == "cpu":
-        return bool(getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)())
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return False
-
-
-def check_precision(precision: str, device: torch.device) -> None:
-    """Refuse an unknown precision, and bf16 where the device cannot run it fast (``bf16_supported``)."""
-    if precision not in PRECISIONS:
-        raise PairSegInputError(f"unknown precision {precision!r}; use {' or '.join(PRECISIONS)}")
-    if precision == "bf16" and not bf16_supported(device):
-        raise PairSegInputError(f"precision bf16 is not supported on this {device.type} device; use fp32")
+IMAGE_SUFFIXES = READABLE_IMAGE_SUFFIXES
 
 
 def inference_memory_format(device: torch.device) -> torch.memory_format:
@@ -153,7 +116,8 @@ def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: 
     """Segment ``volume`` as stored: lay it out canonically (see ``Orientation``), normalise
     (``intensity_window`` with ``mr_rule``) and predict batch by batch (``predict_volume``, at the
     model's pixel spacing ``model_spacing`` when it has one), and return labels (Z, H, W) and
-    probabilities (Z, K, H, W) on the native grid."""
+    probabilities (Z, K, H, W) on the native grid (probabilities a view of the canonical array
+    where the layout differs: no second copy)."""
     orientation = Orientation.of(volume.direction)
     labels, probabilities = predict_volume(model, orientation.apply(volume.array), size, device,
                                            window=intensity_window(volume.array, modality, mr_rule),
@@ -162,8 +126,7 @@ def predict_native(model: torch.nn.Module, volume: Volume, modality: str, size: 
                                            model_spacing=model_spacing, events=events)
     labels = np.ascontiguousarray(orientation.invert(labels))
     if probabilities is not None:  # classes ride along as a trailing axis while axes move
-        probabilities = np.ascontiguousarray(
-            np.moveaxis(orientation.invert(np.moveaxis(probabilities, 1, -1)), -1, 1))
+        probabilities = np.moveaxis(orientation.invert(np.moveaxis(probabilities, 1, -1)), -1, 1)
     return labels, probabilities
 
 
@@ -216,7 +179,7 @@ class Predictor:
         if modality and modality.upper() != model_modality:
             raise PairSegInputError(
                 f"{self.model_path}: model was trained on {model_modality}, but the image is {modality.upper()}")
-        if classes is not None and [c.lower() for c in classes] != [c.lower() for c in self.class_names]:
+        if classes is not None and not same_class_names(classes, self.class_names):
             raise PairSegInputError(
                 f"{self.model_path}: model classes {self.class_names} differ from the requested {list(classes)}")
 
@@ -234,17 +197,20 @@ class Predictor:
 
     def segment_file(self, input_path: str | Path, output_path: str | Path, *,
                      probabilities_path: str | Path | None = None, keep_largest: bool = True,
-                     modality: str | None = None, events: EventSink = null_events) -> list[Path]:
-        """Read, segment and write one image; outputs appear only once complete."""
+                     modality: str | None = None, series_id: str | None = None,
+                     events: EventSink = null_events) -> list[Path]:
+        """Read, segment and write one image (``series_id``: the DICOM series of a folder holding
+        several). The outputs appear only once complete, and together: when one cannot be written,
+        none replaces an existing file."""
         self.check_request(modality)
-        volume = read_volume(input_path)
+        volume = read_volume(input_path, series_id)
         prediction = self.segment(volume, keep_largest=keep_largest,
                                   keep_probabilities=probabilities_path is not None, events=events)
-        written = [Path(write_labels(output_path, prediction.labels.array, volume,
-                                     class_names=prediction.class_names, colors=prediction.class_colors))]
-        if probabilities_path is not None:
-            probs = np.ascontiguousarray(np.moveaxis(prediction.probabilities, 1, -1), dtype=np.float32)  # z, y, x, K
-            written.append(Path(write_volume(probabilities_path, volume.like(probs))))
+        with write_together():
+            written = [Path(write_labels(output_path, prediction.labels.array, volume,
+                                         class_names=prediction.class_names, colors=prediction.class_colors))]
+            if probabilities_path is not None:  # streamed from the float16 array: no float32 copy
+                written.append(Path(write_probabilities(probabilities_path, prediction.probabilities, volume)))
         return written
 
 

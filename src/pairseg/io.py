@@ -18,16 +18,24 @@ Bad inputs raise :class:`pairseg.errors.PairSegInputError` naming the file and t
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
+import struct
+import tempfile
+import threading
 import uuid
+import warnings
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import PairSegInputError
+from .errors import PairSegInputError, PairSegOutputError, PairSegWarning
 
 __all__ = [
     "Volume",
@@ -40,6 +48,14 @@ __all__ = [
     "default_colors",
     "LABEL_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "GeometryWarning",
+    "dicom_series",
+    "check_output",
+    "check_distinct",
+    "remove_stale_temporaries",
+    "write_together",
+    "write_text",
+    "write_probabilities",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -86,6 +102,9 @@ class Volume:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: tuple[float, ...] = IDENTITY_DIRECTION
     path: Optional[str] = field(default=None)
+    #: A NIfTI-1 input's own qform/sform header fields, kept only where the two forms disagree,
+    #: so that NIfTI outputs written ``like`` it carry the same forms (see ``write_labels``).
+    nifti_forms: Optional[bytes] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.array = np.asarray(self.array)
@@ -121,7 +140,7 @@ class Volume:
                 f"Volume.like: array shape {array.shape} does not fit volume shape {self.shape} "
                 "((z, y, x) or (z, y, x, C) expected)"
             )
-        return Volume(array, self.spacing, self.origin, self.direction, None)
+        return Volume(array, self.spacing, self.origin, self.direction, None, self.nifti_forms)
 
     def ijk_to_lps(self) -> np.ndarray:
         """4x4 matrix taking a voxel index (i, j, k) = (x, y, z) to LPS millimetres."""
@@ -200,30 +219,361 @@ def _suffix(path: PathLike) -> str:
     return Path(name).suffix
 
 
-def _read_dicom_series(folder: Path, series_id: Optional[str]) -> sitk.Image:
+class GeometryWarning(PairSegWarning):
+    """A readable input whose geometry is ambiguous (a NIfTI whose qform and sform disagree)."""
+
+
+def _truncated(path: PathLike, detail: str) -> PairSegInputError:
+    return PairSegInputError(f"{path}: file is truncated or corrupt ({detail})")
+
+
+# ---- NIfTI: ITK's NIfTI library zero-fills a short file and replaces NaN/Inf floats by 0 -------
+
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}  # NIfTI datatype code -> numpy kind of the stored floats
+_CHUNK = 1 << 24
+
+
+def _open_data(path: Path):
+    """The file's bytes as a stream, decompressed when the file is gzip-compressed."""
+    with open(path, "rb") as handle:
+        magic = handle.read(2)
+    return gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
+
+
+# (offset, struct format) of the header fields PairSeg reads, by header size (NIfTI-1: 348, NIfTI-2: 540).
+_NIFTI_LAYOUTS = {
+    348: {"dim": (40, "8h"), "type": (70, "2h"), "pixdim": (76, "8f"), "vox_offset": (108, "f"),
+          "scaling": (112, "2f"), "codes": (252, "2h"), "quatern": (256, "6f"), "srow": (280, "12f")},
+    540: {"dim": (16, "8q"), "type": (12, "2h"), "pixdim": (104, "8d"), "vox_offset": (168, "q"),
+          "scaling": (176, "2d"), "codes": (344, "2i"), "quatern": (352, "6d"), "srow": (400, "12d")},
+}
+
+
+def _nifti_header(path: Path) -> Optional[dict]:
+    """The fields of a NIfTI-1/2 header PairSeg checks, or None when ``path`` holds no NIfTI header."""
+    try:
+        with _open_data(path) as stream:
+            raw = stream.read(540)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise _truncated(path, f"header unreadable: {exc}") from None
+    for endian in "<>":
+        size = struct.unpack_from(endian + "i", raw, 0)[0] if len(raw) >= 4 else 0
+        if size not in _NIFTI_LAYOUTS or len(raw) < size:
+            continue
+        field = {name: struct.unpack_from(endian + form, raw, offset)
+                 for name, (offset, form) in _NIFTI_LAYOUTS[size].items()}
+        dim, (datatype, bitpix), pixdim = field["dim"], field["type"], field["pixdim"]
+        vox_offset, (slope, inter), codes = int(field["vox_offset"][0]), field["scaling"], field["codes"]
+        quatern, srow, version = field["quatern"], field["srow"], 1 if size == 348 else 2
+        ndim = min(max(int(dim[0]), 0), 7)
+        count = int(np.prod([max(int(d), 1) for d in dim[1:1 + ndim]], dtype=np.int64))
+        return {"version": version, "endian": endian, "datatype": int(datatype), "vox_offset": vox_offset,
+                "nbytes": count * max(int(bitpix), 8) // 8, "pixdim": pixdim, "slope": slope, "inter": inter,
+                "qform_code": int(codes[0]), "sform_code": int(codes[1]), "quatern": quatern, "srow": srow}
+    if len(raw) < 348 and _suffix(path) in (".nii", ".nii.gz"):
+        raise _truncated(path, f"{len(raw)} bytes, shorter than a NIfTI header")
+    return None
+
+
+def _scan_nifti(path: Path, header: dict) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Check that every voxel byte is present; return (flat indices, values) of the non-finite
+    floats ITK's reader turns into 0 (values scaled as the header says), or None when there are none."""
+    kind = _NIFTI_FLOATS.get(header["datatype"])
+    dtype = np.dtype(header["endian"] + kind) if kind else None
+    need, got, position, carry = header["nbytes"], 0, 0, b""
+    indices, values = [], []
+    try:
+        with _open_data(path) as stream:
+            if len(stream.read(header["vox_offset"])) < header["vox_offset"]:
+                raise _truncated(path, "no voxel data after the header")
+            while got < need:
+                chunk = stream.read(min(_CHUNK, need - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+                if dtype is not None:
+                    buffer = carry + chunk
+                    usable = len(buffer) - len(buffer) % dtype.itemsize
+                    block = np.frombuffer(buffer, dtype, count=usable // dtype.itemsize)
+                    bad = np.flatnonzero(~np.isfinite(block))
+                    if bad.size:
+                        indices.append(bad + position)
+                        values.append(block[bad].astype(np.float64))
+                    position += block.size
+                    carry = buffer[usable:]
+            stream.read(1)  # reaches the end of a gzip stream, where its length and CRC are checked
+    except (EOFError, OSError, zlib.error) as exc:
+        raise _truncated(path, str(exc)) from None
+    if got < need:
+        raise PairSegInputError(f"{path}: file is truncated: it holds {got} of the {need} bytes of voxel data "
+                                f"its header announces ({100.0 * got / need:.1f} %)")
+    if not indices:
+        return None
+    found = np.concatenate(values)
+    slope, inter = header["slope"], header["inter"]
+    if np.isfinite(slope) and slope != 0:
+        found = found * slope + inter
+    return np.concatenate(indices), found
+
+
+def _nifti_affine_ras(header: dict, form: str) -> np.ndarray:
+    """The 4x4 voxel-to-RAS matrix of the header's qform or sform."""
+    if form == "sform":
+        return np.vstack([np.asarray(header["srow"], float).reshape(3, 4), [0, 0, 0, 1]])
+    b, c, d, *offset = (float(v) for v in header["quatern"])
+    a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
+    rotation = np.array([[a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+                         [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
+                         [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - b * b - c * c]])
+    qfac = -1.0 if header["pixdim"][0] < 0 else 1.0
+    spacing = np.abs(np.asarray(header["pixdim"][1:4], float)) * np.array([1.0, 1.0, qfac])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ np.diag(spacing)
+    matrix[:3, 3] = offset
+    return matrix
+
+
+def _corners(size: Sequence[int]) -> np.ndarray:
+    grid = np.array(np.meshgrid(*[[0, max(int(n) - 1, 0)] for n in size], indexing="ij")).reshape(3, -1)
+    return np.vstack([grid, np.ones(grid.shape[1])])
+
+
+def _check_nifti_forms(path: Path, header: dict, image: sitk.Image) -> Optional[bytes]:
+    """Warn when the qform and sform place the image differently; return the forms to keep on output."""
+    if header["qform_code"] <= 0 or header["sform_code"] <= 0:
+        return None
+    corners = _corners(image.GetSize())
+    qform, sform = (_nifti_affine_ras(header, f) @ corners for f in ("qform", "sform"))
+    gap = float(np.max(np.linalg.norm((qform - sform)[:3], axis=0)))
+    if gap <= 0.1:
+        return None
+    itk = Volume(np.zeros((1, 1, 1)), image.GetSpacing(), image.GetOrigin(), image.GetDirection()).ijk_to_lps()
+    itk = np.diag([-1.0, -1.0, 1.0, 1.0]) @ itk @ corners  # LPS -> RAS
+    used = "qform" if np.abs(itk - qform).max() <= np.abs(itk - sform).max() else "sform"
+    other = "sform" if used == "qform" else "qform"
+    warnings.warn(
+        f"{path}: the NIfTI qform and sform disagree by up to {gap:.3g} mm; PairSeg places the image by its "
+        f"{used} (as ITK does), and writes NIfTI outputs with this file's own qform and sform, but tools "
+        f"that prefer the {other} show the image elsewhere", GeometryWarning, stacklevel=3)
+    if header["version"] != 1:
+        return None
+    return struct.pack("<f2h6f12f", -1.0 if header["pixdim"][0] < 0 else 1.0, header["qform_code"],
+                       header["sform_code"], *header["quatern"], *header["srow"])
+
+
+def _patch_nifti_forms(path: str, forms: bytes) -> None:
+    """Put a NIfTI-1 input's own qform/sform (see ``_check_nifti_forms``) into a file ITK just wrote."""
+    source = Path(path)
+    header = _nifti_header(source)
+    if header is None or header["version"] != 1 or header["endian"] != "<":
+        return
+    with _open_data(source) as stream:
+        first = bytearray(stream.read(348))
+        first[76:80], first[252:328] = forms[:4], forms[4:]
+        if not path.endswith(".gz"):
+            with open(source, "r+b") as out:
+                out.write(bytes(first))
+            return
+        patched = source.with_name(source.name + ".forms")
+        try:
+            with gzip.open(patched, "wb", compresslevel=6) as out:
+                out.write(bytes(first))
+                for chunk in iter(lambda: stream.read(_CHUNK), b""):
+                    out.write(chunk)
+        except BaseException:
+            patched.unlink(missing_ok=True)
+            raise
+    os.replace(patched, source)
+
+
+# ---- MetaImage: ITK's reader fails on a short file with an unrelated errno text ---------------
+
+_MET_SIZES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
+              "MET_DOUBLE": 8}
+
+
+def _metaimage_problem(path: Path) -> Optional[str]:
+    """Why a MetaImage (.mha/.mhd) cannot be read whole (missing or short data), or None."""
+    fields: dict[str, str] = {}
+    with open(path, "rb") as handle:
+        for line in iter(handle.readline, b""):
+            key, _, value = line.decode("latin-1").partition("=")
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                data_start = handle.tell()
+                break
+        else:
+            return "truncated or malformed: the file ends inside its header (no ElementDataFile line)"
+    try:
+        count = int(np.prod([int(v) for v in fields.get("DimSize", "").split()], dtype=np.int64))
+        count *= int(fields.get("ElementNumberOfChannels", "1")) * _MET_SIZES[fields.get("ElementType", "")]
+    except (KeyError, ValueError):
+        return None
+    name = fields["ElementDataFile"]
+    if name == "LOCAL":
+        data, offset = path, data_start
+    elif " " in name or name.upper() == "LIST":
+        return None
+    else:
+        data, offset = path.parent / name, 0
+        if not data.is_file():
+            return f"its data file {data} does not exist"
+    if fields.get("CompressedData", "False").lower() == "true":
+        inflate, produced = zlib.decompressobj(), 0
+        with open(data, "rb") as handle:
+            handle.seek(offset)
+            try:
+                for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                    produced += len(inflate.decompress(chunk))
+            except zlib.error as exc:
+                return f"truncated or corrupt: {exc}"
+        if not inflate.eof or produced < count:
+            return f"truncated: the compressed voxel data ends after {produced} of {count} bytes"
+        return None
+    present = data.stat().st_size - offset
+    if present < count:
+        return f"truncated: it holds {present} of the {count} bytes of voxel data its header announces"
+    return None
+
+
+def _nrrd_problem(path: Path) -> Optional[str]:
+    """"truncated" when a NRRD file ends inside its header (before the blank line that ends it)."""
+    with open(path, "rb") as handle:
+        start = handle.read(1 << 20)
+    if start.startswith(b"NRRD") and b"\n\n" not in start and b"\r\n\r\n" not in start \
+            and b"data file:" not in start and b"datafile:" not in start:
+        return f"truncated: the file ends inside its header, after {len(start)} bytes"
+    return None
+
+
+# Messages of ITK's NRRD and MetaImage readers (and pynrrd) for a file whose data ends early.
+_SHORT_DATA = ("fread got only", "but received", "not read completely", "data not read",
+               "Size of the data does not equal", "Compressed file ended", "unexpected end of file", "hit end of header")
+
+
+def _read_failure(path: Path, exc: BaseException, what: str = "image") -> PairSegInputError:
+    """The input error for a reader failure: "truncated" where the file's data ends early."""
+    if _suffix(path) in (".mha", ".mhd"):
+        problem = _metaimage_problem(path)
+        if problem:
+            return PairSegInputError(f"{path}: MetaImage {problem}")
+    if _suffix(path) in (".nrrd", ".seg.nrrd"):
+        problem = _nrrd_problem(path)
+        if problem:
+            return PairSegInputError(f"{path}: NRRD file {problem}")
+    text = str(exc)
+    if any(marker.lower() in text.lower() for marker in _SHORT_DATA):
+        return _truncated(path, _first_line(exc))
+    return PairSegInputError(f"{path}: cannot read {what} ({_first_line(exc)})")
+
+
+# ---- DICOM ----------------------------------------------------------------------------------
+
+
+def dicom_series(folder: PathLike) -> list[dict]:
+    """The DICOM series in ``folder``: one dict per series with ``uid``, ``description`` (tag
+    0008|103E, may be empty) and ``files`` (sorted by slice position, as GDCM orders them).
+
+    Raises PairSegInputError when the folder cannot be scanned.
+    """
     reader = sitk.ImageSeriesReader()
     try:
         ids = list(reader.GetGDCMSeriesIDs(str(folder)))
     except RuntimeError as exc:
         raise PairSegInputError(f"{folder}: cannot scan folder for DICOM series ({_first_line(exc)})") from None
-    if not ids:
+    series = []
+    for uid in ids:
+        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+        description = ""
+        info = sitk.ImageFileReader()
+        info.SetFileName(files[0])
+        try:
+            info.ReadImageInformation()
+            if info.HasMetaDataKey("0008|103e"):
+                description = info.GetMetaData("0008|103e").strip()
+        except RuntimeError:
+            pass
+        series.append({"uid": uid, "description": description, "files": files})
+    return series
+
+
+def _series_table(series: Sequence[dict]) -> str:
+    return "; ".join(f"{s['uid'] or '(no UID)'} {s['description']!r} ({len(s['files'])} slices)" for s in series)
+
+
+def _unlisted_dicom_files(folder: Path, series: Sequence[dict]) -> list[Path]:
+    """Files that start like DICOM (the "DICM" mark) yet belong to no series: GDCM drops a truncated
+    or corrupt slice from its series without a word."""
+    listed = {os.path.normcase(os.path.abspath(f)) for s in series for f in s["files"]}
+    found = []
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.name.upper() == "DICOMDIR" or os.path.normcase(str(path.absolute())) in listed:
+            continue
+        with open(path, "rb") as handle:
+            if handle.read(132)[128:132] == b"DICM":
+                found.append(path)
+    return found
+
+
+def _check_slice_positions(folder: Path, series_id: str, files: Sequence[str], reader: sitk.ImageSeriesReader,
+                           image: sitk.Image) -> None:
+    """Refuse a series whose slices are not evenly spaced: ITK would lay them on a uniform grid."""
+    positions = []
+    for i in range(len(files)):
+        if not reader.HasMetaDataKey(i, "0020|0032"):
+            return  # positions unknown (multi-frame or secondary capture): nothing to compare
+        try:
+            positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
+        except ValueError:
+            return
+    if len(positions) < 3:
+        return
+    normal = np.asarray(image.GetDirection(), float).reshape(3, 3)[:, 2]
+    steps = np.diff(np.asarray(positions) @ normal)
+    typical = float(np.median(np.abs(steps)))
+    worst = int(np.argmax(np.abs(np.abs(steps) - typical)))
+    if typical > 0 and abs(abs(steps[worst]) - typical) <= max(0.01 * typical, 1e-3):
+        return
+    name = series_id or "(no UID)"
+    raise PairSegInputError(
+        f"{folder}: DICOM series {name} has non-uniform slice spacing: slices {worst} and {worst + 1} "
+        f"({Path(files[worst]).name}, {Path(files[worst + 1]).name}) are {abs(steps[worst]):.4g} mm apart "
+        f"where the others are {typical:.4g} mm (a missing or duplicated slice?); PairSeg does not "
+        "place slices on a uniform grid they do not lie on")
+
+
+def _read_dicom_series(folder: Path, series_id: Optional[str]) -> sitk.Image:
+    series = dicom_series(folder)
+    if not series:
         raise PairSegInputError(f"{folder}: folder holds no DICOM series (and is not an image file)")
     if series_id is None:
-        if len(ids) > 1:
+        if len(series) > 1:
             raise PairSegInputError(
-                f"{folder}: folder holds {len(ids)} DICOM series ({', '.join(ids)}); choose one with series_id"
-            )
-        series_id = ids[0]
-    elif series_id not in ids:
-        raise PairSegInputError(f"{folder}: no DICOM series {series_id} (found {', '.join(ids)})")
-    files = reader.GetGDCMSeriesFileNames(str(folder), series_id)
+                f"{folder}: folder holds {len(series)} DICOM series; choose one with --series UID "
+                f"(series_id in the engine): {_series_table(series)}")
+        chosen = series[0]
+    else:
+        matches = [s for s in series if s["uid"] == series_id]
+        if not matches:
+            raise PairSegInputError(f"{folder}: no DICOM series {series_id}; found {_series_table(series)}")
+        chosen = matches[0]
+    unlisted = _unlisted_dicom_files(folder, series)
+    if unlisted:
+        names = ", ".join(p.name for p in unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
+        raise PairSegInputError(f"{folder}: {len(unlisted)} DICOM file(s) belong to no readable series, "
+                                f"truncated or corrupt: {names}")
+    series_id, files = chosen["uid"], chosen["files"]
+    reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        raise PairSegInputError(f"{folder}: cannot read DICOM series {series_id} ({_first_line(exc)})") from None
+        raise _read_failure(folder, exc, f"DICOM series {series_id}") from None
     if image.GetDimension() == 2 or (image.GetDimension() == 3 and len(files) == 1 and image.GetSize()[2] == 1):
         raise PairSegInputError(f"{folder}: DICOM series {series_id} has a single slice; a 3D volume is needed")
+    _check_slice_positions(folder, series_id, files, reader, image)
     return image
 
 
@@ -233,18 +583,33 @@ def _first_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _read_image(path: PathLike, series_id: Optional[str] = None) -> sitk.Image:
-    """Read a 3D scalar image (file or DICOM folder), raising PairSegInputError on any problem."""
+def _read_image(path: PathLike, series_id: Optional[str] = None) -> tuple[sitk.Image, Optional[bytes]]:
+    """Read a 3D scalar image (file or DICOM folder), raising PairSegInputError on any problem.
+
+    Returns the image and, for a NIfTI whose qform and sform disagree, the forms to write back.
+    """
     p = Path(path)
     if not p.exists():
         raise PairSegInputError(f"{p}: file not found")
+    forms = None
     if p.is_dir():
         image = _read_dicom_series(p, series_id)
     else:
+        header = _nifti_header(p) if _suffix(p) in (".nii", ".nii.gz") else None
+        nonfinite = _scan_nifti(p, header) if header is not None else None
         try:
             image = sitk.ReadImage(str(p))
         except RuntimeError as exc:
-            raise PairSegInputError(f"{p}: cannot read image ({_first_line(exc)})") from None
+            raise _read_failure(p, exc) from None
+        if nonfinite is not None and image.GetNumberOfComponentsPerPixel() == 1:
+            array = sitk.GetArrayFromImage(image)  # put back what the NIfTI library set to 0
+            if np.issubdtype(array.dtype, np.floating):
+                array.reshape(-1)[nonfinite[0]] = nonfinite[1]
+                restored = sitk.GetImageFromArray(array)
+                restored.CopyInformation(image)
+                image = restored
+        if header is not None and image.GetDimension() == 3:
+            forms = _check_nifti_forms(p, header, image)
     dim = image.GetDimension()
     if dim != 3:
         raise PairSegInputError(f"{p}: image is {dim}D (size {image.GetSize()}); a 3D volume is needed")
@@ -253,7 +618,7 @@ def _read_image(path: PathLike, series_id: Optional[str] = None) -> sitk.Image:
             f"{p}: image has {image.GetNumberOfComponentsPerPixel()} components per voxel "
             "(4D, vector or colour image); a scalar 3D volume is needed"
         )
-    return image
+    return image, forms
 
 
 def read_volume(path: PathLike, series_id: Optional[str] = None) -> Volume:
@@ -261,7 +626,10 @@ def read_volume(path: PathLike, series_id: Optional[str] = None) -> Volume:
 
     ``series_id`` picks one series when a DICOM folder holds several.
     """
-    return Volume.from_sitk(_read_image(path, series_id), path, dtype=np.float32)
+    image, forms = _read_image(path, series_id)
+    volume = Volume.from_sitk(image, path, dtype=np.float32)
+    volume.nifti_forms = forms
+    return volume
 
 
 def _label_dtype(max_value: int) -> type:
@@ -325,7 +693,7 @@ def read_label_volume(
     """
     if _suffix(path) == ".seg.nrrd":
         return _read_segmentation(path, class_names, reference)
-    image = _read_image(path)
+    image, _ = _read_image(path)
     labels_volume = Volume.from_sitk(image, path)
     labels = _check_integral_labels(labels_volume.array, path)
     if reference is not None:
@@ -372,7 +740,7 @@ def _read_segmentation(
     try:
         seg = slicerio.read_segmentation(str(p))
     except Exception as exc:  # slicerio / pynrrd raise assorted types
-        raise PairSegInputError(f"{p}: cannot read Slicer segmentation ({exc})") from None
+        raise _read_failure(p, exc, "Slicer segmentation") from None
     voxels = seg.get("voxels")
     if voxels is None or voxels.ndim not in (3, 4):
         shape = None if voxels is None else voxels.shape
@@ -467,21 +835,200 @@ def _place_into(labels: Volume, reference: Volume, tol: float = 1e-4) -> np.ndar
 # --------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: PathLike, write: Callable[[str], None]) -> str:
-    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _temporary_name(target: Path) -> Path:
     suffix = _suffix(target)
     stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
-    tmp = target.parent / f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}"
+    return target.parent / f".{stem}.tmp-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def _temporary_patterns(target: Path) -> list[re.Pattern]:
+    """Names of the temporaries an interrupted write of ``target`` can leave: ``_atomic_write``'s
+    ``.<stem>.tmp-<8 hex><suffix>`` (plus ``.forms`` while NIfTI forms are put back) and
+    ``modelfile.atomic_torch_save``'s ``.<name>.<8 random>.tmp`` (``tempfile.mkstemp``)."""
+    suffix = _suffix(target)
+    stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
+    return [re.compile(re.escape(f".{stem}.tmp-") + "[0-9a-f]{8}" + re.escape(suffix) + r"(\.forms)?"),
+            re.compile(re.escape(f".{target.name}.") + "[A-Za-z0-9_]{8}" + re.escape(".tmp"))]
+
+
+def remove_stale_temporaries(path: PathLike) -> list[Path]:
+    """Delete the temporary files an earlier, killed write of ``path`` left beside it; returns them.
+
+    Only names that PairSeg's own atomic writes give a temporary of exactly this output match, so
+    no other file is touched (a concurrent writer of the same output would lose its temporary).
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        return []
+    patterns = _temporary_patterns(target)
+    removed = []
+    for entry in target.parent.iterdir():
+        if any(p.fullmatch(entry.name) for p in patterns) and entry.is_file():
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError:
+                pass  # another process's, or not ours to delete: leave it
+    return removed
+
+
+def check_output(path: PathLike, suffixes: Optional[Sequence[str]] = None, what: str = "output",
+                 folder: bool = False) -> Path:
+    """Refuse an output location before any work is done; return it as a Path.
+
+    ``suffixes``: the accepted file types (``_suffix`` rules: ".nii.gz", ".seg.nrrd" are one
+    suffix). A file output must not be an existing folder; a ``folder`` output must not be an
+    existing file. The nearest existing ancestor must be a folder in which a file can be
+    created (tried for real, so read-only mounts, permissions and ACLs all count); missing
+    folders below it are created by the write. Raises PairSegOutputError naming ``path``.
+    """
+    target = Path(path)
+    if not folder and suffixes is not None and _suffix(target) not in suffixes:
+        raise PairSegOutputError(f"{target}: unsupported {what} file type {_suffix(target) or '(none)'!r}; "
+                                 f"use one of {', '.join(suffixes)}")
+    if folder and target.exists() and not target.is_dir():
+        raise PairSegOutputError(f"{target}: {what} folder is an existing file")
+    if not folder and target.is_dir():
+        raise PairSegOutputError(f"{target}: {what} is an existing folder; give a file name")
+    ancestor = target if folder else target.parent
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise PairSegOutputError(f"{target}: cannot write {what}: {ancestor} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".pairseg-write-test-", dir=ancestor)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PairSegOutputError(f"{target}: cannot write {what} in {ancestor} ({exc.strerror or exc})") from None
+    return target
+
+
+def check_distinct(inputs: Sequence[Optional[PathLike]], outputs: Sequence[tuple[str, Optional[PathLike]]]) -> None:
+    """Refuse an output that is (or resolves to, through links or ``..``) an input or another output.
+
+    ``outputs`` are (option name, path) pairs, for the message; None entries are skipped.
+    """
+    def key(p: PathLike) -> str:
+        return os.path.normcase(os.path.realpath(p))
+
+    seen: dict[str, str] = {}
+    input_keys = {key(p): str(p) for p in inputs if p is not None}
+    for option, path in outputs:
+        if path is None:
+            continue
+        k = key(path)
+        if k in input_keys:
+            raise PairSegOutputError(f"{path}: {option} is the input {input_keys[k]}; it would be overwritten")
+        if k in seen:
+            raise PairSegOutputError(f"{path}: {option} is the same file as {seen[k]}")
+        seen[k] = option
+
+
+class _Transaction(threading.local):
+    pending: Optional[list] = None
+
+
+_transaction = _Transaction()
+
+
+@contextmanager
+def write_together() -> Iterator[None]:
+    """Within the block, writes (``write_labels``, ``write_volume``) go to temporary files; when the
+    block ends without error they replace their destinations together, else none does.
+
+    Destinations that existed are moved aside first and put back if any rename fails, so a
+    failing later output never leaves an earlier one replaced.
+    """
+    if _transaction.pending is not None:  # nested: the outer block commits
+        yield
+        return
+    _transaction.pending = []
+    try:
+        yield
+        pending, _transaction.pending = _transaction.pending, None
+        _commit(pending)
+    except BaseException:
+        for tmp, _ in _transaction.pending or []:
+            _remove_quietly(tmp)
+        raise
+    finally:
+        _transaction.pending = None
+
+
+def _remove_quietly(path: Path) -> None:
+    """Delete a temporary; a failure here must never replace the error being reported."""
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
+def _commit(pending: list) -> None:
+    backups: list[tuple[Path, Path]] = []
+    done: list[Path] = []
+    try:
+        for tmp, target in pending:
+            if target.exists():
+                backup = _temporary_name(target)
+                os.replace(target, backup)
+                backups.append((backup, target))
+            os.replace(tmp, target)
+            done.append(target)
+    except OSError as exc:
+        for target in done:
+            _remove_quietly(target)
+        for backup, target in backups:
+            try:
+                os.replace(backup, target)
+            except OSError:
+                pass
+        for tmp, _ in pending:
+            _remove_quietly(tmp)
+        name = getattr(exc, "filename", None) or pending[0][1]
+        raise PairSegOutputError(f"{_user_path(str(name), pending)}: cannot write output ({exc.strerror or exc}); "
+                                 "no output of this case was replaced") from None
+    for backup, _ in backups:
+        _remove_quietly(backup)
+
+
+def _user_path(name: str, pending: Sequence[tuple[Path, Path]]) -> str:
+    for tmp, target in pending:
+        if name in (str(tmp), str(target)):
+            return str(target)
+    return name
+
+
+def _atomic_write(path: PathLike, write: Callable[[str], None]) -> str:
+    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path`` (inside
+    ``write_together``, the rename waits for the block's end).
+
+    A writer's failure (OSError, or SimpleITK's RuntimeError) becomes PairSegOutputError naming
+    ``path``, never the temporary; the temporary is removed, and a failure to remove it does not
+    hide the original error.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise PairSegOutputError(f"{target}: output is an existing folder; give a file name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PairSegOutputError(f"{target}: cannot create its folder ({exc.strerror or exc})") from None
+    tmp = _temporary_name(target)
     try:
         write(str(tmp))
-        os.replace(tmp, target)
+        if _transaction.pending is not None:
+            _transaction.pending.append((tmp, target))
+        else:
+            os.replace(tmp, target)
+    except (OSError, RuntimeError) as exc:
+        _remove_quietly(tmp)
+        text = (getattr(exc, "strerror", None) if isinstance(exc, OSError) else None) or _first_line(exc)
+        raise PairSegOutputError(f"{target}: cannot write output ({text.replace(str(tmp), str(target))})") from exc
     except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
+        _remove_quietly(tmp)
         raise
     return str(target)
 
@@ -527,7 +1074,7 @@ def write_labels(
         return _atomic_write(path, lambda tmp: _write_segmentation(tmp, labels, like, names, rgb))
 
     volume = like.like(labels)
-    return _atomic_write(path, lambda tmp: sitk.WriteImage(volume.to_sitk(), tmp, True))
+    return _atomic_write(path, lambda tmp: _write_image(tmp, volume))
 
 
 def _write_segmentation(
@@ -564,10 +1111,100 @@ def _write_segmentation(
     slicerio.write_segmentation(tmp, segmentation)
 
 
+def write_probabilities(path: PathLike, probabilities: np.ndarray, like: Volume) -> str:
+    """Write per-class probabilities (Z, K, H, W) on ``like``'s grid as a float32 vector image with
+    K components (.nii/.nii.gz, .nrrd or .mha), atomically.
+
+    The file is the one ``write_volume(path, like.like(probabilities moved to (Z, H, W, K), as
+    float32))`` writes, but it is streamed a slab of slices at a time from ``probabilities`` as it
+    is (float16, any strides), so no full float32 copy is ever held: the memory beyond the array
+    itself is one slab (about 16 MB). Compressed at zlib level 1: Python's zlib at level 6 took
+    4x longer than ITK's writer on a 512x512x300 CT's maps, level 1 is faster than ITK's, for a
+    file 1.5x the size of ITK's (447 vs 291 MB for an untrained model's maps of 4 classes).
+    Raises PairSegOutputError naming ``path`` when it cannot be written.
+    """
+    suffix = _suffix(path)
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image file type {suffix!r}; use one of {IMAGE_SUFFIXES}")
+    if probabilities.ndim != 4 or (probabilities.shape[0],) + probabilities.shape[2:] != like.array.shape[:3]:
+        raise ValueError(f"{path}: probabilities {probabilities.shape} do not fit the grid {like.shape} as (Z, K, H, W)")
+    return _atomic_write(path, lambda tmp: _stream_vector_image(tmp, probabilities, like))
+
+
+def _stream_vector_image(tmp: str, probabilities: np.ndarray, like: Volume) -> None:
+    depth, classes, height, width = probabilities.shape
+    # The header as SimpleITK writes it for this geometry and component count; only sizes change.
+    tiny = Volume(np.zeros((1, 1, 1, classes), np.float32), like.spacing, like.origin, like.direction,
+                  nifti_forms=like.nifti_forms)
+    _write_image(tmp, tiny)
+    with _open_data(Path(tmp)) as stream:
+        template = stream.read()
+    step = max(1, _CHUNK // (classes * height * width * 4))
+    suffix = _suffix(tmp)
+
+    def slabs(component_last: bool) -> Iterator[bytes]:
+        if component_last:  # NRRD, MetaImage: components vary fastest
+            for z in range(0, depth, step):
+                yield np.ascontiguousarray(np.moveaxis(probabilities[z:z + step], 1, -1), dtype="<f4").tobytes()
+        else:  # NIfTI (ITK's layout): one whole volume per component
+            for k in range(classes):
+                for z in range(0, depth, step):
+                    yield np.ascontiguousarray(probabilities[z:z + step, k], dtype="<f4").tobytes()
+
+    if suffix in (".nii", ".nii.gz"):
+        header = bytearray(template[:int(struct.unpack_from("<f", template, 108)[0])])
+        struct.pack_into("<3h", header, 42, width, height, depth)
+        with (gzip.open(tmp, "wb", compresslevel=1) if suffix == ".nii.gz" else open(tmp, "wb")) as out:
+            out.write(bytes(header))
+            for block in slabs(False):
+                out.write(block)
+    elif suffix == ".nrrd":
+        text = template[:template.index(b"\n\n") + 2].decode("latin-1")
+        text = re.sub(r"(?m)^sizes: .*$", f"sizes: {classes} {width} {height} {depth}", text)
+        with open(tmp, "wb") as out:
+            out.write(text.encode("latin-1"))
+            with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as packed:
+                for block in slabs(True):
+                    packed.write(block)
+    else:  # MetaImage: the header gives the compressed size, so the data goes to a side file first
+        with open(tmp, "rb") as handle:
+            lines = handle.read().split(b"ElementDataFile = LOCAL\n")[0].decode("latin-1")
+        data = tmp + ".data"
+        try:
+            deflate, size = zlib.compressobj(1), 0
+            with open(data, "wb") as side:
+                for block in slabs(True):
+                    chunk = deflate.compress(block)
+                    size += len(chunk)
+                    side.write(chunk)
+                chunk = deflate.flush()
+                size += len(chunk)
+                side.write(chunk)
+            lines = re.sub(r"(?m)^DimSize = .*$", f"DimSize = {width} {height} {depth}", lines)
+            lines = re.sub(r"(?m)^CompressedDataSize = .*$", f"CompressedDataSize = {size}", lines)
+            with open(tmp, "wb") as out, open(data, "rb") as side:
+                out.write((lines + "ElementDataFile = LOCAL\n").encode("latin-1"))
+                for chunk in iter(lambda: side.read(_CHUNK), b""):
+                    out.write(chunk)
+        finally:
+            _remove_quietly(Path(data))
+
+
+def write_text(path: PathLike, text: str) -> str:
+    """Write a UTF-8 text file (a JSON report ...) atomically, like the image writers."""
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def write_volume(path: PathLike, volume: Volume) -> str:
     """Write an image (float or integer; a 4D (z, y, x, C) array as a vector image) atomically."""
     suffix = _suffix(path)
     if suffix not in IMAGE_SUFFIXES:
         raise ValueError(f"{path}: unsupported image file type {suffix!r}; use one of {IMAGE_SUFFIXES}")
-    image = volume.to_sitk()
-    return _atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, True))
+    return _atomic_write(path, lambda tmp: _write_image(tmp, volume))
+
+
+def _write_image(tmp: str, volume: Volume) -> None:
+    """Write ``volume`` compressed; a NIfTI gets the forms of the NIfTI it was read ``like``."""
+    sitk.WriteImage(volume.to_sitk(), tmp, True)
+    if volume.nifti_forms is not None and _suffix(tmp) in (".nii", ".nii.gz"):
+        _patch_nifti_forms(tmp, volume.nifti_forms)

@@ -14,10 +14,11 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from pairseg.constants import DEFAULT_OFFSETS, PAIR_MODES
+
 __all__ = ["MODES", "default_offsets", "sample_pairs"]
 
-MODES = ("intra", "inter", "intra+inter", "identical")
-_OFFSETS = {"MR": (3, 5, 7), "CT": (5, 9, 13)}
+MODES = PAIR_MODES
 
 VolumeSpec = Union[int, Sequence[int], np.ndarray]
 
@@ -26,9 +27,9 @@ def default_offsets(modality: str) -> Tuple[int, ...]:
     """Intra-patient axial offsets used in the paper: (3, 5, 7) for MR (CHAOS), (5, 9, 13) for CT (LiTS)."""
     key = str(modality).strip().upper()
     key = "MR" if key in ("MRI", "MR") else key
-    if key not in _OFFSETS:
+    if key not in DEFAULT_OFFSETS:
         raise ValueError(f"unknown modality {modality!r}; expected 'MR' or 'CT'")
-    return _OFFSETS[key]
+    return DEFAULT_OFFSETS[key]
 
 
 def _is_int(x: object) -> bool:

@@ -62,7 +62,7 @@ def write_png(path: Path, rgb: np.ndarray) -> Path:
 def predicted_and_xor(model_path: str, image_a: Volume, slice_a: int, image_b: Volume, slice_b: int,
                       device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """A pairwise model's AND and XOR probability maps (max over classes) on slice A's grid."""
-    from pairseg.infer import resolve_device
+    from pairseg.devices import resolve_device
     from pairseg.catalog import resolve_model
     from pairseg.modelfile import load_model
 

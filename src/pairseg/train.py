@@ -15,26 +15,28 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from pairseg import __version__
-from pairseg.augment import AugmentConfig, augment_batch
+from pairseg.augment import augment_batch
+from pairseg.config import AugmentConfig, TrainConfig
+from pairseg.constants import CHECKPOINT_SUFFIX, DEFAULT_ARCHITECTURE, MODEL_SUFFIX, TRAIN_PRECISIONS, same_class_names
 from pairseg.data import (CT_WINDOW, MR_PERCENTILES, Dataset, Orientation, SliceStore, default_spacing,
                           in_plane_spacing, load_case, load_dataset)
 from pairseg.distributed import DistributedContext, tensor_digest
-from pairseg.errors import PairSegInputError
+from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.events import EventSink, null_events
-from pairseg.infer import PRECISIONS, check_precision, model_preprocessing, predict_native
+from pairseg.devices import check_precision
+from pairseg.infer import model_preprocessing, predict_native
 from pairseg.io import default_colors
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
@@ -43,70 +45,9 @@ from pairseg.modelfile import atomic_torch_save, load_model, safe_torch_load, sa
 from pairseg.networks import build_model
 from pairseg.pairs import default_offsets, sample_pairs
 
-__all__ = ["TrainConfig", "TrainResult", "train", "checkpoint_path"]
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on (the CLI's ``pairseg train`` options)."""
-
-    data: str
-    out: str
-    arch: str | None = None  # None: the --init-from model's, else "c2fcn"
-    epochs: int | None = None
-    steps: int | None = None
-    size: int = 256
-    spacing: float | None = None  # in-plane pixel spacing (mm) of the model; None: chosen (default_spacing)
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 5e-4
-    device: str = "auto"
-    seed: int = 0
-    val: str | None = None
-    val_fraction: float = 0.0
-    resume: bool = False
-    init_from: str | None = None
-    cross_modality: bool = False  # fine-tune an init_from model of another modality (refused by default)
-    classes: str | None = None
-    modality: str | None = None
-    cases: list[str] | None = None
-    pair_mode: str = "intra+inter"
-    offsets: list[int] | None = None
-    inter_repeats: int = 2
-    margin: int | None = None
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    output_stride: int = 8
-    aggregate: str = "sum"
-    readout: str | None = None  # C2FCN read-out of f(x, x); None: see model_readout()
-    base: str = "deeplabv3plus"
-    amp: bool = True  # CUDA mixed precision when precision is "auto"
-    precision: str = "auto"  # "auto" (CUDA: AMP; elsewhere fp32), "fp32", or "bf16" (bfloat16 autocast)
-    channels_last: bool = False
-    sync_batchnorm: bool = False
-    stop_file: str | None = None
-    validate_every: int = 1
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def model_readout(self) -> str:
-        """The C2FCN read-out: ``readout`` when given; otherwise "union" (AND or XOR of f(x, x)),
-        except for identical pairs, whose XOR channels are never shown a foreground pixel and so
-        carry nothing to read ("and")."""
-        if self.readout is not None:
-            return self.readout
-        return "and" if self.pair_mode == "identical" else "union"
-
-    def model_options(self, arch: str) -> dict:
-        """``build_model`` options of a new ``arch`` network from this configuration."""
-        uses_deeplab = arch == "deeplabv3plus" or (arch != "unet" and self.base == "deeplabv3plus")
-        options = {"output_stride": self.output_stride} if uses_deeplab else {}
-        if arch == "c2fcn":
-            options["aggregate"] = self.aggregate
-            options["readout"] = self.model_readout()
-        if arch in ("c2fcn", "cfcn", "siamfcn") and self.base != "deeplabv3plus":
-            options["base"] = self.base
-        return options
+__all__ = ["TrainConfig", "AugmentConfig", "TrainResult", "train", "checkpoint_path", "EpochPlan", "batch_iterator",
+           "prepare_batch", "TrainingData", "load_training_data", "build_training_model", "training_budget",
+           "TrainingState", "EpochResult", "TrainingLoop", "model_metadata"]
 
 
 @dataclass
@@ -119,14 +60,11 @@ class TrainResult:
     validation: dict | None
 
 
-TRAIN_PRECISIONS = ("auto",) + PRECISIONS
-
-
 def training_autocast(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
     """(autocast enabled, dtype) of the forward pass. ``precision="auto"``: CUDA mixed precision
     (bfloat16 where the GPU has it, else float16 with a gradient scaler) unless ``amp`` is off, and
     fp32 elsewhere; ``"bf16"``: bfloat16 autocast on any device with a native bfloat16 path
-    (``infer.bf16_supported``: AVX-512 BF16/AMX CPUs, Ampere or newer GPUs), refused elsewhere;
+    (``devices.bf16_supported``: AVX-512 BF16/AMX CPUs, Ampere or newer GPUs), refused elsewhere;
     ``"fp32"``: no autocast."""
     if config.precision not in TRAIN_PRECISIONS:
         raise PairSegInputError(f"unknown precision {config.precision!r}; use one of {', '.join(TRAIN_PRECISIONS)}")
@@ -144,8 +82,34 @@ def _as_float32(outputs):
     return outputs.float()
 
 
+def check_output_location(config: TrainConfig) -> Path:
+    """Refuse a run's model file location before any data is loaded, and clear what a killed run
+    left; returns the model path.
+
+    ``config.out`` must be a writable ``.pairseg`` file location (not a folder), as must its
+    checkpoint ``<out>.ckpt``. Without ``resume`` or ``overwrite``, an existing model or an earlier
+    run's checkpoint is refused (it would be replaced silently); with ``overwrite`` the new run
+    replaces them as it writes its own. Stale temporaries of both files (from a write killed half
+    way) are removed. Raises ``PairSegOutputError`` (a ``PairSegInputError``) naming the path.
+    """
+    from pairseg.io import check_output, remove_stale_temporaries
+
+    model = check_output(config.out, (MODEL_SUFFIX,), "model")
+    ckpt = check_output(checkpoint_path(model), None, "checkpoint")
+    if not config.resume and not config.overwrite:
+        if model.exists():
+            raise PairSegOutputError(f"{model}: model file exists; pass --overwrite to replace it "
+                                     "(or choose another --out)")
+        if ckpt.exists():
+            raise PairSegOutputError(f"{ckpt}: an earlier run's checkpoint exists; --resume continues it, "
+                                     "--overwrite starts afresh and replaces it")
+    for path in (model, ckpt):
+        remove_stale_temporaries(path)
+    return model
+
+
 def checkpoint_path(model_path: str | Path) -> Path:
-    return Path(str(model_path) + ".ckpt")
+    return Path(str(model_path) + CHECKPOINT_SUFFIX)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,7 +125,7 @@ def _split_cases(dataset: Dataset, config: TrainConfig) -> tuple[Dataset, Datase
             raise PairSegInputError(f"{dataset.folder}: no case named {', '.join(missing)}")
     if config.val:
         val_set = load_dataset(config.val, config.classes, dataset.modality)
-        if [n.lower() for n in val_set.class_names] != [n.lower() for n in dataset.class_names]:
+        if not same_class_names(val_set.class_names, dataset.class_names):
             raise PairSegInputError(f"{config.val}: validation classes {val_set.class_names} differ "
                                     f"from training classes {dataset.class_names}")
         return train_set, val_set
@@ -186,9 +150,7 @@ def _input_grid(config: TrainConfig, volumes, init_meta: dict | None, modality: 
     previous = model_preprocessing(init_meta) if init_meta is not None else None
     same_modality = previous is not None and str(init_meta["modality"]).upper() == modality
     mr_rule = previous["mr_rule"] if same_modality else "above-minimum"
-    if config.spacing is not None:
-        if config.spacing <= 0:
-            raise PairSegInputError(f"--spacing must be positive, got {config.spacing}")
+    if config.spacing is not None:  # TrainConfig.check: > 0
         return float(config.spacing), mr_rule
     if previous is not None and previous["model_spacing"]:
         return previous["model_spacing"], mr_rule
@@ -271,7 +233,7 @@ def prepare_batch(plan: EpochPlan, store: SliceStore, rows: np.ndarray, config: 
     return augment_batch([x], [y], config.augment, generator)
 
 
-def _batch_iterator(plan: EpochPlan, store: SliceStore, batches: list[np.ndarray], first_step: int,
+def batch_iterator(plan: EpochPlan, store: SliceStore, batches: list[np.ndarray], first_step: int,
                     config: TrainConfig, device: torch.device, rank: int, stop: threading.Event
                     ) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
     """Gather and augment batches in a background thread, one or two ahead of the network."""
@@ -381,7 +343,14 @@ def _read_checkpoint(ckpt_file: Path, signature: dict) -> dict:
 
 
 def train(config: TrainConfig, events: EventSink = null_events) -> TrainResult:
-    """Train a model as ``config`` says and write the model file; returns a summary."""
+    """Train a model as ``config`` says and write the model file; returns a summary.
+
+    ``config`` is checked (``TrainConfig.check``) and never changed. Events: ``message``,
+    ``start``, ``progress`` (every step), ``validation``, ``epoch``, ``checkpoint``, then ``done``
+    or ``stopped``. Raises ``PairSegInputError`` for bad settings or data, before any training.
+    """
+    config.check()
+    check_output_location(config)
     dist = DistributedContext.from_environment(config.device)
     try:
         return _train(config, events if dist.is_main else null_events, dist)
@@ -389,20 +358,33 @@ def train(config: TrainConfig, events: EventSink = null_events) -> TrainResult:
         dist.close()
 
 
-def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> TrainResult:
-    torch.manual_seed(config.seed + dist.rank)
-    if config.epochs is not None and config.steps is not None:
-        raise PairSegInputError("give either --epochs or --steps, not both")
-    if config.epochs is None and config.steps is None:
-        config.epochs = 20
-    if (config.epochs is not None and config.epochs < 1) or (config.steps is not None and config.steps < 1):
-        raise PairSegInputError("--epochs/--steps must be at least 1")
-    if config.size < 32 or config.batch_size < 1:
-        raise PairSegInputError("--size must be >= 32 and --batch-size >= 1")
-    out = Path(config.out)
-    ckpt_file = checkpoint_path(out)
-    device = dist.device
+# ---------------------------------------------------------------------------------------------
+# The loop's steps: data, model, budget, optimiser (TrainingLoop), restore, epochs, metadata
+# ---------------------------------------------------------------------------------------------
 
+
+@dataclass
+class TrainingData:
+    """What a run trains on, read once: the dataset, its split, the in-memory slices and the
+    model grid, and the ``init_from`` model (metadata and weights) when fine-tuning."""
+
+    dataset: Dataset
+    train_set: Dataset
+    val_set: Dataset | None
+    store: SliceStore
+    val_volumes: list
+    val_labels: list
+    model_spacing: float
+    mr_rule: str
+    arch: str
+    init_meta: dict | None = None
+    init_state: dict | None = None
+
+
+def load_training_data(config: TrainConfig, events: EventSink = null_events) -> TrainingData:
+    """Open the dataset, split off validation cases, check the ``init_from`` model against it and
+    load every training slice into a ``SliceStore`` on the model grid. Raises ``PairSegInputError``
+    naming the file and the problem."""
     dataset = load_dataset(config.data, config.classes, config.modality)
     train_set, val_set = _split_cases(dataset, config)
 
@@ -410,7 +392,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
     init_state = None
     if config.init_from:
         init_model, init_meta = load_model(resolve_model(config.init_from))
-        if [n.lower() for n in init_meta["class_names"]] != [n.lower() for n in dataset.class_names]:
+        if not same_class_names(init_meta["class_names"], dataset.class_names):
             raise PairSegInputError(f"{config.init_from}: model classes {init_meta['class_names']} differ "
                                     f"from the dataset's {dataset.class_names}")
         if str(init_meta["modality"]).upper() != dataset.modality and not config.cross_modality:
@@ -420,7 +402,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
         if config.arch and config.arch != init_meta["arch"]:
             raise PairSegInputError(f"{config.init_from}: is a {init_meta['arch']} model, not {config.arch}")
         init_state = init_model.state_dict()
-    arch = config.arch or (init_meta["arch"] if init_meta else "c2fcn")
+    arch = config.arch or (init_meta["arch"] if init_meta else DEFAULT_ARCHITECTURE)
 
     events("message", text=f"loading {len(train_set.cases)} training case(s) from {dataset.folder}")
     volumes, label_maps = _load_arrays(train_set)
@@ -433,169 +415,291 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
     if absent:
         raise PairSegInputError(f"{dataset.folder}: class(es) {', '.join(absent)} absent from every training label")
     val_volumes, val_labels = _load_arrays(val_set) if val_set else ([], [])
+    return TrainingData(dataset, train_set, val_set, store, val_volumes, val_labels, model_spacing, mr_rule,
+                        arch, init_meta, init_state)
 
-    options = dict(init_meta.get("options", {})) if init_meta is not None else config.model_options(arch)
-    model = build_model(arch, dataset.num_classes, 3, **options)
-    if init_state is not None:
-        model.load_state_dict(init_state)
+
+def build_training_model(config: TrainConfig, data: TrainingData, device: torch.device) -> torch.nn.Module:
+    """The network to train, on ``device``: the ``init_from`` model's architecture, options and
+    weights when fine-tuning, else a new ``data.arch`` network (weights from torch's RNG)."""
+    options = (dict(data.init_meta.get("options", {})) if data.init_meta is not None
+               else config.model_options(data.arch))
+    model = build_model(data.arch, data.dataset.num_classes, 3, **options)
+    if data.init_state is not None:
+        model.load_state_dict(data.init_state)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    form = model.training_form
-    criterion = criterion_for(model)
-    plan = EpochPlan(store, form, config, dataset.modality, dist.world_size)
-    per_epoch = plan.steps_per_epoch()
-    total_steps = config.steps if config.steps is not None else config.epochs * per_epoch
-    signature = {**_signature(train_set, config, arch, dist.world_size), "spacing": round(model_spacing, 6)}
-    if dist.enabled:  # before DDP, which would fail obscurely on different models
-        shared = {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "val", "init_from",
-                                                                           "stop_file", "device")}
-        dist.check_agreement({**shared, "arch": arch, "options": options, "classes": dataset.class_names,
-                              "modality": dataset.modality, "cases": [c.name for c in train_set.cases],
-                              "slices": store.slice_counts, "labels": tensor_digest(store.labels),
-                              "images": tensor_digest(store.images, stride=97), "total_steps": total_steps})
-    net = dist.wrap(model, sync_batchnorm=config.sync_batchnorm)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    use_amp, amp_dtype = training_autocast(config, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return model
 
-    step, epoch, step_in_epoch = 0, 0, 0
-    history: list[dict] = []
+
+def training_budget(config: TrainConfig, plan: EpochPlan) -> int:
+    """Total optimiser steps of the run: ``steps``, else epochs (default ``DEFAULT_EPOCHS``) x
+    steps per epoch of ``plan``."""
+    epochs, steps = config.budget()
+    return steps if steps is not None else epochs * plan.steps_per_epoch()
+
+
+@dataclass
+class TrainingState:
+    """Where a run is: optimiser steps taken, epochs completed, steps into the current epoch,
+    one history record per completed epoch and the latest validation."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    history: list = field(default_factory=list)
     validation: dict | None = None
-    if config.resume:
-        ckpt, problem = None, None
-        try:  # every rank reads the checkpoint; a rank that cannot makes all ranks fail alike
-            ckpt = _read_checkpoint(ckpt_file, signature)
-        except PairSegInputError as error:
-            problem = str(error)
-        problems = [(r, p) for r, p in enumerate(dist.gather_objects(problem)) if p]
-        if problems:
-            raise PairSegInputError(problems[0][1] if not dist.enabled else
-                                    f"rank {problems[0][0]}: {problems[0][1]} (with several machines, --out "
-                                    "must be on a file system that every rank can read)")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        step, epoch, step_in_epoch = int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
-        history = json.loads(ckpt["history"])
-        validation = json.loads(ckpt["validation"]) if ckpt.get("validation") else None
-        dist.check_agreement({"resumed_at_step": step, "epoch": epoch, "step_in_epoch": step_in_epoch})
-        events("message", text=f"resumed from {ckpt_file} at step {step} (epoch {epoch + 1})")
 
-    pairs_per_epoch = len(plan.rows(0))
-    events("start", arch=arch, device=str(device), world_size=dist.world_size, cases=len(train_set.cases),
-           val_cases=len(val_set.cases) if val_set else 0, slices=store.num_slices,
-           samples_per_epoch=pairs_per_epoch, steps_per_epoch=per_epoch, total_steps=total_steps,
-           start_step=step, classes=dataset.class_names, modality=dataset.modality, size=config.size,
-           batch_size=config.batch_size)
 
-    def save_checkpoint(stopped: bool) -> None:
-        if not dist.is_main:
-            return
-        atomic_torch_save({
+@dataclass
+class EpochResult:
+    """What ``TrainingLoop.run_epoch`` did: the (rank-averaged) loss of each step, whether a stop
+    was requested before the budget, and the number (1-based) of the epoch it completed, if any."""
+
+    losses: list
+    stopped: bool
+    completed: int | None
+
+
+StepHook = Callable[["TrainingLoop", float], None]
+
+
+class TrainingLoop:
+    """The optimisation of one model over an ``EpochPlan``: Adam, mixed precision, the training
+    step and the epoch. ``pairseg.train`` drives it with checkpoints and validation; the
+    benchmarks drive it with milestone evaluations (an ``on_step`` hook).
+
+    Every random draw depends only on (seed, step, rank): dropout is reseeded before each step and
+    the batches are drawn by ``batch_iterator``, so a loop restored at step ``s`` continues exactly
+    as an uninterrupted one. ``dist`` defaults to one process on the model's device.
+    """
+
+    def __init__(self, model: torch.nn.Module, plan: EpochPlan, config: TrainConfig,
+                 dist: DistributedContext | None = None):
+        self.model = model
+        self.plan = plan
+        self.config = config
+        self.dist = dist if dist is not None else DistributedContext(device=next(model.parameters()).device)
+        self.device = self.dist.device
+        self.criterion = criterion_for(model)
+        self.net = self.dist.wrap(model, sync_batchnorm=config.sync_batchnorm)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.use_amp, self.amp_dtype = training_autocast(config, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.steps_per_epoch = plan.steps_per_epoch()
+        self.state = TrainingState()
+
+    def training_step(self, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """One optimiser step on one batch: ``images`` (one (N, 3, S, S) tensor per pair member)
+        and ``labels`` ((N, S, S) int64 each), as ``batch_iterator`` yields them. Returns this
+        rank's loss (a detached scalar tensor) and advances ``state.step``."""
+        config, device = self.config, self.device
+        # Dropout draws depend only on (seed, step, rank): a resumed run repeats them exactly.
+        torch.manual_seed((config.seed * 1_000_003 + self.state.step * 7_919 + self.dist.rank) % (2 ** 63))
+        images = [t.to(device, non_blocking=True) for t in images]
+        labels = [t.to(device, non_blocking=True) for t in labels]
+        if config.channels_last:
+            images = [t.contiguous(memory_format=torch.channels_last) for t in images]
+        with torch.autocast(device_type=device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            outputs = self.net(*images)
+        if self.use_amp:  # the Dice losses in float32 whatever the forward pass ran in
+            outputs = _as_float32(outputs)
+        loss = self.criterion(outputs, *labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.step += 1
+        self.state.step_in_epoch += 1
+        return loss.detach()
+
+    def run_epoch(self, total_steps: int, stop_requested: Callable[[], bool] = lambda: False,
+                  on_step: StepHook | None = None) -> EpochResult:
+        """Train the rest of the current epoch, or up to ``total_steps``, or until a rank asks to
+        stop (``stop_requested``, checked after each step). ``on_step(loop, loss)`` is called
+        after every step with the loss averaged over the ranks. A completed epoch advances
+        ``state.epoch``. Raises RuntimeError if the loss is not finite."""
+        state = self.state
+        batches = self.plan.batches(state.epoch, self.dist.rank)[state.step_in_epoch:]
+        losses: list[float] = []
+        stopped = False
+        halt = threading.Event()
+        iterator = batch_iterator(self.plan, self.plan.store, batches, state.step, self.config, self.device,
+                                  self.dist.rank, halt)
+        for images, labels in iterator:
+            loss = self.training_step(images, labels)
+            # Loss averaged over the ranks, and whether any rank asked to stop: one all-reduce.
+            value, stop_now = self.dist.reduce_step(float(loss), stop_requested())
+            if not math.isfinite(value):
+                halt.set()
+                raise RuntimeError(f"training diverged: loss is {value} at step {state.step}")
+            losses.append(value)
+            if on_step is not None:
+                on_step(self, value)
+            if state.step >= total_steps or stop_now:
+                stopped = state.step < total_steps
+                halt.set()
+                break
+        for _ in iterator:  # drain the producer thread after an early break
+            pass
+        completed = None
+        if not stopped and (state.step_in_epoch >= self.steps_per_epoch or state.step >= total_steps):
+            state.epoch += 1
+            state.step_in_epoch = 0
+            completed = state.epoch
+        return EpochResult(losses, stopped, completed)
+
+    def checkpoint(self, signature: dict) -> dict:
+        """The resumable state (``restore`` reads it): weights, optimiser, scaler, counters, history."""
+        state = self.state
+        return {
             "format": "pairseg-checkpoint", "engine_version": __version__,
-            "signature": json.dumps(signature), "config": json.dumps(config.to_dict(), default=str),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "history": json.dumps(history), "validation": json.dumps(validation) if validation else "",
-        }, ckpt_file)
-        events("checkpoint", path=str(ckpt_file), step=step, epoch=epoch, stopped=stopped)
+            "signature": json.dumps(signature), "config": json.dumps(self.config.to_dict(), default=str),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
+            "history": json.dumps(state.history),
+            "validation": json.dumps(state.validation) if state.validation else "",
+        }
 
-    start_time = time.monotonic()
-    start_step = step
+    def restore(self, ckpt: dict) -> None:
+        """Continue from a ``checkpoint()`` dict (already checked by ``_read_checkpoint``)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = TrainingState(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["step_in_epoch"]),
+                                   json.loads(ckpt["history"]),
+                                   json.loads(ckpt["validation"]) if ckpt.get("validation") else None)
+
+
+def _restore(loop: TrainingLoop, ckpt_file: Path, signature: dict, events: EventSink) -> None:
+    """``--resume``: every rank reads the checkpoint; a rank that cannot makes all ranks fail alike."""
+    dist = loop.dist
+    ckpt, problem = None, None
+    try:
+        ckpt = _read_checkpoint(ckpt_file, signature)
+    except PairSegInputError as error:
+        problem = str(error)
+    problems = [(r, p) for r, p in enumerate(dist.gather_objects(problem)) if p]
+    if problems:
+        raise PairSegInputError(problems[0][1] if not dist.enabled else
+                                f"rank {problems[0][0]}: {problems[0][1]} (with several machines, --out "
+                                "must be on a file system that every rank can read)")
+    loop.restore(ckpt)
+    state = loop.state
+    dist.check_agreement({"resumed_at_step": state.step, "epoch": state.epoch, "step_in_epoch": state.step_in_epoch})
+    events("message", text=f"resumed from {ckpt_file} at step {state.step} (epoch {state.epoch + 1})")
+
+
+def _check_ranks_agree(config: TrainConfig, data: TrainingData, model: torch.nn.Module, dist: DistributedContext,
+                       total_steps: int) -> None:
+    """Before DDP, which would fail obscurely on different models: every rank has the same settings and data."""
+    shared = {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "val", "init_from",
+                                                                       "stop_file", "device")}
+    store = data.store
+    dist.check_agreement({**shared, "arch": data.arch, "options": model.options, "classes": data.dataset.class_names,
+                          "modality": data.dataset.modality, "cases": [c.name for c in data.train_set.cases],
+                          "slices": store.slice_counts, "labels": tensor_digest(store.labels),
+                          "images": tensor_digest(store.images, stride=97), "total_steps": total_steps})
+
+
+def model_metadata(config: TrainConfig, data: TrainingData, state: TrainingState, samples_per_epoch: int,
+                   world_size: int = 1) -> dict:
+    """The metadata of the trained model file (``modelfile.save_model`` adds format, weights hash,
+    architecture and options): classes, colours, modality, grid, preprocessing and training record."""
+    dataset, train_set = data.dataset, data.train_set
+    seen = list(dict.fromkeys((data.init_meta or {}).get("training", {}).get("seen_cases", []) +
+                              [c.name for c in train_set.cases]))
+    return {
+        "class_names": dataset.class_names,
+        "class_colors": [list(c) for c in default_colors(dataset.class_names)],
+        "modality": dataset.modality,
+        "size": config.size,
+        "spacing": data.model_spacing,
+        "preprocessing": {"modality": dataset.modality, "ct_window": list(CT_WINDOW),
+                          "mr_percentiles": list(MR_PERCENTILES), "mr_window_rule": data.mr_rule,
+                          "stack": "2.5D (z-1, z, z+1)",
+                          "resample": f"in-plane {data.model_spacing:.4g} mm pixels (bilinear); training slices "
+                                      f"centred on {config.size}x{config.size}"},
+        "training": {
+            "dataset": dataset.folder.name, "cases": [c.name for c in train_set.cases],
+            "seen_cases": seen, "slices": data.store.num_slices, "samples_per_epoch": samples_per_epoch,
+            "steps": state.step, "epochs": state.epoch, "world_size": world_size,
+            "init_from": str(config.init_from) if config.init_from else None,
+            "settings": {k: v for k, v in config.to_dict().items()
+                         if k not in ("data", "out", "resume", "stop_file", "overwrite")},
+            "history": state.history,
+        },
+        "validation": state.validation or {},
+    }
+
+
+def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> TrainResult:
+    torch.manual_seed(config.seed + dist.rank)
+    out = Path(config.out)
+    ckpt_file = checkpoint_path(out)
+    data = load_training_data(config, events)
+    model = build_training_model(config, data, dist.device)
+    plan = EpochPlan(data.store, model.training_form, config, data.dataset.modality, dist.world_size)
+    total_steps = training_budget(config, plan)
+    signature = {**_signature(data.train_set, config, data.arch, dist.world_size),
+                 "spacing": round(data.model_spacing, 6)}
+    if dist.enabled:
+        _check_ranks_agree(config, data, model, dist, total_steps)
+    loop = TrainingLoop(model, plan, config, dist)
+    if config.resume:
+        _restore(loop, ckpt_file, signature, events)
+    state = loop.state
+
+    samples_per_epoch = len(plan.rows(0))
+    events("start", arch=data.arch, device=str(dist.device), world_size=dist.world_size,
+           cases=len(data.train_set.cases), val_cases=len(data.val_set.cases) if data.val_set else 0,
+           slices=data.store.num_slices, samples_per_epoch=samples_per_epoch, steps_per_epoch=loop.steps_per_epoch,
+           total_steps=total_steps, start_step=state.step, classes=data.dataset.class_names,
+           modality=data.dataset.modality, size=config.size, batch_size=config.batch_size)
+
+    start_time, start_step = time.monotonic(), state.step
+
+    def progress(loop: TrainingLoop, loss: float) -> None:
+        step = loop.state.step
+        elapsed = time.monotonic() - start_time
+        rate = (step - start_step) / elapsed if elapsed > 0 else 0.0
+        events("progress", stage="train", step=step, total=total_steps, epoch=loop.state.epoch + 1, loss=loss,
+               fraction=step / total_steps, eta_s=(total_steps - step) / rate if rate > 0 else None)
+
     stopped = False
-    net.train()
+    loop.net.train()
     with _StopRequest(config.stop_file) as stop_request:
-        while step < total_steps and not stopped:
-            batches = plan.batches(epoch, dist.rank)[step_in_epoch:]
-            losses: list[float] = []
-            halt = threading.Event()
-            iterator = _batch_iterator(plan, store, batches, step, config, device, dist.rank, halt)
-            for images, labels in iterator:
-                # Dropout draws depend only on (seed, step, rank): a resumed run repeats them exactly.
-                torch.manual_seed((config.seed * 1_000_003 + step * 7_919 + dist.rank) % (2 ** 63))
-                images = [t.to(device, non_blocking=True) for t in images]
-                labels = [t.to(device, non_blocking=True) for t in labels]
-                if config.channels_last:
-                    images = [t.contiguous(memory_format=torch.channels_last) for t in images]
-                with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                    outputs = net(*images)
-                if use_amp:  # the Dice losses in float32 whatever the forward pass ran in
-                    outputs = _as_float32(outputs)
-                loss = criterion(outputs, *labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                step_in_epoch += 1
-                # Loss averaged over the ranks, and whether any rank asked to stop: one all-reduce.
-                value, stop_now = dist.reduce_step(float(loss.detach()), stop_request.requested())
-                if not math.isfinite(value):
-                    halt.set()
-                    raise RuntimeError(f"training diverged: loss is {value} at step {step}")
-                losses.append(value)
-                elapsed = time.monotonic() - start_time
-                rate = (step - start_step) / elapsed if elapsed > 0 else 0.0
-                events("progress", stage="train", step=step, total=total_steps, epoch=epoch + 1,
-                       loss=value, fraction=step / total_steps,
-                       eta_s=(total_steps - step) / rate if rate > 0 else None)
-                if step >= total_steps or stop_now:
-                    stopped = step < total_steps
-                    halt.set()
-                    break
-            for _ in iterator:  # drain the producer thread after an early break
-                pass
-            epoch_done = not stopped and (step_in_epoch >= per_epoch or step >= total_steps)
-            if epoch_done:
-                record = {"epoch": epoch + 1, "step": step,
-                          "loss": float(np.mean(losses)) if losses else None}
-                is_last = step >= total_steps
-                if val_volumes and dist.is_main and ((epoch + 1) % config.validate_every == 0 or is_last):
-                    validation = _validate(model, val_volumes, val_labels, dataset.class_names,
-                                           dataset.modality, config.size, device, model_spacing, mr_rule)
-                    record.update(val_dice=validation["dice"], val_mean_dice=validation["mean_dice"])
-                    events("validation", epoch=epoch + 1, step=step, **validation)
-                history.append(record)
+        while state.step < total_steps and not stopped:
+            result = loop.run_epoch(total_steps, stop_request.requested, on_step=progress)
+            stopped = result.stopped
+            if result.completed is not None:
+                record = {"epoch": result.completed, "step": state.step,
+                          "loss": float(np.mean(result.losses)) if result.losses else None}
+                is_last = state.step >= total_steps
+                if data.val_volumes and dist.is_main and (result.completed % config.validate_every == 0 or is_last):
+                    state.validation = _validate(model, data.val_volumes, data.val_labels, data.dataset.class_names,
+                                                 data.dataset.modality, config.size, dist.device,
+                                                 data.model_spacing, data.mr_rule)
+                    record.update(val_dice=state.validation["dice"], val_mean_dice=state.validation["mean_dice"])
+                    events("validation", epoch=result.completed, step=state.step, **state.validation)
+                state.history.append(record)
                 events("epoch", **record)
-                epoch += 1
-                step_in_epoch = 0
-            save_checkpoint(stopped)
+            if dist.is_main:
+                atomic_torch_save(loop.checkpoint(signature), ckpt_file)
+                events("checkpoint", path=str(ckpt_file), step=state.step, epoch=state.epoch, stopped=stopped)
             dist.barrier()
 
     if stopped:
-        events("stopped", step=step, total=total_steps, checkpoint=str(ckpt_file))
-        return TrainResult(None, True, step, epoch, history, validation)
+        events("stopped", step=state.step, total=total_steps, checkpoint=str(ckpt_file))
+        return TrainResult(None, True, state.step, state.epoch, state.history, state.validation)
 
     if dist.is_main:
-        seen = list(dict.fromkeys((init_meta or {}).get("training", {}).get("seen_cases", []) +
-                                  [c.name for c in train_set.cases]))
-        metadata = {
-            "class_names": dataset.class_names,
-            "class_colors": [list(c) for c in default_colors(dataset.class_names)],
-            "modality": dataset.modality,
-            "size": config.size,
-            "spacing": model_spacing,
-            "preprocessing": {"modality": dataset.modality, "ct_window": list(CT_WINDOW),
-                              "mr_percentiles": list(MR_PERCENTILES), "mr_window_rule": mr_rule,
-                              "stack": "2.5D (z-1, z, z+1)",
-                              "resample": f"in-plane {model_spacing:.4g} mm pixels (bilinear); training slices "
-                                          f"centred on {config.size}x{config.size}"},
-            "training": {
-                "dataset": dataset.folder.name, "cases": [c.name for c in train_set.cases],
-                "seen_cases": seen, "slices": store.num_slices, "samples_per_epoch": pairs_per_epoch,
-                "steps": step, "epochs": epoch, "world_size": dist.world_size,
-                "init_from": str(config.init_from) if config.init_from else None,
-                "settings": {k: v for k, v in config.to_dict().items() if k not in ("data", "out", "resume", "stop_file")},
-                "history": history,
-            },
-            "validation": validation or {},
-        }
-        save_model(out, model, metadata)
+        save_model(out, model, model_metadata(config, data, state, samples_per_epoch, dist.world_size))
         ckpt_file.unlink(missing_ok=True)
-        events("done", outputs=[str(out)], steps=step, epochs=epoch, validation=validation,
+        events("done", outputs=[str(out)], steps=state.step, epochs=state.epoch, validation=state.validation,
                seconds=round(time.monotonic() - start_time, 2))
     dist.barrier()
-    return TrainResult(out, False, step, epoch, history, validation)
+    return TrainResult(out, False, state.step, state.epoch, state.history, state.validation)
