@@ -141,7 +141,7 @@ def test_add_case_and_train_stop_resume_to_registered_model(trainerWidget, mrml_
     assert "step" in ui.statusLabel.text and "ETA" in ui.statusLabel.text
     ui.trainButton.click()  # Stop
     pump(lambda: not job.running and not panel.timer.isActive(), timeout=120)
-    assert job.state == "stopped", job.log[-10:]
+    assert job.state == "cancelled", job.log[-10:]
     assert ui.trainButton.text == "Train" and ui.resumeButton.enabled
     assert "Resume" in ui.statusLabel.text
     stoppedAt = job.step
@@ -151,7 +151,7 @@ def test_add_case_and_train_stop_resume_to_registered_model(trainerWidget, mrml_
     resumed = panel.job
     assert resumed is not job and ui.trainButton.text == "Stop"
     pump(lambda: not resumed.running and not panel.timer.isActive(), timeout=600)
-    assert resumed.state == "finished", resumed.log[-10:]
+    assert resumed.state == "done", resumed.log[-10:]
     modelPath = str(tmp_path / "out" / "widget-model.pairseg")
     assert os.path.isfile(modelPath) and resumed.step == 60 and stoppedAt < 60
     assert node.currentModel == modelPath == ui.currentModelPathLineEdit.currentPath
@@ -242,7 +242,7 @@ def test_annotate_then_retrain_mapping_and_proxy_maps(trainerWidget, mrml_scene,
     ui.segmentNewButton.click()
     job = panel.job
     pump(lambda: not job.running and not panel.timer.isActive(), timeout=240)
-    assert job.state == "finished", job.log[-10:]
+    assert job.state == "done", job.log[-10:]
     created = ui.segmentationSelector.currentNode()
     assert created is not None and created is job.segmentationNode and ui.volumeSelector.currentNode() is volume
     assert "Created" in ui.logTextEdit.toPlainText()
@@ -257,7 +257,7 @@ def test_annotate_then_retrain_mapping_and_proxy_maps(trainerWidget, mrml_scene,
     pump(lambda: fine.step is not None or not fine.running, timeout=240)
     ui.trainButton.click()
     pump(lambda: not fine.running and not panel.timer.isActive(), timeout=120)
-    assert fine.state in ("stopped", "finished"), fine.log[-10:]
+    assert fine.state in ("cancelled", "done"), fine.log[-10:]
 
     # proxy maps of an intra-patient pair (ground truth, no engine)
     ui.proxyVolumeASelector.setCurrentNode(volume)
