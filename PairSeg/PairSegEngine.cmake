@@ -10,8 +10,12 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/augment.py
   pairseg/catalog.py
   pairseg/cli.py
+  pairseg/config.py
+  pairseg/constants.py
   pairseg/data.py
+  pairseg/datasets.py
   pairseg/demo.py
+  pairseg/devices.py
   pairseg/distributed.py
   pairseg/errors.py
   pairseg/events.py
@@ -27,6 +31,7 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/networks/pairwise.py
   pairseg/networks/resnet.py
   pairseg/networks/unet.py
+  pairseg/orientation.py
   pairseg/pairs.py
   pairseg/phantoms.py
   pairseg/postprocess.py

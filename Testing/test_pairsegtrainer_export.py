@@ -170,4 +170,4 @@ def test_training_set_in_parameter_node(load_module, mrml_scene):
     tree = ast.parse(pathlib.Path(module.__file__).read_text())
     topImports = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     topImports |= {node.module.split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
-    assert topImports <= {"importlib", "logging", "slicer", "PairSegTrainerLib"}
+    assert topImports <= {"importlib", "logging", "typing", "slicer", "PairSegTrainerLib"}

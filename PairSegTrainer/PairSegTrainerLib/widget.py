@@ -13,9 +13,10 @@ import traceback
 import qt
 import slicer
 
+import PairSegLib.gui
+
 from . import config as configModule
 from . import job as jobModule
-from .job import pairSegLib
 from .trainingset import IGNORE, TrainingItem, normalizeName, segmentNames
 
 POLL_MS = 500
@@ -114,7 +115,7 @@ class TrainerPanel:
             self._parameterNode.parameterNode.RemoveObserver(self._nodeObserverTag)
         self._parameterNode = parameterNode
         if parameterNode:
-            self._guiObserver = pairSegLib("gui").connectParameterNode(parameterNode, self.ui)
+            self._guiObserver = PairSegLib.gui.connectParameterNode(parameterNode, self.ui)
             self._nodeObserverTag = parameterNode.parameterNode.AddObserver(
                 "ModifiedEvent", lambda *args: self.updateGui())
             self._loadManualWidgets()
