@@ -116,6 +116,18 @@ def _unwrapType(cls):
 class PythonQtMixin:
     """Attribute access, connections and child look-up the PythonQt way (see module docstring)."""
 
+    def __init__(self, *args, **kwargs):
+        try:
+            super().__init__(*args, **kwargs)
+        except TypeError:
+            # PythonQt's second, non-strict overload pass converts any object to QString with str()
+            # (so Slicer's own ``qt.QMenu(self)`` with a Python widget object makes a titled menu).
+            converted = tuple(a if isinstance(a, (QtCore.QObject, str, int, float, bool, type(None), list, tuple))
+                              else str(a) for a in args)
+            if converted == args:
+                raise
+            super().__init__(*converted, **kwargs)
+
     def __getattribute__(self, name):
         if name[:1] != "_":
             if name in qtPropertyNames(self):

@@ -125,6 +125,9 @@ class _ApplicationMembers:
     def moduleManager(self):
         return self.moduleManagerObject
 
+    def restart(self):
+        raise RuntimeError("the test harness cannot restart the application")
+
 
 class _PlainApplication(_ApplicationMembers):
     """``slicer.app`` where no Qt binding is installed (logic tests only)."""

@@ -98,7 +98,7 @@ def test_module_class_and_parameter_node(pairseg, mrml_scene):
     module = slicer.modules.pairseg  # the module object Slicer made with PairSeg(parent)
     assert module.title == "PairSeg"
     assert module.categories == ["Segmentation"]
-    assert "README" in module.helpText   # where the documentation is (the repository URL is a placeholder)
+    assert "README" in module.helpText  # the repository URL is a placeholder: no link in the help
     assert "Pairwise learning for medical image segmentation" in module.acknowledgementText
     # In Slicer, slicer.modules.pairseg.logic() is the C++ scripted-module logic (fault 7).
     assert not isinstance(module.logic(), pairseg.PairSegLogic)
@@ -150,7 +150,7 @@ def test_top_level_cmake_and_catalog_entry():
                    "add_subdirectory(PairSeg)", "add_subdirectory(PairSegTrainer)", "EXTENSION_SCREENSHOTURLS",
                    "EXTENSION_ICONURL"):
         assert needle in text
-    urls = re.findall(r"\$\{PAIRSEG_RAW_URL\}/([\w/.\-]+)", text)
+    urls = re.findall(r"\$\{PAIRSEG_RAW_URL\}/([\w/.\-]+)", text)  # the one placeholder URL
     assert len(urls) >= 3
     for relative in urls:
         assert os.path.isfile(os.path.join(ROOT, relative)), relative

@@ -11,7 +11,6 @@ import json
 import os
 import time
 
-import numpy as np
 import pytest
 
 
@@ -117,7 +116,7 @@ def test_segment_cancel_then_segment_and_compare(pairsegWidget, mrml_scene, harn
     ui.applyButton.click()  # Cancel
     pump(lambda: widget.task.done)
     assert widget.task.state == "cancelled"
-    assert widget.task.process.poll() is not None  # the engine process is gone
+    assert widget.task.process is None or widget.task.process.poll() is not None  # the engine is gone
     assert ui.applyButton.text == "Segment" and not ui.progressBar.isVisibleTo(widget.parent)
     assert not widget.timer.isActive() and harness.sceneSnapshot() == before
 
@@ -142,9 +141,8 @@ def test_segment_cancel_then_segment_and_compare(pairsegWidget, mrml_scene, harn
     ui.compareCollapsibleButton.collapsed = False
     ui.referenceSegmentationSelector.setCurrentNode(reference)
     assert widget._parameterNode.referenceSegmentation is reference and ui.compareButton.enabled
-    ui.compareButton.click()   # pairseg evaluate in the background, followed by the timer
-    assert not widget.task.done and ui.applyButton.text == "Cancel"
-    pump(lambda: widget.task.done, timeout=180)
+    ui.compareButton.click()  # pairseg evaluate in the background, followed by the timer
+    pump(lambda: widget.task.done and not widget.timer.isActive(), timeout=180)
     assert widget.task.state == "done", ui.statusLabel.text
     assert ui.resultsTableView.isVisibleTo(widget.parent)
     table = ui.resultsTableView.mrmlTableNode()
@@ -236,6 +234,3 @@ def test_sample_data_registered_at_startup(slicer_release, module_widget, mrml_s
     slicer.app.startupCompleted.emit()
     assert calls and os.path.isdir(calls[-1])
 
-
-def test_array_sanity():
-    assert np.zeros(1).sum() == 0  # numpy present for the helpers above

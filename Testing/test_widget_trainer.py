@@ -5,6 +5,7 @@ parameterNodeWrapper / ScriptedLoadableModule of the release, real MRML, and the
 (``pairseg train`` in a background process) for Train -> Stop -> Resume -> registered model.
 """
 
+import json
 import os
 
 import numpy as np
@@ -140,7 +141,7 @@ def test_add_case_and_train_stop_resume_to_registered_model(trainerWidget, mrml_
     assert "step" in ui.statusLabel.text and "ETA" in ui.statusLabel.text
     ui.trainButton.click()  # Stop
     pump(lambda: not job.running and not panel.timer.isActive(), timeout=120)
-    assert job.state == "cancelled", job.log[-10:]  # stopped on request
+    assert job.state == "cancelled", job.log[-10:]
     assert ui.trainButton.text == "Train" and ui.resumeButton.enabled
     assert "Resume" in ui.statusLabel.text
     stoppedAt = job.step
@@ -174,3 +175,98 @@ def test_cleanup_stops_timer_and_disconnects(trainerWidget, mrml_scene):
     panel.timer.start()
     slicer.app.moduleManager().moduleAboutToBeUnloaded.emit("PairSegTrainer")
     assert not panel.timer.isActive() and panel._parameterNode is None
+
+
+def test_developer_reload_keeps_isinstance(slicer_release, module_widget, mrml_scene, harness, tmp_path, monkeypatch):
+    """Fault 11: after a developer-mode Reload the module's Logic derives from the reloaded
+    PairSegTrainerLib classes (the Reload & Test section of Slicer's own widget base is built too)."""
+    import sys
+
+    import qt
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    qt.QSettings().setValue("Developer/DeveloperMode", "true")
+    try:
+        widget = module_widget("PairSegTrainer")
+        assert widget.developerMode and widget.reloadButton is not None
+        first = sys.modules["PairSegTrainerLib.logic"].PairSegTrainerLogic
+        assert isinstance(widget.logic, first)
+        harness.unloadModules()  # Reload: the module file runs again
+        widget = module_widget("PairSegTrainer")
+        reloaded = sys.modules["PairSegTrainerLib.logic"].PairSegTrainerLogic
+        assert reloaded is not first  # the Lib was reloaded
+        assert isinstance(widget.logic, reloaded)
+    finally:
+        qt.QSettings().remove("Developer/DeveloperMode")
+
+
+def test_annotate_then_retrain_mapping_and_proxy_maps(trainerWidget, mrml_scene, phantom_model, tmp_path, monkeypatch):
+    """Segment with current model -> Add corrected case -> Fine-tune (stopped), Remove case, the
+    segment-name mapping table, and the ground-truth proxy maps of a picked pair."""
+    import shutil
+
+    import slicer
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    panel = trainerWidget.panel
+    ui = trainerWidget.ui
+    node = panel._parameterNode
+    model = tmp_path / "models" / "phantom.pairseg"
+    model.parent.mkdir()
+    shutil.copy(phantom_model, model)
+    volume, segmentation = syntheticCase(mrml_scene)
+    other, otherSegmentation = syntheticCase(mrml_scene, name="other", seed=1)
+
+    # segment-name mapping: a segment named unlike the classes is flagged, then mapped
+    ui.volumeSelector.setCurrentNode(other)
+    ui.segmentationSelector.setCurrentNode(otherSegmentation)
+    otherSegmentation.GetSegmentation().GetNthSegment(0).SetName("Leber")
+    ui.addCaseButton.click()
+    ui.classesLineEdit.text = "liver"
+    ui.classesLineEdit.editingFinished.emit()
+    assert "Leber" in ui.mappingStatusLabel.text
+    row = [ui.mappingTable.item(r, 0).text() for r in range(ui.mappingTable.rowCount)].index("Leber")
+    ui.mappingTable.item(row, 1).setText("liver")  # the user types the class: cellChanged
+    assert json.loads(node.mapping) == {"Leber": "liver"}
+    assert "Leber" not in ui.mappingStatusLabel.text
+    # Remove case
+    ui.trainingTable.selectRow(0)
+    ui.removeCaseButton.click()
+    assert ui.trainingTable.rowCount == 0
+
+    # Segment with current model (real engine) -> the new segmentation is selected for correction
+    ui.currentModelPathLineEdit.currentPath = str(model)
+    assert node.currentModel == str(model) and ui.segmentNewButton.enabled
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+    ui.newVolumeSelector.setCurrentNode(volume)
+    ui.segmentNewButton.click()
+    job = panel.job
+    pump(lambda: not job.running and not panel.timer.isActive(), timeout=240)
+    assert job.state == "done", job.log[-10:]
+    created = ui.segmentationSelector.currentNode()
+    assert created is not None and created is job.segmentationNode and ui.volumeSelector.currentNode() is volume
+    assert "Created" in ui.logTextEdit.toPlainText()
+    # Add corrected case, then Fine-tune (stopped once running)
+    ui.addCorrectedButton.click()
+    assert ui.trainingTable.rowCount == 1 and ui.fineTuneButton.enabled
+    ui.outputFolderPathLineEdit.currentPath = str(tmp_path / "out")
+    ui.batchSizeSpinBox.value = 2
+    ui.fineTuneButton.click()
+    fine = panel.job
+    assert fine is not job and fine.config.initFrom == str(model) and ui.trainButton.text == "Stop"
+    pump(lambda: fine.step is not None or not fine.running, timeout=240)
+    ui.trainButton.click()
+    pump(lambda: not fine.running and not panel.timer.isActive(), timeout=120)
+    assert fine.state in ("cancelled", "done"), fine.log[-10:]
+
+    # proxy maps of an intra-patient pair (ground truth, no engine)
+    ui.proxyVolumeASelector.setCurrentNode(volume)
+    ui.proxySegmentationASelector.setCurrentNode(segmentation)
+    ui.proxyVolumeBSelector.setCurrentNode(None)
+    ui.pickIntraPairButton.click()
+    assert node.proxySliceA != node.proxySliceB
+    assert (ui.proxySliceASpinBox.value, ui.proxySliceBSpinBox.value) == (node.proxySliceA, node.proxySliceB)
+    before = mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    ui.showProxyButton.click()
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") > before, ui.statusLabel.text
+    assert slicer.util.getModuleLogic("PairSegTrainer") is panel.logic
