@@ -82,6 +82,32 @@ def test_default_classes_and_explicit_mapping(trainerLogic, mrml_scene, tmp_path
     assert manifest["labels"] == {"0": "background", "1": "Spleen", "2": "LIVER"}
 
 
+def test_trainer_and_engine_share_one_class_name_rule(trainerLogic, mrml_scene, tmp_path):
+    """Segments meet classes by the engine's rule (pairseg.constants.class_key): ``Right_Kidney``
+    is class ``right kidney`` in the Trainer and in the engine's dataset loading (``pairseg
+    train``). The Trainer's own rule casefolded, so it matched ``STRASSE`` to ``Straße`` and
+    refused the two as one class twice, where the engine reads two different classes."""
+    from pairseg.constants import class_key
+    from pairseg.datasets import load_dataset
+
+    lib = trainerLib()
+    volume, _, _, labels = _syntheticCase(mrml_scene)
+    segmentation = addSegmentation(mrml_scene, volume, labels, {1: "Right_Kidney", 2: "STRASSE"}, "named")
+    for segment, className in [("Right_Kidney", "right kidney"), ("STRASSE", "Straße"), (" left-Kidney", "Left kidney")]:
+        assert (lib.trainingset.matchClass(segment, [className]) == className) == (class_key(segment) == class_key(className))
+    report = trainerLogic.classReport([(volume, segmentation)], ["right kidney", "Straße"])
+    assert report.assignments["synthetic"] == {"Right_Kidney": "right kidney"}
+    assert report.unknown == {"synthetic": ["STRASSE"]}
+    classes = ["right kidney", "STRASSE", "Straße"]   # three classes for the engine
+    trainerLogic.exportTrainingSet([(volume, segmentation)], tmp_path / "set", classNames=classes)
+    dataset = load_dataset(tmp_path / "set", classes=["Right_Kidney", "strasse", "Straße"])
+    assert dataset.class_names == classes
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "set" / "synthetic_label.nrrd")))
+    np.testing.assert_array_equal(exported, labels)
+    with pytest.raises(TypeError, match="string"):
+        lib.trainingset.matchClass(None, classes)
+
+
 def test_bad_inputs_give_clear_errors(trainerLogic, mrml_scene, tmp_path):
     lib = trainerLib()
     error = lib.TrainingSetError

@@ -95,13 +95,45 @@ def test_pick_pairs(trainerLogic, mrml_scene):
     assert trainerLogic.pickProxyPair(volumeA, segA, seed=3) == trainerLogic.pickProxyPair(volumeA, segA, seed=3)
     sliceA, sliceB = trainerLogic.pickProxyPair(volumeA, segA, volumeB, segB, mode="inter", seed=1)
     assert 3 <= sliceA <= 15 and 4 <= sliceB <= 17
+    # default offsets: the modality's, as the engine's pairs.default_offsets
+    ctPairs = {trainerLogic.pickProxyPair(volumeA, segA, modality="CT", seed=seed) for seed in range(40)}
+    assert {b - a for a, b in ctPairs} == {5, 9}   # 13 does not fit in slices 3-15
     with pytest.raises(ValueError, match="second volume|volume B"):
         trainerLogic.pickProxyPair(volumeA, segA, mode="inter")
     from PairSegTrainerLib.proxymaps import choosePair
 
-    assert choosePair([4, 5, 6, 7, 8, 9, 10], mode="intra", offsets=(13,), seed=0)[1] in range(4, 11)
-    with pytest.raises(ValueError, match="no labelled slice"):
+    with pytest.raises(ValueError, match=r"slices 4-10 of volume A: no intra pairs.*offset 13"):
+        choosePair([4, 5, 6, 7, 8, 9, 10], mode="intra", offsets=(13,), seed=0)
+    with pytest.raises(ValueError, match="volume A has no labelled slice"):
         choosePair([], mode="intra")
+    with pytest.raises(ValueError, match="volume B has no labelled slice"):
+        choosePair([4, 5], mode="inter", labelledB=[])
+    with pytest.raises(ValueError, match="unknown pair mode 'sideways'"):
+        choosePair([4, 5], mode="sideways")
+
+
+@pytest.mark.parametrize("mode", ["intra", "inter", "intra+inter", "identical"])
+def test_picked_pairs_are_the_training_samplers(mode):
+    """choosePair gives exactly the pairs of volume A that the engine's sampler (pairseg.pairs,
+    margin 0 around the labelled ranges) makes: intra pairs forward at an offset, inter pairs
+    with ANY slice of B's range (not one fixed by slice A's height), never other pairs."""
+    from pairseg.pairs import sample_pairs
+
+    choosePair = trainerLib().proxymaps.choosePair
+
+    labelledA, labelledB = [4, 6, 9, 10, 13, 14], [20, 22, 31]   # ranges 4-14 and 20-31
+    offsets = (3, 5, 7)
+    engineRows = np.concatenate([sample_pairs([np.arange(4, 15), np.arange(20, 32)], mode=mode, offsets=offsets,
+                                              inter_repeats=1, seed=seed) for seed in range(200)])
+    expected = {(int(a), int(b)) for v, a, _, b in engineRows if v == 0}
+    picked = {choosePair(labelledA, mode=mode, offsets=offsets, labelledB=labelledB, seed=seed) for seed in range(1000)}
+    assert picked <= expected
+    assert len(picked) > 0.8 * len(expected)
+    if mode in ("inter", "intra+inter"):
+        partners = {b for a, b in picked if a == 9 and b >= 20}
+        assert len(partners) > 3   # slice 9 meets several slices of B
+    assert choosePair(labelledA, mode=mode, labelledB=labelledB, seed=5) == \
+        choosePair(labelledA, mode=mode, labelledB=labelledB, seed=5)
 
 
 @pytest.mark.chaos

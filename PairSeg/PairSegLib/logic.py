@@ -26,7 +26,8 @@ from . import models, mrml, overlays
 from .engine import EngineError, RunState
 from .mrml import InputError
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+# The engine's devices (pairseg.constants); PairSeg.py's device menu reads them from here.
+DEVICES = engineModule.torchFreeEngineModule("constants").DEVICES
 State = RunState
 
 
@@ -208,8 +209,7 @@ class PairSegCoreLogic:
         if modelPath is None or not str(modelPath).strip():
             raise InputError("No model file selected.")
         metadata = self.modelMetadata(self.modelFile(modelPath))
-        if device not in DEVICES and not (isinstance(device, str) and device.startswith("cuda:")
-                                          and device[5:].isdigit()):
+        if not engineModule.torchFreeEngineModule("constants").is_device_name(device):
             raise InputError(f"Unknown device '{device}': use one of {', '.join(DEVICES)} or cuda:N.")
         if segmentationNode is not None and not segmentationNode.IsA("vtkMRMLSegmentationNode"):
             raise InputError(f"'{segmentationNode.GetName()}' is not a segmentation node.")

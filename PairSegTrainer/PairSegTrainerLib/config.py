@@ -36,13 +36,13 @@ ARCHITECTURES = (
     ("unet", "U-Net (single-slice baseline)"),
 )
 ARCHITECTURE_NAMES = tuple(name for name, _ in ARCHITECTURES)
-PAIR_MODES = ("intra+inter", "intra", "inter", "identical")
-MODALITIES = ("MR", "CT")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-MODEL_SUFFIX = engine.torchFreeEngineModule("constants").MODEL_SUFFIX
+# The engine's names (pairseg.constants), under the names the widget reads them by.
+_constants = engine.torchFreeEngineModule("constants")
+PAIR_MODES = _constants.PAIR_MODES
+MODALITIES = _constants.MODALITIES
+MODEL_SUFFIX = _constants.MODEL_SUFFIX
 
-# Paper defaults (Wang et al. 2021): intra-patient offsets per modality, Adam lr 1e-4, 256 px.
-DEFAULT_OFFSETS = {"MR": (3, 5, 7), "CT": (5, 9, 13)}
+# The engine's defaults (paper: Adam lr 1e-4, 256 px).
 DEFAULT_LEARNING_RATE = engineDefault("lr")
 DEFAULT_SIZE = engineDefault("size")
 DEFAULT_BATCH_SIZE = engineDefault("batch_size")

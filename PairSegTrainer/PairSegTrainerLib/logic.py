@@ -295,21 +295,22 @@ class PairSegTrainerLogic:
 
     def pickProxyPair(self, volumeA, segmentationA, volumeB=None, segmentationB=None, mode: str = "intra",
                       offsets=None, seed: Optional[int] = 0, modality: str = "MR", classNames=None, mapping=None):
-        """(slice A, slice B) as the training sampler would pair them: ``intra`` at one of the
-        offsets (default: the modality's, 3/5/7 MR, 5/9/13 CT) inside A's labelled range, or
-        ``inter`` (slice B at the same relative height in volume B)."""
-        offsets = configModule.parseOffsets(offsets) or configModule.DEFAULT_OFFSETS[str(modality).upper()]
+        """(slice A, slice B) as the training sampler would pair them (``proxymaps.choosePair``
+        over the labelled ranges): ``intra`` at one of the offsets (default: the modality's, 3/5/7
+        MR, 5/9/13 CT), ``inter`` with a slice of volume B (needed), ``intra+inter`` either kind
+        (inter with B when given), ``identical`` (B = A). ValueError when no such pair exists."""
+        offsets = configModule.parseOffsets(offsets)
         itemA = TrainingItem(volumeA, segmentationA, "A")
         items = [itemA]
-        if mode == "inter":
-            if volumeB is None or segmentationB is None:
-                raise ValueError("an inter-patient pair needs volume B and its segmentation")
+        if mode == "inter" and (volumeB is None or segmentationB is None):
+            raise ValueError("an inter-patient pair needs volume B and its segmentation")
+        if mode in ("inter", "intra+inter") and volumeB is not None and segmentationB is not None:
             items.append(TrainingItem(volumeB, segmentationB, "B"))
         report = trainingset.checkItems(items, classNames, mapping)
         labelled = [proxymaps.labelledSlices(trainingset.exportLabelArray(item, report.classNames,
                                                                           report.assignments[item.caseName]))
                     for item in items]
-        return proxymaps.choosePair(labelled[0], mode=mode, offsets=offsets,
+        return proxymaps.choosePair(labelled[0], mode=mode, offsets=offsets, modality=modality,
                                     labelledB=labelled[1] if len(labelled) > 1 else None, seed=seed)
 
     # -- devices -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-from PairSegLib import mrml
+from PairSegLib import engine, mrml
 from PairSegLib.logic import WorkFolderRun
 
 AND_COLOR = (0.16, 0.35, 1.0)     # blue
@@ -56,41 +56,42 @@ def labelledSlices(labels: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.asarray(labels).reshape(labels.shape[0], -1).any(axis=1))
 
 
-def choosePair(labelledA, mode: str = "intra", offsets=(3, 5, 7), labelledB=None, seed: Optional[int] = 0):
-    """Pick (slice A, slice B) as the training sampler does.
+def choosePair(labelledA, mode: str = "intra", offsets=None, labelledB=None, seed: Optional[int] = 0,
+               modality: str = "MR"):
+    """Pick (slice A, slice B) as the training sampler does: one of the pairs of volume A that
+    ``pairseg.pairs.sample_pairs`` makes over the labelled ranges (``--margin 0``) of A and B.
 
-    ``intra``: slice A in the labelled range of volume A, slice B = A + an offset (or - the
-    offset, whichever stays in the labelled range). ``inter``: slice B at the same relative
-    position in volume B's labelled range. ``identical``: B = A. Deterministic for a seed."""
-    labelledA = np.asarray(labelledA)
-    if labelledA.size == 0:
-        raise ValueError("volume A has no labelled slice")
+    ``labelledA``/``labelledB``: indices of the labelled slices of volume A and B; each volume's
+    slices from its first to its last labelled one are used. ``mode`` (``pairseg.constants.
+    PAIR_MODES``): ``intra``: B = A + one of ``offsets`` (default: the modality's, 3/5/7 MR,
+    5/9/13 CT) in A's range; ``inter``: slice B drawn uniformly from volume B's range (without
+    ``labelledB``, as for a single training volume: a shuffled other slice of A); ``intra+inter``:
+    either kind; ``identical``: B = A. Deterministic for a seed.
+
+    Raises:
+        ValueError: no labelled slice in A (or an empty ``labelledB``), an unknown mode, bad
+        offsets, or no pair of that mode (A's range is shorter than every offset).
+    """
+    pairs = engine.torchFreeEngineModule("pairs")
+    ranges = []
+    for name, labelled in (("A", labelledA), ("B", labelledB)):
+        if labelled is None and name == "B":
+            continue
+        labelled = np.asarray(labelled, dtype=np.int64)
+        if labelled.size == 0:
+            raise ValueError(f"volume {name} has no labelled slice")
+        ranges.append(np.arange(int(labelled.min()), int(labelled.max()) + 1))
+    offsets = tuple(int(o) for o in offsets) if offsets else pairs.default_offsets(modality)
     rng = np.random.default_rng(seed)
-    first, last = int(labelledA.min()), int(labelledA.max())
-    if mode == "identical":
-        sliceA = int(rng.integers(first, last + 1))
-        return sliceA, sliceA
-    if mode == "inter":
-        if labelledB is None or len(labelledB) == 0:
-            raise ValueError("an inter-patient pair needs a second volume with labelled slices")
-        labelledB = np.asarray(labelledB)
-        sliceA = int(rng.integers(first, last + 1))
-        relative = 0.5 if last == first else (sliceA - first) / (last - first)
-        firstB, lastB = int(labelledB.min()), int(labelledB.max())
-        return sliceA, int(round(firstB + relative * (lastB - firstB)))
-    if mode != "intra":
-        raise ValueError(f"unknown pair mode {mode!r} (intra, inter or identical)")
-    offsets = [int(o) for o in (offsets or (3,))]
-    offset = int(rng.choice(offsets))
-    if last - first < offset:
-        offset = max(1, last - first)
-    candidates = np.arange(first, last + 1)
-    sliceA = int(rng.choice(candidates))
-    if sliceA + offset <= last:
-        return sliceA, sliceA + offset
-    if sliceA - offset >= first:
-        return sliceA, sliceA - offset
-    return first, min(first + offset, last)
+    try:
+        rows = pairs.sample_pairs(ranges, mode=mode, offsets=offsets, inter_repeats=1, seed=rng)
+    except ValueError as error:
+        raise ValueError(f"slices {ranges[0][0]}-{ranges[0][-1]} of volume A: {error}") from error
+    rows = rows[rows[:, 0] == 0]
+    if len(rows) == 0:
+        raise ValueError(f"no {mode} pair starts in slices {ranges[0][0]}-{ranges[0][-1]} of volume A")
+    _, sliceA, _, sliceB = (int(v) for v in rows[rng.integers(len(rows))])
+    return sliceA, sliceB
 
 
 @dataclass

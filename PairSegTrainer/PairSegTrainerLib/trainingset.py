@@ -1,8 +1,9 @@
 """Training sets from the scene: (volume, segmentation) pairs -> image/label files + dataset.json.
 
-Classes are matched to segments BY NAME (case, spaces, ``_`` and ``-`` ignored), never by label
-value: a .seg.nrrd's label values say nothing about classes. A mapping
-``{segment name: class name}`` overrides the match; mapping a name to ``IGNORE`` ("") leaves that
+Classes are matched to segments BY NAME, by the engine's one class-name rule
+(``pairseg.constants.class_key``: case, spaces, ``_`` and ``-`` ignored), never by label value: a
+.seg.nrrd's label values say nothing about classes. A mapping ``{segment name: class name}``
+overrides the match; mapping a name to ``IGNORE`` ("") leaves that
 segment out on purpose. A segment whose name matches no class is an error that lists the names
 (reported, never silently dropped).
 
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from PairSegLib import engine
+
+constants = engine.torchFreeEngineModule("constants")
 
 IGNORE = ""                 # mapping value: leave this segment out on purpose
 MANIFEST = "dataset.json"
@@ -32,9 +36,9 @@ class TrainingSetError(ValueError):
     """The training set cannot be exported; the message names the case and the problem."""
 
 
-def normalizeName(name: str) -> str:
-    """``"Right_Kidney "`` -> ``"right kidney"``: how segment and class names are compared."""
-    return re.sub(r"[\s_\-]+", " ", str(name or "")).strip().casefold()
+# The engine's one class-name rule (``class_key``), so a class the Trainer exports is the class
+# ``pairseg train`` reads. ``normalizeName``: the name the widget imports it under.
+normalizeName = constants.class_key
 
 
 def safeFileName(name: str) -> str:
@@ -70,12 +74,12 @@ def matchClass(segmentName: str, classNames, mapping: Optional[dict] = None):
     mapping = mapping or {}
     if segmentName in mapping:
         return mapping[segmentName]
-    wanted = normalizeName(segmentName)
+    wanted = constants.class_key(segmentName)
     for key, value in mapping.items():
-        if normalizeName(key) == wanted:
+        if constants.class_key(key) == wanted:
             return value
     for className in classNames:
-        if normalizeName(className) == wanted:
+        if constants.class_key(className) == wanted:
             return className
     return None
 
@@ -91,9 +95,9 @@ def classesFromSegments(items, mapping: Optional[dict] = None) -> list:
         for name in segmentNames(item.segmentationNode):
             target = matchClass(name, [], merged)
             target = name if target is None else target
-            if target == IGNORE or normalizeName(target) in seen:
+            if target == IGNORE or constants.class_key(target) in seen:
                 continue
-            seen.add(normalizeName(target))
+            seen.add(constants.class_key(target))
             classes.append(target)
     return classes
 
@@ -127,7 +131,7 @@ def classReport(items, classNames, mapping: Optional[dict] = None) -> ClassRepor
         for name in segmentNames(item.segmentationNode):
             target = matchClass(name, classNames, merged)
             if target is not None and target != IGNORE:
-                hit = [c for c in classNames if normalizeName(c) == normalizeName(target)]
+                hit = [c for c in classNames if constants.class_key(c) == constants.class_key(target)]
                 target = hit[0] if hit else None
             if target is None:
                 unknown.append(name)
@@ -135,8 +139,8 @@ def classReport(items, classNames, mapping: Optional[dict] = None) -> ClassRepor
                 assigned[name] = target
         report.assignments[item.name] = assigned
         report.unknown[item.name] = unknown
-        covered = {normalizeName(c) for c in assigned.values() if c != IGNORE}
-        report.missing[item.name] = [c for c in classNames if normalizeName(c) not in covered]
+        covered = {constants.class_key(c) for c in assigned.values() if c != IGNORE}
+        report.missing[item.name] = [c for c in classNames if constants.class_key(c) not in covered]
     return report
 
 
@@ -276,7 +280,7 @@ def checkItems(items, classNames=None, mapping=None) -> ClassReport:
             raise TrainingSetError(f"{label}: '{item.segmentationNode.GetName()}' is not a segmentation")
         if item.segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
             raise TrainingSetError(f"{label}: segmentation '{item.segmentationNode.GetName()}' has no segments")
-        key = normalizeName(safeFileName(item.name))
+        key = constants.class_key(safeFileName(item.name))
         if key in names:
             raise TrainingSetError(f"{label}: two cases are named '{item.name}'; rename one volume")
         names.add(key)
@@ -285,7 +289,7 @@ def checkItems(items, classNames=None, mapping=None) -> ClassReport:
     classNames = [str(c) for c in classNames]
     if not classNames:
         raise TrainingSetError("no class: every segment is ignored")
-    if len({normalizeName(c) for c in classNames}) != len(classNames):
+    if len({constants.class_key(c) for c in classNames}) != len(classNames):
         raise TrainingSetError(f"duplicate class names in {classNames}")
     report = classReport(items, classNames, mapping)
     if not report.ok:
@@ -311,7 +315,7 @@ def exportLabelArray(item, classNames, assignments: dict) -> np.ndarray:
         if className == IGNORE:
             continue
         ids.InsertNextValue(byName[segmentName])
-        lookup.append(1 + [normalizeName(c) for c in classNames].index(normalizeName(className)))
+        lookup.append(1 + [constants.class_key(c) for c in classNames].index(constants.class_key(className)))
     dims = item.volumeNode.GetImageData().GetDimensions()
     if ids.GetNumberOfValues() == 0:
         return np.zeros(dims[::-1], np.uint8)
