@@ -91,7 +91,10 @@ def _predict_canvas(model: torch.nn.Module, canvas: torch.Tensor, size: int, dev
     ``size`` x ``size`` windows (``tile_starts``) blended with Gaussian weights."""
     height, width = canvas.shape[-2:]
     if height * width <= WHOLE_SLICE_AREA * size * size:
-        padded_h, padded_w = (-(-n // INPUT_MULTIPLE) * INPUT_MULTIPLE for n in (height, width))
+        if (height, width) == (size, size):  # the training slice size, as the network was trained on it
+            padded_h, padded_w = height, width
+        else:
+            padded_h, padded_w = (-(-n // INPUT_MULTIPLE) * INPUT_MULTIPLE for n in (height, width))
         canvas = torch.nn.functional.pad(canvas, (0, padded_w - width, 0, padded_h - height))
         step = max(1, batch_size * size * size // (padded_h * padded_w))
         return torch.cat([_run(model, canvas[i:i + step], device, precision)
