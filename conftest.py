@@ -100,3 +100,19 @@ def _save_format1(path: Path, model, metadata: dict, with_readout: bool = True) 
 def save_format1():
     """``save_format1(path, model, metadata, with_readout=True)``: see :func:`_save_format1`."""
     return _save_format1
+
+
+@pytest.fixture(scope="session")
+def untrained_mr_model(tmp_path_factory) -> Path:
+    """An untrained two-class (liver, spleen) MR C2FCN over a narrow U-Net, size 32: a real model
+    file for plumbing tests (bad input, output checks), not for accuracy."""
+    import torch
+
+    from pairseg.modelfile import save_model
+    from pairseg.networks import build_model
+
+    torch.manual_seed(0)
+    return save_model(tmp_path_factory.mktemp("untrained-model") / "mr.pairseg",
+                      build_model("c2fcn", 2, 3, base="unet", width=4),
+                      {"class_names": ["liver", "spleen"], "class_colors": [[1, 0, 0], [0, 0, 1]],
+                       "modality": "MR", "size": 32})

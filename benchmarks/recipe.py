@@ -80,6 +80,7 @@ def load_cases(npz: Path | None, names: list[str] | None = None):
 def score(model, cases: dict, names: list[str], class_names: list[str], spacing: float, size: int, device,
           fov=(1.0,), assd: bool = True) -> dict:
     """{fov: {case: metrics}} of ``model`` on ``names``, largest component kept."""
+    from common import dice_only
     from pairseg.data import widen_field_of_view
     from pairseg.infer import predict_native
     from pairseg.metrics import evaluate_case
@@ -97,11 +98,7 @@ def score(model, cases: dict, names: list[str], class_names: list[str], spacing:
             pred = keep_largest_component(pred, len(class_names))
             pred = pred[:, top:top + label.shape[1], left:left + label.shape[2]]
             spacing_zyx = tuple(float(s) for s in reversed(volume.spacing))
-            result = evaluate_case(pred, label, spacing_zyx, class_names) if assd else \
-                {"dice": {c: float(2 * np.sum((pred == i + 1) & (label == i + 1)) /
-                                   max(1, np.sum(pred == i + 1) + np.sum(label == i + 1)))
-                          for i, c in enumerate(class_names)}}
-            result["mean_dice"] = float(np.mean(list(result["dice"].values())))
+            result = (evaluate_case if assd else dice_only)(pred, label, spacing_zyx, class_names)
             per_case[name] = {k: result[k] for k in ("dice", "assd", "mean_dice") if k in result}
         out[str(factor)] = {"cases": per_case,
                             "mean_dice": float(np.mean([c["mean_dice"] for c in per_case.values()])),

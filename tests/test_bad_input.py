@@ -14,8 +14,6 @@ import torch
 
 from pairseg.cli import EXIT_BAD_INPUT, main
 from pairseg.io import Volume, write_labels, write_volume
-from pairseg.modelfile import save_model
-from pairseg.networks import build_model
 
 CLASSES = "liver,spleen"
 
@@ -42,12 +40,8 @@ def _labels(shape=(6, 16, 20), classes=(1, 2)) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_model(tmp_path_factory.mktemp("bad-model") / "mr.pairseg",
-                      build_model("c2fcn", 2, 3, base="unet", width=4),
-                      {"class_names": ["liver", "spleen"], "class_colors": [[1, 0, 0], [0, 0, 1]],
-                       "modality": "MR", "size": 32})
+def model(untrained_mr_model) -> Path:
+    return untrained_mr_model
 
 
 def _write_raw(path: Path, array: np.ndarray) -> Path:

@@ -17,8 +17,6 @@ import torch
 from pairseg import io
 from pairseg.cli import EXIT_BAD_INPUT, EXIT_TERMINATED, main
 from pairseg.io import Volume, write_labels, write_volume
-from pairseg.modelfile import save_model
-from pairseg.networks import build_model
 
 SHAPE = (6, 24, 28)
 
@@ -54,12 +52,8 @@ def _image(seed=0) -> Volume:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_model(tmp_path_factory.mktemp("out-model") / "mr.pairseg",
-                      build_model("c2fcn", 2, 3, base="unet", width=4),
-                      {"class_names": ["liver", "spleen"], "class_colors": [[1, 0, 0], [0, 0, 1]],
-                       "modality": "MR", "size": 32})
+def model(untrained_mr_model) -> Path:
+    return untrained_mr_model
 
 
 @pytest.fixture
