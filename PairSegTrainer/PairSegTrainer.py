@@ -42,7 +42,10 @@ def _reloadLibInDeveloperMode():
 
 _reloadLibInDeveloperMode()
 
+import PairSegTrainerLib.config as _trainerConfig  # noqa: E402
 import PairSegTrainerLib.logic as _trainerLogic  # noqa: E402
+
+_range, _default = _trainerConfig.parameterRange, _trainerConfig.parameterDefault
 
 
 class PairSegTrainer(ScriptedLoadableModule):
@@ -67,29 +70,31 @@ class PairSegTrainerParameterNode:
     """Settings shown in the GUI (the training-set list is stored as node references).
 
     Numeric settings declare their ranges (the GUI connectors set the spin boxes from them, so the
-    GUI and the node agree and an out-of-range value is refused at once). The training ones belong
-    to the engine's training schema: when ``pairseg.config`` (torch-free TrainConfig settings) is on
-    main, take their defaults and ranges from ``pairseg.config.setting(name)``.
+    GUI and the node agree and an out-of-range value is refused at once). The training ones are
+    the engine's training schema (``pairseg.config``, read through ``PairSegTrainerLib.config``):
+    their defaults and ranges are taken from it, not written here. ``steps`` has no engine default
+    (unset, the budget is in epochs): ``STEPS_SHOWN`` is what the box offers when switched to steps.
     """
 
     classNames: str = ""
     modality: str = "MR"
-    arch: str = "c2fcn"
+    arch: str = _trainerConfig.ARCHITECTURE_NAMES[0]
     outputName: str = "pairseg-model"
     outputFolder: str = ""
     initFrom: str = ""
     useSteps: bool = False
-    epochs: Annotated[int, WithinRange(1, 10000)] = 50
-    steps: Annotated[int, WithinRange(1, 10000000)] = 2000
-    batchSize: Annotated[int, WithinRange(1, 512)] = 8
-    size: Annotated[int, WithinRange(32, 1024)] = 256
-    learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-4
-    valFraction: Annotated[float, WithinRange(0.0, 0.9)] = 0.2
-    device: str = "auto"
+    epochs: Annotated[int, WithinRange(*_range("epochs"))] = _default("epochs")
+    steps: Annotated[int, WithinRange(*_range("steps"))] = _trainerConfig.STEPS_SHOWN
+    batchSize: Annotated[int, WithinRange(*_range("batch_size"))] = _default("batch_size")
+    size: Annotated[int, WithinRange(*_range("size"))] = _default("size")
+    learningRate: Annotated[float, WithinRange(*_range("lr", _trainerConfig.LEARNING_RATE_STEP))] = _default("lr")
+    valFraction: Annotated[float, WithinRange(*_range("val_fraction", _trainerConfig.FRACTION_STEP))] = \
+        _default("val_fraction")
+    device: str = _trainerConfig.engineDefault("device")
     gpus: Annotated[int, WithinRange(1, 64)] = 1
-    pairMode: str = "intra+inter"
+    pairMode: str = _trainerConfig.engineDefault("pair_mode")
     offsets: str = ""
-    interRepeats: Annotated[int, WithinRange(1, 20)] = 2
+    interRepeats: Annotated[int, WithinRange(*_range("inter_repeats"))] = _default("inter_repeats")
     mapping: str = "{}"
     currentModel: str = ""
     proxyModel: str = ""

@@ -513,6 +513,13 @@ def loadScriptedModule(moduleFilePath, release=None):
     for path in (os.path.join(REPOSITORY_ROOT, "src"), moduleDir):
         if path not in sys.path:
             sys.path.insert(0, path)
+    # Slicer registers every module of its module paths before it runs any module file, and
+    # registering one appends its folder to sys.path (ctkFactoryScriptedItem::load): a module
+    # file may import a Lib of another module (its dependency) at the top, whichever runs first.
+    for name in sorted(os.listdir(os.path.dirname(moduleDir))):
+        sibling = os.path.join(os.path.dirname(moduleDir), name)
+        if os.path.isfile(os.path.join(sibling, name + ".py")) and sibling not in sys.path:
+            sys.path.append(sibling)
     spec = importlib.util.spec_from_file_location(moduleName, moduleFilePath)
     module = importlib.util.module_from_spec(spec)
     sys.modules[moduleName] = module

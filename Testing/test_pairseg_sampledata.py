@@ -410,7 +410,7 @@ def test_missing_embedded_case_registers_the_download_only(sampledata, monkeypat
 
     monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
     monkeypatch.setenv("PAIRSEG_SAMPLE_DATA_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(sampledata.SampleDataError, match="not a readable sample description"):
+    with pytest.raises(sampledata.SampleDataError, match="nowhere has no dataset.json"):
         sampledata.loadEmbeddedSample()
     sampledata.registerSampleData(os.path.join(ROOT, "PairSeg", "Resources", "Icons"))
     assert registered == ["CHAOSMRT2Patient1"]

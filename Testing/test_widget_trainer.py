@@ -54,6 +54,58 @@ def test_spin_box_ranges_come_from_the_parameters(trainerWidget):
     assert ui.learningRateSpinBox.decimals == 6
 
 
+#: parameter-node name -> the engine's TrainConfig setting it shows
+ENGINE_SETTINGS = {"epochs": "epochs", "steps": "steps", "batchSize": "batch_size", "size": "size",
+                   "learningRate": "lr", "valFraction": "val_fraction", "interRepeats": "inter_repeats"}
+
+
+def test_defaults_and_ranges_are_the_engine_schema(trainerWidget):
+    """Issue 15 item 1: the parameter node's defaults and ranges are the engine's TrainConfig
+    settings (no second copy that can drift: 50 vs 20 epochs, 0.2 vs 0.0 validation), the spin
+    boxes show exactly them, and a fresh node builds the engine's default TrainConfig."""
+    import xml.etree.ElementTree as ElementTree
+
+    from pairseg.config import TrainConfig, setting
+
+    ui = trainerWidget.ui
+    node = trainerWidget.panel._parameterNode
+    spinBoxes = {"epochs": ui.epochsSpinBox, "steps": ui.stepsSpinBox, "batchSize": ui.batchSizeSpinBox,
+                 "size": ui.sizeSpinBox, "learningRate": ui.learningRateSpinBox,
+                 "valFraction": ui.valFractionSpinBox, "interRepeats": ui.interRepeatsSpinBox}
+    uiFile = os.path.join(os.path.dirname(__file__), os.pardir, "PairSegTrainer", "Resources", "UI",
+                          "PairSegTrainer.ui")
+    designed = {}
+    for widget in ElementTree.parse(uiFile).iter("widget"):
+        properties = {p.get("name"): p[0].text for p in widget.findall("property") if len(p)}
+        if properties.get("SlicerParameterName") in ENGINE_SETTINGS:
+            designed[properties["SlicerParameterName"]] = properties
+    for parameter, name in ENGINE_SETTINGS.items():
+        spec = setting(name)
+        box = spinBoxes[parameter]
+        low = spec.minimum if spec.minimum is not None else spec.exclusive_minimum
+        high = spec.maximum if spec.maximum is not None else spec.exclusive_maximum
+        assert low <= box.minimum <= box.maximum <= high, (parameter, box.minimum, box.maximum, low, high)
+        assert spec.problem(spec.kind == "int" and int(box.minimum) or box.minimum) is None, parameter
+        assert spec.problem(spec.kind == "int" and int(box.maximum) or box.maximum) is None, parameter
+        # the .ui file's own numbers (what Designer shows) are the same range
+        assert float(designed[parameter]["minimum"]) == pytest.approx(box.minimum), parameter
+        assert float(designed[parameter]["maximum"]) == pytest.approx(box.maximum), parameter
+        if parameter != "steps":   # steps: no engine default (unset, the budget is in epochs)
+            expected = spec.default if spec.default is not None else spec.fallback
+            assert getattr(node, parameter) == pytest.approx(expected), parameter
+            assert box.value == pytest.approx(expected), parameter
+            assert float(designed[parameter]["value"]) == pytest.approx(expected), parameter
+    assert node.epochs == 20 and node.valFraction == 0.0   # the two defaults that had drifted
+    assert [ui.architectureComboBox.itemData(i) for i in range(ui.architectureComboBox.count)] == list(
+        setting("arch").choices)
+    built = trainerWidget.panel.buildConfig(os.path.dirname(uiFile)).engineSettings()
+    defaults = TrainConfig(data="d", out="o.pairseg")
+    for parameter, name in ENGINE_SETTINGS.items():
+        if parameter not in ("steps", "epochs"):
+            assert built[name] == getattr(defaults, name), name
+    assert built["epochs"] == defaults.budget()[0] and built["steps"] is None
+
+
 def test_console_api_and_dependency(trainerWidget):
     """Fault 7 for the Trainer and its declared dependency on PairSeg (fault 11)."""
     import slicer

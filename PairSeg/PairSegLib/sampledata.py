@@ -33,6 +33,8 @@ import zipfile
 
 import numpy as np
 
+from . import engine
+
 CHAOS_ARCHIVE_URL = "https://zenodo.org/records/3431873/files/CHAOS_Train_Sets.zip?download=1"
 CHAOS_ARCHIVE_NAME = "CHAOS_Train_Sets.zip"
 CHAOS_RECORD_URL = "https://doi.org/10.5281/zenodo.3431873"
@@ -53,7 +55,6 @@ SAMPLE_PATIENT = 2          # the embedded case
 SAMPLE_NAME = "CHAOSMRT2Case002"
 DOWNLOAD_PATIENT = 1        # the Sample Data entry that downloads the archive
 DOWNLOAD_NAME = "CHAOSMRT2Patient1"
-EMBEDDED_FOLDER_ENV = "PAIRSEG_SAMPLE_DATA_DIR"
 CHUNK_BYTES = 1 << 20
 
 
@@ -197,16 +198,13 @@ def _removeNodes(scene, nodes):
 
 
 def embeddedCaseFolder():
-    """The folder of the embedded sample case: ``$PAIRSEG_SAMPLE_DATA_DIR``, else
-    ``Resources/SampleData`` beside the modules (extension) or at the top of the source checkout."""
-    if os.environ.get(EMBEDDED_FOLDER_ENV):
-        return os.environ[EMBEDDED_FOLDER_ENV]
-    libraryFolder = os.path.dirname(os.path.abspath(__file__))   # .../PairSegLib
-    for base in (os.path.dirname(libraryFolder), os.path.dirname(os.path.dirname(libraryFolder))):
-        folder = os.path.join(base, "Resources", "SampleData")
-        if os.path.isfile(os.path.join(folder, "dataset.json")):
-            return folder
-    raise SampleDataError(f"PairSeg's embedded sample case (Resources/SampleData) was not found near {libraryFolder}.")
+    """The folder of the embedded sample case (``pairseg.catalog.sample_folder``:
+    ``$PAIRSEG_SAMPLE_DATA_DIR``, else ``Resources/SampleData`` of the extension or the source
+    checkout); SampleDataError when it holds no dataset.json."""
+    folder = str(engine.torchFreeEngineModule("catalog").sample_folder())
+    if not os.path.isfile(os.path.join(folder, "dataset.json")):
+        raise SampleDataError(f"PairSeg's embedded sample case was not found ({folder} has no dataset.json).")
+    return folder
 
 
 def embeddedCase():

@@ -28,19 +28,55 @@ def engineDefault(name):
     """The engine's default of a training setting (``pairseg.config.setting(name).default``)."""
     return engineSchema().setting(name).default
 
-# (engine name, label shown in the UI); the first one is the default.
-ARCHITECTURES = (
-    ("c2fcn", "C2FCN (compact conjugate FCN)"),
-    ("cfcn", "CFCN (conjugate FCN)"),
-    ("deeplabv3plus", "DeepLabv3+ (single-slice baseline)"),
-    ("unet", "U-Net (single-slice baseline)"),
-)
-ARCHITECTURE_NAMES = tuple(name for name, _ in ARCHITECTURES)
+
+def parameterDefault(name):
+    """The value a GUI shows for an engine setting: its default, or for an optional one that is
+    unset by default, what unset means (``fallback``: 20 epochs). ValueError when it has neither."""
+    spec = engineSchema().setting(name)
+    value = spec.default if spec.default is not None else spec.fallback
+    if value is None:
+        raise ValueError(f"training setting {name!r} has no default")
+    return value
+
+
+def parameterRange(name, resolution=None):
+    """The closed range ``(low, high)`` of an engine setting for a spin box and the parameter
+    node's ``WithinRange``: the engine's inclusive bounds as they are; an exclusive bound moved
+    inwards by ``resolution`` (1 for a whole number; for a float, the smallest step the spin box
+    shows, e.g. 1e-6 for six decimals). ValueError when a side is unbounded."""
+    spec = engineSchema().setting(name)
+    if resolution is None:
+        if spec.kind != "int":
+            raise ValueError(f"training setting {name!r} is a {spec.kind}: give the spin box's resolution")
+        resolution = 1
+    bounds = []
+    for inclusive, exclusive, direction in ((spec.minimum, spec.exclusive_minimum, 1),
+                                            (spec.maximum, spec.exclusive_maximum, -1)):
+        if inclusive is not None:
+            bounds.append(inclusive)
+        elif exclusive is not None:
+            bounds.append(exclusive + direction * resolution)
+        else:
+            raise ValueError(f"training setting {name!r} has no {'lower' if direction > 0 else 'upper'} bound")
+    low, high = bounds
+    return (int(low), int(high)) if spec.kind == "int" else (float(low), float(high))
+
 # The engine's names (pairseg.constants), under the names the widget reads them by.
 _constants = engine.torchFreeEngineModule("constants")
 PAIR_MODES = _constants.PAIR_MODES
 MODALITIES = _constants.MODALITIES
 MODEL_SUFFIX = _constants.MODEL_SUFFIX
+# The labels the UI shows for the engine's architectures (pairseg.constants.ARCHITECTURES, whose
+# first one is the default); an architecture without a label here is shown by its name.
+ARCHITECTURE_LABELS = {
+    "c2fcn": "C2FCN (compact conjugate FCN)",
+    "cfcn": "CFCN (conjugate FCN)",
+    "deeplabv3plus": "DeepLabv3+ (single-slice baseline)",
+    "unet": "U-Net (single-slice baseline)",
+    "siamfcn": "SiamFCN (Siamese ablation)",
+}
+ARCHITECTURE_NAMES = tuple(_constants.ARCHITECTURES)
+ARCHITECTURES = tuple((name, ARCHITECTURE_LABELS.get(name, name)) for name in ARCHITECTURE_NAMES)
 
 # The engine's defaults (paper: Adam lr 1e-4, 256 px).
 DEFAULT_LEARNING_RATE = engineDefault("lr")
@@ -52,6 +88,13 @@ ENGINE_NAMES = {"dataFolder": "data", "outputModel": "out", "arch": "arch", "epo
                 "size": "size", "batchSize": "batch_size", "learningRate": "lr", "device": "device", "seed": "seed",
                 "valFraction": "val_fraction", "pairMode": "pair_mode", "offsets": "offsets",
                 "interRepeats": "inter_repeats", "initFrom": "init_from", "resume": "resume", "stopFile": "stop_file"}
+#: What the steps box offers when the budget is switched to steps (the engine has no default:
+#: unset, the budget is in epochs).
+STEPS_SHOWN = 2000
+#: The smallest steps of the float spin boxes (their decimals in the .ui: 6 and 2); an exclusive
+#: engine bound is moved inwards by one of them (``parameterRange``).
+LEARNING_RATE_STEP = 1e-6
+FRACTION_STEP = 0.01
 # Fine-tuning after a few corrected cases: short schedule, smaller learning rate.
 FINE_TUNE_EPOCHS = 10
 FINE_TUNE_LEARNING_RATE = 3e-5

@@ -21,28 +21,45 @@ from typing import Any
 
 from pairseg.errors import PairSegInputError
 
-__all__ = ["CATALOG_FILE", "Catalog", "CatalogEntry", "catalog_folder", "load_catalog", "resolve_model",
-           "file_sha256"]
+__all__ = ["CATALOG_FILE", "Catalog", "CatalogEntry", "catalog_folder", "sample_folder", "load_catalog",
+           "resolve_model", "file_sha256"]
 
 CATALOG_FILE = "models.json"
+#: environment variables that point the engine at another catalog or sample folder
+MODELS_FOLDER_VARIABLE = "PAIRSEG_MODELS_DIR"
+SAMPLE_FOLDER_VARIABLE = "PAIRSEG_SAMPLE_DATA_DIR"
 CATALOG_VERSION = 1
 _REQUIRED = ("name", "title", "description", "version", "modality", "arch", "file", "sha256", "file_size_bytes",
              "classes", "spacing_mm", "size", "training_data", "evaluation", "cpu_segment_seconds")
 
 
-def catalog_folder() -> Path:
-    """Where the catalog lives: ``$PAIRSEG_MODELS_DIR`` when set; else ``Resources/Models`` beside
-    the engine package, as the extension installs it (``<scripted modules>/Resources/Models``),
-    or two folders up in a source checkout (``<repository>/Resources/Models``, engine in src/)."""
-    override = os.environ.get("PAIRSEG_MODELS_DIR")
+def _resource_folder(kind: str, marker: str, override_variable: str) -> Path:
+    """``Resources/<kind>``: ``$<override_variable>`` when set; else the first one holding
+    ``marker`` beside the engine package, as the extension installs it (``<scripted
+    modules>/Resources/<kind>``), or two folders up in a source checkout (engine in src/)."""
+    override = os.environ.get(override_variable)
     if override:
         return Path(override)
     package = Path(__file__).resolve().parent
     for root in (package.parent, package.parent.parent):
-        candidate = root / "Resources" / "Models"
-        if (candidate / CATALOG_FILE).is_file():
+        candidate = root / "Resources" / kind
+        if (candidate / marker).is_file():
             return candidate
-    return package.parent.parent / "Resources" / "Models"
+    return package.parent.parent / "Resources" / kind
+
+
+def catalog_folder() -> Path:
+    """Where the catalog lives: ``$PAIRSEG_MODELS_DIR`` when set; else ``Resources/Models`` beside
+    the engine package (extension) or at the top of the source checkout."""
+    return _resource_folder("Models", CATALOG_FILE, MODELS_FOLDER_VARIABLE)
+
+
+def sample_folder() -> Path:
+    """The embedded sample case (a dataset folder: dataset.json, CHAOS case_002 image and expert
+    label, CC BY-SA 4.0): ``$PAIRSEG_SAMPLE_DATA_DIR`` when set; else ``Resources/SampleData``
+    beside the engine package (extension) or at the top of the source checkout. The folder may
+    be missing; callers check for its dataset.json."""
+    return _resource_folder("SampleData", "dataset.json", SAMPLE_FOLDER_VARIABLE)
 
 
 @dataclass(frozen=True)

@@ -85,15 +85,18 @@ class TrainConfig:
     arch: Optional[str] = field(default=None, metadata=_meta(
         "architecture (default c2fcn, or the --init-from model's)", choices=ARCHITECTURES))
     epochs: Optional[int] = field(default=None, metadata=_meta(
-        f"number of epochs (default {DEFAULT_EPOCHS})", minimum=1, exclusive="budget", fallback=DEFAULT_EPOCHS))
-    steps: Optional[int] = field(default=None, metadata=_meta("number of optimiser steps", minimum=1,
+        f"number of epochs (default {DEFAULT_EPOCHS})", minimum=1, maximum=100_000, exclusive="budget", fallback=DEFAULT_EPOCHS))
+    steps: Optional[int] = field(default=None, metadata=_meta("number of optimiser steps", minimum=1, maximum=10_000_000,
                                                                exclusive="budget"))
-    size: int = field(default=256, metadata=_meta("training slice size in pixels (default 256)", minimum=32))
+    size: int = field(default=256, metadata=_meta("training slice size in pixels (default 256)", minimum=32,
+                                                         maximum=4096))
     spacing: Optional[float] = field(default=None, metadata=_meta(
         "in-plane pixel spacing of the model in mm (default: the training set's median field of view divided by "
         "--size); slices are resampled to it for training and inference", exclusive_minimum=0.0))
-    batch_size: int = field(default=8, metadata=_meta("samples (pairs) per step and GPU (default 8)", minimum=1))
-    lr: float = field(default=1e-4, metadata=_meta("Adam learning rate (default 1e-4)", exclusive_minimum=0.0))
+    batch_size: int = field(default=8, metadata=_meta("samples (pairs) per step and GPU (default 8)", minimum=1,
+                                                                maximum=4096))
+    lr: float = field(default=1e-4, metadata=_meta("Adam learning rate (default 1e-4)", exclusive_minimum=0.0,
+                                                       maximum=1.0))
     weight_decay: float = field(default=5e-4, metadata=_meta("Adam weight decay (default 5e-4)", minimum=0.0))
     seed: int = field(default=0, metadata=_meta(
         "seed of the initialisation, pair sampling and augmentation (default 0)", minimum=0))
@@ -121,7 +124,7 @@ class TrainConfig:
         "intra-patient slice offsets (default 3,5,7 MR; 5,9,13 CT)", minimum=1, parse="int_list",
         group="pair sampling"))
     inter_repeats: int = field(default=2, metadata=_meta(
-        "inter-patient pairs per slice and epoch (default 2)", minimum=1, group="pair sampling"))
+        "inter-patient pairs per slice and epoch (default 2)", minimum=1, maximum=1000, group="pair sampling"))
     margin: Optional[int] = field(default=None, metadata=_meta(
         "keep only slices within this many slices of the labelled range", minimum=0, group="pair sampling"))
     output_stride: int = field(default=8, metadata=_meta(

@@ -20,15 +20,7 @@ import numpy as np
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, jsonable
 
-__all__ = ["sample_folder", "run_demo", "overlay_picture"]
-
-
-def sample_folder() -> Path:
-    """The embedded sample dataset (``Resources/SampleData``: dataset.json, case_002 image + label),
-    beside the model catalog (``pairseg.catalog.catalog_folder``)."""
-    from pairseg.catalog import catalog_folder
-
-    return catalog_folder().parent / "SampleData"
+__all__ = ["run_demo", "overlay_picture"]
 
 
 def overlay_picture(path: Path, image: np.ndarray, predicted: np.ndarray, reference: np.ndarray,
@@ -71,7 +63,7 @@ def run_demo(*, out: str, model: str | None = None, data: str | None = None, tra
     fine-tuning cases (a one-case dataset, like the default sample, fine-tunes on that case).
     Returns the report also written to ``<out>/metrics.json``. Raises ``PairSegInputError``.
     """
-    from pairseg.catalog import load_catalog, resolve_model
+    from pairseg.catalog import load_catalog, resolve_model, sample_folder
     from pairseg.datasets import load_dataset
     from pairseg.infer import Predictor
     from pairseg.io import read_label, read_volume
