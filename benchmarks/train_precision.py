@@ -35,15 +35,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=250)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cases", default=",".join(TRAIN), help="training cases, comma-separated (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "train_precision.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    train_cases = [c for c in args.cases.split(",") if c]
+    unknown = sorted(set(train_cases) - set(TRAIN))
+    if unknown:
+        parser.error(f"--cases: not a one-case training case of this benchmark: {', '.join(unknown)}")
     chaos_dir()
-    cases, class_names = load_cases(None, TRAIN + TEST)
+    cases, class_names = load_cases(None, train_cases + TEST)
     spacing = 320.0 / args.size  # the CHAOS field of view (256 px of 1.25 mm) fills the training size
-    result = {"steps": args.steps, "size": args.size, "spacing_mm": spacing, "train_cases": TRAIN, "test_cases": TEST,
+    result = {"steps": args.steps, "size": args.size, "spacing_mm": spacing, "train_cases": train_cases, "test_cases": TEST,
               "machine": machine_facts(), "runs": []}
-    for case in TRAIN:
+    for case in train_cases:
         store = SliceStore.from_volumes([cases[case][0]], [cases[case][1]], "MR", args.size, [case],
                                         model_spacing=spacing, mr_rule="above-minimum")
         for name, (precision, channels_last) in VARIANTS.items():

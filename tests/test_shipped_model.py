@@ -43,9 +43,27 @@ def test_field_of_view_does_not_change_the_organs(shipped):
     for organ, value in dice[1.0].items():  # as the catalog states it (rounding aside)
         assert value == pytest.approx(entry.evaluation["dice"][organ], abs=0.002)
     assert np.mean(list(dice[1.0].values())) > 0.85 and min(dice[1.0].values()) > 0.75
-    for factor in (1.25, 1.5):  # 400 and 480 mm: every organ within 1 Dice point
+    for factor in (1.25, 1.5):  # 400 and 480 mm: no organ loses a Dice point, none moves by 2
         for organ in predictor.class_names:
-            assert abs(dice[factor][organ] - dice[1.0][organ]) < 0.01, (factor, organ, dice)
+            change = dice[factor][organ] - dice[1.0][organ]
+            assert change > -0.01 and abs(change) < 0.02, (factor, organ, dice)
+
+
+def test_the_settings_file_is_what_trained_the_shipped_model(shipped):
+    """``Resources/Models/<name>.train.json`` reproduces the shipped file: the settings the model
+    records (``training.settings``: the engine's TrainConfig without data, out and run control)
+    are the file's, and it was trained on the cases the catalog lists."""
+    from pairseg.config import TrainConfig
+    from pairseg.modelfile import read_metadata
+
+    entry, _ = shipped
+    settings = TrainConfig.read(ROOT / "Resources" / "Models" / f"{entry.name}.train.json").to_dict()
+    recorded = read_metadata(entry.verify())["training"]
+    for name, value in recorded["settings"].items():
+        if name != "device":   # "auto" in the file; the device it resolved to in the model
+            assert settings[name] == value, name
+    assert recorded["steps"] == settings["steps"]
+    assert recorded["seen_cases"] == settings["cases"] == entry.training_data["cases"]
 
 
 def _ct_examples() -> Path:

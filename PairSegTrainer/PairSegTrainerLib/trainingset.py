@@ -36,11 +36,6 @@ class TrainingSetError(ValueError):
     """The training set cannot be exported; the message names the case and the problem."""
 
 
-# The engine's one class-name rule (``class_key``), so a class the Trainer exports is the class
-# ``pairseg train`` reads. ``normalizeName``: the name the widget imports it under.
-normalizeName = constants.class_key
-
-
 def safeFileName(name: str) -> str:
     text = re.sub(r"[^A-Za-z0-9.+-]+", "_", str(name or "")).strip("._")
     return text or "case"

@@ -12,11 +12,13 @@ import traceback
 
 import qt
 import slicer
-from PairSegLib import gui
+from PairSegLib import engine, gui
 
 from . import config as configModule
 from . import job as jobModule
-from .trainingset import IGNORE, TrainingItem, normalizeName, segmentNames
+from .trainingset import IGNORE, TrainingItem, segmentNames
+
+classKey = engine.torchFreeEngineModule("constants").class_key   # the engine's one class-name rule
 
 POLL_MS = 500
 
@@ -255,7 +257,7 @@ class TrainerPanel:
             nameCell.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
             text = "ignore" if target == IGNORE else (target or "")
             classCell = qt.QTableWidgetItem(text)
-            if target is None or (target != IGNORE and normalizeName(target) not in {normalizeName(c) for c in classes}):
+            if target is None or (target != IGNORE and classKey(target) not in {classKey(c) for c in classes}):
                 unknown.append(name)
                 classCell.setBackground(qt.QBrush(qt.QColor(255, 200, 200)))
             table.setItem(row, 0, nameCell)
