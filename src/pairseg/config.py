@@ -85,18 +85,19 @@ class TrainConfig:
     arch: Optional[str] = field(default=None, metadata=_meta(
         "architecture (default c2fcn, or the --init-from model's)", choices=ARCHITECTURES))
     epochs: Optional[int] = field(default=None, metadata=_meta(
-        f"number of epochs (default {DEFAULT_EPOCHS})", minimum=1, maximum=100_000, exclusive="budget", fallback=DEFAULT_EPOCHS))
-    steps: Optional[int] = field(default=None, metadata=_meta("number of optimiser steps", minimum=1, maximum=10_000_000,
-                                                               exclusive="budget"))
-    size: int = field(default=256, metadata=_meta("training slice size in pixels (default 256)", minimum=32,
-                                                         maximum=4096))
+        f"number of epochs (default {DEFAULT_EPOCHS})", minimum=1, maximum=100_000, exclusive="budget",
+        fallback=DEFAULT_EPOCHS))
+    steps: Optional[int] = field(default=None, metadata=_meta(
+        "number of optimiser steps", minimum=1, maximum=10_000_000, exclusive="budget"))
+    size: int = field(default=256, metadata=_meta(
+        "training slice size in pixels (default 256)", minimum=32, maximum=4096))
     spacing: Optional[float] = field(default=None, metadata=_meta(
         "in-plane pixel spacing of the model in mm (default: the training set's median field of view divided by "
         "--size); slices are resampled to it for training and inference", exclusive_minimum=0.0))
-    batch_size: int = field(default=8, metadata=_meta("samples (pairs) per step and GPU (default 8)", minimum=1,
-                                                                maximum=4096))
-    lr: float = field(default=1e-4, metadata=_meta("Adam learning rate (default 1e-4)", exclusive_minimum=0.0,
-                                                       maximum=1.0))
+    batch_size: int = field(default=8, metadata=_meta(
+        "samples (pairs) per step and GPU (default 8)", minimum=1, maximum=4096))
+    lr: float = field(default=1e-4, metadata=_meta(
+        "Adam learning rate (default 1e-4)", exclusive_minimum=0.0, maximum=1.0))
     weight_decay: float = field(default=5e-4, metadata=_meta("Adam weight decay (default 5e-4)", minimum=0.0))
     seed: int = field(default=0, metadata=_meta(
         "seed of the initialisation, pair sampling and augmentation (default 0)", minimum=0))
