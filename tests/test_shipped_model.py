@@ -54,11 +54,10 @@ def test_the_settings_file_is_what_trained_the_shipped_model(shipped):
     records (``training.settings``: the engine's TrainConfig without data, out and run control)
     are the file's, and it was trained on the cases the catalog lists."""
     from pairseg.config import TrainConfig
-    from pairseg.modelfile import read_metadata
 
-    entry, _ = shipped
+    entry, predictor = shipped
     settings = TrainConfig.read(ROOT / "Resources" / "Models" / f"{entry.name}.train.json").to_dict()
-    recorded = read_metadata(entry.verify())["training"]
+    recorded = predictor.metadata["training"]
     for name, value in recorded["settings"].items():
         if name != "device":   # "auto" in the file; the device it resolved to in the model
             assert settings[name] == value, name
