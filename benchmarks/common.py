@@ -133,10 +133,10 @@ def train_with_milestones(store: SliceStore, arch: str, config: TrainConfig, mod
     model = model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    loop = TrainingLoop(model, EpochPlan(store, model.training_form, config, modality), config,
-                        DistributedContext(device=device))
-    per_epoch = loop.steps_per_epoch
     total = max(milestones)
+    loop = TrainingLoop(model, EpochPlan(store, model.training_form, config, modality), config,
+                        DistributedContext(device=device), total_steps=total)
+    per_epoch = loop.steps_per_epoch
     pending = sorted(set(milestones))
     losses: list[float] = []
     paused = 0.0  # seconds spent evaluating at milestones

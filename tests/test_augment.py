@@ -104,3 +104,29 @@ def test_shift_moves_content_and_uncovers_background():
     still = AugmentConfig(rotation_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0, gamma=0.0)
     same, same_labels = augment_batch([image], [label], still, torch.Generator().manual_seed(0))
     assert torch.allclose(same[0], image, atol=1e-5) and torch.equal(same_labels[0], label)
+
+
+def test_remap_and_invert_keep_edges_and_labels():
+    from pairseg.augment import _remap
+
+    ramp = torch.linspace(0, 1, 101).view(1, 1, 1, 101).repeat(3, 1, 1, 1)
+    curved = _remap(ramp, torch.tensor([True, True, False]), torch.Generator().manual_seed(3))
+    assert (curved[:2].diff(dim=-1) >= 0).all()  # monotone: intensity order kept
+    assert torch.allclose(curved[:2, ..., 0], torch.zeros(2, 1, 1)) and torch.allclose(curved[:2, ..., -1], torch.ones(2, 1, 1))
+    assert not torch.allclose(curved[0], ramp[0]) and torch.equal(curved[2], ramp[2])  # only where chosen
+    xa, xb, la, lb = _pair()
+    plain = AugmentConfig(rotation_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0, gamma=0.0)
+    inverted = AugmentConfig(rotation_deg=0.0, scale=0.0, brightness=0.0, contrast=0.0, gamma=0.0, invert=1.0)
+    images, labels = augment_batch([xa, xb], [la, lb], inverted, torch.Generator().manual_seed(0))
+    base, _ = augment_batch([xa, xb], [la, lb], plain, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(images[0], 1.0 - base[0])
+    assert torch.equal(labels[0], la) and torch.equal(labels[1], lb)
+
+
+def test_unused_remap_and_invert_leave_the_random_sequence_alone():
+    xa, xb, la, lb = _pair()
+    first, _ = augment_batch([xa, xb], [la, lb], AugmentConfig(), torch.Generator().manual_seed(5))
+    again, _ = augment_batch([xa, xb], [la, lb], AugmentConfig(invert=0.0, remap=0.0), torch.Generator().manual_seed(5))
+    other, _ = augment_batch([xa, xb], [la, lb], AugmentConfig(remap=0.5), torch.Generator().manual_seed(5))
+    torch.testing.assert_close(first[0], again[0])
+    assert not torch.allclose(first[0], other[0])

@@ -341,3 +341,34 @@ def test_bf16_training_runs_bfloat16_autocast_or_is_refused(small_data, tmp_path
     with pytest.raises(PairSegInputError, match="bf16 is not supported"):
         train(_config(small_data.parent / "missing", tmp_path / "no.pairseg", steps=2, precision="bf16"))
     assert not (tmp_path / "no.pairseg").exists()
+
+
+def test_learning_rate_schedules():
+    from pairseg.train import learning_rate
+
+    def config(schedule):
+        return TrainConfig(data="d", out="o.pairseg", lr=1e-3, lr_schedule=schedule)
+
+    assert [learning_rate(config("constant"), s, 10) for s in (0, 5, 10)] == [1e-3] * 3
+    assert learning_rate(config("poly"), 0, 10) == pytest.approx(1e-3)
+    assert learning_rate(config("poly"), 5, 10) == pytest.approx(1e-3 * 0.5 ** 0.9)
+    assert learning_rate(config("poly"), 10, 10) == 0.0
+    assert learning_rate(config("cosine"), 5, 10) == pytest.approx(5e-4)
+    with pytest.raises(PairSegInputError, match="lr_schedule"):
+        TrainConfig.from_dict({"data": "d", "out": "o.pairseg", "lr_schedule": "step"})
+
+
+def test_poly_schedule_resumes_exactly(small_data, tmp_path):
+    reference = tmp_path / "ref.pairseg"
+    train(_config(small_data, reference, steps=6, lr_schedule="poly"))
+    out = tmp_path / "resumed.pairseg"
+    stop = tmp_path / "STOP"
+    result = train(_config(small_data, out, steps=6, lr_schedule="poly", stop_file=str(stop)), Recorder(stop, stop_at=2))
+    assert result.stopped
+    stop.unlink()
+    train(_config(small_data, out, steps=6, lr_schedule="poly", resume=True))
+    a, _ = load_model(reference)
+    b, meta = load_model(out)
+    for name, tensor in a.state_dict().items():
+        torch.testing.assert_close(b.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert meta["training"]["settings"]["lr_schedule"] == "poly"

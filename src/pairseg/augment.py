@@ -44,13 +44,40 @@ def _affine(n: int, config: AugmentConfig, generator: torch.Generator) -> torch.
     return theta
 
 
+#: Knots of the random intensity curves of ``AugmentConfig.remap`` (evenly spaced on [0, 1]).
+REMAP_KNOTS = 6
+
+
+def _remap(images: torch.Tensor, chosen: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random monotone, piecewise-linear curve from [0, 1] onto [0, 1] per image where
+    ``chosen`` (N,) is true: knot heights are the normalised cumulative sums of random positive
+    increments, so the order of intensities is kept while their spacing changes (a contrast the
+    network has not seen, with the anatomy's edges where they were)."""
+    n = images.shape[0]
+    steps = torch.rand(n, REMAP_KNOTS, generator=generator) + 0.05
+    knots = torch.cat([torch.zeros(n, 1), steps.cumsum(1)], 1)
+    knots = (knots / knots[:, -1:]).to(images)
+    position = images.clamp(0.0, 1.0) * REMAP_KNOTS
+    index = position.floor().clamp(max=REMAP_KNOTS - 1)
+    low = torch.gather(knots, 1, index.long().flatten(1)).view_as(images)
+    high = torch.gather(knots, 1, (index.long() + 1).flatten(1)).view_as(images)
+    curved = low + (position - index) * (high - low)
+    return torch.where(chosen.to(images.device).view(n, 1, 1, 1), curved, images)
+
+
 def _intensity(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     n = images.shape[0]
     shape = (n, 1, 1, 1)
     gamma = torch.exp(_uniform(n, config.gamma, generator)).view(shape).to(images)
     contrast = (1.0 + _uniform(n, config.contrast, generator)).view(shape).to(images)
     brightness = _uniform(n, config.brightness, generator).view(shape).to(images)
-    out = images.clamp(0.0, 1.0).pow(gamma)
+    out = images.clamp(0.0, 1.0)
+    if config.remap > 0:  # drawn only when asked for: runs without it keep their random sequence
+        out = _remap(out, torch.rand(n, generator=generator) < config.remap, generator)
+    if config.invert > 0:
+        inverted = (torch.rand(n, generator=generator) < config.invert).to(images.device).view(shape)
+        out = torch.where(inverted, 1.0 - out, out)
+    out = out.pow(gamma)
     return (out - 0.5) * contrast + 0.5 + brightness
 
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from pairseg.constants import (ARCHITECTURES, BASES, DEFAULT_EPOCHS, DEVICE_PATTERN, MODALITIES, PAIR_MODES,
-                               TRAIN_PRECISIONS)
+from pairseg.constants import (ARCHITECTURES, BASES, DEFAULT_EPOCHS, DEVICE_PATTERN, LR_SCHEDULES, MODALITIES,
+                               PAIR_MODES, TRAIN_PRECISIONS)
 from pairseg.errors import PairSegInputError
 
 __all__ = ["AugmentConfig", "TrainConfig", "Setting", "settings", "setting", "add_arguments", "from_arguments"]
@@ -66,6 +66,13 @@ class AugmentConfig:
         "max random shift of the slice content, as a fraction of the slice size (default 0); the area it "
         "uncovers is background (zeros), as at the edge of a wider field of view", flag="--shift", minimum=0.0,
         maximum=0.5, group="augmentation"))
+    invert: float = field(default=0.0, metadata=_meta(
+        "probability of inverting an image's normalised intensities (1 - x; default 0): with --remap, contrast "
+        "augmentation wide enough for a new modality or sequence (fine-tuning across modalities)",
+        flag="--invert", minimum=0.0, maximum=1.0, group="augmentation"))
+    remap: float = field(default=0.0, metadata=_meta(
+        "probability of a random smooth monotone intensity curve on an image's normalised intensities "
+        "(default 0; see --invert)", flag="--remap", minimum=0.0, maximum=1.0, group="augmentation"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,6 +106,9 @@ class TrainConfig:
     lr: float = field(default=1e-4, metadata=_meta(
         "Adam learning rate (default 1e-4)", exclusive_minimum=0.0, maximum=1.0))
     weight_decay: float = field(default=5e-4, metadata=_meta("Adam weight decay (default 5e-4)", minimum=0.0))
+    lr_schedule: str = field(default="constant", metadata=_meta(
+        "learning rate over the run: constant (default), poly (lr x (1 - step/steps)^0.9, as DeepLab and nnU-Net) "
+        "or cosine; a function of the step alone, so --resume continues it exactly", choices=LR_SCHEDULES))
     seed: int = field(default=0, metadata=_meta(
         "seed of the initialisation, pair sampling and augmentation (default 0)", minimum=0))
     device: str = field(default="auto", metadata=_meta(

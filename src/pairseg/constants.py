@@ -12,6 +12,7 @@ import re
 __all__ = [
     "ARCHITECTURES", "PAIRWISE_ARCHITECTURES", "DEFAULT_ARCHITECTURE", "BASES", "PAIR_MODES", "MODALITIES",
     "DEFAULT_OFFSETS", "DEVICES", "DEVICE_PATTERN", "is_device_name", "PRECISIONS", "TRAIN_PRECISIONS",
+    "LR_SCHEDULES",
     "READABLE_IMAGE_SUFFIXES", "LABEL_SUFFIXES", "MODEL_SUFFIX", "MODEL_FORMAT", "CHECKPOINT_SUFFIX",
     "DEFAULT_EPOCHS", "class_key", "same_class_names",
 ]
@@ -35,6 +36,9 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 # Floating-point precisions: inference takes PRECISIONS, training also "auto" (CUDA: mixed precision).
 PRECISIONS = ("fp32", "bf16")
 TRAIN_PRECISIONS = ("auto",) + PRECISIONS
+
+# Learning-rate schedules of a training run (pairseg.train.learning_rate); the first is the default.
+LR_SCHEDULES = ("constant", "poly", "cosine")
 
 # Files: images the engine reads as volumes (plus DICOM folders), label files it reads and writes.
 READABLE_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")

@@ -440,6 +440,20 @@ def training_budget(config: TrainConfig, plan: EpochPlan) -> int:
     return steps if steps is not None else epochs * plan.steps_per_epoch()
 
 
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Adam's learning rate for optimiser step ``step`` (0-based) of ``total_steps``:
+    ``config.lr`` throughout (``lr_schedule="constant"``), ``lr * (1 - step / total) ** 0.9``
+    ("poly", the DeepLab / nnU-Net schedule) or ``lr * (1 + cos(pi * step / total)) / 2``
+    ("cosine", Loshchilov & Hutter 2017). A function of the step alone: a resumed run continues
+    the schedule exactly."""
+    fraction = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    if config.lr_schedule == "poly":
+        return config.lr * (1.0 - fraction) ** 0.9
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * fraction))
+    return config.lr
+
+
 @dataclass
 class TrainingState:
     """Where a run is: optimiser steps taken, epochs completed, steps into the current epoch,
@@ -476,8 +490,9 @@ class TrainingLoop:
     """
 
     def __init__(self, model: torch.nn.Module, plan: EpochPlan, config: TrainConfig,
-                 dist: DistributedContext | None = None):
+                 dist: DistributedContext | None = None, total_steps: int | None = None):
         self.model = model
+        self.total_steps = total_steps if total_steps is not None else training_budget(config, plan)
         self.plan = plan
         self.config = config
         self.dist = dist if dist is not None else DistributedContext(device=next(model.parameters()).device)
@@ -506,6 +521,9 @@ class TrainingLoop:
         if self.use_amp:  # the Dice losses in float32 whatever the forward pass ran in
             outputs = _as_float32(outputs)
         loss = self.criterion(outputs, *labels)
+        rate = learning_rate(config, self.state.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = rate
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -649,7 +667,7 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
                  "spacing": round(data.model_spacing, 6)}
     if dist.enabled:
         _check_ranks_agree(config, data, model, dist, total_steps)
-    loop = TrainingLoop(model, plan, config, dist)
+    loop = TrainingLoop(model, plan, config, dist, total_steps)
     if config.resume:
         _restore(loop, ckpt_file, signature, events)
     state = loop.state
