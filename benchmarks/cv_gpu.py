@@ -9,7 +9,7 @@ Protocol (every figure from cases the scored model never saw):
   Dice (largest component kept, as ``pairseg segment`` does) and ASSD, at the stored field of view
   in fp32 and bf16 inference, and with the field of view widened 1.25x and 1.5x.
 - **Where to look first**: from the fp32 probabilities of f(x, x), candidate uncertainty maps
-  (``UNCERTAINTY``) are ranked against the errors of the segmentation: the share of the wrong
+  (``uncertainty.MAPS``) are ranked against the errors of the segmentation: the share of the wrong
   voxels that the top 10 % most uncertain voxels hold (inside a 10 mm band around the reference
   and predicted organs, and in the whole volume), the AUROC in that band, and the share of wrong
   voxels in the 5 slices of highest summed uncertainty.
@@ -74,7 +74,6 @@ FINE_TUNES = {
 FT_STEPS = 1000  # about 15 minutes of bf16 training at 192 px on the 2-core CPU
 SIZE, SPACING = 192, 320.0 / 192  # every CHAOS case is 256 px of 1.25 mm: 320 mm on 192 px
 FOV = (1.0, 1.25, 1.5)
-BAND_MM = 10.0
 
 
 def new_sequence(array: np.ndarray) -> np.ndarray:
@@ -84,52 +83,6 @@ def new_sequence(array: np.ndarray) -> np.ndarray:
     top = float(np.percentile(array, 99.5))
     scaled = np.clip(array.astype(np.float32) / max(top, 1e-6), 0.0, 1.0)
     return ((1.0 - scaled) ** 2 * top).astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Uncertainty maps of f(x, x)
-# ---------------------------------------------------------------------------------------------
-
-
-def _binary_entropy(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float32), 1e-6, 1 - 1e-6)
-    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-
-
-UNCERTAINTY = {  # name: (Z, K, Y, X) per-class probabilities -> (Z, Y, X) map
-    "entropy_sum": lambda probs: _binary_entropy(probs).sum(axis=1),
-    "entropy_max": lambda probs: _binary_entropy(probs).max(axis=1),
-}
-
-
-def error_ranking(uncertainty: np.ndarray, errors: np.ndarray, band: np.ndarray) -> dict:
-    """How well ``uncertainty`` (Z, Y, X) ranks the wrong voxels ``errors`` (bool): the share of
-    errors in its top 10 % voxels (inside ``band`` and in the whole volume), the AUROC in the
-    band, and the share of errors in the 5 slices of highest summed uncertainty."""
-    out = {}
-    total = int(errors.sum())
-    for name, region in (("band", band), ("volume", np.ones_like(band))):
-        values, wrong = uncertainty[region], errors[region]
-        top = np.argsort(values)[::-1][: max(1, int(0.1 * values.size))]
-        out[f"top10_error_share_{name}"] = float(wrong[top].sum() / max(int(wrong.sum()), 1))
-    try:
-        from sklearn.metrics import roc_auc_score
-
-        out["auroc_band"] = float(roc_auc_score(errors[band], uncertainty[band]))
-    except (ImportError, ValueError):  # scikit-learn absent, or one class only in the band
-        out["auroc_band"] = None
-    slices = np.argsort(uncertainty.sum(axis=(1, 2)))[::-1][:5]
-    out["top5_slices_error_share"] = float(errors[slices].sum() / max(total, 1))
-    out["top5_slices"] = [int(s) for s in slices]
-    out["errors"] = total
-    return out
-
-
-def organ_band(ref: np.ndarray, pred: np.ndarray, spacing_zyx) -> np.ndarray:
-    """Voxels within ``BAND_MM`` of a reference or predicted organ voxel."""
-    from scipy.ndimage import distance_transform_edt
-
-    return distance_transform_edt((ref == 0) & (pred == 0), sampling=spacing_zyx) <= BAND_MM
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +106,7 @@ def score_cases(model, cases: dict, names: list[str], class_names: list[str], de
     from common import dice_only
     from pairseg.data import widen_field_of_view
     from pairseg.metrics import evaluate_case
+    from uncertainty import rank_errors
 
     bf16 = "bf16" if device.type == "cpu" or torch.cuda.is_bf16_supported() else None
     out: dict = {}
@@ -164,10 +118,7 @@ def score_cases(model, cases: dict, names: list[str], class_names: list[str], de
         out.setdefault("fp32", {})[name] = {k: row[k] for k in ("dice", "assd", "mean_dice")}
         if not full:
             continue
-        errors = pred != label
-        band = organ_band(label, pred, spacing_zyx)
-        out.setdefault("uncertainty", {})[name] = {
-            key: error_ranking(rule(probs), errors, band) for key, rule in UNCERTAINTY.items()}
+        out.setdefault("uncertainty", {})[name] = rank_errors(probs, pred, label, spacing_zyx)
         if bf16:
             pred16, _ = segment(model, volume, device, bf16)
             row = dice_only(pred16, label, spacing_zyx, class_names)

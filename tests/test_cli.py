@@ -20,6 +20,7 @@ from pairseg.io import Volume, read_label, write_labels, write_volume
 from pairseg.modelfile import read_metadata, save_model
 from pairseg.networks import build_model
 from pairseg.phantoms import make_phantom_dataset
+from pairseg.uncertainty import rank_slices, uncertainty_map
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["liver", "right kidney", "left kidney", "spleen"]
@@ -287,3 +288,33 @@ def test_event_sinks_serialise_numpy_and_missing_values():
     human("progress", stage="train", fraction=1.0, step=3, total=3, loss=0.25, eta_s=0.0)
     human("error", message="bad thing")
     assert "validation Dice ?" in text.getvalue() and "3/3" in text.getvalue() and "error: bad thing" in text.getvalue()
+
+
+def test_segment_writes_the_map_and_names_the_slices(small_data, untrained_model, tmp_path, capsys):
+    image = small_data / "case_002_image.nii.gz"
+    out, unc, probs = tmp_path / "seg.nii.gz", tmp_path / "unc.nrrd", tmp_path / "p.nii.gz"
+    code = main(["segment", "--model", str(untrained_model), "--input", str(image), "--output", str(out),
+                 "--uncertainty", str(unc), "--probabilities", str(probs), "--events", "json", "--device", "cpu"])
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert code == 0
+    assert events[-1]["outputs"] == [str(out), str(probs), str(unc)]
+    reported = [e for e in events if e["event"] == "uncertainty"]
+    assert len(reported) == 1 and 0 < len(reported[0]["check_slices"]) <= 5
+    source, written = sitk.ReadImage(str(image)), sitk.ReadImage(str(unc))
+    assert written.GetSize() == source.GetSize() and written.GetOrigin() == source.GetOrigin()
+    expected = uncertainty_map(np.moveaxis(sitk.GetArrayFromImage(sitk.ReadImage(str(probs))), -1, 1).astype(np.float16))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(written), expected, atol=2e-3)
+    assert [r["slice"] for r in reported[0]["check_slices"]] == [r["slice"] for r in rank_slices(expected)]
+
+
+def test_uncertainty_output_checked_before_the_model_loads(small_data, tmp_path, capsys):
+    image = small_data / "case_002_image.nii.gz"
+    code = main(["segment", "--model", str(tmp_path / "missing.pairseg"), "--input", str(image), "--output",
+                 str(tmp_path / "seg.nii.gz"), "--uncertainty", str(tmp_path / "u.png"), "--events", "json"])
+    message = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1]["message"]
+    assert code == 2 and "unsupported --uncertainty file type '.png'" in message
+    code = main(["segment", "--model", str(tmp_path / "missing.pairseg"), "--input", str(image), "--output",
+                 str(tmp_path / "seg.nii.gz"), "--uncertainty", str(tmp_path / "seg.nii.gz"), "--events", "json"])
+    message = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1]["message"]
+    assert code == 2 and "--uncertainty is the same file as --output" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

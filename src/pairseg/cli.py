@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label file (.nii.gz, .nrrd, .seg.nrrd) or, for a folder input, an output folder")
     s.add_argument("--no-largest-component", action="store_true", help="keep every connected component")
     s.add_argument("--probabilities", help="also write per-class probabilities (file, or folder for a folder input)")
+    s.add_argument("--uncertainty", help="also write an uncertainty map (summed binary entropy of the class "
+                                         "probabilities, bits; file, or folder for a folder input) and list the "
+                                         "slices to check first")
     s.add_argument("--modality", choices=MODALITIES, type=str.upper, help="refuse a model of another modality")
     s.add_argument("--batch-size", type=positive_int, default=16, help="slices per inference batch (default 16)")
     s.add_argument("--readout", choices=["and", "union"],
@@ -178,33 +181,40 @@ def _output_for(input_path: Path, output: Path, suffix: str, many: bool) -> Path
     return output / (case_name(input_path) + suffix)
 
 
-def _segment_outputs(args, inputs: list[Path], many: bool) -> list[tuple[Path, Path, Path | None]]:
-    """(input, label output, probabilities output) per case, every location checked before any
-    model or image is loaded: file types, folders, writability, and no output that is an input or
-    another output (two inputs of one case name included). Stale temporaries are removed."""
+#: The optional image outputs of `pairseg segment`: option, attribute, file name suffix in a folder.
+SEGMENT_MAPS = (("--probabilities", "probabilities", ".probabilities.nii.gz"),
+                ("--uncertainty", "uncertainty", ".uncertainty.nii.gz"))
+
+
+def _segment_outputs(args, inputs: list[Path], many: bool) -> list[tuple[Path, Path, dict]]:
+    """(input, label output, {attribute: map output}) per case, every location checked before
+    any model or image is loaded: file types, folders, writability, and no output that is an
+    input or another output (two inputs of one case name included). Stale temporaries are removed."""
     from pairseg.io import IMAGE_SUFFIXES, LABEL_SUFFIXES, check_distinct, check_output, remove_stale_temporaries
 
     output = Path(args.output)  # folders are made by the (atomic) writes: a refused run leaves none
-    probabilities = Path(args.probabilities) if args.probabilities else None
+    maps = [(option, name, suffix, Path(getattr(args, name)))
+            for option, name, suffix in SEGMENT_MAPS if getattr(args, name, None)]
     if many:
         check_output(output, what="--output", folder=True)
-        if probabilities is not None:
-            check_output(probabilities, what="--probabilities", folder=True)
+        for option, _, _, folder in maps:
+            check_output(folder, what=option, folder=True)
     cases = []
     for path in inputs:
         target = _output_for(path, output, args.format, many)
-        probs = _output_for(path, probabilities, ".probabilities.nii.gz", many) if probabilities else None
         check_output(target, LABEL_SUFFIXES, "--output")
-        if probs is not None:
-            check_output(probs, IMAGE_SUFFIXES, "--probabilities")
-        cases.append((path, target, probs))
+        extra = {}
+        for option, name, suffix, where in maps:
+            extra[name] = _output_for(path, where, suffix, many)
+            check_output(extra[name], IMAGE_SUFFIXES, option)
+        cases.append((path, target, extra))
+    options = {name: option for option, name, _ in SEGMENT_MAPS}
     check_distinct([Path(args.input), *inputs, Path(args.model)],
-                   [(option, path) for _, target, probs in cases
-                    for option, path in (("--output", target), ("--probabilities", probs))])
-    for _, target, probs in cases:
-        for path in (target, probs):
-            if path is not None:
-                remove_stale_temporaries(path)
+                   [(option, path) for _, target, extra in cases
+                    for option, path in [("--output", target)] + [(options[n], p) for n, p in extra.items()]])
+    for _, target, extra in cases:
+        for path in (target, *extra.values()):
+            remove_stale_temporaries(path)
     return cases
 
 
@@ -231,7 +241,7 @@ def cmd_segment(args, events) -> int:
            classes=predictor.class_names)
     written: list[Path] = []
     failed: list[tuple[Path, str, bool]] = []  # (input, message, bad input?)
-    for number, (path, target, probs) in enumerate(cases, 1):
+    for number, (path, target, extra) in enumerate(cases, 1):
         def progress(event, **fields):
             if event == "progress":
                 fields.update(case=number, cases=len(inputs),
@@ -239,7 +249,8 @@ def cmd_segment(args, events) -> int:
             events(event, **fields)
 
         try:
-            written += predictor.segment_file(path, target, probabilities_path=probs, series_id=args.series,
+            written += predictor.segment_file(path, target, probabilities_path=extra.get("probabilities"),
+                                              uncertainty_path=extra.get("uncertainty"), series_id=args.series,
                                               keep_largest=not args.no_largest_component, events=progress)
         except Exception as error:  # a folder run goes on with the other cases
             if not many:

@@ -103,6 +103,9 @@ class HumanEvents:
             self._line(f"error: {fields.get('message')}")
         elif event == "message":
             self._line(str(fields.get("text", "")))
+        elif event == "uncertainty":
+            slices = ", ".join(str(s["slice"]) for s in fields.get("check_slices") or [])
+            self._line(f"check these slices first: {slices or 'none (the model is certain everywhere)'}")
         elif event == "done":
             outputs = fields.get("outputs") or []
             self._line("done" + (": " + ", ".join(str(o) for o in outputs) if outputs else ""))

@@ -21,11 +21,12 @@ from pairseg.constants import READABLE_IMAGE_SUFFIXES, same_class_names
 from pairseg.devices import bf16_supported, check_precision, resolve_device  # noqa: F401 (re-exported)
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.io import Volume, read_volume, write_labels, write_probabilities, write_together
+from pairseg.io import Volume, read_volume, write_labels, write_probabilities, write_together, write_volume
 from pairseg.catalog import resolve_model
 from pairseg.modelfile import load_model
 from pairseg.postprocess import keep_largest_component
 from pairseg.proxy import decode_labels
+from pairseg.uncertainty import rank_slices, uncertainty_map
 
 __all__ = ["resolve_device", "predict_volume", "predict_native", "model_preprocessing", "model_grid_shape",
            "Prediction", "Predictor", "IMAGE_SUFFIXES"]
@@ -254,21 +255,30 @@ class Predictor:
                           [list(c) for c in self.metadata["class_colors"]])
 
     def segment_file(self, input_path: str | Path, output_path: str | Path, *,
-                     probabilities_path: str | Path | None = None, keep_largest: bool = True,
-                     modality: str | None = None, series_id: str | None = None,
+                     probabilities_path: str | Path | None = None, uncertainty_path: str | Path | None = None,
+                     keep_largest: bool = True, modality: str | None = None, series_id: str | None = None,
                      events: EventSink = null_events) -> list[Path]:
         """Read, segment and write one image (``series_id``: the DICOM series of a folder holding
-        several). The outputs appear only once complete, and together: when one cannot be written,
-        none replaces an existing file."""
+        several). With ``uncertainty_path``, also the uncertainty map (``pairseg.uncertainty``,
+        float32, bits) and an ``uncertainty`` event naming the slices (first array axis, the
+        file's k index) to check first. The outputs appear only once complete, and together: when
+        one cannot be written, none replaces an existing file."""
         self.check_request(modality)
         volume = read_volume(input_path, series_id)
-        prediction = self.segment(volume, keep_largest=keep_largest,
-                                  keep_probabilities=probabilities_path is not None, events=events)
+        keep = probabilities_path is not None or uncertainty_path is not None
+        prediction = self.segment(volume, keep_largest=keep_largest, keep_probabilities=keep, events=events)
+        uncertainty = None
+        if uncertainty_path is not None:
+            uncertainty = uncertainty_map(prediction.probabilities)
+            events("uncertainty", path=str(uncertainty_path), check_slices=rank_slices(uncertainty),
+                   max_bits=float(self.model.num_classes))
         with write_together():
             written = [Path(write_labels(output_path, prediction.labels.array, volume,
                                          class_names=prediction.class_names, colors=prediction.class_colors))]
             if probabilities_path is not None:  # streamed from the float16 array: no float32 copy
                 written.append(Path(write_probabilities(probabilities_path, prediction.probabilities, volume)))
+            if uncertainty is not None:
+                written.append(Path(write_volume(uncertainty_path, volume.like(uncertainty))))
         return written
 
 
