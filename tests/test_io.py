@@ -637,8 +637,11 @@ def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
         path.write_bytes(b"x")
     assert sorted(io.remove_stale_temporaries(out)) == sorted(mine)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in others)
-    # The temporary name modelfile's atomic writes use (a killed checkpoint write leaves it): the
-    # name a real write gives its temporary, caught while it is being written.
+    # The temporary a real checkpoint write uses, caught while it is being written: while its
+    # process runs, another run's clean-up leaves it alone; once that process is gone it is stale.
+    import subprocess
+    import sys
+
     import torch
 
     model = tmp_path / "m.pairseg.ckpt"
@@ -646,15 +649,23 @@ def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
     real_save = torch.save
 
     def save_and_look(obj, stream, *args, **kwargs):
-        seen.extend(p for p in tmp_path.iterdir() if p.name.startswith(".m.pairseg.ckpt."))
+        seen.extend(p for p in tmp_path.iterdir() if p.name.startswith(".m.pairseg.tmp-"))
+        assert io.remove_stale_temporaries(model) == []  # our own, live temporary is kept
         return real_save(obj, stream, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch, "save", save_and_look)
         atomic_torch_save({"a": 1}, model)
-    assert len(seen) == 1 and model.is_file()
-    seen[0].write_bytes(b"left by a killed write")
-    assert io.remove_stale_temporaries(model) == [seen[0]]
+    assert len(seen) == 1 and model.is_file() and not seen[0].exists()
+    assert seen[0].name.startswith(f".m.pairseg.tmp-{os.getpid()}-") and seen[0].name.endswith(".ckpt")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = tmp_path / seen[0].name.replace(f"-{os.getpid()}-", f"-{int(finished.stdout)}-")
+    alive = tmp_path / seen[0].name
+    for path in (dead, alive):
+        path.write_bytes(b"half a checkpoint")
+    assert io.remove_stale_temporaries(model) == [dead]
+    assert alive.exists()
 
 
 def test_segment_series_option_picks_one_of_several(tmp_path, capsys):

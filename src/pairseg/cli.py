@@ -417,7 +417,56 @@ def cmd_demo(args, events) -> int:
     return 0
 
 
+class _PipeSafe:
+    """A text stream that survives its reader going away (``pairseg info M | head -1``): the first
+    BrokenPipeError points the file descriptor at the null device and later text is dropped, so
+    the command finishes its work (a segment run still writes its output) and exits without a
+    traceback, also at the interpreter's final flush."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.broken = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self._stream.fileno())
+            finally:
+                os.close(null)
+        except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (s if s is None or isinstance(s, _PipeSafe) else _PipeSafe(s) for s in streams)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     json_mode = getattr(args, "events", "human") == "json"
     events = JsonEvents() if json_mode else HumanEvents()

@@ -10,8 +10,9 @@ Formats: NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha), a DICOM series f
 only) and 3D Slicer segmentations (.seg.nrrd, through slicerio). In a .seg.nrrd the label values
 are not class ids: classes are matched to segments by segment *name* (case-insensitive).
 
-Every write goes to a temporary file in the destination folder which is then renamed over the
-destination (``os.replace``), so a failed write leaves no partial file behind.
+Every write goes through :mod:`pairseg.atomic`: a temporary file in the destination folder, flushed
+to the disk and read back whole (``_verify_written``) before it is renamed over the destination,
+so a failed or silently truncated write leaves no partial file and replaces nothing.
 
 Bad inputs raise :class:`pairseg.errors.PairSegInputError` naming the file and the problem.
 """
@@ -22,9 +23,6 @@ import gzip
 import os
 import re
 import struct
-import tempfile
-import threading
-import uuid
 import warnings
 import zlib
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
+from . import atomic
 from .constants import class_key
 from .errors import PairSegInputError, PairSegOutputError, PairSegWarning
 
@@ -57,6 +56,7 @@ __all__ = [
     "write_together",
     "write_text",
     "write_probabilities",
+    "write_png",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -212,12 +212,7 @@ def _geometry_text(v: Volume) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _suffix(path: PathLike) -> str:
-    name = Path(path).name.lower()
-    for suffix in (".seg.nrrd", ".nii.gz"):
-        if name.endswith(suffix):
-            return suffix
-    return Path(name).suffix
+_suffix = atomic.suffix_of
 
 
 class GeometryWarning(PairSegWarning):
@@ -836,44 +831,8 @@ def _place_into(labels: Volume, reference: Volume, tol: float = 1e-4) -> np.ndar
 # --------------------------------------------------------------------------------------------
 
 
-def _temporary_name(target: Path, kind: str = "tmp") -> Path:
-    """``.<stem>.tmp-<8 hex><suffix>`` beside ``target``; ``kind="old"`` names the copy of an
-    existing output that ``write_together`` keeps until its outputs are all in place (never
-    removed as a stale temporary: a kill at that moment must not lose it)."""
-    suffix = _suffix(target)
-    stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
-    return target.parent / f".{stem}.{kind}-{uuid.uuid4().hex[:8]}{suffix}"
-
-
-def _temporary_patterns(target: Path) -> list[re.Pattern]:
-    """Names of the temporaries an interrupted write of ``target`` can leave: ``_atomic_write``'s
-    ``.<stem>.tmp-<8 hex><suffix>`` (plus ``.forms`` while NIfTI forms are put back) and
-    ``modelfile.atomic_torch_save``'s ``.<name>.<8 random>.tmp`` (``tempfile.mkstemp``)."""
-    suffix = _suffix(target)
-    stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
-    return [re.compile(re.escape(f".{stem}.tmp-") + "[0-9a-f]{8}" + re.escape(suffix) + r"(\.forms)?"),
-            re.compile(re.escape(f".{target.name}.") + "[A-Za-z0-9_]{8}" + re.escape(".tmp"))]
-
-
-def remove_stale_temporaries(path: PathLike) -> list[Path]:
-    """Delete the temporary files an earlier, killed write of ``path`` left beside it; returns them.
-
-    Only names that PairSeg's own atomic writes give a temporary of exactly this output match, so
-    no other file is touched (a concurrent writer of the same output would lose its temporary).
-    """
-    target = Path(path)
-    if not target.parent.is_dir():
-        return []
-    patterns = _temporary_patterns(target)
-    removed = []
-    for entry in target.parent.iterdir():
-        if any(p.fullmatch(entry.name) for p in patterns) and entry.is_file():
-            try:
-                entry.unlink()
-                removed.append(entry)
-            except OSError:
-                pass  # another process's, or not ours to delete: leave it
-    return removed
+remove_stale_temporaries = atomic.remove_stale_temporaries
+write_together = atomic.write_together
 
 
 def check_output(path: PathLike, suffixes: Optional[Sequence[str]] = None, what: str = "output",
@@ -894,20 +853,7 @@ def check_output(path: PathLike, suffixes: Optional[Sequence[str]] = None, what:
         raise PairSegOutputError(f"{target}: {what} folder is an existing file")
     if not folder and target.is_dir():
         raise PairSegOutputError(f"{target}: {what} is an existing folder; give a file name")
-    ancestor = target if folder else target.parent
-    while not ancestor.exists():
-        if ancestor.parent == ancestor:
-            break
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise PairSegOutputError(f"{target}: cannot write {what}: {ancestor} is a file, not a folder")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".pairseg-write-test-", dir=ancestor)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise PairSegOutputError(f"{target}: cannot write {what} in {ancestor} ({exc.strerror or exc})") from None
-    return target
+    return atomic.check_writable(target, what, folder)
 
 
 def check_distinct(inputs: Sequence[Optional[PathLike]], outputs: Sequence[tuple[str, Optional[PathLike]]]) -> None:
@@ -931,110 +877,49 @@ def check_distinct(inputs: Sequence[Optional[PathLike]], outputs: Sequence[tuple
         seen[k] = option
 
 
-class _Transaction(threading.local):
-    pending: Optional[list] = None
-
-
-_transaction = _Transaction()
-
-
-@contextmanager
-def write_together() -> Iterator[None]:
-    """Within the block, writes (``write_labels``, ``write_volume``) go to temporary files; when the
-    block ends without error they replace their destinations together, else none does.
-
-    Destinations that existed are moved aside first and put back if any rename fails, so a
-    failing later output never leaves an earlier one replaced.
-    """
-    if _transaction.pending is not None:  # nested: the outer block commits
-        yield
-        return
-    _transaction.pending = []
-    try:
-        yield
-        pending, _transaction.pending = _transaction.pending, None
-        _commit(pending)
-    except BaseException:
-        for tmp, _ in _transaction.pending or []:
-            _remove_quietly(tmp)
-        raise
-    finally:
-        _transaction.pending = None
-
-
-def _remove_quietly(path: Path) -> None:
-    """Delete a temporary; a failure here must never replace the error being reported."""
-    try:
-        path.unlink()
-    except OSError:
-        pass
-
-
-def _commit(pending: list) -> None:
-    backups: list[tuple[Path, Path]] = []
-    done: list[Path] = []
-    try:
-        for tmp, target in pending:
-            if target.exists():
-                backup = _temporary_name(target, "old")
-                os.replace(target, backup)
-                backups.append((backup, target))
-            os.replace(tmp, target)
-            done.append(target)
-    except OSError as exc:
-        for target in done:
-            _remove_quietly(target)
-        for backup, target in backups:
-            try:
-                os.replace(backup, target)
-            except OSError:
-                pass
-        for tmp, _ in pending:
-            _remove_quietly(tmp)
-        name = getattr(exc, "filename", None) or pending[0][1]
-        raise PairSegOutputError(f"{_user_path(str(name), pending)}: cannot write output ({exc.strerror or exc}); "
-                                 "no output of this case was replaced") from None
-    for backup, _ in backups:
-        _remove_quietly(backup)
-
-
-def _user_path(name: str, pending: Sequence[tuple[Path, Path]]) -> str:
-    for tmp, target in pending:
-        if name in (str(tmp), str(target)):
-            return str(target)
-    return name
-
-
 def _atomic_write(path: PathLike, write: Callable[[str], None]) -> str:
-    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path`` (inside
-    ``write_together``, the rename waits for the block's end).
+    """``atomic.atomic_write`` with the completeness check of the written image's format."""
+    return str(atomic.atomic_write(path, write, _verify_written))
 
-    A writer's failure (OSError, or SimpleITK's RuntimeError) becomes PairSegOutputError naming
-    ``path``, never the temporary; the temporary is removed, and a failure to remove it does not
-    hide the original error.
-    """
-    target = Path(path)
-    if target.is_dir():
-        raise PairSegOutputError(f"{target}: output is an existing folder; give a file name")
+
+def _verify_written(tmp: str) -> None:
+    """Raise ``atomic.IncompleteWrite`` unless the image file ``tmp`` reads back whole: every voxel
+    byte of a NIfTI (and its gzip CRC), the compressed data of a NRRD or MetaImage to its end, a
+    PNG to its last chunk. A writer that ignored a failed write (ITK's NIfTI writer on a full
+    disk) is caught here."""
+    path = Path(tmp)
+    suffix = _suffix(path)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PairSegOutputError(f"{target}: cannot create its folder ({exc.strerror or exc})") from None
-    tmp = _temporary_name(target)
-    try:
-        write(str(tmp))
-        if _transaction.pending is not None:
-            _transaction.pending.append((tmp, target))
-        else:
-            os.replace(tmp, target)
-    except (OSError, RuntimeError) as exc:
-        _remove_quietly(tmp)
-        text = (getattr(exc, "strerror", None) if isinstance(exc, OSError) else None) or _first_line(exc)
-        raise PairSegOutputError(f"{target}: cannot write output ({text.replace(str(tmp), str(target))})") from exc
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return str(target)
+        if suffix in (".nii", ".nii.gz"):
+            header = _nifti_header(path)
+            if header is None:
+                raise atomic.IncompleteWrite("the written file holds no NIfTI header")
+            _scan_nifti(path, header)
+        elif suffix in (".mha", ".mhd"):
+            problem = _metaimage_problem(path)
+            if problem:
+                raise atomic.IncompleteWrite(f"the written MetaImage is {problem}")
+        elif suffix in (".nrrd", ".seg.nrrd"):
+            start = b""
+            with open(path, "rb") as handle:
+                while b"\n\n" not in start and len(start) < (1 << 20):
+                    block = handle.read(1 << 16)
+                    if not block:
+                        break
+                    start += block
+            end = start.find(b"\n\n")
+            if end < 0:
+                raise atomic.IncompleteWrite(f"the written NRRD file ends inside its header ({len(start)} bytes)")
+            encoding = re.search(rb"(?m)^encoding: *(\w+)", start[:end])
+            if encoding and encoding.group(1) in (b"gzip", b"gz"):
+                atomic.verify_gzip(path, end + 2, _CHUNK)
+        elif suffix == ".png":
+            with open(path, "rb") as handle:
+                handle.seek(max(0, path.stat().st_size - 12))
+                if handle.read(12)[4:8] != b"IEND":
+                    raise atomic.IncompleteWrite("the written PNG ends before its last chunk")
+    except PairSegInputError as exc:  # the readers' own truncation checks
+        raise atomic.IncompleteWrite(str(exc).replace(f"{path}: ", "the written file: ", 1)) from None
 
 
 def default_colors(class_names: Sequence[str]) -> list[tuple[float, float, float]]:
@@ -1191,12 +1076,17 @@ def _stream_vector_image(tmp: str, probabilities: np.ndarray, like: Volume) -> N
                 for chunk in iter(lambda: side.read(_CHUNK), b""):
                     out.write(chunk)
         finally:
-            _remove_quietly(Path(data))
+            atomic._remove_quietly(data)
 
 
 def write_text(path: PathLike, text: str) -> str:
     """Write a UTF-8 text file (a JSON report ...) atomically, like the image writers."""
-    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return str(atomic.write_text(path, text))
+
+
+def write_png(path: PathLike, picture: sitk.Image) -> Path:
+    """Write a 2D SimpleITK picture (RGB or grey) as a PNG, atomically and checked whole."""
+    return Path(_atomic_write(path, lambda tmp: sitk.WriteImage(picture, tmp)))
 
 
 def write_volume(path: PathLike, volume: Volume) -> str:

@@ -1,0 +1,293 @@
+"""Field faults: a full file system (a real small tmpfs, when the tests run as root), names whose
+hidden temporary does not fit, read-only folders, two runs onto one output, closed pipes. Every
+case ends in exit 0 with a complete output, or exit 2 with one line naming the file, the earlier
+file at that path intact and no temporary left (one write path: ``pairseg.atomic``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from pairseg import atomic, io
+from pairseg.cli import EXIT_BAD_INPUT, main
+from pairseg.errors import PairSegOutputError
+from pairseg.io import Volume, read_label, write_labels, write_probabilities, write_volume
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPE = (16, 48, 56)
+
+
+def _can_mount() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")
+
+
+@contextmanager
+def _tmpfs(where: Path, size: str, options: str = ""):
+    """A real tmpfs of ``size`` mounted at ``where`` (skips the test when mounting is not possible),
+    unmounted afterwards."""
+    if not _can_mount():
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}" + (f",{options}" if options else ""),
+                              "tmpfs", str(where)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    with _tmpfs(tmp_path / "small", "2m") as folder:
+        yield folder
+
+
+def _fill(folder: Path, leave: int = 0) -> Path:
+    """Fill ``folder``'s file system to the last byte, then give back ``leave`` bytes."""
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for block in (65536, 512, 1):
+            try:
+                while True:
+                    os.write(fd, b"\xff" * block)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    if leave:
+        os.truncate(filler, max(0, filler.stat().st_size - leave))
+    return filler
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _image() -> Volume:
+    rng = np.random.default_rng(0)
+    return Volume(rng.normal(100, 20, SHAPE).astype(np.float32), (0.8, 0.8, 3.0))
+
+
+def _labels() -> np.ndarray:  # compresses to far more than a few KB
+    return np.random.default_rng(1).integers(0, 3, SHAPE).astype(np.uint8)
+
+
+# ---- the one write path, per output kind, on a real full file system ------------------------
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd"])
+def test_labels_onto_a_full_disk_leave_the_earlier_file(small_disk, suffix):
+    image = _image()
+    out = small_disk / f"seg{suffix}"
+    write_labels(out, np.zeros(SHAPE, np.uint8), image, ["a", "b"])
+    before = out.read_bytes()
+    _fill(small_disk, leave=4096)
+    with pytest.raises(PairSegOutputError) as caught:
+        write_labels(out, _labels(), image, ["a", "b"])
+    message = str(caught.value)
+    assert message.startswith(f"{out}: cannot write output (") and ".tmp-" not in message, message
+    assert "\n" not in message
+    assert out.read_bytes() == before
+    assert _listing(small_disk) == ["filler", out.name]
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_probabilities_and_volumes_onto_a_full_disk(small_disk, suffix):
+    image = _image()
+    probabilities = np.random.default_rng(2).random((SHAPE[0], 2, *SHAPE[1:])).astype(np.float16)
+    _fill(small_disk, leave=4096)
+    for write, target in ((lambda p: write_probabilities(p, probabilities, image), small_disk / f"p{suffix}"),
+                          (lambda p: write_volume(p, image), small_disk / f"v{suffix}")):
+        with pytest.raises(PairSegOutputError, match=rf"^{target}: cannot write output \("):
+            write(target)
+    assert _listing(small_disk) == ["filler"]
+
+
+def test_models_checkpoints_json_and_settings_onto_a_full_disk(small_disk, untrained_mr_model):
+    from pairseg.config import TrainConfig
+    from pairseg.modelfile import atomic_torch_save, load_model, save_model
+
+    network, meta = load_model(untrained_mr_model)
+    kept = {name: small_disk / name for name in ("m.pairseg", "m.pairseg.ckpt", "r.json", "settings.json")}
+    for path in kept.values():
+        path.write_bytes(b"an earlier file")
+    _fill(small_disk, leave=0)
+    writes = {
+        "m.pairseg": lambda p: save_model(p, network, {k: meta[k] for k in ("class_names", "modality", "size")}),
+        "m.pairseg.ckpt": lambda p: atomic_torch_save({"state": network.state_dict()}, p),
+        "r.json": lambda p: io.write_text(p, json.dumps({"x": list(range(5000))})),
+        "settings.json": lambda p: TrainConfig(data="d", out="o.pairseg").write(p),
+    }
+    for name, write in writes.items():
+        with pytest.raises(PairSegOutputError, match=rf"^{kept[name]}: cannot write \w[\w ]* \("):
+            write(kept[name])
+        assert kept[name].read_bytes() == b"an earlier file"
+    assert _listing(small_disk) == sorted(["filler", *kept])
+
+
+def test_cli_segment_evaluate_onto_a_full_disk(small_disk, tmp_path, untrained_mr_model, capsys):
+    """The commands: exit 2, one error event naming the file, the earlier result intact."""
+    scan = Path(write_volume(tmp_path / "scan.nii.gz", _image()))
+    labels, probabilities = small_disk / "seg.nii.gz", small_disk / "probs.nii.gz"
+    labels.write_bytes(b"an earlier result")
+    report = small_disk / "r.json"
+    _fill(small_disk, leave=0)
+    code = main(["segment", "--model", str(untrained_mr_model), "--input", str(scan), "--output", str(labels),
+                 "--probabilities", str(probabilities), "--device", "cpu", "--events", "json"])
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert code == EXIT_BAD_INPUT and events[-1]["event"] == "error"
+    assert [e["event"] for e in events].count("error") == 1 and "done" not in [e["event"] for e in events]
+    assert events[-1]["message"].split(": cannot write output")[0] in (str(labels), str(probabilities))
+    assert labels.read_bytes() == b"an earlier result"
+    write_labels(tmp_path / "ref.nii.gz", _labels(), _image())
+    code = main(["evaluate", "--pred", str(tmp_path / "ref.nii.gz"), "--ref", str(tmp_path / "ref.nii.gz"),
+                 "--json", str(report)])
+    errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert code == EXIT_BAD_INPUT and errors == [f"error: {report}: cannot write output (No space left on device)"]
+    assert _listing(small_disk) == ["filler", "seg.nii.gz"]
+
+
+def test_a_silently_truncated_gzip_is_caught_before_it_replaces_anything(tmp_path, monkeypatch):
+    """A writer that reports success but leaves a short file (ITK's NIfTI writer on a full disk):
+    the read-back refuses it. The same for a model file and a checkpoint."""
+    image = _image()
+    out = tmp_path / "seg.nii.gz"
+    write_labels(out, np.zeros(SHAPE, np.uint8), image)
+    before = out.read_bytes()
+    real = io.sitk.WriteImage
+
+    def truncating(img, path, *args):
+        real(img, path, *args)
+        os.truncate(path, os.path.getsize(path) // 2)
+
+    monkeypatch.setattr(io.sitk, "WriteImage", truncating)
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd"):
+        target = out if suffix == ".nii.gz" else tmp_path / f"other{suffix}"
+        if suffix == ".seg.nrrd":
+            import slicerio
+
+            real_seg = slicerio.write_segmentation
+
+            def cut_seg(path, *args, **kwargs):
+                real_seg(path, *args, **kwargs)
+                os.truncate(path, os.path.getsize(path) - 40)
+            monkeypatch.setattr(slicerio, "write_segmentation", cut_seg)
+        with pytest.raises(PairSegOutputError, match=rf"^{target}: cannot write output \(.*(truncated|ends)"):
+            write_labels(target, _labels(), image)
+    assert out.read_bytes() == before and _listing(tmp_path) == ["seg.nii.gz"]
+    monkeypatch.setattr(torch, "save", lambda obj, stream: stream.write(b"PK\x03\x04 not a whole archive"))
+    from pairseg.modelfile import atomic_torch_save
+
+    with pytest.raises(PairSegOutputError, match=r"m\.ckpt: cannot write checkpoint \(the written archive"):
+        atomic_torch_save({"a": 1}, tmp_path / "m.ckpt")
+    assert _listing(tmp_path) == ["seg.nii.gz"]
+
+
+def test_a_failed_cleanup_never_hides_the_first_error(tmp_path, monkeypatch):
+    from pairseg.modelfile import atomic_torch_save
+
+    def full(obj, stream):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    def unlink_fails(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(atomic.os, "unlink", unlink_fails)
+    with pytest.raises(PairSegOutputError, match=r"m\.ckpt: cannot write checkpoint \(.*file write failed\)"):
+        atomic_torch_save({"a": 1}, tmp_path / "m.ckpt")
+
+
+# ---- up front: names too long for the file system, read-only folders -------------------------
+
+def test_a_name_whose_temporary_is_too_long_is_refused_before_any_work(tmp_path, capsys):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    name = "s" * (limit - len(".nii.gz")) + ".nii.gz"  # fits, its hidden temporary does not
+    (tmp_path / name).write_bytes(b"x")
+    (tmp_path / name).unlink()
+    with pytest.raises(PairSegOutputError, match="too long for the file system"):
+        io.check_output(tmp_path / name, io.LABEL_SUFFIXES)
+    scan = Path(write_volume(tmp_path / "scan.nii.gz", _image()))
+    for argv in (["segment", "--model", str(tmp_path / "no-model.pairseg"), "--input", str(scan),
+                  "--output", str(tmp_path / name), "--events", "json"],
+                 ["train", "--data", str(tmp_path / "no-data"), "--out", str(tmp_path / ("m" * (limit - 8) + ".pairseg")),
+                  "--events", "json"]):
+        code = main(argv)
+        event = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert code == EXIT_BAD_INPUT and "too long for the file system" in event["message"], event
+        assert "no-model" not in event["message"] and "no-data" not in event["message"]
+    assert _listing(tmp_path) == ["scan.nii.gz"]
+
+
+def test_a_read_only_file_system_is_refused_up_front(tmp_path, capsys):
+    scan = Path(write_volume(tmp_path / "scan.nii.gz", _image()))
+    with _tmpfs(tmp_path / "ro", "1m", "ro") as folder:
+        code = main(["segment", "--model", str(tmp_path / "no-model.pairseg"), "--input", str(scan),
+                     "--output", str(folder / "seg.nii.gz"), "--events", "json"])
+        event = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert code == EXIT_BAD_INPUT
+        assert event["message"] == f"{folder / 'seg.nii.gz'}: cannot write --output in {folder} (Read-only file system)"
+
+
+# ---- two runs onto the same output -----------------------------------------------------------
+
+def test_another_run_onto_the_same_output_keeps_this_runs_temporary(tmp_path):
+    """Run B starts (and clears stale temporaries of the output) while run A is writing it; A's
+    temporary belongs to a live process, so B leaves it, and both runs finish."""
+    out = tmp_path / "seg.nii.gz"
+    image = _image()
+    other = [sys.executable, "-c", "import sys; from pairseg.atomic import remove_stale_temporaries as r; "
+             "print(len(r(sys.argv[1])))", str(out)]
+    seen = []
+
+    def write(tmp):
+        io._write_image(tmp, image.like(_labels()))
+        done = subprocess.run(other, capture_output=True, text=True, check=True, env={**os.environ})
+        seen.append((done.stdout.strip(), Path(tmp).exists()))
+
+    atomic.atomic_write(out, write, io._verify_written)
+    assert seen == [("0", True)]
+    np.testing.assert_array_equal(read_label(out)[0], _labels())
+    assert _listing(tmp_path) == ["seg.nii.gz"]
+    names = {atomic.temporary_name(out).name for _ in range(50)}
+    assert len(names) == 50 and all(n.startswith(f".seg.tmp-{os.getpid()}-") for n in names)
+
+
+# ---- closed pipes ----------------------------------------------------------------------------
+
+def _piped(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+
+
+def test_closed_pipes_end_quietly_and_the_work_is_done(tmp_path, untrained_mr_model):
+    python = sys.executable
+    info = _piped(f"{python} -m pairseg info {untrained_mr_model} | head -1")
+    assert info.returncode == 0 and info.stdout.startswith("model") and "Traceback" not in info.stderr, info.stderr
+    info = _piped(f"{python} -m pairseg info --json {untrained_mr_model} | head -c 10")
+    assert info.returncode == 0 and "Traceback" not in info.stderr and "Broken" not in info.stderr, info.stderr
+    scan = Path(write_volume(tmp_path / "scan.nii.gz", _image()))
+    out = tmp_path / "seg.nrrd"
+    segment = _piped(f"{python} -m pairseg segment --model {untrained_mr_model} --input {scan} --output {out} "
+                     "--device cpu --events json | head -1")
+    assert segment.returncode == 0 and "Traceback" not in segment.stderr, segment.stderr
+    assert json.loads(segment.stdout)["event"] in ("start", "progress", "message")
+    assert read_label(out)[0].shape == SHAPE  # the run went on and wrote its output
+    write_labels(tmp_path / "ref.nii.gz", _labels(), _image())
+    evaluate = _piped(f"{python} -m pairseg evaluate --pred {tmp_path / 'ref.nii.gz'} --ref {tmp_path / 'ref.nii.gz'} "
+                      f"--json {tmp_path / 'r.json'} | head -1")
+    assert evaluate.returncode == 0 and "Traceback" not in evaluate.stderr, evaluate.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["cases"][0]["case"]
