@@ -291,3 +291,70 @@ def test_closed_pipes_end_quietly_and_the_work_is_done(tmp_path, untrained_mr_mo
                       f"--json {tmp_path / 'r.json'} | head -1")
     assert evaluate.returncode == 0 and "Traceback" not in evaluate.stderr, evaluate.stderr
     assert json.loads((tmp_path / "r.json").read_text())["cases"][0]["case"]
+
+
+# ---- dangling symbolic links in input folders ------------------------------------------------
+
+def test_dangling_links_in_input_folders_are_named(tmp_path, capsys, untrained_mr_model):
+    """segment (image folder, and a folder of only dangling links), evaluate, train (bare folder),
+    a DICOM folder: exit 2 naming the link, never a silent skip or an unrelated message."""
+    images = tmp_path / "images"
+    images.mkdir()
+    write_volume(images / "a.nii.gz", _image())
+    (images / "b.nii.gz").symlink_to(tmp_path / "gone" / "b.nii.gz")
+    only_links = tmp_path / "links"
+    only_links.mkdir()
+    (only_links / "c.nii.gz").symlink_to(tmp_path / "gone" / "c.nii.gz")
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    (dicom / "IM0001").symlink_to(tmp_path / "gone" / "IM0001")
+    for folder, link in ((images, "b.nii.gz"), (only_links, "c.nii.gz"), (dicom, "IM0001")):
+        code = main(["segment", "--model", str(untrained_mr_model), "--input", str(folder), "--output",
+                     str(tmp_path / "out" / ("x.nii.gz" if folder == dicom else "")), "--events", "json"])
+        event = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert code == EXIT_BAD_INPUT and event["message"].startswith(f"{folder}: 1 broken symbolic link"), event
+        assert f"{link} -> {tmp_path / 'gone' / link}" in event["message"]
+    code = main(["evaluate", "--pred", str(images), "--ref", str(images)])
+    assert code == EXIT_BAD_INPUT and "b.nii.gz -> " in capsys.readouterr().err
+    data = tmp_path / "data"
+    data.mkdir()
+    write_volume(data / "case_000_image.nii.gz", _image())
+    (data / "case_000_label.nii.gz").symlink_to(tmp_path / "gone" / "label.nii.gz")
+    code = main(["train", "--data", str(data), "--classes", "liver", "--modality", "MR", "--out",
+                 str(tmp_path / "m.pairseg"), "--events", "json"])
+    event = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert code == EXIT_BAD_INPUT and "case_000_label.nii.gz -> " in event["message"], event
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.pairseg").exists()
+
+
+# ---- DICOM slice positions wherever they are stored ------------------------------------------
+
+def _enhanced_mr_series(folder: Path, skip: int | None) -> Path:
+    """Single-frame enhanced MR files as SimpleITK (GDCM) writes them: the slice positions live
+    in the per-frame functional groups, not at (0020,0032) of the top level."""
+    folder.mkdir()
+    image = sitk.GetImageFromArray(np.random.default_rng(3).integers(0, 900, (9, 24, 24)).astype(np.int16))
+    image.SetSpacing((0.9, 0.9, 2.5))
+    image.SetOrigin((3.0, -4.0, 5.0))
+    for z in range(9):
+        if z == skip:
+            continue
+        frame = image[:, :, z:z + 1]
+        for key, value in (("0020|000e", "1.2.826.0.1.3680043.2.1125.77"), ("0020|0013", str(z + 1)),
+                           ("0008|0016", "1.2.840.10008.5.1.4.1.1.4.1"), ("0008|0060", "MR")):
+            frame.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"IM{z:04d}.dcm"))
+        writer.Execute(frame)
+    return folder
+
+
+def test_a_missing_slice_is_found_wherever_the_positions_are_stored(tmp_path):
+    from pairseg.errors import PairSegInputError
+    from pairseg.io import read_volume
+
+    whole = read_volume(_enhanced_mr_series(tmp_path / "whole", None))
+    assert whole.shape == (9, 24, 24) and whole.spacing[2] == pytest.approx(2.5)
+    with pytest.raises(PairSegInputError, match=r"non-uniform slice spacing: .* 5 mm apart where the others are 2.5"):
+        read_volume(_enhanced_mr_series(tmp_path / "gap", 4))

@@ -289,6 +289,9 @@ def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
         raise PairSegInputError(f"--pred and --ref must both be files or both folders ({pred}, {ref})")
 
     def index(folder: Path) -> dict[str, Path]:
+        from pairseg.io import refuse_dangling_links
+
+        refuse_dangling_links(folder, lambda name: name.endswith(READABLE_IMAGE_SUFFIXES) and "_image" not in name)
         found = {}
         for path in sorted(folder.iterdir()):
             if path.name.endswith(READABLE_IMAGE_SUFFIXES) and "_image" not in path.name:

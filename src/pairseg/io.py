@@ -57,6 +57,7 @@ __all__ = [
     "write_text",
     "write_probabilities",
     "write_png",
+    "refuse_dangling_links",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -464,6 +465,23 @@ def _read_failure(path: Path, exc: BaseException, what: str = "image") -> PairSe
     return PairSegInputError(f"{path}: cannot read {what} ({_first_line(exc)})")
 
 
+# ---- input folders --------------------------------------------------------------------------
+
+
+def refuse_dangling_links(folder: PathLike, counts: Optional[Callable[[str], bool]] = None,
+                          what: str = "input folder") -> None:
+    """Raise PairSegInputError naming the symbolic links in ``folder`` whose target does not exist
+    (listing them would skip them without a word). ``counts(name)`` limits the check to the
+    names that would be inputs (default: every entry, as in a DICOM folder)."""
+    folder = Path(folder)
+    broken = [p for p in sorted(folder.iterdir()) if p.is_symlink() and not p.exists()
+              and (counts is None or counts(p.name))]
+    if broken:
+        names = ", ".join(f"{p.name} -> {os.readlink(p)}" for p in broken[:3]) + (" ..." if len(broken) > 3 else "")
+        raise PairSegInputError(f"{folder}: {len(broken)} broken symbolic link(s) in the {what}, whose target does "
+                                f"not exist: {names}; restore the targets or remove the links")
+
+
 # ---- DICOM ----------------------------------------------------------------------------------
 
 
@@ -473,6 +491,7 @@ def dicom_series(folder: PathLike) -> list[dict]:
 
     Raises PairSegInputError when the folder cannot be scanned.
     """
+    refuse_dangling_links(folder, what="DICOM folder")
     reader = sitk.ImageSeriesReader()
     try:
         ids = list(reader.GetGDCMSeriesIDs(str(folder)))
@@ -514,15 +533,29 @@ def _unlisted_dicom_files(folder: Path, series: Sequence[dict]) -> list[Path]:
 
 def _check_slice_positions(folder: Path, series_id: str, files: Sequence[str], reader: sitk.ImageSeriesReader,
                            image: sitk.Image) -> None:
-    """Refuse a series whose slices are not evenly spaced: ITK would lay them on a uniform grid."""
+    """Refuse a series whose slices are not evenly spaced: ITK would lay them on a uniform grid.
+
+    Each slice's position is its Image Position (Patient) (0020,0032) where the file has it at the
+    top level, else where GDCM finds it (the per-frame functional groups of enhanced MR/CT files,
+    which ITK's dictionary does not show): the file's own origin. A series of multi-frame files,
+    or one without positions (all at the origin), has nothing to compare."""
     positions = []
-    for i in range(len(files)):
-        if not reader.HasMetaDataKey(i, "0020|0032"):
-            return  # positions unknown (multi-frame or secondary capture): nothing to compare
+    for i, name in enumerate(files):
+        if reader.HasMetaDataKey(i, "0020|0032"):
+            try:
+                positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
+                continue
+            except ValueError:
+                pass
+        info = sitk.ImageFileReader()
+        info.SetFileName(name)
         try:
-            positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
-        except ValueError:
+            info.ReadImageInformation()
+        except RuntimeError:
             return
+        if info.GetDimension() > 2 and info.GetSize()[2] > 1:
+            return  # a multi-frame file: its frames' positions are not per file
+        positions.append(list(info.GetOrigin())[:3] + [0.0] * (3 - info.GetDimension()))
     if len(positions) < 3:
         return
     normal = np.asarray(image.GetDirection(), float).reshape(3, 3)[:, 2]
