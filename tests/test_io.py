@@ -219,7 +219,9 @@ def test_seg_nrrd_overlapping_layers_and_unordered_segments(tmp_path):
     assert seg["voxels"].ndim == 4
     out = tmp_path / "layers.seg.nrrd"
     slicerio.write_segmentation(str(out), seg)
-    back, names = read_label(out, ["liver", "left kidney", "spleen"], reference=image)
+    with pytest.warns(io.OverlapWarning, match=r"layers\.seg\.nrrd: segments overlap \('liver' and 'spleen' "
+                      r"in 4 voxel\(s\)\)"):
+        back, names = read_label(out, ["liver", "left kidney", "spleen"], reference=image)
     zyx = lambda m: m.transpose(2, 1, 0)  # noqa: E731
     assert np.all(back[zyx(small)] == 3)  # later class wins where segments overlap
     assert np.all(back[zyx(big & ~small)] == 1)

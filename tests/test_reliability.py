@@ -358,3 +358,24 @@ def test_a_missing_slice_is_found_wherever_the_positions_are_stored(tmp_path):
     assert whole.shape == (9, 24, 24) and whole.spacing[2] == pytest.approx(2.5)
     with pytest.raises(PairSegInputError, match=r"non-uniform slice spacing: .* 5 mm apart where the others are 2.5"):
         read_volume(_enhanced_mr_series(tmp_path / "gap", 4))
+
+
+# ---- overlapping .seg.nrrd layers --------------------------------------------------------------
+
+def test_overlapping_segments_are_warned_about_by_the_commands(tmp_path, capsys):
+    import slicerio
+
+    image = _image()
+    seg = slicerio.create_segmentation(image.shape[::-1], image.ijk_to_lps())
+    liver = np.zeros(image.shape[::-1], bool)
+    liver[5:30, 5:30, 2:10] = True
+    tumour = np.zeros_like(liver)
+    tumour[10:15, 10:15, 4:6] = True  # inside the liver: a second layer
+    slicerio.add_segment(seg, liver, {"id": "a", "name": "liver"})
+    slicerio.add_segment(seg, tumour, {"id": "b", "name": "tumour"})
+    ref = tmp_path / "ref.seg.nrrd"
+    slicerio.write_segmentation(str(ref), seg)
+    code = main(["evaluate", "--pred", str(ref), "--ref", str(ref)])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert f"warning: {ref}: segments overlap ('liver' and 'tumour' in 50 voxel(s))" in err, err

@@ -49,6 +49,7 @@ __all__ = [
     "LABEL_SUFFIXES",
     "IMAGE_SUFFIXES",
     "GeometryWarning",
+    "OverlapWarning",
     "dicom_series",
     "check_output",
     "check_distinct",
@@ -218,6 +219,10 @@ _suffix = atomic.suffix_of
 
 class GeometryWarning(PairSegWarning):
     """A readable input whose geometry is ambiguous (a NIfTI whose qform and sform disagree)."""
+
+
+class OverlapWarning(PairSegWarning):
+    """A layered .seg.nrrd whose segments overlap: flattened to one class per voxel."""
 
 
 def _truncated(path: PathLike, detail: str) -> PairSegInputError:
@@ -795,6 +800,7 @@ def _read_segmentation(
     spatial = voxels.shape[-3:]
     labels_ijk = np.zeros(spatial, dtype=_label_dtype(len(names)))
     order = sorted(range(len(segments)), key=lambda i: index_of[_norm_name(seg_names[i])])
+    overlaps: dict[tuple[str, str], int] = {}
     for i in order:  # later classes overwrite earlier ones where segments overlap
         segment = segments[i]
         value = int(segment.get("labelValue", 1))
@@ -807,7 +813,18 @@ def _read_segmentation(
             mask = voxels[layer] == value
         else:
             mask = voxels == value
-        labels_ijk[mask] = index_of[_norm_name(seg_names[i])]
+        klass = index_of[_norm_name(seg_names[i])]
+        taken = mask & (labels_ijk != 0) & (labels_ijk != klass)
+        if taken.any():  # only layered (4D) files can hold overlapping segments
+            for other in np.unique(labels_ijk[taken]):
+                key = (names[int(other) - 1], names[klass - 1])
+                overlaps[key] = overlaps.get(key, 0) + int(np.count_nonzero(labels_ijk[taken] == other))
+        labels_ijk[mask] = klass
+    if overlaps:
+        pairs = "; ".join(f"{a!r} and {b!r} in {n} voxel(s)" for (a, b), n in overlaps.items())
+        warnings.warn(f"{p}: segments overlap ({pairs}); PairSeg keeps one class per voxel, the later class "
+                      "of each pair there (class order), so those voxels count for one class only",
+                      OverlapWarning, stacklevel=3)
 
     try:
         spacing, origin, direction = _geometry_from_matrix(seg["ijkToLPS"])
