@@ -379,3 +379,104 @@ def test_overlapping_segments_are_warned_about_by_the_commands(tmp_path, capsys)
     err = capsys.readouterr().err
     assert code == 0
     assert f"warning: {ref}: segments overlap ('liver' and 'tumour' in 50 voxel(s))" in err, err
+
+
+# ---- header geometry that tools read differently ----------------------------------------------
+
+def _raw_nifti_affines(path: Path) -> dict:
+    """{"qform", "sform"} voxel-to-RAS matrices of a NIfTI-1 header parsed here from the bytes, as
+    nibabel reads them (signed pixdim, qfac from pixdim[0]); quaternion through scipy."""
+    import gzip
+    import struct
+
+    from scipy.spatial.transform import Rotation
+
+    with (gzip.open(path) if path.name.endswith(".gz") else open(path, "rb")) as handle:
+        raw = handle.read(348)
+    pixdim = struct.unpack_from("<8f", raw, 76)
+    qcode, scode = struct.unpack_from("<2h", raw, 252)
+    b, c, d, *offset = struct.unpack_from("<6f", raw, 256)
+    a = np.sqrt(max(0.0, 1 - b * b - c * c - d * d))
+    qform = np.eye(4)
+    qform[:3, :3] = Rotation.from_quat([b, c, d, a]).as_matrix() @ np.diag(
+        [pixdim[1], pixdim[2], pixdim[3] * (-1 if pixdim[0] < 0 else 1)])
+    qform[:3, 3] = offset
+    sform = np.vstack([np.array(struct.unpack_from("<12f", raw, 280)).reshape(3, 4), [0, 0, 0, 1]])
+    return {"qform": qform if qcode > 0 else None, "sform": sform if scode > 0 else None}
+
+
+def _sitk_affine(path: Path) -> np.ndarray:
+    image = sitk.ReadImage(str(path))
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    matrix[:3, 3] = image.GetOrigin()
+    return np.diag([-1, -1, 1, 1]) @ matrix  # LPS -> RAS
+
+
+def _nifti_with(tmp_path: Path, name: str, negative_x: bool, sform_shift: float, qfac: float = 1.0) -> Path:
+    import struct
+
+    image = Volume(np.random.default_rng(4).normal(size=(5, 12, 14)).astype(np.float32), (1.5, 0.9, 3.0),
+                   (10.0, -20.0, 30.0), tuple(np.eye(3).reshape(-1)))
+    path = tmp_path / name
+    sitk.WriteImage(image.to_sitk(), str(path))
+    header = bytearray(path.read_bytes())
+    pixdim = list(struct.unpack_from("<8f", header, 76))
+    pixdim[0] = qfac
+    if negative_x:
+        pixdim[1] = -pixdim[1]
+    struct.pack_into("<8f", header, 76, *pixdim)
+    srow = list(struct.unpack_from("<12f", header, 280))
+    if negative_x:  # the sform flips the same axis: both forms agree
+        srow[0], srow[4], srow[8] = -srow[0], -srow[4], -srow[8]
+    srow[3] += sform_shift
+    struct.pack_into("<12f", header, 280, *srow)
+    path.write_bytes(bytes(header))
+    return path
+
+
+@pytest.mark.parametrize("case", ["negative_pixdim_forms_agree", "negative_pixdim_forms_disagree",
+                                  "flipped_qfac_forms_disagree"])
+def test_outputs_carry_the_inputs_geometry_in_every_readers_view(tmp_path, case):
+    """NIfTI-1 inputs whose qform and sform (with a negative voxel size, a flipped third axis) tools
+    read differently: a NIfTI output written like them holds the same qform and sform as read from
+    the bytes (nibabel's view) and reads the same in SimpleITK; a NRRD output (one geometry)
+    holds SimpleITK's view, which pynrrd reads back; every disagreement is warned about. A plain
+    header (all agree) gives no warning and the outputs ITK writes."""
+    import warnings
+
+    import nrrd
+
+    negative, shift, qfac = {"negative_pixdim_forms_agree": (True, 0.0, 1.0),
+                             "negative_pixdim_forms_disagree": (True, 7.0, 1.0),
+                             "flipped_qfac_forms_disagree": (False, 0.0, -1.0)}[case]
+    path = _nifti_with(tmp_path, "scan.nii", negative, shift, qfac)
+    source = _raw_nifti_affines(path)
+    disagree = not np.allclose(source["qform"], source["sform"], atol=1e-3)
+    assert disagree == (case != "negative_pixdim_forms_agree")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume = io.read_volume(path)
+    geometry = [w for w in caught if issubclass(w.category, io.GeometryWarning)]
+    itk_differs = not all(np.allclose(_sitk_affine(path), m, atol=1e-3) for m in source.values())
+    assert itk_differs  # each of these headers is one that SimpleITK and nibabel read differently
+    assert len(geometry) == 1, [str(w.message) for w in caught]
+    labels = np.random.default_rng(5).integers(0, 2, volume.shape).astype(np.uint8)
+    for suffix in (".nii", ".nii.gz"):
+        out = Path(write_labels(tmp_path / f"labels{suffix}", labels, volume))
+        written = _raw_nifti_affines(out)
+        for form in ("qform", "sform"):
+            np.testing.assert_allclose(written[form], source[form], atol=1e-4)
+        np.testing.assert_allclose(_sitk_affine(out), _sitk_affine(path), atol=1e-4)
+    out = Path(write_labels(tmp_path / "labels.nrrd", labels, volume))
+    data, header = nrrd.read(str(out))
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(header["space directions"], float).T
+    lps[:3, 3] = header["space origin"]
+    np.testing.assert_allclose(np.diag([-1, -1, 1, 1]) @ lps, _sitk_affine(path), atol=1e-4)
+    np.testing.assert_array_equal(data.transpose(2, 1, 0), labels)
+    plain = tmp_path / "plain.nii"
+    sitk.WriteImage(volume.to_sitk(), str(plain))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert io.read_volume(plain).nifti_forms is None

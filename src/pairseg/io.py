@@ -328,7 +328,8 @@ def _nifti_affine_ras(header: dict, form: str) -> np.ndarray:
                          [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
                          [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - b * b - c * c]])
     qfac = -1.0 if header["pixdim"][0] < 0 else 1.0
-    spacing = np.abs(np.asarray(header["pixdim"][1:4], float)) * np.array([1.0, 1.0, qfac])
+    # pixdim as stored, sign included: a negative voxel size flips its axis in ITK's and nibabel's view
+    spacing = np.asarray(header["pixdim"][1:4], float) * np.array([1.0, 1.0, qfac])
     matrix = np.eye(4)
     matrix[:3, :3] = rotation @ np.diag(spacing)
     matrix[:3, 3] = offset
@@ -341,26 +342,40 @@ def _corners(size: Sequence[int]) -> np.ndarray:
 
 
 def _check_nifti_forms(path: Path, header: dict, image: sitk.Image) -> Optional[bytes]:
-    """Warn when the qform and sform place the image differently; return the forms to keep on output."""
-    if header["qform_code"] <= 0 or header["sform_code"] <= 0:
-        return None
+    """Warn when tools place this NIfTI differently: its qform and sform disagree, or ITK's
+    placement is not the one its forms give as read from the header (signed pixdim, qfac: the way
+    nibabel reads them, e.g. with a negative voxel size). Returns the header geometry (qfac, pixdim,
+    codes, quaternion, sform) to put into NIfTI-1 outputs then, so that every tool places an
+    output exactly where it places this file; None when all agree."""
     corners = _corners(image.GetSize())
-    qform, sform = (_nifti_affine_ras(header, f) @ corners for f in ("qform", "sform"))
-    gap = float(np.max(np.linalg.norm((qform - sform)[:3], axis=0)))
-    if gap <= 0.1:
-        return None
+    forms = {f: _nifti_affine_ras(header, f) @ corners for f in ("qform", "sform") if header[f"{f}_code"] > 0}
     itk = Volume(np.zeros((1, 1, 1)), image.GetSpacing(), image.GetOrigin(), image.GetDirection()).ijk_to_lps()
     itk = np.diag([-1.0, -1.0, 1.0, 1.0]) @ itk @ corners  # LPS -> RAS
-    used = "qform" if np.abs(itk - qform).max() <= np.abs(itk - sform).max() else "sform"
-    other = "sform" if used == "qform" else "qform"
-    warnings.warn(
-        f"{path}: the NIfTI qform and sform disagree by up to {gap:.3g} mm; PairSeg places the image by its "
-        f"{used} (as ITK does), and writes NIfTI outputs with this file's own qform and sform, but tools "
-        f"that prefer the {other} show the image elsewhere", GeometryWarning, stacklevel=3)
+
+    def gap(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.max(np.linalg.norm((a - b)[:3], axis=0)))
+
+    between = gap(forms["qform"], forms["sform"]) if len(forms) == 2 else 0.0
+    from_itk = {f: gap(itk, m) for f, m in forms.items()}
+    if between <= 0.1 and all(g <= 0.1 for g in from_itk.values()):
+        return None
+    used = min(from_itk, key=from_itk.get) if from_itk else "header"
+    kept = ("NIfTI-1 outputs carry this file's own header geometry (each tool then places them as it places "
+            f"this file); other outputs (.nrrd, .seg.nrrd, .mha) carry ITK's placement alone"
+            if header["version"] == 1 else "outputs carry ITK's placement alone")
+    if between > 0.1:
+        other = "sform" if used == "qform" else "qform"
+        problem = (f"the NIfTI qform and sform disagree by up to {between:.3g} mm; PairSeg places the image by "
+                   f"its {used} (as ITK does), tools that prefer the {other} show it elsewhere")
+    else:
+        problem = (f"ITK places the image up to {from_itk[used]:.3g} mm away from where its {' and '.join(forms)} "
+                   f"put it as other tools (nibabel) read them (pixdim {tuple(round(v, 4) for v in header['pixdim'][:4])}:"
+                   " a negative voxel size?); PairSeg follows ITK, so other tools show its results elsewhere")
+    warnings.warn(f"{path}: {problem}; {kept}", GeometryWarning, stacklevel=3)
     if header["version"] != 1:
         return None
-    return struct.pack("<f2h6f12f", -1.0 if header["pixdim"][0] < 0 else 1.0, header["qform_code"],
-                       header["sform_code"], *header["quatern"], *header["srow"])
+    return struct.pack("<4f2h6f12f", -1.0 if header["pixdim"][0] < 0 else 1.0, *header["pixdim"][1:4],
+                       header["qform_code"], header["sform_code"], *header["quatern"], *header["srow"])
 
 
 def _patch_nifti_forms(path: str, forms: bytes) -> None:
@@ -371,7 +386,7 @@ def _patch_nifti_forms(path: str, forms: bytes) -> None:
         return
     with _open_data(source) as stream:
         first = bytearray(stream.read(348))
-        first[76:80], first[252:328] = forms[:4], forms[4:]
+        first[76:92], first[252:328] = forms[:16], forms[16:]  # qfac and voxel sizes (signed), the forms
         if not path.endswith(".gz"):
             with open(source, "r+b") as out:
                 out.write(bytes(first))
