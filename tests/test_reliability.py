@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -480,3 +479,24 @@ def test_outputs_carry_the_inputs_geometry_in_every_readers_view(tmp_path, case)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert io.read_volume(plain).nifti_forms is None
+
+
+def test_train_onto_a_full_disk_ends_in_one_error_line(small_disk, phantom_dir, capsys):
+    """The checkpoint written after the first epoch does not fit: exit 2 with one error event
+    naming it (no torch traceback), no temporary, no model."""
+    out = small_disk / "m.pairseg"
+    _fill(small_disk, leave=4096)
+    threads = torch.get_num_threads()
+    try:
+        code = main(["train", "--data", str(phantom_dir), "--out", str(out), "--steps", "1", "--size", "32",
+                     "--batch-size", "4", "--output-stride", "16", "--pair-mode", "intra", "--offsets", "5",
+                     "--device", "cpu", "--events", "json"])
+    finally:
+        torch.set_num_threads(threads)
+    captured = capsys.readouterr()
+    events = [json.loads(x) for x in captured.out.splitlines()]
+    assert code == EXIT_BAD_INPUT and [e["event"] for e in events].count("error") == 1
+    message = events[-1]["message"]
+    assert message.startswith(f"{out}.ckpt: cannot write checkpoint (") and "No space left on device" in message, message
+    assert "Traceback" not in captured.err
+    assert _listing(small_disk) == ["filler"]

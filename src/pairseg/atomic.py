@@ -87,24 +87,24 @@ def _longest_temporary_name(target: Path) -> str:
 
 
 def reason(exc: BaseException, folder: Optional[PathLike] = None) -> str:
-    """The readable reason of a write failure (errno text for OSError, first line otherwise); for
-    a file that did not read back whole, the free space of ``folder`` when it is (nearly) full."""
-    if isinstance(exc, IncompleteWrite):
-        text = str(exc)
-        if folder is not None:
-            import shutil
-
-            try:
-                free = shutil.disk_usage(folder).free
-            except OSError:
-                free = None
-            if free is not None and free < (1 << 20):
-                text += f"; {os.strerror(errno.ENOSPC)} ({free} bytes free)"
-        return text
-    if isinstance(exc, OSError):  # ENOSPC, EDQUOT, ENAMETOOLONG, EROFS, EACCES ...: the system's words
+    """The readable reason of a write failure: the system's words for an OSError (ENOSPC, EDQUOT,
+    ENAMETOOLONG, EROFS, EACCES ...), the last line of a writer's own error otherwise (ITK, torch);
+    for those and for a file that did not read back whole, the free space of ``folder`` when it is
+    (nearly) full, which such writers do not say."""
+    if isinstance(exc, OSError) and not isinstance(exc, IncompleteWrite):
         return exc.strerror or str(exc)
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[-1] if lines else type(exc).__name__
+    text = re.sub(r"^\[enforce fail at [^\]]*\]\s*\.?\s*", "", lines[-1]) if lines else type(exc).__name__
+    if folder is not None:
+        import shutil
+
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        if free is not None and free < (1 << 20):
+            text += f"; {os.strerror(errno.ENOSPC)} ({free} bytes free)"
+    return text
 
 
 def output_error(path: PathLike, exc: BaseException, what: str = "output",

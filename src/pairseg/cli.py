@@ -4,7 +4,8 @@ Every command prints a progress bar for people, or with ``--events json`` one JS
 line for programs (the Slicer modules). Exit codes: 0 success, 2 bad input or an output that
 cannot be written (after an ``error`` event naming the file and the problem), 1 any other
 failure, 130 training stopped on request (a resumable checkpoint was written) or interrupted
-(SIGINT), 143 terminated (SIGTERM) outside the training loop.
+(SIGINT), 143 terminated (SIGTERM) outside the training loop. A reader that closes stdout or stderr
+early (``pairseg info M | head -1``) ends no command and causes no traceback (``_PipeSafe``).
 
 Output locations are checked before any data or model is loaded (see ``pairseg.train.check_output_location`` and
 ``_segment_outputs``); numeric options are checked by argparse (``positive_int`` ...).
