@@ -664,10 +664,17 @@ def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
                               text=True, check=True)
     dead = tmp_path / seen[0].name.replace(f"-{os.getpid()}-", f"-{int(finished.stdout)}-")
     alive = tmp_path / seen[0].name
-    for path in (dead, alive):
+    from pairseg import atomic
+
+    other_host = f"{(int(atomic._HOST, 16) + 1) % 65536:04x}"
+    elsewhere = tmp_path / dead.name.replace(f"-{atomic._HOST}", f"-{other_host}")  # same pid, other machine
+    for path in (dead, alive, elsewhere):
         path.write_bytes(b"half a checkpoint")
     assert io.remove_stale_temporaries(model) == [dead]
-    assert alive.exists()
+    assert alive.exists() and elsewhere.exists()  # another machine's writer may still be at work
+    old = elsewhere.stat().st_mtime - atomic.STALE_AFTER_S - 1
+    os.utime(elsewhere, (old, old))
+    assert io.remove_stale_temporaries(model) == [elsewhere]
 
 
 def test_segment_series_option_picks_one_of_several(tmp_path, capsys):

@@ -239,6 +239,14 @@ def test_a_read_only_file_system_is_refused_up_front(tmp_path, capsys):
         event = json.loads(capsys.readouterr().out.splitlines()[-1])
         assert code == EXIT_BAD_INPUT
         assert event["message"] == f"{folder / 'seg.nii.gz'}: cannot write --output in {folder} (Read-only file system)"
+        for argv in (["demo", "--out", str(folder / "demo"), "--model", str(tmp_path / "no-model.pairseg")],
+                     ["evaluate", "--pred", str(scan), "--ref", str(scan), "--json", str(folder / "r.json")],
+                     ["proxy-maps", "--label-a", str(scan), "--slice-a", "0", "--slice-b", "1", "--out",
+                      str(folder / "maps")]):
+            code = main(argv + (["--events", "json"] if argv[0] != "evaluate" else []))
+            captured = capsys.readouterr()
+            text = captured.out + captured.err
+            assert code == EXIT_BAD_INPUT and "(Read-only file system)" in text and "no-model" not in text, text
 
 
 # ---- two runs onto the same output -----------------------------------------------------------

@@ -28,9 +28,11 @@ two runs onto the same output never delete each other's files.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
+import socket
 import threading
 import time
 import uuid
@@ -46,9 +48,12 @@ __all__ = ["atomic_write", "write_bytes", "write_text", "write_json", "write_str
 
 PathLike = Union[str, os.PathLike]
 
-#: A temporary of a writer that no longer exists on this machine is removed only once it is this
-#: old (seconds): a run on another machine writing into a shared folder keeps its file fresh.
+#: A temporary written on another machine (a shared folder), or where processes cannot be probed
+#: safely (Windows), is removed only once it is this old (seconds).
 STALE_AFTER_S = 3600.0
+
+#: 4 hex digits of this machine's name, in every temporary name: whose process ids they hold.
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:4]
 
 _COMPOUND_SUFFIXES = (".seg.nrrd", ".nii.gz")
 
@@ -73,11 +78,12 @@ def _split(target: Path) -> tuple[str, str]:
 
 
 def temporary_name(target: PathLike, kind: str = "tmp") -> Path:
-    """``.<stem>.<kind>-<pid>-<8 hex><suffix>`` beside ``target``. ``kind="old"`` names the copy of
-    an existing output that :func:`write_together` keeps until its outputs are all in place."""
+    """``.<stem>.<kind>-<pid>-<8 hex><suffix>`` beside ``target`` (the hex: 4 of this machine's
+    name, 4 random). ``kind="old"`` names the copy of an existing output that
+    :func:`write_together` keeps until its outputs are all in place."""
     target = Path(target)
     stem, suffix = _split(target)
-    return target.parent / f".{stem}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+    return target.parent / f".{stem}.{kind}-{os.getpid()}-{_HOST}{uuid.uuid4().hex[:4]}{suffix}"
 
 
 def _longest_temporary_name(target: Path) -> str:
@@ -125,7 +131,7 @@ def _remove_quietly(path: PathLike) -> None:
 
 
 def _fsync_file(path: PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY if os.name == "posix" else os.O_RDWR)  # Windows commits writable handles only
     try:
         os.fsync(fd)
     finally:
@@ -383,7 +389,7 @@ def _temporary_patterns(target: Path) -> list[re.Pattern]:
     stem, suffix = _split(target)
     tail = re.escape(suffix) + r"(\.forms|\.data)?"
     return [
-        re.compile(re.escape(f".{stem}.tmp-") + r"(?P<pid>[0-9]+)-[0-9a-f]{8}" + tail),  # this version's
+        re.compile(re.escape(f".{stem}.tmp-") + r"(?P<pid>[0-9]+)-(?P<host>[0-9a-f]{4})[0-9a-f]{4}" + tail),
         re.compile(re.escape(f".{stem}.tmp-") + "[0-9a-f]{8}" + tail),  # earlier versions' (no owner)
         re.compile(re.escape(f".{target.name}.") + "[A-Za-z0-9_]{8}" + re.escape(".tmp")),
     ]
@@ -406,9 +412,9 @@ def _alive(pid: int) -> bool:
 def remove_stale_temporaries(path: PathLike) -> list[Path]:
     """Delete the temporaries that earlier, killed writes of ``path`` left beside it; returns them.
 
-    Only names PairSeg's writes give a temporary of exactly this output match. A temporary whose
-    process still runs on this machine is kept (another run writing the same output), as is one of
-    a process unknown here that was touched within :data:`STALE_AFTER_S` (a writer elsewhere).
+    Only names PairSeg's writes give a temporary of exactly this output match. A temporary written
+    on this machine is removed once its process is gone (a live one is another run writing the
+    same output); one written elsewhere once it is :data:`STALE_AFTER_S` old.
     """
     target = Path(path)
     if not target.parent.is_dir():
@@ -422,9 +428,10 @@ def remove_stale_temporaries(path: PathLike) -> list[Path]:
             continue
         pid = match.groupdict().get("pid")
         if pid is not None:
-            if _alive(int(pid)):
+            here = match.group("host") == _HOST and os.name == "posix"
+            if here and _alive(int(pid)):
                 continue
-            if os.name != "posix" and now - entry.stat().st_mtime < STALE_AFTER_S:
+            if not here and now - entry.stat().st_mtime < STALE_AFTER_S:
                 continue
         try:
             entry.unlink()

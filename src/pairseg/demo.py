@@ -66,13 +66,16 @@ def run_demo(*, out: str, model: str | None = None, data: str | None = None, tra
     from pairseg.catalog import load_catalog, resolve_model, sample_folder
     from pairseg.datasets import load_dataset
     from pairseg.infer import Predictor
-    from pairseg.io import read_label, read_volume
+    from pairseg.io import check_output, read_label, read_volume
     from pairseg.metrics import evaluate_case, format_table, summarize
     from pairseg.orientation import Orientation
 
-    folder = Path(out)
+    folder = check_output(out, what="--out", folder=True)
     dataset = load_dataset(data or sample_folder())
     target = dataset.cases[-1]
+    for name in ("fine-tuned.pairseg.ckpt", "metrics.json", f"{target.name}_segmentation.seg.nrrd",
+                 f"{target.name}_overlay.png"):
+        check_output(folder / name, None, "--out file")  # the hidden temporaries' names must fit too
     if model is None:
         catalog = load_catalog()
         if catalog.default is None:
