@@ -219,7 +219,9 @@ def test_seg_nrrd_overlapping_layers_and_unordered_segments(tmp_path):
     assert seg["voxels"].ndim == 4
     out = tmp_path / "layers.seg.nrrd"
     slicerio.write_segmentation(str(out), seg)
-    back, names = read_label(out, ["liver", "left kidney", "spleen"], reference=image)
+    with pytest.warns(io.OverlapWarning, match=r"layers\.seg\.nrrd: segments overlap \('liver' and 'spleen' "
+                      r"in 4 voxel\(s\)\)"):
+        back, names = read_label(out, ["liver", "left kidney", "spleen"], reference=image)
     zyx = lambda m: m.transpose(2, 1, 0)  # noqa: E731
     assert np.all(back[zyx(small)] == 3)  # later class wins where segments overlap
     assert np.all(back[zyx(big & ~small)] == 1)
@@ -637,8 +639,11 @@ def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
         path.write_bytes(b"x")
     assert sorted(io.remove_stale_temporaries(out)) == sorted(mine)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in others)
-    # The temporary name modelfile's atomic writes use (a killed checkpoint write leaves it): the
-    # name a real write gives its temporary, caught while it is being written.
+    # The temporary a real checkpoint write uses, caught while it is being written: while its
+    # process runs, another run's clean-up leaves it alone; once that process is gone it is stale.
+    import subprocess
+    import sys
+
     import torch
 
     model = tmp_path / "m.pairseg.ckpt"
@@ -646,15 +651,30 @@ def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
     real_save = torch.save
 
     def save_and_look(obj, stream, *args, **kwargs):
-        seen.extend(p for p in tmp_path.iterdir() if p.name.startswith(".m.pairseg.ckpt."))
+        seen.extend(p for p in tmp_path.iterdir() if p.name.startswith(".m.pairseg.tmp-"))
+        assert io.remove_stale_temporaries(model) == []  # our own, live temporary is kept
         return real_save(obj, stream, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch, "save", save_and_look)
         atomic_torch_save({"a": 1}, model)
-    assert len(seen) == 1 and model.is_file()
-    seen[0].write_bytes(b"left by a killed write")
-    assert io.remove_stale_temporaries(model) == [seen[0]]
+    assert len(seen) == 1 and model.is_file() and not seen[0].exists()
+    assert seen[0].name.startswith(f".m.pairseg.tmp-{os.getpid()}-") and seen[0].name.endswith(".ckpt")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = tmp_path / seen[0].name.replace(f"-{os.getpid()}-", f"-{int(finished.stdout)}-")
+    alive = tmp_path / seen[0].name
+    from pairseg import atomic
+
+    other_host = f"{(int(atomic._HOST, 16) + 1) % 65536:04x}"
+    elsewhere = tmp_path / dead.name.replace(f"-{atomic._HOST}", f"-{other_host}")  # same pid, other machine
+    for path in (dead, alive, elsewhere):
+        path.write_bytes(b"half a checkpoint")
+    assert io.remove_stale_temporaries(model) == [dead]
+    assert alive.exists() and elsewhere.exists()  # another machine's writer may still be at work
+    old = elsewhere.stat().st_mtime - atomic.STALE_AFTER_S - 1
+    os.utime(elsewhere, (old, old))
+    assert io.remove_stale_temporaries(model) == [elsewhere]
 
 
 def test_segment_series_option_picks_one_of_several(tmp_path, capsys):

@@ -216,10 +216,10 @@ def test_evaluate_json_checked_first_and_written_atomically(labels, tmp_path, ca
     assert json.loads(report.read_text())["cases"][0]["dice"]["label_1"] == 1.0
     old = report.read_text()
 
-    def failing(self, *args, **kwargs):
+    def failing(*args, **kwargs):  # a full disk that shows only when the data is flushed
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", failing)
+    monkeypatch.setattr(os, "fsync", failing)
     capsys.readouterr()
     message = evaluate_refused(capsys, "--pred", pred, "--ref", ref, "--json", report)
     assert message == f"{report}: cannot write output (No space left on device)"

@@ -20,7 +20,6 @@ The folder is ``$PAIRSEG_USER_DIR`` when set, else ``~/.pairseg``. Writes are at
 
 import json
 import os
-import tempfile
 import time
 
 REGISTRY_FORMAT = "pairseg-model-registry"
@@ -115,17 +114,12 @@ class ModelRegistry:
         return data
 
     def _save(self, data):
-        folder = os.path.dirname(self.path)
-        os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".registry-", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump(data, stream, indent=2)
-            os.replace(temporary, self.path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.remove(temporary)
-            raise
+        from PairSegLib.engine import torchFreeEngineModule
+
+        try:  # written whole or not at all, as every PairSeg output
+            torchFreeEngineModule("atomic").write_json(self.path, data, "model registry", indent=2)
+        except ValueError as error:  # PairSegOutputError: the callers handle OSError
+            raise OSError(str(error)) from error
 
     def registeredModels(self, existingOnly=True):
         models = self._load()["models"]

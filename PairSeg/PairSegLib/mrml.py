@@ -77,15 +77,26 @@ def checkModality(volumeNode, modelModality):
 
 def exportVolume(volumeNode, path, compress=False):
     """Write the volume's voxels and geometry (IJK-to-RAS, without parent transforms) to ``path``
-    through a storage node that is never added to the scene. IOError when writing fails.
+    through a storage node that is never added to the scene, atomically (``pairseg.atomic``: a
+    temporary beside ``path``, flushed, then renamed). IOError naming ``path`` when writing fails.
 
     The one volume export of both modules (engine inputs, training sets): the file holds the
     node's voxels in the node's IJK order, so results written on its grid come back exactly."""
-    storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storageNode.SetFileName(os.fspath(path))
-    storageNode.SetUseCompression(bool(compress))
-    if not storageNode.WriteData(volumeNode):
-        raise IOError(f"Could not write volume '{volumeNode.GetName()}' to {path}")
+    from PairSegLib.engine import torchFreeEngineModule
+
+    atomic = torchFreeEngineModule("atomic")  # written whole, or not at all (the engine's one write path)
+
+    def write(temporary):
+        storageNode = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storageNode.SetFileName(temporary)
+        storageNode.SetUseCompression(bool(compress))
+        if not storageNode.WriteData(volumeNode):
+            raise OSError(f"Could not write volume '{volumeNode.GetName()}' to {path}")
+
+    try:
+        atomic.atomic_write(path, write, what=f"volume '{volumeNode.GetName()}'")
+    except ValueError as error:  # PairSegOutputError: names the path and the reason
+        raise IOError(str(error)) from error
     return path
 
 

@@ -16,7 +16,6 @@ exactly.
 from __future__ import annotations
 
 import datetime
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,8 +399,9 @@ def exportTrainingSet(items, folder, classNames=None, mapping=None, modality: st
                     "missingClasses": {k: v for k, v in report.missing.items() if v}},
     }
     path = folder / MANIFEST
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(manifest, indent=1))
-    temporary.replace(path)
+    try:
+        engine.torchFreeEngineModule("atomic").write_json(path, manifest, "training set manifest")
+    except ValueError as error:  # PairSegOutputError naming the file and the reason
+        raise TrainingSetError(str(error)) from error
     manifest["path"] = str(path)
     return manifest

@@ -4,7 +4,8 @@ Every command prints a progress bar for people, or with ``--events json`` one JS
 line for programs (the Slicer modules). Exit codes: 0 success, 2 bad input or an output that
 cannot be written (after an ``error`` event naming the file and the problem), 1 any other
 failure, 130 training stopped on request (a resumable checkpoint was written) or interrupted
-(SIGINT), 143 terminated (SIGTERM) outside the training loop.
+(SIGINT), 143 terminated (SIGTERM) outside the training loop. A reader that closes stdout or stderr
+early (``pairseg info M | head -1``) ends no command and causes no traceback (``_PipeSafe``).
 
 Output locations are checked before any data or model is loaded (see ``pairseg.train.check_output_location`` and
 ``_segment_outputs``); numeric options are checked by argparse (``positive_int`` ...).
@@ -300,6 +301,9 @@ def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
         raise PairSegInputError(f"--pred and --ref must both be files or both folders ({pred}, {ref})")
 
     def index(folder: Path) -> dict[str, Path]:
+        from pairseg.io import refuse_dangling_links
+
+        refuse_dangling_links(folder, lambda name: name.endswith(READABLE_IMAGE_SUFFIXES) and "_image" not in name)
         found = {}
         for path in sorted(folder.iterdir()):
             if path.name.endswith(READABLE_IMAGE_SUFFIXES) and "_image" not in path.name:
@@ -428,7 +432,56 @@ def cmd_demo(args, events) -> int:
     return 0
 
 
+class _PipeSafe:
+    """A text stream that survives its reader going away (``pairseg info M | head -1``): the first
+    BrokenPipeError points the file descriptor at the null device and later text is dropped, so
+    the command finishes its work (a segment run still writes its output) and exits without a
+    traceback, also at the interpreter's final flush."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.broken = False
+
+    def write(self, text: str) -> int:
+        if not self.broken:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self) -> None:
+        self.broken = True
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, self._stream.fileno())
+            finally:
+                os.close(null)
+        except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = (s if s is None or isinstance(s, _PipeSafe) else _PipeSafe(s) for s in streams)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     json_mode = getattr(args, "events", "human") == "json"
     events = JsonEvents() if json_mode else HumanEvents()

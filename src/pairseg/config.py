@@ -209,12 +209,10 @@ class TrainConfig:
         return cls.from_json(_read_text(path), str(path))
 
     def write(self, path: Union[str, Path]) -> Path:
-        """Write ``to_json()`` to ``path`` (atomically: a temporary file renamed); returns the path."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json() + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        """Write ``to_json()`` to ``path`` (atomically, :mod:`pairseg.atomic`); returns the path."""
+        from pairseg.atomic import write_text
+
+        return write_text(path, self.to_json() + "\n", "training settings")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with ``changes`` applied (this config is left as it is)."""

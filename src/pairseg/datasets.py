@@ -15,7 +15,7 @@ import numpy as np
 
 from pairseg.constants import LABEL_SUFFIXES, MODALITIES, READABLE_IMAGE_SUFFIXES, class_key, same_class_names
 from pairseg.errors import PairSegInputError
-from pairseg.io import Volume, read_label, read_volume
+from pairseg.io import Volume, read_label, read_volume, refuse_dangling_links
 
 __all__ = ["Case", "Dataset", "case_name", "parse_classes", "load_dataset", "load_case"]
 
@@ -124,6 +124,8 @@ def load_dataset(folder: str | Path, classes: str | Sequence[str] | None = None,
     names = parse_classes(classes)
     images = {}
     labels_found = {}
+    refuse_dangling_links(folder, lambda name: "_image" in name or "_label" in name or name.endswith(".seg.nrrd"),
+                          "dataset folder")
     for path in sorted(folder.iterdir()):
         stem = path.name
         if "_image" in stem:

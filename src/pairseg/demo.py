@@ -10,13 +10,13 @@ in for a case a user corrected), then the same segmentation and scores with the 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from pairseg.atomic import write_json
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, jsonable
 
@@ -50,9 +50,9 @@ def overlay_picture(path: Path, image: np.ndarray, predicted: np.ndarray, refere
     rows = max(1, int(round(picture.shape[0] * spacing_zyx[1] / spacing_zyx[2])))  # square pixels on screen
     resampled = sitk.Resample(itk, [picture.shape[1], rows], sitk.Transform(), sitk.sitkLinear, (0.0, 0.0),
                               (float(spacing_zyx[2]), float(spacing_zyx[2])), (1.0, 0.0, 0.0, 1.0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(resampled, str(path))
-    return path
+    from pairseg.io import write_png
+
+    return write_png(path, resampled)
 
 
 def run_demo(*, out: str, model: str | None = None, data: str | None = None, train: bool = False,
@@ -66,13 +66,16 @@ def run_demo(*, out: str, model: str | None = None, data: str | None = None, tra
     from pairseg.catalog import load_catalog, resolve_model, sample_folder
     from pairseg.datasets import load_dataset
     from pairseg.infer import Predictor
-    from pairseg.io import read_label, read_volume
+    from pairseg.io import check_output, read_label, read_volume
     from pairseg.metrics import evaluate_case, format_table, summarize
     from pairseg.orientation import Orientation
 
-    folder = Path(out)
+    folder = check_output(out, what="--out", folder=True)
     dataset = load_dataset(data or sample_folder())
     target = dataset.cases[-1]
+    for name in ("fine-tuned.pairseg.ckpt", "metrics.json", f"{target.name}_segmentation.seg.nrrd",
+                 f"{target.name}_overlay.png"):
+        check_output(folder / name, None, "--out file")  # the hidden temporaries' names must fit too
     if model is None:
         catalog = load_catalog()
         if catalog.default is None:
@@ -111,7 +114,7 @@ def run_demo(*, out: str, model: str | None = None, data: str | None = None, tra
     picture = overlay_picture(folder / f"{target.name}_overlay.png", *canonical, predictor.metadata["class_colors"],
                               orientation.spacing_zyx(image.spacing))
     report.update(prediction=str(prediction_path), overlay=str(picture), segment_seconds=seconds, metrics=case)
-    (folder / "metrics.json").write_text(json.dumps(jsonable(report), indent=1))
+    write_json(folder / "metrics.json", jsonable(report))
     outputs = [str(prediction_path), str(picture), str(folder / "metrics.json")]
     if train:
         outputs.insert(0, str(folder / "fine-tuned.pairseg"))

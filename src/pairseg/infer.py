@@ -21,7 +21,8 @@ from pairseg.constants import READABLE_IMAGE_SUFFIXES, same_class_names
 from pairseg.devices import bf16_supported, check_precision, resolve_device  # noqa: F401 (re-exported)
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.io import Volume, read_volume, write_labels, write_probabilities, write_together, write_volume
+from pairseg.io import (Volume, read_volume, refuse_dangling_links, write_labels, write_probabilities,
+                        write_together, write_volume)
 from pairseg.catalog import resolve_model
 from pairseg.modelfile import load_model
 from pairseg.postprocess import keep_largest_component
@@ -289,6 +290,11 @@ def list_inputs(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise PairSegInputError(f"{path}: input does not exist")
-    images = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
-                    and not p.name.lower().endswith(".seg.nrrd"))
+    def counts(name: str) -> bool:
+        return name.lower().endswith(IMAGE_SUFFIXES) and not name.lower().endswith(".seg.nrrd")
+
+    refuse_dangling_links(path, counts)
+    images = sorted(p for p in path.iterdir() if p.is_file() and counts(p.name))
+    if not images:
+        refuse_dangling_links(path, what="DICOM folder")  # every entry of a DICOM folder counts
     return images or [path]  # no image files: treat the folder as one DICOM series

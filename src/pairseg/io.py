@@ -10,8 +10,9 @@ Formats: NIfTI (.nii, .nii.gz), NRRD (.nrrd), MetaImage (.mha), a DICOM series f
 only) and 3D Slicer segmentations (.seg.nrrd, through slicerio). In a .seg.nrrd the label values
 are not class ids: classes are matched to segments by segment *name* (case-insensitive).
 
-Every write goes to a temporary file in the destination folder which is then renamed over the
-destination (``os.replace``), so a failed write leaves no partial file behind.
+Every write goes through :mod:`pairseg.atomic`: a temporary file in the destination folder, flushed
+to the disk and read back whole (``_verify_written``) before it is renamed over the destination,
+so a failed or silently truncated write leaves no partial file and replaces nothing.
 
 Bad inputs raise :class:`pairseg.errors.PairSegInputError` naming the file and the problem.
 """
@@ -22,12 +23,8 @@ import gzip
 import os
 import re
 import struct
-import tempfile
-import threading
-import uuid
 import warnings
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -35,6 +32,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
+from . import atomic
 from .constants import class_key
 from .errors import PairSegInputError, PairSegOutputError, PairSegWarning
 
@@ -50,6 +48,7 @@ __all__ = [
     "LABEL_SUFFIXES",
     "IMAGE_SUFFIXES",
     "GeometryWarning",
+    "OverlapWarning",
     "dicom_series",
     "check_output",
     "check_distinct",
@@ -57,6 +56,8 @@ __all__ = [
     "write_together",
     "write_text",
     "write_probabilities",
+    "write_png",
+    "refuse_dangling_links",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -212,16 +213,15 @@ def _geometry_text(v: Volume) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _suffix(path: PathLike) -> str:
-    name = Path(path).name.lower()
-    for suffix in (".seg.nrrd", ".nii.gz"):
-        if name.endswith(suffix):
-            return suffix
-    return Path(name).suffix
+_suffix = atomic.suffix_of
 
 
 class GeometryWarning(PairSegWarning):
     """A readable input whose geometry is ambiguous (a NIfTI whose qform and sform disagree)."""
+
+
+class OverlapWarning(PairSegWarning):
+    """A layered .seg.nrrd whose segments overlap: flattened to one class per voxel."""
 
 
 def _truncated(path: PathLike, detail: str) -> PairSegInputError:
@@ -327,7 +327,8 @@ def _nifti_affine_ras(header: dict, form: str) -> np.ndarray:
                          [2 * (b * c + a * d), a * a + c * c - b * b - d * d, 2 * (c * d - a * b)],
                          [2 * (b * d - a * c), 2 * (c * d + a * b), a * a + d * d - b * b - c * c]])
     qfac = -1.0 if header["pixdim"][0] < 0 else 1.0
-    spacing = np.abs(np.asarray(header["pixdim"][1:4], float)) * np.array([1.0, 1.0, qfac])
+    # pixdim as stored, sign included: a negative voxel size flips its axis in ITK's and nibabel's view
+    spacing = np.asarray(header["pixdim"][1:4], float) * np.array([1.0, 1.0, qfac])
     matrix = np.eye(4)
     matrix[:3, :3] = rotation @ np.diag(spacing)
     matrix[:3, 3] = offset
@@ -340,26 +341,40 @@ def _corners(size: Sequence[int]) -> np.ndarray:
 
 
 def _check_nifti_forms(path: Path, header: dict, image: sitk.Image) -> Optional[bytes]:
-    """Warn when the qform and sform place the image differently; return the forms to keep on output."""
-    if header["qform_code"] <= 0 or header["sform_code"] <= 0:
-        return None
+    """Warn when tools place this NIfTI differently: its qform and sform disagree, or ITK's
+    placement is not the one its forms give as read from the header (signed pixdim, qfac: the way
+    nibabel reads them, e.g. with a negative voxel size). Returns the header geometry (qfac, pixdim,
+    codes, quaternion, sform) to put into NIfTI-1 outputs then, so that every tool places an
+    output exactly where it places this file; None when all agree."""
     corners = _corners(image.GetSize())
-    qform, sform = (_nifti_affine_ras(header, f) @ corners for f in ("qform", "sform"))
-    gap = float(np.max(np.linalg.norm((qform - sform)[:3], axis=0)))
-    if gap <= 0.1:
-        return None
+    forms = {f: _nifti_affine_ras(header, f) @ corners for f in ("qform", "sform") if header[f"{f}_code"] > 0}
     itk = Volume(np.zeros((1, 1, 1)), image.GetSpacing(), image.GetOrigin(), image.GetDirection()).ijk_to_lps()
     itk = np.diag([-1.0, -1.0, 1.0, 1.0]) @ itk @ corners  # LPS -> RAS
-    used = "qform" if np.abs(itk - qform).max() <= np.abs(itk - sform).max() else "sform"
-    other = "sform" if used == "qform" else "qform"
-    warnings.warn(
-        f"{path}: the NIfTI qform and sform disagree by up to {gap:.3g} mm; PairSeg places the image by its "
-        f"{used} (as ITK does), and writes NIfTI outputs with this file's own qform and sform, but tools "
-        f"that prefer the {other} show the image elsewhere", GeometryWarning, stacklevel=3)
+
+    def gap(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.max(np.linalg.norm((a - b)[:3], axis=0)))
+
+    between = gap(forms["qform"], forms["sform"]) if len(forms) == 2 else 0.0
+    from_itk = {f: gap(itk, m) for f, m in forms.items()}
+    if between <= 0.1 and all(g <= 0.1 for g in from_itk.values()):
+        return None
+    used = min(from_itk, key=from_itk.get) if from_itk else "header"
+    kept = ("NIfTI-1 outputs carry this file's own header geometry (each tool then places them as it places "
+            f"this file); other outputs (.nrrd, .seg.nrrd, .mha) carry ITK's placement alone"
+            if header["version"] == 1 else "outputs carry ITK's placement alone")
+    if between > 0.1:
+        other = "sform" if used == "qform" else "qform"
+        problem = (f"the NIfTI qform and sform disagree by up to {between:.3g} mm; PairSeg places the image by "
+                   f"its {used} (as ITK does), tools that prefer the {other} show it elsewhere")
+    else:
+        problem = (f"ITK places the image up to {from_itk[used]:.3g} mm away from where its {' and '.join(forms)} "
+                   f"put it as other tools (nibabel) read them (pixdim {tuple(round(v, 4) for v in header['pixdim'][:4])}:"
+                   " a negative voxel size?); PairSeg follows ITK, so other tools show its results elsewhere")
+    warnings.warn(f"{path}: {problem}; {kept}", GeometryWarning, stacklevel=3)
     if header["version"] != 1:
         return None
-    return struct.pack("<f2h6f12f", -1.0 if header["pixdim"][0] < 0 else 1.0, header["qform_code"],
-                       header["sform_code"], *header["quatern"], *header["srow"])
+    return struct.pack("<4f2h6f12f", -1.0 if header["pixdim"][0] < 0 else 1.0, *header["pixdim"][1:4],
+                       header["qform_code"], header["sform_code"], *header["quatern"], *header["srow"])
 
 
 def _patch_nifti_forms(path: str, forms: bytes) -> None:
@@ -370,7 +385,7 @@ def _patch_nifti_forms(path: str, forms: bytes) -> None:
         return
     with _open_data(source) as stream:
         first = bytearray(stream.read(348))
-        first[76:80], first[252:328] = forms[:4], forms[4:]
+        first[76:92], first[252:328] = forms[:16], forms[16:]  # qfac and voxel sizes (signed), the forms
         if not path.endswith(".gz"):
             with open(source, "r+b") as out:
                 out.write(bytes(first))
@@ -469,6 +484,23 @@ def _read_failure(path: Path, exc: BaseException, what: str = "image") -> PairSe
     return PairSegInputError(f"{path}: cannot read {what} ({_first_line(exc)})")
 
 
+# ---- input folders --------------------------------------------------------------------------
+
+
+def refuse_dangling_links(folder: PathLike, counts: Optional[Callable[[str], bool]] = None,
+                          what: str = "input folder") -> None:
+    """Raise PairSegInputError naming the symbolic links in ``folder`` whose target does not exist
+    (listing them would skip them without a word). ``counts(name)`` limits the check to the
+    names that would be inputs (default: every entry, as in a DICOM folder)."""
+    folder = Path(folder)
+    broken = [p for p in sorted(folder.iterdir()) if p.is_symlink() and not p.exists()
+              and (counts is None or counts(p.name))]
+    if broken:
+        names = ", ".join(f"{p.name} -> {os.readlink(p)}" for p in broken[:3]) + (" ..." if len(broken) > 3 else "")
+        raise PairSegInputError(f"{folder}: {len(broken)} broken symbolic link(s) in the {what}, whose target does "
+                                f"not exist: {names}; restore the targets or remove the links")
+
+
 # ---- DICOM ----------------------------------------------------------------------------------
 
 
@@ -478,6 +510,7 @@ def dicom_series(folder: PathLike) -> list[dict]:
 
     Raises PairSegInputError when the folder cannot be scanned.
     """
+    refuse_dangling_links(folder, what="DICOM folder")
     reader = sitk.ImageSeriesReader()
     try:
         ids = list(reader.GetGDCMSeriesIDs(str(folder)))
@@ -519,15 +552,29 @@ def _unlisted_dicom_files(folder: Path, series: Sequence[dict]) -> list[Path]:
 
 def _check_slice_positions(folder: Path, series_id: str, files: Sequence[str], reader: sitk.ImageSeriesReader,
                            image: sitk.Image) -> None:
-    """Refuse a series whose slices are not evenly spaced: ITK would lay them on a uniform grid."""
+    """Refuse a series whose slices are not evenly spaced: ITK would lay them on a uniform grid.
+
+    Each slice's position is its Image Position (Patient) (0020,0032) where the file has it at the
+    top level, else where GDCM finds it (the per-frame functional groups of enhanced MR/CT files,
+    which ITK's dictionary does not show): the file's own origin. A series of multi-frame files,
+    or one without positions (all at the origin), has nothing to compare."""
     positions = []
-    for i in range(len(files)):
-        if not reader.HasMetaDataKey(i, "0020|0032"):
-            return  # positions unknown (multi-frame or secondary capture): nothing to compare
+    for i, name in enumerate(files):
+        if reader.HasMetaDataKey(i, "0020|0032"):
+            try:
+                positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
+                continue
+            except ValueError:
+                pass
+        info = sitk.ImageFileReader()
+        info.SetFileName(name)
         try:
-            positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
-        except ValueError:
+            info.ReadImageInformation()
+        except RuntimeError:
             return
+        if info.GetDimension() > 2 and info.GetSize()[2] > 1:
+            return  # a multi-frame file: its frames' positions are not per file
+        positions.append(list(info.GetOrigin())[:3] + [0.0] * (3 - info.GetDimension()))
     if len(positions) < 3:
         return
     normal = np.asarray(image.GetDirection(), float).reshape(3, 3)[:, 2]
@@ -767,6 +814,7 @@ def _read_segmentation(
     spatial = voxels.shape[-3:]
     labels_ijk = np.zeros(spatial, dtype=_label_dtype(len(names)))
     order = sorted(range(len(segments)), key=lambda i: index_of[_norm_name(seg_names[i])])
+    overlaps: dict[tuple[str, str], int] = {}
     for i in order:  # later classes overwrite earlier ones where segments overlap
         segment = segments[i]
         value = int(segment.get("labelValue", 1))
@@ -779,7 +827,18 @@ def _read_segmentation(
             mask = voxels[layer] == value
         else:
             mask = voxels == value
-        labels_ijk[mask] = index_of[_norm_name(seg_names[i])]
+        klass = index_of[_norm_name(seg_names[i])]
+        taken = mask & (labels_ijk != 0) & (labels_ijk != klass)
+        if taken.any():  # only layered (4D) files can hold overlapping segments
+            for other in np.unique(labels_ijk[taken]):
+                key = (names[int(other) - 1], names[klass - 1])
+                overlaps[key] = overlaps.get(key, 0) + int(np.count_nonzero(labels_ijk[taken] == other))
+        labels_ijk[mask] = klass
+    if overlaps:
+        pairs = "; ".join(f"{a!r} and {b!r} in {n} voxel(s)" for (a, b), n in overlaps.items())
+        warnings.warn(f"{p}: segments overlap ({pairs}); PairSeg keeps one class per voxel, the later class "
+                      "of each pair there (class order), so those voxels count for one class only",
+                      OverlapWarning, stacklevel=3)
 
     try:
         spacing, origin, direction = _geometry_from_matrix(seg["ijkToLPS"])
@@ -836,44 +895,8 @@ def _place_into(labels: Volume, reference: Volume, tol: float = 1e-4) -> np.ndar
 # --------------------------------------------------------------------------------------------
 
 
-def _temporary_name(target: Path, kind: str = "tmp") -> Path:
-    """``.<stem>.tmp-<8 hex><suffix>`` beside ``target``; ``kind="old"`` names the copy of an
-    existing output that ``write_together`` keeps until its outputs are all in place (never
-    removed as a stale temporary: a kill at that moment must not lose it)."""
-    suffix = _suffix(target)
-    stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
-    return target.parent / f".{stem}.{kind}-{uuid.uuid4().hex[:8]}{suffix}"
-
-
-def _temporary_patterns(target: Path) -> list[re.Pattern]:
-    """Names of the temporaries an interrupted write of ``target`` can leave: ``_atomic_write``'s
-    ``.<stem>.tmp-<8 hex><suffix>`` (plus ``.forms`` while NIfTI forms are put back) and
-    ``modelfile.atomic_torch_save``'s ``.<name>.<8 random>.tmp`` (``tempfile.mkstemp``)."""
-    suffix = _suffix(target)
-    stem = target.name[: len(target.name) - len(suffix)] if suffix else target.name
-    return [re.compile(re.escape(f".{stem}.tmp-") + "[0-9a-f]{8}" + re.escape(suffix) + r"(\.forms)?"),
-            re.compile(re.escape(f".{target.name}.") + "[A-Za-z0-9_]{8}" + re.escape(".tmp"))]
-
-
-def remove_stale_temporaries(path: PathLike) -> list[Path]:
-    """Delete the temporary files an earlier, killed write of ``path`` left beside it; returns them.
-
-    Only names that PairSeg's own atomic writes give a temporary of exactly this output match, so
-    no other file is touched (a concurrent writer of the same output would lose its temporary).
-    """
-    target = Path(path)
-    if not target.parent.is_dir():
-        return []
-    patterns = _temporary_patterns(target)
-    removed = []
-    for entry in target.parent.iterdir():
-        if any(p.fullmatch(entry.name) for p in patterns) and entry.is_file():
-            try:
-                entry.unlink()
-                removed.append(entry)
-            except OSError:
-                pass  # another process's, or not ours to delete: leave it
-    return removed
+remove_stale_temporaries = atomic.remove_stale_temporaries
+write_together = atomic.write_together
 
 
 def check_output(path: PathLike, suffixes: Optional[Sequence[str]] = None, what: str = "output",
@@ -894,20 +917,7 @@ def check_output(path: PathLike, suffixes: Optional[Sequence[str]] = None, what:
         raise PairSegOutputError(f"{target}: {what} folder is an existing file")
     if not folder and target.is_dir():
         raise PairSegOutputError(f"{target}: {what} is an existing folder; give a file name")
-    ancestor = target if folder else target.parent
-    while not ancestor.exists():
-        if ancestor.parent == ancestor:
-            break
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise PairSegOutputError(f"{target}: cannot write {what}: {ancestor} is a file, not a folder")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".pairseg-write-test-", dir=ancestor)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise PairSegOutputError(f"{target}: cannot write {what} in {ancestor} ({exc.strerror or exc})") from None
-    return target
+    return atomic.check_writable(target, what, folder)
 
 
 def check_distinct(inputs: Sequence[Optional[PathLike]], outputs: Sequence[tuple[str, Optional[PathLike]]]) -> None:
@@ -931,110 +941,49 @@ def check_distinct(inputs: Sequence[Optional[PathLike]], outputs: Sequence[tuple
         seen[k] = option
 
 
-class _Transaction(threading.local):
-    pending: Optional[list] = None
-
-
-_transaction = _Transaction()
-
-
-@contextmanager
-def write_together() -> Iterator[None]:
-    """Within the block, writes (``write_labels``, ``write_volume``) go to temporary files; when the
-    block ends without error they replace their destinations together, else none does.
-
-    Destinations that existed are moved aside first and put back if any rename fails, so a
-    failing later output never leaves an earlier one replaced.
-    """
-    if _transaction.pending is not None:  # nested: the outer block commits
-        yield
-        return
-    _transaction.pending = []
-    try:
-        yield
-        pending, _transaction.pending = _transaction.pending, None
-        _commit(pending)
-    except BaseException:
-        for tmp, _ in _transaction.pending or []:
-            _remove_quietly(tmp)
-        raise
-    finally:
-        _transaction.pending = None
-
-
-def _remove_quietly(path: Path) -> None:
-    """Delete a temporary; a failure here must never replace the error being reported."""
-    try:
-        path.unlink()
-    except OSError:
-        pass
-
-
-def _commit(pending: list) -> None:
-    backups: list[tuple[Path, Path]] = []
-    done: list[Path] = []
-    try:
-        for tmp, target in pending:
-            if target.exists():
-                backup = _temporary_name(target, "old")
-                os.replace(target, backup)
-                backups.append((backup, target))
-            os.replace(tmp, target)
-            done.append(target)
-    except OSError as exc:
-        for target in done:
-            _remove_quietly(target)
-        for backup, target in backups:
-            try:
-                os.replace(backup, target)
-            except OSError:
-                pass
-        for tmp, _ in pending:
-            _remove_quietly(tmp)
-        name = getattr(exc, "filename", None) or pending[0][1]
-        raise PairSegOutputError(f"{_user_path(str(name), pending)}: cannot write output ({exc.strerror or exc}); "
-                                 "no output of this case was replaced") from None
-    for backup, _ in backups:
-        _remove_quietly(backup)
-
-
-def _user_path(name: str, pending: Sequence[tuple[Path, Path]]) -> str:
-    for tmp, target in pending:
-        if name in (str(tmp), str(target)):
-            return str(target)
-    return name
-
-
 def _atomic_write(path: PathLike, write: Callable[[str], None]) -> str:
-    """Call ``write(tmp)`` on a temporary name beside ``path``, then rename it to ``path`` (inside
-    ``write_together``, the rename waits for the block's end).
+    """``atomic.atomic_write`` with the completeness check of the written image's format."""
+    return str(atomic.atomic_write(path, write, _verify_written))
 
-    A writer's failure (OSError, or SimpleITK's RuntimeError) becomes PairSegOutputError naming
-    ``path``, never the temporary; the temporary is removed, and a failure to remove it does not
-    hide the original error.
-    """
-    target = Path(path)
-    if target.is_dir():
-        raise PairSegOutputError(f"{target}: output is an existing folder; give a file name")
+
+def _verify_written(tmp: str) -> None:
+    """Raise ``atomic.IncompleteWrite`` unless the image file ``tmp`` reads back whole: every voxel
+    byte of a NIfTI (and its gzip CRC), the compressed data of a NRRD or MetaImage to its end, a
+    PNG to its last chunk. A writer that ignored a failed write (ITK's NIfTI writer on a full
+    disk) is caught here."""
+    path = Path(tmp)
+    suffix = _suffix(path)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PairSegOutputError(f"{target}: cannot create its folder ({exc.strerror or exc})") from None
-    tmp = _temporary_name(target)
-    try:
-        write(str(tmp))
-        if _transaction.pending is not None:
-            _transaction.pending.append((tmp, target))
-        else:
-            os.replace(tmp, target)
-    except (OSError, RuntimeError) as exc:
-        _remove_quietly(tmp)
-        text = (getattr(exc, "strerror", None) if isinstance(exc, OSError) else None) or _first_line(exc)
-        raise PairSegOutputError(f"{target}: cannot write output ({text.replace(str(tmp), str(target))})") from exc
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    return str(target)
+        if suffix in (".nii", ".nii.gz"):
+            header = _nifti_header(path)
+            if header is None:
+                raise atomic.IncompleteWrite("the written file holds no NIfTI header")
+            _scan_nifti(path, header)
+        elif suffix in (".mha", ".mhd"):
+            problem = _metaimage_problem(path)
+            if problem:
+                raise atomic.IncompleteWrite(f"the written MetaImage is {problem}")
+        elif suffix in (".nrrd", ".seg.nrrd"):
+            start = b""
+            with open(path, "rb") as handle:
+                while b"\n\n" not in start and len(start) < (1 << 20):
+                    block = handle.read(1 << 16)
+                    if not block:
+                        break
+                    start += block
+            end = start.find(b"\n\n")
+            if end < 0:
+                raise atomic.IncompleteWrite(f"the written NRRD file ends inside its header ({len(start)} bytes)")
+            encoding = re.search(rb"(?m)^encoding: *(\w+)", start[:end])
+            if encoding and encoding.group(1) in (b"gzip", b"gz"):
+                atomic.verify_gzip(path, end + 2, _CHUNK)
+        elif suffix == ".png":
+            with open(path, "rb") as handle:
+                handle.seek(max(0, path.stat().st_size - 12))
+                if handle.read(12)[4:8] != b"IEND":
+                    raise atomic.IncompleteWrite("the written PNG ends before its last chunk")
+    except PairSegInputError as exc:  # the readers' own truncation checks
+        raise atomic.IncompleteWrite(str(exc).replace(f"{path}: ", "the written file: ", 1)) from None
 
 
 def default_colors(class_names: Sequence[str]) -> list[tuple[float, float, float]]:
@@ -1191,12 +1140,17 @@ def _stream_vector_image(tmp: str, probabilities: np.ndarray, like: Volume) -> N
                 for chunk in iter(lambda: side.read(_CHUNK), b""):
                     out.write(chunk)
         finally:
-            _remove_quietly(Path(data))
+            atomic._remove_quietly(data)
 
 
 def write_text(path: PathLike, text: str) -> str:
     """Write a UTF-8 text file (a JSON report ...) atomically, like the image writers."""
-    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return str(atomic.write_text(path, text))
+
+
+def write_png(path: PathLike, picture: sitk.Image) -> Path:
+    """Write a 2D SimpleITK picture (RGB or grey) as a PNG, atomically and checked whole."""
+    return Path(_atomic_write(path, lambda tmp: sitk.WriteImage(picture, tmp)))
 
 
 def write_volume(path: PathLike, volume: Volume) -> str:

@@ -12,24 +12,21 @@ checksum is verified, and their metadata is migrated (:data:`pairseg.modelformat
 Checkpoints (``<model>.ckpt``, optimiser and RNG state for resuming) stay PyTorch archives written
 by :func:`atomic_torch_save` and read by :func:`safe_torch_load`.
 
-Every write goes to a temporary file ``.<name>.<random>.tmp`` in the same folder, created with
-the user's umask like any other output, and is renamed into place, so an interrupted save never
-leaves a truncated file.
+Every write goes through :mod:`pairseg.atomic` (a temporary file beside the destination, flushed,
+read back whole, then renamed into place), so an interrupted or failed save never leaves a
+truncated file and replaces nothing; a failure is a PairSegOutputError naming the file.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import pickle
-import secrets
 import time
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 import torch
 
-from pairseg import __version__, modelformat
+from pairseg import __version__, atomic, modelformat
 from pairseg.errors import PairSegInputError
 from pairseg.modelformat import FORMAT, FORMAT_VERSION, SUFFIX
 
@@ -54,28 +51,11 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(stream)`` on a new temporary file beside ``path``, then rename it to ``path``.
-
-    The temporary file is created like any file the user writes (mode 0666 less the umask), not
-    0600 as ``tempfile.mkstemp`` would, so colleagues who may read the folder may read the model.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(temp, "xb") as stream:
-            write(stream)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    return _atomic_write(path, lambda stream: torch.save(obj, stream))
+    """``torch.save`` through :func:`pairseg.atomic.write_stream`: the archive is read back
+    (directory and every member's CRC) before it replaces ``path``. Raises PairSegOutputError
+    naming ``path`` when it cannot be written (full disk, quota, permissions...)."""
+    return atomic.write_stream(path, lambda stream: torch.save(obj, stream), atomic.verify_zip, "checkpoint")
 
 
 def safe_torch_load(path: str | Path, what: str = "file") -> dict:
@@ -196,7 +176,7 @@ def write_model_file(path: str | Path, state_dict: dict[str, torch.Tensor], meta
     meta["sha256"] = modelformat.content_sha256(encode(state, modelformat.header_metadata(meta)), path)
     data = encode(state, modelformat.header_metadata(meta))
     modelformat.verified_metadata(data, path)  # what is written reads back, checksum included
-    return _atomic_write(path, lambda stream: stream.write(data))
+    return atomic.write_bytes(path, data, "model")
 
 
 def _read(path: str | Path, weights: bool) -> tuple[dict, dict[str, torch.Tensor] | None]:

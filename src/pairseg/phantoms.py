@@ -14,13 +14,13 @@ Cases are deterministic under ``seed``: case ``i`` uses ``numpy.random.default_r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
 from scipy import ndimage
 
+from .atomic import write_json
 from .io import IDENTITY_DIRECTION, Volume, write_labels, write_volume
 
 __all__ = ["PHANTOM_CLASSES", "make_phantom_case", "make_phantom_dataset"]
@@ -181,7 +181,5 @@ def make_phantom_dataset(
         "numTest": 0,
         "test": [],
     }
-    tmp = out / ".dataset.json.tmp"
-    tmp.write_text(json.dumps(description, indent=1) + "\n")
-    tmp.replace(out / "dataset.json")
+    write_json(out / "dataset.json", description)
     return out

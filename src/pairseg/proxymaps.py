@@ -17,6 +17,7 @@ import torch
 from pairseg.data import Orientation, normalize, parse_classes, resize_slices, stack_25d
 from pairseg.errors import PairSegInputError
 from pairseg.io import Volume, read_label, read_volume, write_volume
+from pairseg.io import write_png as io_write_png
 from pairseg.proxy import proxy_probabilities, proxy_targets
 
 AND_COLOR = np.array([40, 90, 255], dtype=np.float32)
@@ -54,9 +55,8 @@ def picture(background: np.ndarray | None, and_map: np.ndarray, xor_map: np.ndar
 
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:
-    """Write an (H, W, 3) uint8 picture, top row first as it is stored (y down)."""
-    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(path))
-    return path
+    """Write an (H, W, 3) uint8 picture, top row first as it is stored (y down), atomically."""
+    return Path(io_write_png(path, sitk.GetImageFromArray(rgb, isVector=True)))
 
 
 def predicted_and_xor(model_path: str, image_a: Volume, slice_a: int, image_b: Volume, slice_b: int,
