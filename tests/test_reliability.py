@@ -508,3 +508,20 @@ def test_train_onto_a_full_disk_ends_in_one_error_line(small_disk, phantom_dir, 
     assert message.startswith(f"{out}.ckpt: cannot write checkpoint (") and "No space left on device" in message, message
     assert "Traceback" not in captured.err
     assert _listing(small_disk) == ["filler"]
+
+
+def test_an_uncertainty_map_onto_a_full_disk_keeps_the_earlier_labels(small_disk, tmp_path, untrained_mr_model,
+                                                                      capsys):
+    """The labels fit (another disk) but the uncertainty map does not: written together, so the
+    earlier labels stay and the error names the map."""
+    scan = Path(write_volume(tmp_path / "scan.nii.gz", _image()))
+    labels, uncertainty = tmp_path / "seg.nii.gz", small_disk / "uncertainty.nrrd"
+    labels.write_bytes(b"an earlier result")
+    _fill(small_disk, leave=0)
+    code = main(["segment", "--model", str(untrained_mr_model), "--input", str(scan), "--output", str(labels),
+                 "--uncertainty", str(uncertainty), "--device", "cpu", "--events", "json"])
+    events = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert code == EXIT_BAD_INPUT and events[-1]["event"] == "error" and "done" not in [e["event"] for e in events]
+    assert events[-1]["message"].startswith(f"{uncertainty}: cannot write")
+    assert labels.read_bytes() == b"an earlier result"
+    assert _listing(small_disk) == ["filler"]
