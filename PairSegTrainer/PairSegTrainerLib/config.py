@@ -87,7 +87,8 @@ DEFAULT_EPOCHS = engineDefault("epochs")      # None: the engine's fallback budg
 ENGINE_NAMES = {"dataFolder": "data", "outputModel": "out", "arch": "arch", "epochs": "epochs", "steps": "steps",
                 "size": "size", "batchSize": "batch_size", "learningRate": "lr", "device": "device", "seed": "seed",
                 "valFraction": "val_fraction", "pairMode": "pair_mode", "offsets": "offsets",
-                "interRepeats": "inter_repeats", "initFrom": "init_from", "resume": "resume", "stopFile": "stop_file"}
+                "interRepeats": "inter_repeats", "initFrom": "init_from", "resume": "resume", "stopFile": "stop_file",
+                "overwrite": "overwrite"}
 #: What the steps box offers when the budget is switched to steps (the engine has no default:
 #: unset, the budget is in epochs).
 STEPS_SHOWN = 2000
@@ -142,6 +143,7 @@ class TrainingConfig:
     interRepeats: int = engineDefault("inter_repeats")
     initFrom: str = ""                   # fine-tune from this model file
     resume: bool = False                 # continue ``<outputModel>.ckpt``
+    overwrite: bool = False              # replace an existing model / earlier checkpoint (asked first)
     stopFile: str = ""                   # the engine stops cleanly when this file appears
     python: str = ""                     # interpreter; empty: the one running Slicer / the tests
     extraArgs: list = field(default_factory=list)
@@ -197,6 +199,21 @@ class TrainingConfig:
         values["stopFile"] = values["stopFile"] or ""
         values.update(slicerOnly)
         return cls(**values)
+
+    @classmethod
+    def fromRunFile(cls, runFile, **slicerOnly) -> "TrainingConfig":
+        """The TrainingConfig of a run file (``<model>.train.json``, written by ``commandLine()``
+        of an earlier run, in this session or an earlier one). ConfigError naming the file."""
+        try:
+            return cls.fromEngineConfig(engineSchema().TrainConfig.read(runFile), **slicerOnly)
+        except (OSError, ValueError) as error:
+            raise ConfigError(str(error)) from error
+
+    def outputConflict(self) -> dict:
+        """What a fresh run (no ``resume``, no ``overwrite``) would replace: ``{"model": bool,
+        "checkpoint": bool, "runFile": bool}`` (the engine refuses such a run)."""
+        return {"model": Path(self.outputModel).is_file(), "checkpoint": Path(self.checkpointPath).is_file(),
+                "runFile": Path(self.runFile).is_file()}
 
     def validate(self) -> None:
         """Raise ConfigError with a readable message for a setting the engine would refuse."""
