@@ -79,14 +79,17 @@ def snapshotSegmentation(segmentationNode):
     A node that already is a snapshot is returned as it is (a snapshot is never edited)."""
     if isSnapshot(segmentationNode):
         return segmentationNode
+    import slicer
+
     scene = segmentationNode.GetScene()
-    copy = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                   scene.GenerateUniqueName(segmentationNode.GetName() + SNAPSHOT_SUFFIX))
+    copy = slicer.vtkMRMLSegmentationNode()   # hidden and complete BEFORE it enters the scene, so
+    copy.SetName(scene.GenerateUniqueName(segmentationNode.GetName() + SNAPSHOT_SUFFIX))  # no selector
+    copy.SetHideFromEditors(True)                                                        # lists it
     copy.GetSegmentation().DeepCopy(segmentationNode.GetSegmentation())
-    copy.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
-    copy.SetHideFromEditors(True)
     copy.SetAttribute(SNAPSHOT_OF_ATTRIBUTE, segmentationNode.GetID())
     copy.SetAttribute(TRAINING_SET_ATTRIBUTE, "1")
+    scene.AddNode(copy)
+    copy.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
     segmentationNode.SetAttribute(TRAINING_SET_ATTRIBUTE, "1")
     return copy
 
