@@ -19,6 +19,7 @@ import numpy as np
 
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, jsonable
+from pairseg.paths import itk_path
 
 __all__ = ["run_demo", "overlay_picture"]
 
@@ -51,7 +52,7 @@ def overlay_picture(path: Path, image: np.ndarray, predicted: np.ndarray, refere
     resampled = sitk.Resample(itk, [picture.shape[1], rows], sitk.Transform(), sitk.sitkLinear, (0.0, 0.0),
                               (float(spacing_zyx[2]), float(spacing_zyx[2])), (1.0, 0.0, 0.0, 1.0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(resampled, str(path))
+    sitk.WriteImage(resampled, itk_path(path))
     return path
 
 

@@ -17,6 +17,7 @@ import torch
 from pairseg.data import Orientation, normalize, parse_classes, resize_slices, stack_25d
 from pairseg.errors import PairSegInputError
 from pairseg.io import Volume, read_label, read_volume, write_volume
+from pairseg.paths import itk_path
 from pairseg.proxy import proxy_probabilities, proxy_targets
 
 AND_COLOR = np.array([40, 90, 255], dtype=np.float32)
@@ -55,7 +56,7 @@ def picture(background: np.ndarray | None, and_map: np.ndarray, xor_map: np.ndar
 
 def write_png(path: Path, rgb: np.ndarray) -> Path:
     """Write an (H, W, 3) uint8 picture, top row first as it is stored (y down)."""
-    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(path))
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), itk_path(path))
     return path
 
 
