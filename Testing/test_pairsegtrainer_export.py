@@ -236,3 +236,30 @@ def test_training_set_in_parameter_node(load_module, mrml_scene):
     import sys
 
     assert topImports - set(sys.stdlib_module_names) <= {"slicer", "PairSegTrainerLib", "PairSegLib"}
+
+
+def test_new_version_skips_checkpoints_and_unfinished_runs(tmp_path):
+    """Issue 19 item 5: a new version never lands on a name the engine would refuse (model or
+    checkpoint there); a checkpoint counts as an unfinished run only with its run file and no
+    newer model (the engine keeps a finished run's checkpoint and writes the model after it)."""
+    import os
+
+    trainerLib()
+    from PairSegTrainerLib import config
+
+    (tmp_path / "liver.pairseg").write_bytes(b"model")
+    checkpoint = tmp_path / "liver_v2.pairseg.ckpt"
+    checkpoint.write_bytes(b"checkpoint")
+    assert config.versionedModelPath(str(tmp_path / "liver.pairseg")) == str(tmp_path / "liver_v3.pairseg")
+    run = config.TrainingConfig(outputModel=str(tmp_path / "liver_v2.pairseg"))
+    assert not run.unfinishedRun()                                   # no run file: nothing to resume from
+    (tmp_path / "liver_v2.pairseg.train.json").write_text("{}")
+    assert run.unfinishedRun()
+    assert run.outputConflict() == {"model": False, "checkpoint": True, "resumable": True}
+    model = tmp_path / "liver_v2.pairseg"
+    model.write_bytes(b"model")
+    os.utime(checkpoint, ns=(1_000_000_000, 1_000_000_000))
+    os.utime(model, ns=(2_000_000_000, 2_000_000_000))
+    assert not run.unfinishedRun()                                   # finished: the model is newer
+    os.utime(model, ns=(500_000_000, 500_000_000))
+    assert run.unfinishedRun()                                       # a later run stopped after that model

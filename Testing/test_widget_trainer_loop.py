@@ -275,21 +275,36 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     ui.resumeButton.click()
     resumed = widget.panel.trainingJob
     assert resumed.config.resume and resumed.config.outputModel == first.config.outputModel
-    pump(lambda: not resumed.running, timeout=60)
-    assert resumed.state == "done", resumed.log[-10:]
+    pump(lambda: (resumed.step or 0) >= stoppedAt + 2, timeout=60)
     progress = [e for e in resumed.events if e["event"] == "progress"]
-    assert progress[0]["step"] == stoppedAt + 1 and progress[-1]["step"] == 30
+    assert progress[0]["step"] == stoppedAt + 1
+    ui.trainButton.click()   # Stop again
+    pump(lambda: not resumed.running, timeout=60)
+    stoppedAgain = resumed.step
 
-    # Train with the existing name: each answer of the question
+    # Train while the unfinished run's checkpoint is there: asked, and Resume continues it
     addCase(widget, volume, segmentation)
     asked = []
     answers = []
     monkeypatch.setattr(widget.panel, "askOutputConflict",
                         lambda path, conflict, versioned: asked.append((path, dict(conflict), versioned))
                         or answers.pop(0))
+    answers.append(widget.panel.RESUME)
+    ui.trainButton.click()
+    assert asked[-1][1] == {"model": False, "checkpoint": True, "resumable": True}
+    finishing = widget.panel.trainingJob
+    assert finishing.config.resume and finishing is not resumed
+    pump(lambda: not finishing.running, timeout=60)
+    assert finishing.state == "done", finishing.log[-10:]
+    progress = [e for e in finishing.events if e["event"] == "progress"]
+    assert progress[0]["step"] == stoppedAgain + 1 and progress[-1]["step"] == 30
+    assert not ui.resumeButton.enabled   # a finished run's checkpoint is not offered
+
+    # Train with the existing name: each answer of the question
     answers.append(widget.panel.CANCEL)
     ui.trainButton.click()
     assert widget.panel.trainingJob is None and asked[-1][0] == first.config.outputModel
+    assert asked[-1][1] == {"model": True, "checkpoint": True, "resumable": False}
     assert asked[-1][2].endswith("loop-model_v2.pairseg")
     answers.append(widget.panel.OVERWRITE)
     ui.trainButton.click()

@@ -211,9 +211,19 @@ class TrainingConfig:
 
     def outputConflict(self) -> dict:
         """What a fresh run (no ``resume``, no ``overwrite``) would replace: ``{"model": bool,
-        "checkpoint": bool, "runFile": bool}`` (the engine refuses such a run)."""
+        "checkpoint": bool, "resumable": bool}`` (the engine refuses such a run); ``resumable``:
+        ``unfinishedRun()``."""
         return {"model": Path(self.outputModel).is_file(), "checkpoint": Path(self.checkpointPath).is_file(),
-                "runFile": Path(self.runFile).is_file()}
+                "resumable": self.unfinishedRun()}
+
+    def unfinishedRun(self) -> bool:
+        """Whether an earlier run of this output model can be resumed: its checkpoint and run file
+        are there and the model file is not, or is older than the checkpoint (the engine keeps the
+        checkpoint of a finished run too, and writes the model after it)."""
+        checkpoint, model = Path(self.checkpointPath), Path(self.outputModel)
+        if not (checkpoint.is_file() and Path(self.runFile).is_file()):
+            return False
+        return not model.is_file() or model.stat().st_mtime_ns < checkpoint.stat().st_mtime_ns
 
     def validate(self) -> None:
         """Raise ConfigError with a readable message for a setting the engine would refuse."""
@@ -249,7 +259,8 @@ class TrainingConfig:
 
 def versionedModelPath(modelPath: str) -> str:
     """``liver.pairseg`` -> ``liver_v2.pairseg``; ``liver_v2.pairseg`` -> ``liver_v3.pairseg``
-    (skipping names that already exist)."""
+    (skipping names whose model file or checkpoint ``<model>.ckpt`` already exists: the engine
+    would refuse either)."""
     path = Path(modelPath)
     stem = path.name[: -len(MODEL_SUFFIX)] if path.name.endswith(MODEL_SUFFIX) else path.stem
     base, version = stem, 1
@@ -259,5 +270,5 @@ def versionedModelPath(modelPath: str) -> str:
     while True:
         version += 1
         candidate = path.with_name(f"{base}_v{version}{MODEL_SUFFIX}")
-        if not candidate.exists():
+        if not candidate.exists() and not Path(str(candidate) + ".ckpt").exists():
             return str(candidate)

@@ -117,7 +117,7 @@ class TrainerPanel:
         ui.addCaseButton.connect("clicked()", self.onAddCase)
         ui.removeCaseButton.connect("clicked()", self.onRemoveCases)
         ui.trainButton.connect("clicked()", self.onTrainOrStop)
-        ui.resumeButton.connect("clicked()", self.onResume)
+        ui.resumeButton.connect("clicked()", lambda: self.onResume())
         ui.refreshDevicesButton.connect("clicked()", lambda: self.fillDevices(probe=True))
         ui.mappingTable.connect("cellChanged(int,int)", self.onMappingEdited)
         ui.classesLineEdit.connect("editingFinished()", self.refreshMapping)
@@ -373,15 +373,17 @@ class TrainerPanel:
 
     # -- train / stop / resume ---------------------------------------------------------------
 
-    def resumableConfig(self):
+    def resumableConfig(self, outputModel=None):
         """The settings Resume continues (``resume`` set), or None: the last training run of this
         session when it left a checkpoint, else a checkpoint and run file that an earlier run (an
-        earlier session too) left beside the output model the panel names now."""
+        earlier session too) left beside the output model the panel names now. With
+        ``outputModel``: only a run of that model file."""
         last = self.lastTrainingJob
-        if last is not None and not last.running and last.resumable:
+        if last is not None and not last.running and last.resumable and (
+                outputModel is None or os.path.abspath(last.config.outputModel) == os.path.abspath(outputModel)):
             return last.config.copy(resume=True, overwrite=False)
-        config = configModule.TrainingConfig(outputModel=self._outputModel())
-        if not (os.path.isfile(config.checkpointPath) and os.path.isfile(config.runFile)):
+        config = configModule.TrainingConfig(outputModel=outputModel or self._outputModel())
+        if not config.unfinishedRun():
             return None
         try:
             return configModule.TrainingConfig.fromRunFile(config.runFile, resume=True, overwrite=False)
@@ -394,7 +396,7 @@ class TrainerPanel:
     def askOutputConflict(self, modelPath, conflict, versionedPath):
         """The user's choice when the output model (or an earlier run's checkpoint) exists: save as
         ``versionedPath`` (NEW_VERSION), replace (OVERWRITE, asked explicitly), continue the
-        checkpoint (RESUME, offered when there is one) or CANCEL. Testing mode (no dialog): the
+        unfinished run (RESUME, offered when ``conflict["resumable"]``) or CANCEL. Testing mode (no dialog): the
         choice that loses nothing, NEW_VERSION."""
         if slicer.app.testingEnabled():
             return self.NEW_VERSION
@@ -404,10 +406,10 @@ class TrainerPanel:
         box.setIcon(qt.QMessageBox.Question)
         box.setText(f"{what} {modelPath} exists.")
         box.setInformativeText("Save the new model under a new name, replace the existing files, "
-                               + ("continue the unfinished run, " if conflict["checkpoint"] else "") + "or cancel.")
+                               + ("continue the unfinished run, " if conflict["resumable"] else "") + "or cancel.")
         buttons = {box.addButton(f"Save as {os.path.basename(versionedPath)}", qt.QMessageBox.AcceptRole): self.NEW_VERSION,
                    box.addButton("Replace", qt.QMessageBox.DestructiveRole): self.OVERWRITE}
-        if conflict["checkpoint"]:
+        if conflict["resumable"]:
             buttons[box.addButton("Resume", qt.QMessageBox.ActionRole)] = self.RESUME
         buttons[box.addButton(qt.QMessageBox.Cancel)] = self.CANCEL
         box.exec_()
@@ -431,7 +433,7 @@ class TrainerPanel:
                     self.ui.statusLabel.text = "Training not started."
                     return
                 if choice == self.RESUME:
-                    self.onResume()
+                    self.onResume(self.resumableConfig(probe.outputModel))
                     return
                 if choice == self.NEW_VERSION:
                     name = os.path.basename(versioned).removesuffix(configModule.MODEL_SUFFIX)
@@ -448,11 +450,11 @@ class TrainerPanel:
         except Exception as error:
             self._showError("Training could not start", error)
 
-    def onResume(self):
+    def onResume(self, config=None):
         try:
-            config = self.resumableConfig()
+            config = config or self.resumableConfig()
             if config is None:
-                raise ValueError("nothing to resume: no checkpoint of the output model")
+                raise ValueError(f"nothing to resume: no checkpoint and run file of {self._outputModel()}")
             last = self.lastTrainingJob
             if last is not None and not last.running and last.config.outputModel == config.outputModel:
                 job = self.logic.resumeTraining(last)       # same curves and plots
