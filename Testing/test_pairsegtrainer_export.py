@@ -222,9 +222,16 @@ def test_training_set_in_parameter_node(load_module, mrml_scene):
     logic.addToTrainingSet(parameterNode, first[0], first[1])
     items = logic.addToTrainingSet(parameterNode, second[0], second[1])
     assert [i.name for i in items] == ["first", "second"]
+    firstSnapshot = items[0].segmentationNode
     logic.addToTrainingSet(parameterNode, first[0], second[1])  # replaces the segmentation of "first"
     items = logic.trainingItems(parameterNode)
-    assert len(items) == 2 and items[0].segmentationNode is second[1]
+    from PairSegTrainerLib import trainingset
+
+    # each case holds a snapshot of the segmentation it was given (issue 19 item 1), never the node
+    assert len(items) == 2 and [trainingset.snapshotSource(i.segmentationNode) for i in items] == [second[1]] * 2
+    assert items[0].segmentationNode is not items[1].segmentationNode
+    assert firstSnapshot.GetScene() is None   # the replaced snapshot left the scene
+    assert first[1].GetAttribute("PairSeg.TrainingSet") is None and second[1].GetAttribute("PairSeg.TrainingSet") == "1"
     # the module file imports headless, with its parameter class and widget class
     assert hasattr(module, "PairSegTrainerParameterNode") and hasattr(module, "PairSegTrainerWidget")
     import ast
