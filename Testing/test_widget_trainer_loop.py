@@ -46,7 +46,7 @@ STANDIN = textwrap.dedent('''
             emit(event="checkpoint", path=ckpt, step=step)
             emit(event="stopped", step=step, total=steps, checkpoint=ckpt)
             sys.exit(0)
-        time.sleep(float(os.environ.get("STANDIN_STEP_SECONDS", "0.05")))
+        time.sleep(float(os.environ["STANDIN_STEP_SECONDS"]))
     shutil.copyfile(os.environ["STANDIN_MODEL"], out)
     emit(event="done", outputs=[out])
 ''')
@@ -60,6 +60,7 @@ def loop(slicer_release, module_widget, mrml_scene, phantom_model, tmp_path, mon
     monkeypatch.setenv("PAIRSEG_USER_DIR", str(tmp_path / "user"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("STANDIN_MODEL", str(phantom_model))
+    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.15")   # slow enough to click during a run, under load too
     script = tmp_path / "standin_train.py"
     script.write_text(STANDIN)
     widget = module_widget("PairSegTrainer")
@@ -174,8 +175,7 @@ def test_training_set_keeps_the_labels_as_added(loop, mrml_scene, tmp_path):
     assert not loop.errors
 
 
-def test_show_proxy_during_training_then_train_again_then_cleanup(loop, mrml_scene, phantom_model, tmp_path,
-                                                                  monkeypatch):
+def test_show_proxy_during_training_then_train_again_then_cleanup(loop, mrml_scene, phantom_model, tmp_path):
     """Item 3 and "twice in a row": Show AND/XOR (a real predicted-maps run) during a training
     keeps the training followed (curves grow, Stop stays, the model is registered); Train again
     with the same name saves a new version (no --overwrite error); cleanup() leaves no process."""
@@ -184,7 +184,6 @@ def test_show_proxy_during_training_then_train_again_then_cleanup(loop, mrml_sce
     volume, segmentation = syntheticCase(mrml_scene)
     addCase(loop, volume, segmentation)
     setUpTraining(loop, tmp_path / "out", steps=60)
-    monkeypatch.setenv("STANDIN_STEP_SECONDS", "0.15")   # 9 s: long enough to click during it
     ui.trainButton.click()
     training = panel.trainingJob
     assert training is not None and ui.trainButton.text == "Stop"
