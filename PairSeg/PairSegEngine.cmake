@@ -3,6 +3,12 @@
 # folder, so `import pairseg` and `PythonSlicer -m pairseg` work in Slicer without a separate
 # install. Paths are relative to src/. Keep this list in sync with src/pairseg/
 # (Testing/test_pairseg_module.py checks that every src/pairseg/**/*.py is listed).
+# PAIRSEG_SOURCE_DIR: the repository's top level (default PROJECT_SOURCE_DIR; the layout test of
+# Testing/test_cmake_layout.py includes this file from a project of its own).
+
+if(NOT DEFINED PAIRSEG_SOURCE_DIR)
+  set(PAIRSEG_SOURCE_DIR "${PROJECT_SOURCE_DIR}")
+endif()
 
 set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/__init__.py
@@ -33,6 +39,7 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/networks/unet.py
   pairseg/orientation.py
   pairseg/pairs.py
+  pairseg/paths.py
   pairseg/phantoms.py
   pairseg/postprocess.py
   pairseg/proxy.py
@@ -44,22 +51,12 @@ ctkMacroCompilePythonScript(
   TARGET_NAME PairSegEngine
   SCRIPTS "${PAIRSEG_ENGINE_PYTHON_SCRIPTS}"
   RESOURCES ""
-  SOURCE_DIR ${PROJECT_SOURCE_DIR}/src
+  SOURCE_DIR ${PAIRSEG_SOURCE_DIR}/src
   DESTINATION_DIR ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}
   INSTALL_DIR ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}
   NO_INSTALL_SUBDIR
   )
 
-# The ready-model catalog (Resources/Models at the repository top level) beside the engine, where
-# pairseg.catalog.catalog_folder() looks for it: <scripted modules>/Resources/Models.
-file(GLOB PAIRSEG_CATALOG_FILES "${PROJECT_SOURCE_DIR}/Resources/Models/*")
-install(FILES ${PAIRSEG_CATALOG_FILES}
-  DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models
-  COMPONENT RuntimeLibraries)
-
-# The embedded sample case (Resources/SampleData at the repository top level, CC BY-SA 4.0 with its
-# README) beside the modules, where PairSegLib.sampledata.embeddedCaseFolder() looks for it.
-file(GLOB PAIRSEG_SAMPLE_FILES "${PROJECT_SOURCE_DIR}/Resources/SampleData/*")
-install(FILES ${PAIRSEG_SAMPLE_FILES}
-  DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/SampleData
-  COMPONENT RuntimeLibraries)
+# The ready-model catalog and the embedded sample case beside the engine, in the build tree (for
+# ctest self-tests run there) and in the install tree.
+include(${CMAKE_CURRENT_LIST_DIR}/PairSegResources.cmake)

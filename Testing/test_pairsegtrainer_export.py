@@ -222,9 +222,16 @@ def test_training_set_in_parameter_node(load_module, mrml_scene):
     logic.addToTrainingSet(parameterNode, first[0], first[1])
     items = logic.addToTrainingSet(parameterNode, second[0], second[1])
     assert [i.name for i in items] == ["first", "second"]
+    firstSnapshot = items[0].segmentationNode
     logic.addToTrainingSet(parameterNode, first[0], second[1])  # replaces the segmentation of "first"
     items = logic.trainingItems(parameterNode)
-    assert len(items) == 2 and items[0].segmentationNode is second[1]
+    from PairSegTrainerLib import trainingset
+
+    # each case holds a snapshot of the segmentation it was given (issue 19 item 1), never the node
+    assert len(items) == 2 and [trainingset.snapshotSource(i.segmentationNode) for i in items] == [second[1]] * 2
+    assert items[0].segmentationNode is not items[1].segmentationNode
+    assert firstSnapshot.GetScene() is None   # the replaced snapshot left the scene
+    assert first[1].GetAttribute("PairSeg.TrainingSet") is None and second[1].GetAttribute("PairSeg.TrainingSet") == "1"
     # the module file imports headless, with its parameter class and widget class
     assert hasattr(module, "PairSegTrainerParameterNode") and hasattr(module, "PairSegTrainerWidget")
     import ast
@@ -236,3 +243,30 @@ def test_training_set_in_parameter_node(load_module, mrml_scene):
     import sys
 
     assert topImports - set(sys.stdlib_module_names) <= {"slicer", "PairSegTrainerLib", "PairSegLib"}
+
+
+def test_new_version_skips_checkpoints_and_unfinished_runs(tmp_path):
+    """Issue 19 item 5: a new version never lands on a name the engine would refuse (model or
+    checkpoint there); a checkpoint counts as an unfinished run only with its run file and no
+    newer model (the engine keeps a finished run's checkpoint and writes the model after it)."""
+    import os
+
+    trainerLib()
+    from PairSegTrainerLib import config
+
+    (tmp_path / "liver.pairseg").write_bytes(b"model")
+    checkpoint = tmp_path / "liver_v2.pairseg.ckpt"
+    checkpoint.write_bytes(b"checkpoint")
+    assert config.versionedModelPath(str(tmp_path / "liver.pairseg")) == str(tmp_path / "liver_v3.pairseg")
+    run = config.TrainingConfig(outputModel=str(tmp_path / "liver_v2.pairseg"))
+    assert not run.unfinishedRun()                                   # no run file: nothing to resume from
+    (tmp_path / "liver_v2.pairseg.train.json").write_text("{}")
+    assert run.unfinishedRun()
+    assert run.outputConflict() == {"model": False, "checkpoint": True, "resumable": True}
+    model = tmp_path / "liver_v2.pairseg"
+    model.write_bytes(b"model")
+    os.utime(checkpoint, ns=(1_000_000_000, 1_000_000_000))
+    os.utime(model, ns=(2_000_000_000, 2_000_000_000))
+    assert not run.unfinishedRun()                                   # finished: the model is newer
+    os.utime(model, ns=(500_000_000, 500_000_000))
+    assert run.unfinishedRun()                                       # a later run stopped after that model

@@ -115,3 +115,28 @@ def engineAvailable():
         pytest.skip(f"PairSeg engine not importable: {error}")
 
 
+
+
+def makeCatalog(folder, modelPath, name="phantom-organs", modality="MR"):
+    """A model catalog in ``folder`` (models.json + the model file, with its real size and SHA-256,
+    as ``pairseg.catalog`` checks them) holding ``modelPath`` as ``name``; set
+    ``PAIRSEG_MODELS_DIR`` to ``folder`` to use it. Returns the catalog's copy of the model."""
+    import hashlib
+    import json
+    import shutil
+
+    from pairseg.modelfile import read_metadata
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    shipped = folder / (name + ".pairseg")
+    shutil.copy(modelPath, shipped)
+    data = shipped.read_bytes()
+    metadata = read_metadata(modelPath)
+    entry = dict(name=name, title="Phantom organs", description="test", version="1", modality=modality,
+                 arch=metadata["arch"], file=shipped.name, sha256=hashlib.sha256(data).hexdigest(),
+                 file_size_bytes=len(data), classes=[{"name": n, "color": [1, 2, 3], "terminology": {}}
+                                                     for n in metadata["class_names"]],
+                 spacing_mm=1.0, size=metadata["size"], training_data={}, evaluation={}, cpu_segment_seconds=1.0)
+    (folder / "models.json").write_text(json.dumps({"catalog_version": 1, "default": name, "models": [entry]}))
+    return shipped

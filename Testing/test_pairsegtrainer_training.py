@@ -190,25 +190,16 @@ def test_fine_tune_starts_from_a_catalog_model_by_name(trainerLogic, mrml_scene,
     """``fineTune(items, "<catalog name>", ...)``: the catalog's file (checked) is the base, its
     classes and modality shape the export, and the new version is written to the output folder
     (the catalog lives in the extension's folder)."""
-    import hashlib
     import os
-    import shutil
     import subprocess
 
     from pairseg.modelfile import read_metadata
 
+    from test_pairsegtrainer_helpers import makeCatalog
+
     catalog = tmp_path / "catalog"
-    catalog.mkdir()
-    shutil.copy(phantom_model, catalog / "phantom.pairseg")
-    data = (catalog / "phantom.pairseg").read_bytes()
+    makeCatalog(catalog, phantom_model, name="phantom-organs")
     metadata = read_metadata(phantom_model)
-    entry = dict(name="phantom-organs", title="Phantom organs", description="test", version="1", modality="MR",
-                 arch=metadata["arch"], file="phantom.pairseg", sha256=hashlib.sha256(data).hexdigest(),
-                 file_size_bytes=len(data), classes=[{"name": n, "color": [1, 2, 3], "terminology": {}}
-                                                     for n in metadata["class_names"]],
-                 spacing_mm=1.0, size=metadata["size"], training_data={}, evaluation={}, cpu_segment_seconds=1.0)
-    (catalog / "models.json").write_text(json.dumps({"catalog_version": 1, "default": "phantom-organs",
-                                                     "models": [entry]}))
     monkeypatch.setenv("PAIRSEG_MODELS_DIR", str(catalog))
     commands = []
 
@@ -231,7 +222,7 @@ def test_fine_tune_starts_from_a_catalog_model_by_name(trainerLogic, mrml_scene,
                                 outputFolder=str(tmp_path / "models"), steps=2)
     (command,) = commands
     settings = json.loads(open(command[command.index("--config") + 1]).read())   # the run file
-    assert settings["init_from"] == str(catalog / "phantom.pairseg")
+    assert settings["init_from"] == str(catalog / "phantom-organs.pairseg")
     assert settings["out"] == str(tmp_path / "models" / "phantom-organs_v2.pairseg")
     manifest = json.loads((tmp_path / "set" / "dataset.json").read_text())
     assert list(manifest["labels"].values())[1:] == metadata["class_names"]

@@ -143,11 +143,16 @@ def resolveModel(spec):
 
 
 def engineEnvironment():
-    """Environment for the child: the engine folder first on PYTHONPATH, unbuffered UTF-8 output."""
+    """Environment for the child: the engine folder first on PYTHONPATH, unbuffered UTF-8 output,
+    and Python's UTF-8 mode forced (``PYTHONUTF8=1``): Slicer's PythonSlicer is plain CPython, which
+    on Windows otherwise decodes command-line paths, files and pipes in the ANSI code page (a user
+    profile "José", a folder "Données"). The paths the engine gives ITK go through
+    ``pairseg.paths.itk_path`` (ITK opens files through the narrow API on Windows)."""
     environment = os.environ.copy()
     paths = [engineRoot()] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p]
     environment["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     environment["PYTHONUNBUFFERED"] = "1"
+    environment["PYTHONUTF8"] = "1"
     environment.setdefault("PYTHONIOENCODING", "utf-8")
     return environment
 

@@ -175,9 +175,13 @@ class PairSegCoreLogic:
 
     @staticmethod
     def temporaryFolder():
+        """Where engine runs keep their work files: Slicer's temporary folder (else the system's),
+        in a form ITK opens on Windows (``pairseg.paths.ascii_work_folder``: the short form of a
+        folder under a non-ASCII user profile; ``$PAIRSEG_WORK_DIR`` overrides)."""
         app = getattr(slicer, "app", None)
         folder = getattr(app, "temporaryPath", None) if app is not None else None
-        return folder if folder and os.path.isdir(folder) else tempfile.gettempdir()
+        folder = folder if folder and os.path.isdir(folder) else tempfile.gettempdir()
+        return engineModule.torchFreeEngineModule("paths").ascii_work_folder(folder)
 
     # -- models -----------------------------------------------------------------------------
 

@@ -160,3 +160,29 @@ class ModelRegistry:
                 entries.append((os.path.basename(path), path))
                 seen.add(os.path.abspath(path))
         return entries
+
+
+def modelChoices(registry, catalog=None):
+    """What a model picker offers, catalog (ready) models first, then the registry's
+    ``knownModels()``: ``[(label, path, toolTip)]``; ``path`` is the model file (a catalog model's
+    shipped file, the one ``pairseg.catalog.resolve_model`` checks and returns). ``catalog``: a
+    ``pairseg.catalog.Catalog`` (default: ``load_catalog()``; an unreadable catalog is left out
+    with a warning, so a damaged catalog cannot break a panel)."""
+    import logging
+
+    if catalog is None:
+        from .engine import torchFreeEngineModule
+
+        try:
+            catalog = torchFreeEngineModule("catalog").load_catalog()
+        except Exception as error:
+            logging.warning(f"PairSeg: model catalog not readable: {error}")
+            catalog = None
+    choices = []
+    for entry in (catalog.entries if catalog is not None else []):
+        default = " (default)" if entry.name == catalog.default else ""
+        missing = "" if entry.available else " [file missing]"
+        choices.append((f"Ready model: {entry.title}{default}{missing}", str(entry.file), entry.summary()))
+    for label, path in registry.knownModels():
+        choices.append((label, path, path))
+    return choices

@@ -87,7 +87,8 @@ DEFAULT_EPOCHS = engineDefault("epochs")      # None: the engine's fallback budg
 ENGINE_NAMES = {"dataFolder": "data", "outputModel": "out", "arch": "arch", "epochs": "epochs", "steps": "steps",
                 "size": "size", "batchSize": "batch_size", "learningRate": "lr", "device": "device", "seed": "seed",
                 "valFraction": "val_fraction", "pairMode": "pair_mode", "offsets": "offsets",
-                "interRepeats": "inter_repeats", "initFrom": "init_from", "resume": "resume", "stopFile": "stop_file"}
+                "interRepeats": "inter_repeats", "initFrom": "init_from", "resume": "resume", "stopFile": "stop_file",
+                "overwrite": "overwrite"}
 #: What the steps box offers when the budget is switched to steps (the engine has no default:
 #: unset, the budget is in epochs).
 STEPS_SHOWN = 2000
@@ -142,6 +143,7 @@ class TrainingConfig:
     interRepeats: int = engineDefault("inter_repeats")
     initFrom: str = ""                   # fine-tune from this model file
     resume: bool = False                 # continue ``<outputModel>.ckpt``
+    overwrite: bool = False              # replace an existing model / earlier checkpoint (asked first)
     stopFile: str = ""                   # the engine stops cleanly when this file appears
     python: str = ""                     # interpreter; empty: the one running Slicer / the tests
     extraArgs: list = field(default_factory=list)
@@ -198,6 +200,31 @@ class TrainingConfig:
         values.update(slicerOnly)
         return cls(**values)
 
+    @classmethod
+    def fromRunFile(cls, runFile, **slicerOnly) -> "TrainingConfig":
+        """The TrainingConfig of a run file (``<model>.train.json``, written by ``commandLine()``
+        of an earlier run, in this session or an earlier one). ConfigError naming the file."""
+        try:
+            return cls.fromEngineConfig(engineSchema().TrainConfig.read(runFile), **slicerOnly)
+        except (OSError, ValueError) as error:
+            raise ConfigError(str(error)) from error
+
+    def outputConflict(self) -> dict:
+        """What a fresh run (no ``resume``, no ``overwrite``) would replace: ``{"model": bool,
+        "checkpoint": bool, "resumable": bool}`` (the engine refuses such a run); ``resumable``:
+        ``unfinishedRun()``."""
+        return {"model": Path(self.outputModel).is_file(), "checkpoint": Path(self.checkpointPath).is_file(),
+                "resumable": self.unfinishedRun()}
+
+    def unfinishedRun(self) -> bool:
+        """Whether an earlier run of this output model can be resumed: its checkpoint and run file
+        are there and the model file is not, or is older than the checkpoint (the engine keeps the
+        checkpoint of a finished run too, and writes the model after it)."""
+        checkpoint, model = Path(self.checkpointPath), Path(self.outputModel)
+        if not (checkpoint.is_file() and Path(self.runFile).is_file()):
+            return False
+        return not model.is_file() or model.stat().st_mtime_ns < checkpoint.stat().st_mtime_ns
+
     def validate(self) -> None:
         """Raise ConfigError with a readable message for a setting the engine would refuse."""
         if not self.dataFolder:
@@ -232,7 +259,8 @@ class TrainingConfig:
 
 def versionedModelPath(modelPath: str) -> str:
     """``liver.pairseg`` -> ``liver_v2.pairseg``; ``liver_v2.pairseg`` -> ``liver_v3.pairseg``
-    (skipping names that already exist)."""
+    (skipping names whose model file or checkpoint ``<model>.ckpt`` already exists: the engine
+    would refuse either)."""
     path = Path(modelPath)
     stem = path.name[: -len(MODEL_SUFFIX)] if path.name.endswith(MODEL_SUFFIX) else path.stem
     base, version = stem, 1
@@ -242,5 +270,5 @@ def versionedModelPath(modelPath: str) -> str:
     while True:
         version += 1
         candidate = path.with_name(f"{base}_v{version}{MODEL_SUFFIX}")
-        if not candidate.exists():
+        if not candidate.exists() and not Path(str(candidate) + ".ckpt").exists():
             return str(candidate)

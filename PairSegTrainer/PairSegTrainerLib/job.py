@@ -17,6 +17,12 @@ from PairSegLib.engine import EngineError, EngineRun, RunState, formatDuration  
 
 JobError = EngineError   # the Trainer's name for a failed engine run (same class)
 
+#: Stop escalates on every OS: the stop file (and SIGTERM on POSIX; the engine saves its
+#: checkpoint at the next step), then the whole process tree is killed when the engine is still
+#: there this many seconds later (a hung engine, a stalled data loader, a Windows engine that
+#: never reads the stop file). Seconds; a checkpoint save takes a few seconds at most.
+STOP_KILL_SECONDS = 60.0
+
 
 @dataclass
 class Curves:

@@ -137,15 +137,37 @@ class PairSegTrainerLogic:
         parameterNode.EndModify(wasModified)
 
     def addToTrainingSet(self, parameterNode, volumeNode, segmentationNode) -> list:
-        """Append (or update) a case of the module's training set; returns the items."""
-        items = self.trainingItems(parameterNode)
-        for item in items:
+        """Append (or update) a case of the module's training set; returns the items.
+
+        The set keeps the labels as they are NOW: the item holds a snapshot of
+        ``segmentationNode`` (``trainingset.snapshotSegmentation``: a hidden copy, saved with the
+        scene), never the node itself, so a later Segment run, an edit or a model output written
+        into the user's node cannot change a case already added. The user's node is marked
+        ``PairSeg.TrainingSet`` = "1" (the PairSeg module never writes into such a node). Adding
+        the same volume again replaces its snapshot with one of the labels as they are then."""
+        if volumeNode is None or segmentationNode is None:
+            raise TrainingSetError("select a volume and the segmentation that annotates it")
+        before = self.trainingItems(parameterNode)
+        snapshot = trainingset.snapshotSegmentation(segmentationNode)
+        items = list(before)
+        for index, item in enumerate(items):
             if item.volumeNode is volumeNode:
-                item.segmentationNode = segmentationNode
+                items[index] = TrainingItem(volumeNode, snapshot)
                 break
         else:
-            items.append(TrainingItem(volumeNode, segmentationNode))
+            items.append(TrainingItem(volumeNode, snapshot))
         self.setTrainingItems(parameterNode, items)
+        trainingset.removeUnusedSnapshots(before, items)
+        return items
+
+    def removeFromTrainingSet(self, parameterNode, rows) -> list:
+        """Remove the cases at ``rows`` (indices into ``trainingItems``) and their snapshots;
+        returns the items left."""
+        before = self.trainingItems(parameterNode)
+        drop = {int(row) for row in rows}
+        items = [item for index, item in enumerate(before) if index not in drop]
+        self.setTrainingItems(parameterNode, items)
+        trainingset.removeUnusedSnapshots(before, items)
         return items
 
     # -- training ----------------------------------------------------------------------------
@@ -171,19 +193,22 @@ class PairSegTrainerLogic:
         job.start()
         return job
 
-    def resumeTraining(self, jobOrConfig, plots: bool = True) -> TrainingJob:
-        """Continue a stopped run from ``<MODEL>.ckpt`` (a TrainingJob or its TrainingConfig)."""
+    def resumeTraining(self, jobOrConfig, plots: bool = True, modelName: str = "") -> TrainingJob:
+        """Continue a stopped run from ``<MODEL>.ckpt``: a TrainingJob of this session (same
+        curves; its plots while they are still in the scene, else new ones), or a TrainingConfig,
+        e.g. ``TrainingConfig.fromRunFile("<MODEL>.train.json")`` of an earlier session."""
         if isinstance(jobOrConfig, TrainingRun):
             previous = jobOrConfig
             if previous.running:
                 raise JobError("the training run is still running; stop it first")
-            config = previous.config.copy(resume=True)
-            job = self.startTraining(config, plots=previous.plots or plots, register=previous.register,
+            config = previous.config.copy(resume=True, overwrite=False)
+            keptPlots = previous.plots if previous.plots is not None and previous.plots.inScene() else None
+            job = self.startTraining(config, plots=keptPlots or plots, register=previous.register,
                                      modelName=previous.modelName)
             # keep the curves continuous across the stop
             job.curves = previous.curves
             return job
-        return self.startTraining(jobOrConfig.copy(resume=True), plots=plots)
+        return self.startTraining(jobOrConfig.copy(resume=True, overwrite=False), plots=plots, modelName=modelName)
 
     def fineTuneConfig(self, baseModel: str, dataFolder: str, outputModel: str = "", outputFolder: str = "",
                        **changes) -> TrainingConfig:
@@ -226,15 +251,10 @@ class PairSegTrainerLogic:
         """Run ``pairseg segment`` on ``volumeNode`` in the background (the PairSeg module's
         SegmentationRun); when it is done, a new segmentation node (one segment per class, named by
         class) is ``run.segmentationNode``. Correct it in the Segment Editor, then
-        ``addToTrainingSet`` and ``fineTune``."""
-        logic = self.segmentationLogic
-        metadata = logic.validateInputs(volumeNode, modelPath, None, device)
-        from PairSegLib.logic import SegmentationRun
-
-        run = SegmentationRun(logic, volumeNode, modelPath, metadata, None, device)
-        run.onFinished = onFinished
+        ``addToTrainingSet`` and ``fineTune``. ``modelPath``: a model file or a catalog model's name
+        (resolved to its shipped, checked file by the PairSeg module's one rule, ``modelFile``)."""
+        run = self.segmentationLogic.segmentVolumeAsync(volumeNode, modelPath, None, device, onFinished=onFinished)
         self.jobs.append(run)
-        run.start()
         return run
 
     # -- proxy maps --------------------------------------------------------------------------

@@ -66,10 +66,19 @@ class TrainingPlots:
             self.series[key] = series
         return series
 
+    def inScene(self) -> bool:
+        """Whether the nodes (once made) are all still in the scene (a scene close removes them)."""
+        nodes = list(self.series.values()) + [self.lossTable, self.diceTable, self.lossChart, self.diceChart]
+        return all(node.GetScene() is self.scene for node in nodes if node is not None)
+
     def update(self, curves) -> None:
-        """Rewrite the tables from ``curves`` (a job.Curves) and add any new series."""
+        """Rewrite the tables from ``curves`` (a job.Curves) and add any new series. Nodes that
+        were removed from the scene are never written into: the set is made anew."""
         import vtk
 
+        if not self.inScene():
+            self.series = {}
+            self.lossTable = self.diceTable = self.lossChart = self.diceChart = None
         if self.lossTable is None:
             self.lossTable = self._table(f"{self.prefix} loss table")
             self.diceTable = self._table(f"{self.prefix} Dice table")

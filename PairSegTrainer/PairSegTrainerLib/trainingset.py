@@ -56,6 +56,65 @@ class TrainingItem:
         return self.volumeNode.GetName() if self.volumeNode is not None else "?"
 
 
+#: attribute set to "1" on a segmentation the user added to a training set (and on its snapshot):
+#: the PairSeg module never writes into such a node (the contract between the two modules)
+TRAINING_SET_ATTRIBUTE = "PairSeg.TrainingSet"
+#: attribute of a snapshot: the ID of the segmentation node it was copied from
+SNAPSHOT_OF_ATTRIBUTE = "PairSeg.TrainingSnapshotOf"
+SNAPSHOT_SUFFIX = " (training set copy)"
+
+
+def isSnapshot(node) -> bool:
+    """Whether ``node`` is a training-set snapshot made by ``snapshotSegmentation``."""
+    return node is not None and node.GetAttribute(SNAPSHOT_OF_ATTRIBUTE) is not None
+
+
+def snapshotSegmentation(segmentationNode):
+    """A copy of ``segmentationNode`` as it is now, for a training set: a new
+    vtkMRMLSegmentationNode in the same scene with a deep copy of the segments (names, colours,
+    labels, terminology) and the same parent transform, hidden from node selectors and the data
+    tree (``HideFromEditors``) and without display node, saved with the scene. Both nodes get
+    ``PairSeg.TrainingSet`` = "1"; the copy names its source in ``PairSeg.TrainingSnapshotOf``.
+    A node that already is a snapshot is returned as it is (a snapshot is never edited)."""
+    if isSnapshot(segmentationNode):
+        return segmentationNode
+    import slicer
+
+    scene = segmentationNode.GetScene()
+    copy = slicer.vtkMRMLSegmentationNode()   # hidden and complete BEFORE it enters the scene, so
+    copy.SetName(scene.GenerateUniqueName(segmentationNode.GetName() + SNAPSHOT_SUFFIX))  # no selector
+    copy.SetHideFromEditors(True)                                                        # lists it
+    copy.GetSegmentation().DeepCopy(segmentationNode.GetSegmentation())
+    copy.SetAttribute(SNAPSHOT_OF_ATTRIBUTE, segmentationNode.GetID())
+    copy.SetAttribute(TRAINING_SET_ATTRIBUTE, "1")
+    scene.AddNode(copy)
+    copy.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
+    segmentationNode.SetAttribute(TRAINING_SET_ATTRIBUTE, "1")
+    return copy
+
+
+def snapshotSource(snapshot):
+    """The segmentation node a snapshot was copied from (None when gone or not a snapshot)."""
+    if not isSnapshot(snapshot) or snapshot.GetScene() is None:
+        return None
+    return snapshot.GetScene().GetNodeByID(snapshot.GetAttribute(SNAPSHOT_OF_ATTRIBUTE))
+
+
+def removeUnusedSnapshots(before, after) -> None:
+    """Remove from the scene the snapshots of ``before`` (TrainingItems) that ``after`` no longer
+    holds; a source left with no snapshot loses its ``PairSeg.TrainingSet`` mark."""
+    kept = {id(item.segmentationNode) for item in after}
+    for item in before:
+        node = item.segmentationNode
+        if not isSnapshot(node) or id(node) in kept or node.GetScene() is None:
+            continue
+        source = snapshotSource(node)
+        scene = node.GetScene()
+        scene.RemoveNode(node)
+        if source is not None and not any(snapshotSource(i.segmentationNode) is source for i in after):
+            source.RemoveAttribute(TRAINING_SET_ATTRIBUTE)
+
+
 def segmentNames(segmentationNode) -> list:
     """Names of the segments, in the segmentation's order."""
     segmentation = segmentationNode.GetSegmentation()

@@ -3,7 +3,15 @@
 ``TrainerPanel`` connects the widgets of ``Resources/UI/PairSegTrainer.ui`` to the parameter
 node and to ``PairSegTrainerLogic``; a QTimer polls the background job (the engine process) and
 moves its progress, ETA, log and curves into the GUI. The Train button turns into Stop while a
-run is active; a stopped run can be resumed from its checkpoint.
+training runs; a stopped run can be resumed from its checkpoint (of this session, or one an
+earlier session left beside the output model).
+
+One runner for every background run (``self.runs``: training, segmentation, predicted proxy
+maps): the timer polls them all, so a second run (Show AND/XOR during a training) never replaces
+the training (``self.trainingJob``), whose curves keep updating and whose model is registered.
+Module clean-up kills every run's process tree; a scene close stops the training (resumable
+checkpoint), cancels the other runs (their results belonged to the closed scene) and detaches
+the plots, so that nothing of the old scene is written into the new one.
 """
 
 import json
@@ -32,9 +40,10 @@ class TrainerPanel:
         self._parameterNode = None
         self._guiObserver = None
         self._nodeObserverTag = None
-        self.job = None
-        self.lastTrainingJob = None
-        self.segmentJob = None
+        self.job = None              # the run started last (any kind)
+        self.runs = []               # every run the timer follows (one runner)
+        self.trainingJob = None      # the training run of self.runs, if any
+        self.lastTrainingJob = None  # the last training run (Resume)
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onTimer)
@@ -54,6 +63,30 @@ class TrainerPanel:
         for mode in configModule.PAIR_MODES:
             ui.pairModeComboBox.addItem(mode, mode)
         self.fillDevices(probe=False)
+        self.refreshModelPickers()
+
+    def refreshModelPickers(self):
+        """Catalog (ready) models and registered / recent models (``models.modelChoices``, the
+        list the PairSeg module shows) in both pickers: current model and fine-tune-from."""
+        from PairSegLib import models
+
+        choices = models.modelChoices(self.logic.registry)
+        for combo, prompt in ((self.ui.currentModelsComboBox, "Ready or registered model..."),
+                              (self.ui.initFromModelsComboBox, "Ready or registered model...")):
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItem(prompt, "")
+            for label, path, tip in choices:
+                combo.addItem(label, path)
+                combo.setItemData(combo.count - 1, tip, qt.Qt.ToolTipRole)
+            combo.setCurrentIndex(0)
+            combo.blockSignals(False)
+
+    def onModelPicked(self, combo, pathEdit, index):
+        path = combo.itemData(index)
+        if path:
+            pathEdit.currentPath = path    # the edit's signal sets the parameter
+        combo.setCurrentIndex(0)
 
     def fillDevices(self, probe):
         """Device menu from the logic (``probe``: ask torch for GPUs); keeps the chosen device."""
@@ -84,7 +117,7 @@ class TrainerPanel:
         ui.addCaseButton.connect("clicked()", self.onAddCase)
         ui.removeCaseButton.connect("clicked()", self.onRemoveCases)
         ui.trainButton.connect("clicked()", self.onTrainOrStop)
-        ui.resumeButton.connect("clicked()", self.onResume)
+        ui.resumeButton.connect("clicked()", lambda: self.onResume())
         ui.refreshDevicesButton.connect("clicked()", lambda: self.fillDevices(probe=True))
         ui.mappingTable.connect("cellChanged(int,int)", self.onMappingEdited)
         ui.classesLineEdit.connect("editingFinished()", self.refreshMapping)
@@ -94,6 +127,9 @@ class TrainerPanel:
         ui.pickIntraPairButton.connect("clicked()", lambda: self.onPickPair("intra"))
         ui.pickInterPairButton.connect("clicked()", lambda: self.onPickPair("inter"))
         ui.showProxyButton.connect("clicked()", self.onShowProxy)
+        for combo, edit in ((ui.currentModelsComboBox, ui.currentModelPathLineEdit),
+                            (ui.initFromModelsComboBox, ui.initFromPathLineEdit)):
+            combo.connect("activated(int)", lambda index, c=combo, e=edit: self.onModelPicked(c, e, index))
         for combo, name in ((ui.architectureComboBox, "arch"), (ui.modalityComboBox, "modality"),
                             (ui.pairModeComboBox, "pairMode"), (ui.deviceComboBox, "device")):
             combo.connect("currentIndexChanged(int)", lambda _i, c=combo, n=name: self._setParameter(n, c.currentData))
@@ -148,18 +184,34 @@ class TrainerPanel:
     def enter(self):
         if self._parameterNode is None:
             self.initializeParameterNode()
+        self.refreshModelPickers()
         self.updateGui()
 
     def exit(self):
-        pass
+        pass   # runs go on while another module is shown; the timer keeps following them
 
     def cleanup(self):
         self.timer.stop()
-        if self.job is not None and self.job.running:
-            self.job.shutdown()  # kills the engine's whole process tree, without waiting for it
+        for run in list(self.runs):
+            if run.running:
+                run.shutdown()  # kills the engine's whole process tree, without waiting for it
+        self.runs = []
         self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
+        """The scene's nodes are about to go: stop the training (the engine saves a resumable
+        checkpoint; Stop escalates to a kill), cancel the other runs, whose results would
+        reference removed nodes, and detach every run from the scene's plots and nodes."""
+        for run in list(self.runs):
+            if getattr(run, "plots", None) is not None:
+                run.plots = None          # its tables and charts go with the scene
+            if not run.running:
+                continue
+            if run is self.trainingJob:
+                run.stop(killAfter=jobModule.STOP_KILL_SECONDS)
+                run.onLog is not None and run.onLog(run, "Scene closed: training stopped (Resume continues it).")
+            else:
+                run.shutdown()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -200,12 +252,7 @@ class TrainerPanel:
 
     def onRemoveCases(self):
         selection = self.ui.trainingTable.selectionModel().selectedRows()
-        rows = sorted({index.row() for index in selection}, reverse=True)
-        items = self.items()
-        for row in rows:
-            if 0 <= row < len(items):
-                del items[row]
-        self.logic.setTrainingItems(self.node, items)
+        self.logic.removeFromTrainingSet(self.node, {index.row() for index in selection})
         self.updateGui()
 
     def refreshTrainingTable(self):
@@ -284,18 +331,22 @@ class TrainerPanel:
 
     # -- GUI state ---------------------------------------------------------------------------
 
+    def runningOf(self, kind):
+        """The running run of ``kind`` (a class) in ``self.runs``, or None."""
+        return next((run for run in self.runs if isinstance(run, kind) and run.running), None)
+
     def updateGui(self):
         if self._parameterNode is None:
             return
-        running = self.job is not None and self.job.running
-        self.ui.trainButton.text = "Stop" if running else "Train"
-        self.ui.trainButton.enabled = running or bool(self.items())
-        last = self.lastTrainingJob
-        self.ui.resumeButton.enabled = (not running) and last is not None and last.resumable
+        training = self.trainingJob is not None and self.trainingJob.running
+        self.ui.trainButton.text = "Stop" if training else "Train"
+        self.ui.trainButton.enabled = training or bool(self.items())
+        self.ui.resumeButton.enabled = (not training) and self.resumableConfig() is not None
         self.ui.epochsSpinBox.enabled = not self._parameterNode.useSteps
         self.ui.stepsSpinBox.enabled = bool(self._parameterNode.useSteps)
-        self.ui.fineTuneButton.enabled = not running and bool(self._parameterNode.currentModel) and bool(self.items())
-        self.ui.segmentNewButton.enabled = not running and bool(self._parameterNode.currentModel)
+        self.ui.fineTuneButton.enabled = not training and bool(self._parameterNode.currentModel) and bool(self.items())
+        segmenting = self.runningOf(_segmentationRunClass()) is not None
+        self.ui.segmentNewButton.enabled = not training and not segmenting and bool(self._parameterNode.currentModel)
         self.refreshTrainingTable()
         self.refreshMapping()
 
@@ -305,11 +356,16 @@ class TrainerPanel:
     def _outputFolder(self):
         return self._parameterNode.outputFolder or os.path.join(os.path.expanduser("~"), "PairSeg")
 
-    def buildConfig(self, dataFolder):
+    def _modelName(self):
+        return (self._parameterNode.outputName or "pairseg-model").strip().removesuffix(configModule.MODEL_SUFFIX)
+
+    def _outputModel(self, name=None):
+        return os.path.join(self._outputFolder(), (name or self._modelName()) + configModule.MODEL_SUFFIX)
+
+    def buildConfig(self, dataFolder, outputModel=None):
         p = self._parameterNode
-        name = (p.outputName or "pairseg-model").removesuffix(configModule.MODEL_SUFFIX)
         return configModule.TrainingConfig(
-            dataFolder=dataFolder, outputModel=os.path.join(self._outputFolder(), name + configModule.MODEL_SUFFIX),
+            dataFolder=dataFolder, outputModel=outputModel or self._outputModel(),
             arch=p.arch, epochs=None if p.useSteps else p.epochs, steps=p.steps if p.useSteps else None,
             size=p.size, batchSize=p.batchSize, learningRate=p.learningRate, device=p.device or "auto",
             gpus=p.gpus, valFraction=p.valFraction, pairMode=p.pairMode,
@@ -317,36 +373,112 @@ class TrainerPanel:
 
     # -- train / stop / resume ---------------------------------------------------------------
 
+    def resumableConfig(self, outputModel=None):
+        """The settings Resume continues (``resume`` set), or None: the last training run of this
+        session when it left a checkpoint, else a checkpoint and run file that an earlier run (an
+        earlier session too) left beside the output model the panel names now. With
+        ``outputModel``: only a run of that model file."""
+        last = self.lastTrainingJob
+        if last is not None and not last.running and last.resumable and (
+                outputModel is None or os.path.abspath(last.config.outputModel) == os.path.abspath(outputModel)):
+            return last.config.copy(resume=True, overwrite=False)
+        config = configModule.TrainingConfig(outputModel=outputModel or self._outputModel())
+        if not config.unfinishedRun():
+            return None
+        try:
+            return configModule.TrainingConfig.fromRunFile(config.runFile, resume=True, overwrite=False)
+        except configModule.ConfigError:
+            return None
+
+    #: the answers of ``askOutputConflict``
+    NEW_VERSION, OVERWRITE, RESUME, CANCEL = "version", "overwrite", "resume", "cancel"
+
+    def askOutputConflict(self, modelPath, conflict, versionedPath):
+        """The user's choice when the output model (or an earlier run's checkpoint) exists: save as
+        ``versionedPath`` (NEW_VERSION), replace (OVERWRITE, asked explicitly), continue the
+        unfinished run (RESUME, offered when ``conflict["resumable"]``) or CANCEL. Testing mode (no dialog): the
+        choice that loses nothing, NEW_VERSION."""
+        if slicer.app.testingEnabled():
+            return self.NEW_VERSION
+        what = "The model file" if conflict["model"] else "An unfinished run's checkpoint of"
+        box = qt.QMessageBox(slicer.util.mainWindow())
+        box.setWindowTitle("PairSeg Trainer")
+        box.setIcon(qt.QMessageBox.Question)
+        box.setText(f"{what} {modelPath} exists.")
+        box.setInformativeText("Save the new model under a new name, replace the existing files, "
+                               + ("continue the unfinished run, " if conflict["resumable"] else "") + "or cancel.")
+        buttons = {box.addButton(f"Save as {os.path.basename(versionedPath)}", qt.QMessageBox.AcceptRole): self.NEW_VERSION,
+                   box.addButton("Replace", qt.QMessageBox.DestructiveRole): self.OVERWRITE}
+        if conflict["resumable"]:
+            buttons[box.addButton("Resume", qt.QMessageBox.ActionRole)] = self.RESUME
+        buttons[box.addButton(qt.QMessageBox.Cancel)] = self.CANCEL
+        box.exec_()
+        return buttons.get(box.clickedButton(), self.CANCEL)
+
     def onTrainOrStop(self):
-        if self.job is not None and self.job.running:
-            self.job.stop()
+        job = self.trainingJob
+        if job is not None and job.running:
+            job.stop(killAfter=jobModule.STOP_KILL_SECONDS)
             self.ui.statusLabel.text = "Stopping (the engine saves a resumable checkpoint)..."
             return
         try:
-            name = (self._parameterNode.outputName or "pairseg-model").removesuffix(configModule.MODEL_SUFFIX)
+            name = self._modelName()
+            probe = configModule.TrainingConfig(outputModel=self._outputModel(name))
+            conflict = probe.outputConflict()
+            overwrite = False
+            if conflict["model"] or conflict["checkpoint"]:
+                versioned = configModule.versionedModelPath(probe.outputModel)
+                choice = self.askOutputConflict(probe.outputModel, conflict, versioned)
+                if choice == self.CANCEL:
+                    self.ui.statusLabel.text = "Training not started."
+                    return
+                if choice == self.RESUME:
+                    self.onResume(self.resumableConfig(probe.outputModel))
+                    return
+                if choice == self.NEW_VERSION:
+                    name = os.path.basename(versioned).removesuffix(configModule.MODEL_SUFFIX)
+                    self._parameterNode.outputName = name
+                    self.ui.logTextEdit.appendPlainText(f"{probe.outputModel} exists: the new model is {versioned}.")
+                overwrite = choice == self.OVERWRITE
             folder = self._trainingSetFolder(name)
             self.ui.statusLabel.text = "Exporting the training set..."
             slicer.app.processEvents()
             self.logic.exportTrainingSet(self.items(), folder, classNames=self.classNames(),
                                          mapping=self.mapping(), modality=self._parameterNode.modality)
-            self._startJob(self.logic.startTraining(self.buildConfig(folder), modelName=name))
+            config = self.buildConfig(folder, self._outputModel(name)).copy(overwrite=overwrite)
+            self._startJob(self.logic.startTraining(config, modelName=name))
         except Exception as error:
             self._showError("Training could not start", error)
 
-    def onResume(self):
+    def onResume(self, config=None):
         try:
-            self._startJob(self.logic.resumeTraining(self.lastTrainingJob))
+            config = config or self.resumableConfig()
+            if config is None:
+                raise ValueError(f"nothing to resume: no checkpoint and run file of {self._outputModel()}")
+            last = self.lastTrainingJob
+            if last is not None and not last.running and last.config.outputModel == config.outputModel:
+                job = self.logic.resumeTraining(last)       # same curves and plots
+            else:                                           # a checkpoint an earlier session left
+                job = self.logic.resumeTraining(config, modelName=self._modelNameOf(config.outputModel))
+            self._startJob(job)
         except Exception as error:
             self._showError("Training could not resume", error)
 
+    @staticmethod
+    def _modelNameOf(modelPath):
+        return os.path.basename(modelPath).removesuffix(configModule.MODEL_SUFFIX)
+
     def _startJob(self, job):
         self.job = job
+        if job not in self.runs:
+            self.runs.append(job)
         if isinstance(job, _trainingJobClass()):
-            self.lastTrainingJob = job
+            self.trainingJob = self.lastTrainingJob = job
         job.onLog = lambda _job, line: self.ui.logTextEdit.appendPlainText(line)
         for line in job.log:
             self.ui.logTextEdit.appendPlainText(line)
-        self.ui.progressBar.value = 0
+        if job is self.trainingJob:
+            self.ui.progressBar.value = 0
         self.ui.statusLabel.text = f"{job.name.capitalize()} running..."
         if getattr(job, "plots", None) is not None:
             job.updatePlots(force=True)
@@ -355,41 +487,59 @@ class TrainerPanel:
         self.updateGui()
 
     def onTimer(self):
-        job = self.job
-        if job is None:
+        """Follow every run (one runner); the training's progress goes to the status line."""
+        for run in list(self.runs):
+            try:
+                running = run.poll()
+            except Exception as error:
+                running = False
+                run.shutdown()
+                self._showError("Error while following the engine", error)
+            if not running:
+                self.runs.remove(run)
+                self._runEnded(run)
+        if not self.runs:
             self.timer.stop()
-            return
-        try:
-            running = job.poll()
-        except Exception as error:
-            running = False
-            self._showError("Error while following the engine", error)
+        shown = self.trainingJob if self.trainingJob is not None and self.trainingJob.running else \
+            next(iter(self.runs), None)
+        if shown is not None and shown.running:
+            self._showProgress(shown)
+        self.updateGui()
+
+    def _showProgress(self, job):
         self.ui.progressBar.value = int(round(100 * job.fraction))
-        if running:
-            parts = [f"{job.name.capitalize()}: {100 * job.fraction:.0f} %"]
-            if job.step is not None and job.total:
-                parts.append(f"step {job.step}/{job.total}")
-            if job.epoch is not None:
-                parts.append(f"epoch {job.epoch}")
-            if job.loss is not None:
-                parts.append(f"loss {job.loss:.4f}")
-            parts.append(f"ETA {jobModule.formatDuration(job.etaSeconds)}")
-            self.ui.statusLabel.text = ", ".join(parts)
-            return
-        self.timer.stop()
+        parts = [f"{job.name.capitalize()}: {100 * job.fraction:.0f} %"]
+        if job.step is not None and job.total:
+            parts.append(f"step {job.step}/{job.total}")
+        if job.epoch is not None:
+            parts.append(f"epoch {job.epoch}")
+        if job.loss is not None:
+            parts.append(f"loss {job.loss:.4f}")
+        parts.append(f"ETA {jobModule.formatDuration(job.etaSeconds)}")
+        self.ui.statusLabel.text = ", ".join(parts)
+
+    def _runEnded(self, job):
+        """A run is over: its outcome to the status line, log and (training) the current model."""
+        if job is self.trainingJob:
+            self.trainingJob = None
+            self.ui.progressBar.value = int(round(100 * job.fraction))
         if job.state == jobModule.RunState.DONE:
-            modelPath = getattr(job, "modelPath", None)
-            self.ui.statusLabel.text = (f"Finished in {jobModule.formatDuration(job.elapsedSeconds)}"
+            modelPath = getattr(job, "modelPath", None) if isinstance(job, _trainingJobClass()) else None
+            self.ui.statusLabel.text = (f"{job.name.capitalize()} finished in "
+                                        f"{jobModule.formatDuration(job.elapsedSeconds)}"
                                         + (f": {modelPath} (registered for PairSeg)" if modelPath else "."))
             if modelPath:
-                self._parameterNode.currentModel = modelPath
-                self.ui.currentModelPathLineEdit.currentPath = modelPath
+                if self._parameterNode is not None:
+                    self._parameterNode.currentModel = modelPath
+                    self.ui.currentModelPathLineEdit.currentPath = modelPath
+                self.refreshModelPickers()
         elif job.state == jobModule.RunState.CANCELLED:
-            self.ui.statusLabel.text = "Stopped. Press Resume to continue from the checkpoint."
+            resumable = isinstance(job, _trainingJobClass()) and job.resumable
+            self.ui.statusLabel.text = ("Stopped. Press Resume to continue from the checkpoint." if resumable
+                                        else f"{job.name.capitalize()} stopped.")
         else:
-            self.ui.statusLabel.text = f"Failed: {job.errorMessage}"
+            self.ui.statusLabel.text = f"{job.name.capitalize()} failed: {job.errorMessage}"
             slicer.util.errorDisplay(f"{job.name.capitalize()} failed:\n{job.errorMessage}")
-        self.updateGui()
 
     # -- annotate then retrain ---------------------------------------------------------------
 
@@ -397,6 +547,8 @@ class TrainerPanel:
         volume = self.ui.newVolumeSelector.currentNode()
         if volume is None:
             slicer.util.errorDisplay("Select the new volume to segment.")
+            return
+        if self.runningOf(_segmentationRunClass()) is not None:
             return
         try:
             job = self.logic.segmentVolume(volume, self._parameterNode.currentModel,
@@ -407,12 +559,15 @@ class TrainerPanel:
             self._showError("Segmentation could not start", error)
 
     def _onSegmented(self, job):
-        if job.state == jobModule.RunState.DONE and job.segmentationNode is not None:
-            self.ui.segmentationSelector.setCurrentNode(job.segmentationNode)
-            self.ui.volumeSelector.setCurrentNode(self.ui.newVolumeSelector.currentNode())
-            self.ui.logTextEdit.appendPlainText(
-                f"Created '{job.segmentationNode.GetName()}': correct it in the Segment Editor, then "
-                "press 'Add corrected case to training set'.")
+        if job.state != jobModule.RunState.DONE or job.segmentationNode is None:
+            return
+        if self._parameterNode is None or job.segmentationNode.GetScene() is None:
+            return   # the scene closed meanwhile (the run is cancelled then; nothing to select)
+        self.ui.segmentationSelector.setCurrentNode(job.segmentationNode)
+        self.ui.volumeSelector.setCurrentNode(job.volumeNode)
+        self.ui.logTextEdit.appendPlainText(
+            f"Created '{job.segmentationNode.GetName()}': correct it in the Segment Editor, then "
+            "press 'Add corrected case to training set' (the training set keeps a copy of it as it is then).")
 
     def onAddCorrected(self):
         volume = self.ui.newVolumeSelector.currentNode() or self.ui.volumeSelector.currentNode()
@@ -424,7 +579,7 @@ class TrainerPanel:
         self.updateGui()
 
     def onFineTune(self):
-        if self.job is not None and self.job.running:
+        if self.trainingJob is not None and self.trainingJob.running:
             return
         try:
             baseModel = self._parameterNode.currentModel
@@ -479,3 +634,9 @@ def _trainingJobClass():
     from .logic import TrainingJob
 
     return TrainingJob
+
+
+def _segmentationRunClass():
+    from PairSegLib.logic import SegmentationRun
+
+    return SegmentationRun

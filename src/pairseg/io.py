@@ -35,6 +35,7 @@ import SimpleITK as sitk
 from . import atomic
 from .constants import class_key
 from .errors import PairSegInputError, PairSegOutputError, PairSegWarning
+from .paths import itk_path
 
 __all__ = [
     "Volume",
@@ -513,12 +514,12 @@ def dicom_series(folder: PathLike) -> list[dict]:
     refuse_dangling_links(folder, what="DICOM folder")
     reader = sitk.ImageSeriesReader()
     try:
-        ids = list(reader.GetGDCMSeriesIDs(str(folder)))
+        ids = list(reader.GetGDCMSeriesIDs(itk_path(folder)))
     except RuntimeError as exc:
         raise PairSegInputError(f"{folder}: cannot scan folder for DICOM series ({_first_line(exc)})") from None
     series = []
     for uid in ids:
-        files = list(reader.GetGDCMSeriesFileNames(str(folder), uid))
+        files = list(reader.GetGDCMSeriesFileNames(itk_path(folder), uid))
         description = ""
         info = sitk.ImageFileReader()
         info.SetFileName(files[0])
@@ -646,7 +647,7 @@ def _read_image(path: PathLike, series_id: Optional[str] = None) -> tuple[sitk.I
         header = _nifti_header(p) if _suffix(p) in (".nii", ".nii.gz") else None
         nonfinite = _scan_nifti(p, header) if header is not None else None
         try:
-            image = sitk.ReadImage(str(p))
+            image = sitk.ReadImage(itk_path(p))
         except RuntimeError as exc:
             raise _read_failure(p, exc) from None
         if nonfinite is not None and image.GetNumberOfComponentsPerPixel() == 1:
@@ -1150,7 +1151,7 @@ def write_text(path: PathLike, text: str) -> str:
 
 def write_png(path: PathLike, picture: sitk.Image) -> Path:
     """Write a 2D SimpleITK picture (RGB or grey) as a PNG, atomically and checked whole."""
-    return Path(_atomic_write(path, lambda tmp: sitk.WriteImage(picture, tmp)))
+    return Path(_atomic_write(path, lambda tmp: sitk.WriteImage(picture, itk_path(tmp))))
 
 
 def write_volume(path: PathLike, volume: Volume) -> str:
@@ -1163,6 +1164,6 @@ def write_volume(path: PathLike, volume: Volume) -> str:
 
 def _write_image(tmp: str, volume: Volume) -> None:
     """Write ``volume`` compressed; a NIfTI gets the forms of the NIfTI it was read ``like``."""
-    sitk.WriteImage(volume.to_sitk(), tmp, True)
+    sitk.WriteImage(volume.to_sitk(), itk_path(tmp), True)
     if volume.nifti_forms is not None and _suffix(tmp) in (".nii", ".nii.gz"):
         _patch_nifti_forms(tmp, volume.nifti_forms)
