@@ -7,21 +7,15 @@ voxels as one undo step and keeps every stroke; Undo fill restores the strokes e
 removes the preview and leaves the segmentation as it was."""
 
 import os
-import time
 
 import numpy as np
 import pytest
 
 
 def pump(until, timeout=240.0):
-    import slicer
+    from test_widget_pairseg import pump as runEventLoop  # Testing/ is on sys.path (conftest)
 
-    deadline = time.monotonic() + timeout
-    while not until():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached while running the event loop")
-        slicer.app.processEvents()
-        time.sleep(0.02)
+    runEventLoop(until, timeout)
 
 
 @pytest.fixture

@@ -106,10 +106,18 @@ def run(args) -> None:
                                             seed=args.seed)
                 probs = network_probabilities(model, problem, rec, "cpu")
                 net_s = time.monotonic() - tick
-                for method in ("pairwise", "fusion"):
+                if args.save_probabilities:
+                    folder = Path(args.save_probabilities)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    np.savez_compressed(folder / f"{case}_{mm:g}mm_{base}.npz", probabilities=probs.astype(np.float16),
+                                        mci=mci, sparse=problem.label)
+                variants = [("pairwise", None)] + [("fusion" if w == 0.5 else f"fusion@{w:g}", w)
+                                                   for w in args.fusion_weights]
+                for method, weight in variants:
                     tick = time.monotonic()
-                    pred = combine(problem, method, probs, mci)
-                    extra = time.monotonic() - tick + (mci_s if method == "fusion" else 0.0)
+                    pred = combine(problem, "pairwise" if weight is None else "fusion", probs, mci,
+                                   weight=weight if weight is not None else 0.5)
+                    extra = time.monotonic() - tick + (mci_s if weight is not None else 0.0)
                     _write(out, {**common, "method": method, "base": base, "steps": rec[2].step,
                                  "train_seconds": round(train_s, 1), "seconds": round(net_s + extra, 1),
                                  "dice": score(pred, full_canonical, problem.annotated, names)})
@@ -167,6 +175,9 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=180.0)
     parser.add_argument("--size", type=int, default=128, help="training size with --base none")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fusion-weights", nargs="+", type=float, default=[0.5],
+                        help="network shares of the fusion score to score (0.5 is the method 'fusion')")
+    parser.add_argument("--save-probabilities", help="folder for the network probabilities, MCI and sparse labels")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fill.jsonl"))
     parser.add_argument("--plot", help="print the table of a results file (and draw --png) instead of running")
     parser.add_argument("--png")

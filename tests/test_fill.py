@@ -77,7 +77,7 @@ def test_bad_input_is_refused_before_any_training(case, tmp_path, problem, expec
         extra = []
     out = tmp_path / "out.nii.gz"
     code, events = _run("--image", str(folder / "image.nii.gz"), "--label", str(label), "--out", str(out),
-                        "--method", "pairwise", *extra)
+                        "--method", "pairwise", "--base", "none", *extra)
     assert code == 2
     errors = [e for e in events if e["event"] == "error"]
     assert errors and expect in errors[0]["message"], errors
@@ -89,7 +89,7 @@ def test_fill_keeps_drawn_voxels_fills_only_inside_and_saves_the_model(case, tmp
     folder, image, labels, sparse = case
     out, model = tmp_path / "filled.seg.nrrd", tmp_path / "learned.pairseg"
     code, events = _run("--image", str(folder / "image.nii.gz"), "--label", str(folder / "sparse.nii.gz"),
-                        "--out", str(out), "--method", "pairwise", "--modality", "MR", "--budget-s", "3",
+                        "--out", str(out), "--method", "pairwise", "--base", "none", "--modality", "MR", "--budget-s", "3",
                         "--size", "32", "--device", "cpu", "--save-model", str(model))
     assert code == 0, events
     assert [e for e in events if e["event"] == "done"][0]["steps"] >= 1
@@ -106,7 +106,7 @@ def test_fill_keeps_drawn_voxels_fills_only_inside_and_saves_the_model(case, tmp
     assert model.is_file()
     before = out.read_bytes()
     code, events = _run("--image", str(folder / "image.nii.gz"), "--label", str(folder / "sparse.nii.gz"),
-                        "--out", str(out), "--method", "pairwise", "--modality", "MR")
+                        "--out", str(out), "--method", "pairwise", "--base", "none", "--modality", "MR")
     assert code == 2 and "--overwrite" in events[-1]["message"] and out.read_bytes() == before
 
 
@@ -122,3 +122,15 @@ def test_combine_extends_and_never_paints_over_an_annotated_class(case):
     assert on.min() == max(0, first - 1) and on.max() == min(len(out) - 1, last + 1)
     for z in np.flatnonzero(problem.annotated[:, 0]):
         assert np.array_equal(out[z] == 1, sparse[z] == 1)
+
+
+def test_auto_base_is_the_catalog_default_for_its_modality_only(tmp_path, monkeypatch):
+    from pairseg.catalog import load_catalog
+    from pairseg.fill import resolve_base
+
+    default = load_catalog().default
+    assert default is not None and resolve_base("auto", None) == default
+    assert resolve_base("auto", "MR") == default and resolve_base("auto", "CT") is None
+    assert resolve_base("none", "MR") is None and resolve_base("my.pairseg", "CT") == "my.pairseg"
+    monkeypatch.setenv("PAIRSEG_MODELS_DIR", str(tmp_path))  # no catalog: from scratch
+    assert resolve_base("auto", "MR") is None

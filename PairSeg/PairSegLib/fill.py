@@ -83,10 +83,9 @@ class FillRun(WorkFolderRun):
         arguments = ["fill", "--image", imagePath, "--label", labelPath, "--out", self.outputPath,
                      "--method", self.method, "--budget-s", str(self.budgetSeconds), "--device", self.device,
                      "--events", "json"]
-        if self.base:
-            arguments += ["--base", self.base]
-        else:
-            arguments += ["--modality", self.modality or "MR"]
+        arguments += ["--base", self.base or "auto"]  # auto: the catalog's default model when its modality fits
+        if self.modality:
+            arguments += ["--modality", self.modality]
         self.command = engineModule.engineCommand(*arguments, python=self.python)
 
     def completingText(self):
@@ -126,9 +125,9 @@ class FillLogic:
         if method not in METHODS:
             raise InputError(f"Unknown fill method '{method}': use one of {', '.join(METHODS)}.")
         labels, ids, names, colors = segmentationLabels(segmentationNode, volumeNode)
-        modality = mrml.volumeModality(volumeNode) if not base else None
+        modality = mrml.volumeModality(volumeNode)
         run = FillRun(self.coreLogic, volumeNode, segmentationNode, labels, ids, names, colors, method,
-                      int(budgetSeconds), device, base, modality if modality in ("CT", "MR") else "MR")
+                      int(budgetSeconds), device, base, modality if modality in ("CT", "MR") else "MR")  # no HU air: MR
         run.onProgress, run.onFinished = onProgress, onFinished
         run.start()
         return run

@@ -166,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--image", required=True, help="image file (.nii.gz, .nrrd, .mha) or DICOM folder")
     f.add_argument("--label", required=True, help="the sparse label on the image's grid (.nii.gz, .nrrd, .seg.nrrd)")
     f.add_argument("--out", required=True, help="filled label file (.nii.gz, .nrrd, .seg.nrrd), image's geometry")
-    f.add_argument("--base", default="none",
+    f.add_argument("--base", default="auto",
                    help="model file or catalog name whose weights start the network (a new head: the classes count "
-                        "as unknown), or none (from scratch; the default; needs --modality)")
+                        "as unknown), none (from scratch; needs --modality), or auto (the default: the catalog's "
+                        "default model when --modality is absent or its own, else from scratch)")
     f.add_argument("--modality", choices=MODALITIES, type=str.upper, help="the image's modality (with --base none)")
     f.add_argument("--method", choices=("fusion", "pairwise", "mci"), default="fusion",
                    help="fusion (network + contour-interpolation prior; default), pairwise (network alone), mci "
@@ -436,7 +437,7 @@ def cmd_models(args) -> int:
 def cmd_fill(args, events) -> int:
     from pairseg.fill import fill_files
 
-    base = None if str(args.base).lower() == "none" else args.base
+    base = args.base
     fill_files(args.image, args.label, args.out, save_model=args.save_model, overwrite=args.overwrite,
                events=events, method=args.method,
                base=base, modality=args.modality, budget_s=args.budget_s, device=args.device, extend=args.extend,

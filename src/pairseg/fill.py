@@ -13,7 +13,7 @@ Methods (``method``; the default chosen from ``benchmarks/fill.py``, see benchma
 - ``"mci"``: ITK's morphological contour interpolation alone (``MorphologicalContourInterpolator``,
   the algorithm of Slicer's *Fill between slices*; Albu et al., IEEE TMI 2008; Zukić et al.,
   Insight Journal 2016), along the canonical slice axis; no training;
-- ``"fusion"``: the mean of the network's probability and a soft contour-interpolation prior
+- ``"fusion"``: the weighted mean (``FUSION_WEIGHT``) of the network's probability and a soft contour-interpolation prior
   (``mci_prior``: 1 inside the interpolated contour, falling off over ``PRIOR_MM`` across its
   boundary), thresholded at 0.5: the shape prior holds the structure together where the image is
   ambiguous and the network moves the boundary where the image shows it.
@@ -34,12 +34,36 @@ from pairseg.events import EventSink, null_events
 from pairseg.io import Volume
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "PRIOR_MM", "FillProblem", "FillResult", "fill_problem", "mci_fill",
-           "mci_prior", "learn", "network_probabilities", "combine", "fill_volume", "fill_files",
+           "mci_prior", "learn", "network_probabilities", "combine", "fill_volume", "fill_files", "resolve_base",
            "default_budget_s"]
 
 METHODS = ("fusion", "pairwise", "mci")
 DEFAULT_METHOD = "fusion"
 PRIOR_MM = 3.0  # width of the contour-interpolation prior's fall-off across its boundary (mm)
+FUSION_WEIGHT = 0.5  # the network's share of the fused score (the prior has the rest)
+
+
+def resolve_base(base: str | None, modality: str | None) -> str | None:
+    """The ``--base`` of a fill: ``"auto"`` is the catalog's default model when it is available
+    and ``modality`` is unknown or its own (``benchmarks/fill.py``: a model's weights with a new head
+    fill far better than a network from scratch within minutes on a CPU), else None (from scratch);
+    ``"none"``/None is None; anything else is returned as it is (a model file or catalog name)."""
+    if base is None or str(base).lower() == "none":
+        return None
+    if str(base).lower() != "auto":
+        return base
+    from pairseg.catalog import load_catalog
+
+    try:
+        catalog = load_catalog()
+    except PairSegInputError:
+        return None
+    if catalog.default is None:
+        return None
+    entry = catalog.entry(catalog.default)
+    if not entry.available or (modality is not None and entry.modality.upper() != modality.upper()):
+        return None
+    return catalog.default
 
 
 def default_budget_s(device_type: str) -> float:
@@ -254,11 +278,12 @@ def network_probabilities(model, problem: FillProblem, record, device: str = "au
 
 
 def combine(problem: FillProblem, method: str, probabilities: np.ndarray | None = None,
-            mci: np.ndarray | None = None, extend: int = 0) -> np.ndarray:
+            mci: np.ndarray | None = None, extend: int = 0, weight: float = FUSION_WEIGHT) -> np.ndarray:
     """The filled (Z, H, W) canonical label map: per class a score ((K, Z, H, W): the network's
     probability, the contour interpolation (0/1) or their fusion, see the module), kept only on the
     slices between the class's first and last annotated slice (``extend`` more each side) that are
-    not annotated for it; one label per voxel (the highest score >= 0.5); drawn voxels on top."""
+    not annotated for it; one label per voxel (the highest score >= 0.5); drawn voxels on top.
+    ``weight``: the network's share of the fusion score (``weight * p + (1 - weight) * prior``)."""
     if method not in METHODS:
         raise ValueError(f"unknown fill method {method!r}; expected one of {METHODS}")
     k = problem.num_classes
@@ -267,8 +292,8 @@ def combine(problem: FillProblem, method: str, probabilities: np.ndarray | None 
     elif method == "mci":
         scores = np.stack([(mci == c) for c in range(1, k + 1)]).astype(np.float32)
     else:
-        scores = 0.5 * (np.asarray(probabilities, dtype=np.float32)
-                        + mci_prior(mci, k, problem.spacing_zyx))
+        scores = (weight * np.asarray(probabilities, dtype=np.float32)
+                  + (1.0 - weight) * mci_prior(mci, k, problem.spacing_zyx))
     depth = problem.label.shape[0]
     for c, (first, last) in enumerate(problem.extents):
         window = np.zeros(depth, dtype=bool)
@@ -292,10 +317,12 @@ def fill_volume(image: Volume, label_volume: Volume, class_names: Sequence[str],
 
     if method not in METHODS:
         raise PairSegInputError(f"unknown fill method {method!r}; expected one of {', '.join(METHODS)}")
+    base = resolve_base(base, modality) if method != "mci" else None
     if extend < 0:
         raise PairSegInputError(f"--extend must be >= 0, got {extend}")
     if method != "mci" and base is None and modality is None:
-        raise PairSegInputError("--modality MR or CT is needed with --base none (it sets the intensity window)")
+        raise PairSegInputError("--modality MR or CT is needed to train from scratch (--base none, or no catalog "
+                                "model for this image); it sets the intensity window")
     if method != "mci" and base is not None:
         from pairseg.catalog import resolve_model
 
@@ -303,6 +330,8 @@ def fill_volume(image: Volume, label_volume: Volume, class_names: Sequence[str],
     start = time.monotonic()
     problem = fill_problem(image, label_volume, class_names, name)
     model, record, train_seconds, probabilities, mci = None, None, 0.0, None, None
+    if method != "mci":
+        events("message", text=f"network: {'from the weights of ' + str(base) + ' with a new head' if base else 'from scratch'}")
     if method != "pairwise":
         events("message", text="interpolating contours (ITK MorphologicalContourInterpolator)")
         mci = mci_fill(problem.label, problem.spacing_zyx)
