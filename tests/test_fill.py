@@ -93,6 +93,27 @@ def test_fill_keeps_drawn_voxels_fills_only_inside_and_saves_the_model(case, tmp
                         "--size", "32", "--device", "cpu", "--save-model", str(model))
     assert code == 0, events
     assert [e for e in events if e["event"] == "done"][0]["steps"] >= 1
+    _check_filled(folder, out, sparse)
+    assert model.is_file()
+    before = out.read_bytes()
+    code, events = _run("--image", str(folder / "image.nii.gz"), "--label", str(folder / "sparse.nii.gz"),
+                        "--out", str(out), "--method", "pairwise", "--base", "none", "--modality", "MR")
+    assert code == 2 and "--overwrite" in events[-1]["message"] and out.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_default_method_is_contour_interpolation(case, tmp_path):
+    folder, image, labels, sparse = case
+    out = tmp_path / "filled.nii.gz"
+    code, events = _run("--image", str(folder / "image.nii.gz"), "--label", str(folder / "sparse.nii.gz"),
+                        "--out", str(out))
+    done = [e for e in events if e["event"] == "done"]
+    assert code == 0 and done[0]["method"] == "mci" and done[0]["steps"] == 0
+    filled = _check_filled(folder, out, sparse)
+    assert (filled > 0).sum() > (sparse > 0).sum()  # the slices in between were filled
+
+
+def _check_filled(folder, out, sparse):
     filled, names = read_label(out, reference=read_volume(folder / "image.nii.gz"))
     assert names == [f"label_{k}" for k in range(1, 5)]  # a plain label file names no class
     drawn = sparse > 0
@@ -103,11 +124,7 @@ def test_fill_keeps_drawn_voxels_fills_only_inside_and_saves_the_model(case, tmp
         assert on.min() >= rows.min() and on.max() <= rows.max()  # nothing outside the drawn range
         for z in rows:  # an annotated slice of class k: k exactly as drawn there
             assert np.array_equal(filled[z] == k, sparse[z] == k)
-    assert model.is_file()
-    before = out.read_bytes()
-    code, events = _run("--image", str(folder / "image.nii.gz"), "--label", str(folder / "sparse.nii.gz"),
-                        "--out", str(out), "--method", "pairwise", "--base", "none", "--modality", "MR")
-    assert code == 2 and "--overwrite" in events[-1]["message"] and out.read_bytes() == before
+    return filled
 
 
 def test_combine_extends_and_never_paints_over_an_annotated_class(case):

@@ -1,8 +1,8 @@
 """Fill between slices with PairSeg: the *Fill* panel of the PairSeg module and its logic.
 
 The user draws each structure on a few slices of a segmentation; **Preview** runs ``pairseg fill``
-(``src/pairseg/fill.py``: a pairwise network learnt from those slices, fused with ITK contour
-interpolation) in the engine's background process, with progress and Cancel, and shows the result
+(``src/pairseg/fill.py``: ITK contour interpolation by default, or a pairwise network learnt from
+those slices, alone or fused with the interpolation) in the engine's background process, with progress and Cancel, and shows the result
 in a separate preview segmentation; **Apply** writes it into the user's segmentation as one undo
 step (``vtkSegmentationHistory``; the Segment Editor's own undo when it edits that segmentation);
 **Discard** removes the preview. The user's strokes are never changed: Apply only adds voxels to
@@ -25,9 +25,10 @@ from . import mrml
 from .logic import State, WorkFolderRun
 from .mrml import InputError
 
-METHODS = ("fusion", "pairwise", "mci")
-METHOD_LABELS = {"fusion": "PairSeg + contour interpolation", "pairwise": "PairSeg network only",
-                 "mci": "Contour interpolation only (as Fill between slices)"}
+METHODS = ("mci", "fusion", "pairwise")  # the engine's (pairseg.fill.METHODS); mci measured best on a CPU
+METHOD_LABELS = {"mci": "contour interpolation (as Fill between slices; no training)",
+                 "fusion": "a PairSeg network learnt from the drawn slices + contour interpolation",
+                 "pairwise": "the PairSeg network only"}
 PARAMETER_NODE_TAG = "PairSegFill"
 
 
@@ -65,7 +66,7 @@ class FillRun(WorkFolderRun):
     name = "fill"
     inputErrorClass = InputError
 
-    def __init__(self, logic, volumeNode, segmentationNode, labels, segmentIds, names, colors, method="fusion",
+    def __init__(self, logic, volumeNode, segmentationNode, labels, segmentIds, names, colors, method="mci",
                  budgetSeconds=180, device="auto", base=None, modality=None, **options):
         super().__init__(logic, **options)
         self.volumeNode, self.segmentationNode = volumeNode, segmentationNode
@@ -113,7 +114,7 @@ class FillLogic:
         self.history = None  # vtkSegmentationHistory of the last Apply (one undo step)
         self.historyNode = None
 
-    def previewAsync(self, volumeNode, segmentationNode, method="fusion", budgetSeconds=180, device="auto",
+    def previewAsync(self, volumeNode, segmentationNode, method="mci", budgetSeconds=180, device="auto",
                      base=None, onProgress=None, onFinished=None):
         """Start ``pairseg fill`` on the segmentation's strokes; returns the running FillRun.
         InputError at once (nothing starts) for a missing volume or segmentation, no stroke, or an
@@ -214,7 +215,7 @@ def parameterNodeClass():
         class PairSegFillParameterNode:
             volume: vtkMRMLScalarVolumeNode
             segmentation: vtkMRMLSegmentationNode
-            method: Annotated[str, Choice(list(METHODS))] = "fusion"
+            method: Annotated[str, Choice(list(METHODS))] = "mci"
             budgetSeconds: Annotated[int, Minimum(5), Maximum(3600)] = 180
 
         _parameterClasses[key] = wrapperModule.parameterNodeWrapper(PairSegFillParameterNode)

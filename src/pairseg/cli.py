@@ -159,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(d)
 
     f = sub.add_parser("fill", help="fill a structure drawn on a few slices onto every slice in between",
-                       description="Learn from the annotated slices of one volume (a pairwise C2FCN on those slices, "
-                                   "with ITK contour interpolation as a shape prior: --method) and fill every class "
-                                   "between its first and last drawn slice. Drawn voxels come back exactly as drawn; "
+                       description="Fill every class between its first and last drawn slice: by ITK contour "
+                                   "interpolation, or by a pairwise C2FCN learnt from the drawn slices of this volume "
+                                   "(alone or fused with the interpolation): --method. Drawn voxels come back exactly as drawn; "
                                    "nothing is filled outside (--extend N: N slices more on each side).")
     f.add_argument("--image", required=True, help="image file (.nii.gz, .nrrd, .mha) or DICOM folder")
     f.add_argument("--label", required=True, help="the sparse label on the image's grid (.nii.gz, .nrrd, .seg.nrrd)")
@@ -171,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "as unknown), none (from scratch; needs --modality), or auto (the default: the catalog's "
                         "default model when --modality is absent or its own, else from scratch)")
     f.add_argument("--modality", choices=MODALITIES, type=str.upper, help="the image's modality (with --base none)")
-    f.add_argument("--method", choices=("fusion", "pairwise", "mci"), default="fusion",
-                   help="fusion (network + contour-interpolation prior; default), pairwise (network alone), mci "
-                        "(ITK contour interpolation alone, as Slicer's Fill between slices; no training)")
+    f.add_argument("--method", choices=("mci", "fusion", "pairwise"), default="mci",
+                   help="mci (ITK contour interpolation, as Slicer's Fill between slices; no training; the default: "
+                        "it measured best within a CPU budget, benchmarks/RESULTS.md), fusion (a pairwise network "
+                        "trained on the drawn slices + the contour-interpolation prior), pairwise (the network alone)")
     f.add_argument("--budget-s", type=positive_float, default=None,
                    help="training seconds (default 180 on a CPU, 60 on a GPU)")
     f.add_argument("--extend", type=nonnegative_int, default=0, help="fill N slices beyond each class's drawn range")

@@ -7,7 +7,9 @@ then every class is filled between its first and last annotated slice (``extend`
 each side, as Slicer's *Fill between slices* fills nothing outside). Drawn voxels come back exactly
 as drawn, and a class annotated on a slice is never added to or removed from that slice.
 
-Methods (``method``; the default chosen from ``benchmarks/fill.py``, see benchmarks/RESULTS.md):
+Methods (``method``; the default, ``"mci"``, is the one that measured best on this project's 2-core CPU
+within the budget, see ``benchmarks/fill.py`` and benchmarks/RESULTS.md: a network trained for a
+minute or two there is too unreliable to improve on the contour interpolation on average):
 
 - ``"pairwise"``: the trained network's per-class probabilities, thresholded at 0.5;
 - ``"mci"``: ITK's morphological contour interpolation alone (``MorphologicalContourInterpolator``,
@@ -37,8 +39,8 @@ __all__ = ["METHODS", "DEFAULT_METHOD", "PRIOR_MM", "FillProblem", "FillResult",
            "mci_prior", "learn", "network_probabilities", "combine", "fill_volume", "fill_files", "resolve_base",
            "default_budget_s"]
 
-METHODS = ("fusion", "pairwise", "mci")
-DEFAULT_METHOD = "fusion"
+METHODS = ("mci", "fusion", "pairwise")
+DEFAULT_METHOD = "mci"  # measured best within the CPU budget (benchmarks/RESULTS.md, pairseg fill)
 PRIOR_MM = 3.0  # width of the contour-interpolation prior's fall-off across its boundary (mm)
 FUSION_WEIGHT = 0.5  # the network's share of the fused score (the prior has the rest)
 
@@ -148,15 +150,19 @@ def mci_fill(label: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) 
     """ITK ``MorphologicalContourInterpolator`` along the slice axis (array axis 0) of a (Z, H, W)
     label map 0..K: every label interpolated between the slices it is drawn on (drawn slices kept).
     Needs the ``itk-morphologicalcontourinterpolation`` package."""
-    try:
-        import itk
-    except ImportError as error:  # pragma: no cover - a dependency of the project
-        raise PairSegInputError("contour interpolation needs the itk-morphologicalcontourinterpolation "
-                                "package (pip install itk-morphologicalcontourinterpolation)") from error
-    image = itk.image_from_array(np.ascontiguousarray(label.astype(np.uint8)))
-    image.SetSpacing([float(spacing_zyx[2]), float(spacing_zyx[1]), float(spacing_zyx[0])])
-    filled = itk.morphological_contour_interpolator(image, axis=2)  # ITK axis 2 = array axis 0
-    return np.asarray(itk.array_from_image(filled)).astype(label.dtype)
+    import warnings
+
+    with warnings.catch_warnings():  # ITK's SWIG modules warn about their types while they load (lazily)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import itk
+        except ImportError as error:  # pragma: no cover - a dependency of the project
+            raise PairSegInputError("contour interpolation needs the itk-morphologicalcontourinterpolation "
+                                    "package (pip install itk-morphologicalcontourinterpolation)") from error
+        image = itk.image_from_array(np.ascontiguousarray(label.astype(np.uint8)))
+        image.SetSpacing([float(spacing_zyx[2]), float(spacing_zyx[1]), float(spacing_zyx[0])])
+        filled = itk.morphological_contour_interpolator(image, axis=2)  # ITK axis 2 = array axis 0
+        return np.asarray(itk.array_from_image(filled)).astype(label.dtype)
 
 
 def mci_prior(mci: np.ndarray, num_classes: int, spacing_zyx: Sequence[float], width_mm: float = PRIOR_MM
@@ -367,7 +373,7 @@ def fill_files(image_path: str | Path, label_path: str | Path, out_path: str | P
     out = check_output(out_path, LABEL_SUFFIXES, "--out")
     model_out = check_output(save_model, (MODEL_SUFFIX,), "--save-model") if save_model else None
     if model_out is not None and options.get("method", DEFAULT_METHOD) == "mci":
-        raise PairSegInputError("--save-model: the mci method trains no model")
+        raise PairSegInputError("--save-model: the mci method trains no model (use --method fusion or pairwise)")
     check_distinct([Path(image_path), Path(label_path)], [("--out", out), ("--save-model", model_out)])
     for option, path in (("--out", out), ("--save-model", model_out)):
         if path is not None and path.exists() and not overwrite:
