@@ -13,7 +13,7 @@ kept slices together make the sparse label of the volume. Then, on the same spar
 
 are scored per organ: Dice on the unannotated slices inside the organ's extent, and Dice on the whole
 extent (annotated slices included), with the seconds per volume. Results: JSON lines per (case,
-spacing, base, method) in ``--out``; ``benchmarks/report_fill.py``-free: ``--plot`` draws Dice vs mm.
+spacing, base, method) in ``--out``; ``--plot FILES --png P`` prints the tables and draws Dice vs mm.
 
     nice -n 19 .venv/bin/python benchmarks/fill.py --cases case_002 --mm 15 30 45 --budget-s 60 \\
         --bases none shipped --out benchmarks/results/fill.jsonl
@@ -132,18 +132,29 @@ def _write(out: Path, record: dict) -> None:
           f"{means['unannotated']:.1f} extent {means['extent']:.1f} ({record['seconds']} s)", flush=True)
 
 
-def table_and_plot(path: Path, png: Path | None) -> None:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def table_and_plot(paths: list, png: Path | None) -> None:
+    """Print a Markdown table per results file (means over its cases) and draw Dice vs mm: one line
+    per (file, method, base), each against the MCI of the same file's cases."""
+    rows = []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                rows.append({**json.loads(line), "run": Path(path).stem})
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["method"], r["base"], r["mm"]), []).append(r)
-    print("| method | base | mm | cases | unannotated Dice (mean of organs) | extent Dice | per organ (unannotated) | s/volume |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (method, base, mm), rs in sorted(groups.items(), key=lambda g: (g[0][0], str(g[0][1]), g[0][2])):
+        base = r["base"] if r["method"] != "mci" else None
+        run = r["run"]
+        groups.setdefault((run, r["method"], base, r["mm"]), []).append(r)
+    print("| run | method | base | mm | cases | unannotated Dice (mean of organs) | extent Dice | per organ "
+          "(unannotated) | steps | s/volume |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (run, method, base, mm), rs in sorted(groups.items(), key=lambda g: (g[0][0], g[0][1], str(g[0][2]), g[0][3])):
         organs = rs[0]["dice"].keys()
         per = ", ".join(f"{o} {np.mean([r['dice'][o]['unannotated'] for r in rs]):.1f}" for o in organs)
-        print(f"| {method} | {base or '-'} | {mm} | {len(rs)} | {np.mean([r['mean']['unannotated'] for r in rs]):.1f} "
-              f"| {np.mean([r['mean']['extent'] for r in rs]):.1f} | {per} | {np.mean([r['seconds'] for r in rs]):.1f} |")
+        steps = "/".join(str(r.get("steps")) for r in rs) if method != "mci" else "-"
+        print(f"| {run} | {method} | {base or '-'} | {mm:g} | {', '.join(sorted({r['case'] for r in rs}))} "
+              f"| {np.mean([r['mean']['unannotated'] for r in rs]):.1f} | {np.mean([r['mean']['extent'] for r in rs]):.1f} "
+              f"| {per} | {steps} | {np.mean([r['seconds'] for r in rs]):.1f} |")
     if png is None:
         return
     import matplotlib
@@ -151,17 +162,19 @@ def table_and_plot(path: Path, png: Path | None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, base in sorted({(m, b) for m, b, _ in groups}, key=str):
-        mms = sorted(mm for m, b, mm in groups if (m, b) == (method, base))
-        ax.plot(mms, [np.mean([r["mean"]["unannotated"] for r in groups[(method, base, mm)]]) for mm in mms],
-                marker="o", label=f"{method}" + (f" (base {base})" if base else " (ITK MCI)"))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run, method, base in sorted({g[:3] for g in groups}, key=str):
+        mms = sorted(g[3] for g in groups if g[:3] == (run, method, base))
+        ax.plot(mms, [np.mean([r["mean"]["unannotated"] for r in groups[(run, method, base, mm)]]) for mm in mms],
+                marker="o", linewidth=2.5 if method == "mci" else 1.2, linestyle="--" if method == "mci" else "-",
+                label=(f"ITK MCI (Fill between slices), {run}" if method == "mci" else f"{method}, base {base}, {run}")
+                + f" [{', '.join(sorted({r['case'] for g in groups if g[:3] == (run, method, base) for r in groups[g]}))}]")
     ax.set_xlabel("mm between annotated slices")
     ax.set_ylabel("Dice on unannotated slices (mean of organs)")
     cases = sorted({r["case"] for r in rows})
-    ax.set_title(f"CHAOS MR T2, {', '.join(cases)}")
+    ax.set_title(f"pairseg fill vs contour interpolation, CHAOS MR T2 ({', '.join(cases)})", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
 
@@ -179,11 +192,11 @@ def main() -> None:
                         help="network shares of the fusion score to score (0.5 is the method 'fusion')")
     parser.add_argument("--save-probabilities", help="folder for the network probabilities, MCI and sparse labels")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fill.jsonl"))
-    parser.add_argument("--plot", help="print the table of a results file (and draw --png) instead of running")
+    parser.add_argument("--plot", nargs="+", help="print the tables of results files (and draw --png) instead of running")
     parser.add_argument("--png")
     args = parser.parse_args()
     if args.plot:
-        table_and_plot(Path(args.plot), Path(args.png) if args.png else None)
+        table_and_plot(args.plot, Path(args.png) if args.png else None)
     else:
         run(args)
 
