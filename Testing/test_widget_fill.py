@@ -29,7 +29,6 @@ def pairsegWidget(slicer_release, module_widget, tmp_path, monkeypatch):
 
 def strokes(harness, phantom_dir, mrml_scene):
     """The phantom volume and a segmentation with liver and spleen drawn on every 4th slice."""
-    import SimpleITK as sitk
     import slicer
 
     images = sorted(p for p in os.listdir(phantom_dir) if "_image" in p)

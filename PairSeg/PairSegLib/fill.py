@@ -13,7 +13,6 @@ Only ``PairSeg.py``'s ``setup()``/``cleanup()`` call into this file (``FillPanel
 """
 
 import logging
-import os
 
 import numpy as np
 import qt
