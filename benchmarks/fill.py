@@ -184,7 +184,8 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "chaos_t2"))
     parser.add_argument("--cases", nargs="+", default=["case_002"])
     parser.add_argument("--mm", nargs="+", type=float, default=[15.0, 30.0, 45.0])
-    parser.add_argument("--bases", nargs="+", choices=["none", "shipped"], default=["none", "shipped"])
+    parser.add_argument("--bases", nargs="*", choices=["none", "shipped"], default=["none", "shipped"],
+                        help="network arms to train (none given: ITK MCI alone)")
     parser.add_argument("--budget-s", type=float, default=180.0)
     parser.add_argument("--size", type=int, default=128, help="training size with --base none")
     parser.add_argument("--seed", type=int, default=0)
