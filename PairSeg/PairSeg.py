@@ -135,8 +135,14 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.refreshKnownModels()
         self.initializeParameterNode()
         self.setRunning(False)
+        import PairSegLib.fill  # the Fill between slices section (PairSegLib/fill.py)
+
+        self.fillPanel = PairSegLib.fill.FillPanel(self.layout, self.logic, device=lambda: (
+            self._parameterNode.device if self._parameterNode else "auto"))
 
     def cleanup(self):
+        if getattr(self, "fillPanel", None) is not None:
+            self.fillPanel.cleanup()
         if self.timer is not None:
             self.timer.stop()
         if self.task is not None and not self.task.done:

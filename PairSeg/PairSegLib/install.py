@@ -29,6 +29,7 @@ ENGINE_REQUIREMENTS = {
     "slicerio": "slicerio>=1.0",
     "nrrd": "pynrrd>=1.0",
     "safetensors": "safetensors>=0.4",
+    "itk": "itk-morphologicalcontourinterpolation>=2.1",  # pairseg fill (contour interpolation)
 }
 #: distributions pip must never change: torch (the PyTorch extension's build) and Slicer's own
 PINNED_DISTRIBUTIONS = ("torch", "numpy", "scipy", "SimpleITK", "vtk")

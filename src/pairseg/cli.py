@@ -1,4 +1,4 @@
-"""``pairseg`` command line: train, segment, evaluate, proxy-maps, info, demo.
+"""``pairseg`` command line: train, segment, evaluate, proxy-maps, info, demo, fill.
 
 Every command prints a progress bar for people, or with ``--events json`` one JSON object per
 line for programs (the Slicer modules). Exit codes: 0 success, 2 bad input or an output that
@@ -161,6 +161,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--train", action="store_true", help="fine-tune the model first (the annotate-then-retrain loop)")
     d.add_argument("--steps", type=positive_int, default=60, help="fine-tuning steps with --train (default 60)")
     _add_common(d)
+
+    f = sub.add_parser("fill", help="fill a structure drawn on a few slices onto every slice in between",
+                       description="Fill every class between its first and last drawn slice: by ITK contour "
+                                   "interpolation, or by a pairwise C2FCN learnt from the drawn slices of this volume "
+                                   "(alone or fused with the interpolation): --method. Drawn voxels come back exactly as drawn; "
+                                   "nothing is filled outside (--extend N: N slices more on each side).")
+    f.add_argument("--image", required=True, help="image file (.nii.gz, .nrrd, .mha) or DICOM folder")
+    f.add_argument("--label", required=True, help="the sparse label on the image's grid (.nii.gz, .nrrd, .seg.nrrd)")
+    f.add_argument("--out", required=True, help="filled label file (.nii.gz, .nrrd, .seg.nrrd), image's geometry")
+    f.add_argument("--base", default="auto",
+                   help="model file or catalog name whose weights start the network (a new head: the classes count "
+                        "as unknown), none (from scratch; needs --modality), or auto (the default: the catalog's "
+                        "default model when --modality is absent or its own, else from scratch)")
+    f.add_argument("--modality", choices=MODALITIES, type=str.upper, help="the image's modality (with --base none)")
+    f.add_argument("--method", choices=("mci", "fusion", "pairwise"), default="mci",
+                   help="mci (ITK contour interpolation, as Slicer's Fill between slices; no training; the default: "
+                        "it measured best within a CPU budget, benchmarks/RESULTS.md), fusion (a pairwise network "
+                        "trained on the drawn slices + the contour-interpolation prior), pairwise (the network alone)")
+    f.add_argument("--budget-s", type=positive_float, default=None,
+                   help="training seconds (default 180 on a CPU, 60 on a GPU)")
+    f.add_argument("--extend", type=nonnegative_int, default=0, help="fill N slices beyond each class's drawn range")
+    f.add_argument("--size", type=positive_int, default=128, help="training size in pixels with --base none (default 128)")
+    f.add_argument("--seed", type=nonnegative_int, default=0)
+    f.add_argument("--save-model", help="also write the learned model (.pairseg), to segment the next volume")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing --out or --save-model file")
+    _add_common(f)
     return parser
 
 
@@ -424,6 +450,17 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_fill(args, events) -> int:
+    from pairseg.fill import fill_files
+
+    base = args.base
+    fill_files(args.image, args.label, args.out, save_model=args.save_model, overwrite=args.overwrite,
+               events=events, method=args.method,
+               base=base, modality=args.modality, budget_s=args.budget_s, device=args.device, extend=args.extend,
+               size=args.size, seed=args.seed)
+    return 0
+
+
 def cmd_demo(args, events) -> int:
     from pairseg.demo import run_demo
 
@@ -524,6 +561,8 @@ def _run(args, events, json_mode: bool) -> int:
             return cmd_models(args)
         if args.command == "demo":
             return cmd_demo(args, events)
+        if args.command == "fill":
+            return cmd_fill(args, events)
     except PairSegInputError as error:
         events("error", message=str(error), kind="output" if isinstance(error, PairSegOutputError) else "input")
         return EXIT_BAD_INPUT

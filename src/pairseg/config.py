@@ -138,6 +138,12 @@ class TrainConfig:
         "inter-patient pairs per slice and epoch (default 2)", minimum=1, maximum=1000, group="pair sampling"))
     margin: Optional[int] = field(default=None, metadata=_meta(
         "keep only slices within this many slices of the labelled range", minimum=0, group="pair sampling"))
+    sparse: bool = field(default=False, metadata=_meta(
+        "partially annotated labels: a slice is annotated for a class only where that class is drawn (without "
+        "it a case is taken as partial when it has unlabelled slices between labelled ones, with a message)", group="pair sampling"))
+    annotated_slices: Optional[str] = field(default=None, metadata=_meta(
+        "fully annotated slices per case (every class absent there is background), e.g. "
+        "'case_002:3,7,12;case_005:4,9'; as dataset.json's \"annotated_slices\"", group="pair sampling"))
     output_stride: int = field(default=8, metadata=_meta(
         "DeepLabv3+ encoder output stride (default 8)", choices=(8, 16), group="network"))
     aggregate: str = field(default="sum", metadata=_meta("C2FCN feature aggregation", choices=("sum", "max"),

@@ -232,21 +232,33 @@ class SliceStore:
     """Every 2.5D stack and label slice of a set of volumes, at the training size, in memory.
 
     ``images[v]`` is a (Z, 3, S, S) float32 tensor, ``labels[v]`` a (Z, S, S) uint8 tensor.
+    ``annotated[v]`` (partially annotated volumes, ``pairseg.annotation``) is a (Z, K) bool tensor
+    saying which (slice, class) positions were drawn, or None for a fully annotated volume;
+    ``annotated`` itself is None when every volume is fully annotated.
     """
 
-    def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor], names: list[str]):
+    def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor], names: list[str],
+                 annotated: list[torch.Tensor | None] | None = None):
         self.images = images
         self.labels = labels
         self.names = names
+        if annotated is not None and all(a is None for a in annotated):
+            annotated = None
+        if annotated is not None and len(annotated) != len(images):
+            raise ValueError(f"annotated has {len(annotated)} entries for {len(images)} volumes")
+        self.annotated = None if annotated is None else [
+            None if a is None else torch.as_tensor(np.asarray(a, dtype=bool)) for a in annotated]
 
     @classmethod
     def from_arrays(cls, volumes: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                     modality: str, size: int, names: Sequence[str] | None = None, *,
                     spacings: Sequence[Sequence[float]] | None = None, model_spacing: float | None = None,
-                    mr_rule: str = "above-minimum") -> "SliceStore":
+                    mr_rule: str = "above-minimum", annotated: Sequence[np.ndarray | None] | None = None
+                    ) -> "SliceStore":
         """Normalise, stack (2.5D) and put every slice on the model's grid (``to_model_grid``):
         resampled to ``model_spacing`` mm given each volume's in-plane ``spacings`` (row, column
-        mm), else resized to ``size`` x ``size``."""
+        mm), else resized to ``size`` x ``size``. ``annotated``: per volume a (Z, K) bool map of
+        annotated (slice, class) positions or None (fully annotated); see ``pairseg.annotation``."""
         stacks, maps = [], []
         for index, (array, label) in enumerate(zip(volumes, labels)):
             spacing = spacings[index] if spacings is not None else None
@@ -254,19 +266,21 @@ class SliceStore:
             stacks.append(to_model_grid(stacks_25d(norm), spacing, model_spacing, size).contiguous())
             maps.append(to_model_grid(torch.from_numpy(np.asarray(label, dtype=np.uint8)), spacing, model_spacing,
                                       size, labels=True).contiguous())
-        return cls(stacks, maps, list(names or [f"case{i}" for i in range(len(stacks))]))
+        return cls(stacks, maps, list(names or [f"case{i}" for i in range(len(stacks))]), annotated)
 
     @classmethod
     def from_volumes(cls, volumes: Sequence[Volume], labels: Sequence[np.ndarray], modality: str, size: int,
                      names: Sequence[str] | None = None, *, model_spacing: float | None = None,
-                     mr_rule: str = "above-minimum") -> "SliceStore":
+                     mr_rule: str = "above-minimum", annotated: Sequence[np.ndarray | None] | None = None
+                     ) -> "SliceStore":
         """Like ``from_arrays``, for volumes with geometry: each is first laid out canonically,
-        and its canonical in-plane spacing is used for ``model_spacing``."""
+        and its canonical in-plane spacing is used for ``model_spacing``. ``annotated`` maps are
+        in canonical slice order already (``pairseg.annotation.canonical_annotation``)."""
         canonical = [canonical_arrays(volume, label) for volume, label in zip(volumes, labels)]
         spacings = [in_plane_spacing(volume) for volume in volumes]
         return cls.from_arrays([image for image, _ in canonical], [label for _, label in canonical],
                                modality, size, names, spacings=spacings, model_spacing=model_spacing,
-                               mr_rule=mr_rule)
+                               mr_rule=mr_rule, annotated=annotated)
 
     @property
     def slice_counts(self) -> list[int]:
@@ -289,6 +303,33 @@ class SliceStore:
                 if 1 <= value <= num_classes:
                     present[value - 1] += 1
         return present
+
+    @property
+    def sparse(self) -> bool:
+        """Whether some volume is partially annotated."""
+        return self.annotated is not None
+
+    def annotated_slices(self) -> list[np.ndarray]:
+        """Per volume, the slice indices annotated for at least one class (every slice of a fully
+        annotated volume)."""
+        out = []
+        for v, count in enumerate(self.slice_counts):
+            mask = self.annotated[v] if self.annotated is not None else None
+            out.append(np.arange(count, dtype=np.int64) if mask is None
+                       else torch.nonzero(mask.any(dim=1)).flatten().numpy().astype(np.int64))
+        return out
+
+    def gather_annotated(self, volume_index: np.ndarray, slice_index: np.ndarray,
+                         num_classes: int) -> torch.Tensor | None:
+        """(N, K) bool annotation of the given rows (all True on fully annotated volumes), or None
+        when the store is fully annotated."""
+        if self.annotated is None:
+            return None
+        rows = []
+        for v, s in zip(volume_index.tolist(), slice_index.tolist()):
+            mask = self.annotated[v]
+            rows.append(torch.ones(num_classes, dtype=torch.bool) if mask is None else mask[s])
+        return torch.stack(rows)
 
     def gather(self, volume_index: np.ndarray, slice_index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Stacks and labels of the given (volume, slice) rows, as new tensors."""

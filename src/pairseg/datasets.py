@@ -28,6 +28,7 @@ class Case:
     name: str
     image: Path
     label: Path | None = None
+    annotated_slices: list[int] | None = None  # fully annotated slices (pairseg.annotation), if listed
 
 
 @dataclass
@@ -110,7 +111,12 @@ def load_dataset(folder: str | Path, classes: str | Sequence[str] | None = None,
         for entry in spec.get("training", []):
             image = (folder / entry["image"]).resolve()
             label = (folder / entry["label"]).resolve() if entry.get("label") else None
-            cases.append(Case(case_name(image), image, label))
+            listed = entry.get("annotated_slices")
+            if listed is not None and (not isinstance(listed, list) or not all(
+                    isinstance(z, int) and not isinstance(z, bool) and z >= 0 for z in listed)):
+                raise PairSegInputError(f"{manifest}: 'annotated_slices' of {entry['image']} must be a list "
+                                        f"of slice indices >= 0, got {listed!r}")
+            cases.append(Case(case_name(image), image, label, listed))
         if not cases:
             raise PairSegInputError(f"{manifest}: 'training' lists no case")
         return Dataset(folder, cases, names, found, values)

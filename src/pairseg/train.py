@@ -44,9 +44,10 @@ from pairseg.catalog import resolve_model
 from pairseg.modelfile import atomic_torch_save, load_model, safe_torch_load, save_model
 from pairseg.networks import build_model
 from pairseg.pairs import default_offsets, sample_pairs
+from pairseg.annotation import annotated_offsets, canonical_annotation, empty_slices_inside, summarize_annotation
 
 __all__ = ["TrainConfig", "AugmentConfig", "TrainResult", "train", "checkpoint_path", "EpochPlan", "batch_iterator",
-           "prepare_batch", "TrainingData", "load_training_data", "build_training_model", "training_budget",
+           "prepare_batch", "batch_annotation", "TrainingData", "load_training_data", "build_training_model", "training_budget",
            "TrainingState", "EpochResult", "TrainingLoop", "model_metadata"]
 
 
@@ -178,17 +179,25 @@ class EpochPlan:
         self.offsets = tuple(config.offsets or default_offsets(modality))
         self.world_size = world_size
         self.ranges = store.labelled_ranges() if config.margin is not None else None
+        # Partially annotated volumes: samples only among annotated slices, intra pairs also at
+        # the offsets that occur between consecutive annotated slices (pairseg.annotation).
+        self.volumes = store.annotated_slices() if store.sparse else store.slice_counts
+        if store.sparse:
+            sparse = [s for s, a in zip(self.volumes, store.annotated) if a is not None]
+            self.offsets = tuple(sorted(set(self.offsets) | set(annotated_offsets(sparse))))
 
     def rows(self, epoch: int) -> np.ndarray:
         """(M, 4) pair rows or (M, 2) slice rows for ``epoch``, shuffled deterministically."""
         seed = self.config.seed * 100_003 + epoch
         counts = self.store.slice_counts
         if self.pairwise:
-            rows = sample_pairs(counts, mode=self.config.pair_mode, offsets=self.offsets,
+            rows = sample_pairs(self.volumes, mode=self.config.pair_mode, offsets=self.offsets,
                                 inter_repeats=self.config.inter_repeats, labelled_ranges=self.ranges,
                                 margin=self.config.margin, seed=seed)
         else:
-            rows = np.array([(v, s) for v, n in enumerate(counts) for s in range(n)], dtype=np.int64)
+            rows = np.array([(v, s) for v, slices in enumerate(self.volumes) for s in np.asarray(slices).tolist()]
+                            if self.store.sparse else [(v, s) for v, n in enumerate(counts) for s in range(n)],
+                            dtype=np.int64)
             if self.ranges is not None:
                 keep = [r for r in rows if self.ranges[r[0]] is not None
                         and self.ranges[r[0]][0] - self.config.margin <= r[1] <= self.ranges[r[0]][1] + self.config.margin]
@@ -233,10 +242,24 @@ def prepare_batch(plan: EpochPlan, store: SliceStore, rows: np.ndarray, config: 
     return augment_batch([x], [y], config.augment, generator)
 
 
+def batch_annotation(plan: EpochPlan, store: SliceStore, rows: np.ndarray, num_classes: int
+                     ) -> list[torch.Tensor] | None:
+    """The (N, K) annotated (slice, class) flags of each pair member of a batch (augmentation
+    moves pixels, not these), or None when the store is fully annotated."""
+    if not store.sparse:
+        return None
+    members = ((0, 1), (2, 3)) if plan.pairwise else ((0, 1),)
+    return [store.gather_annotated(rows[:, a], rows[:, b], num_classes) for a, b in members]
+
+
 def batch_iterator(plan: EpochPlan, store: SliceStore, batches: list[np.ndarray], first_step: int,
-                    config: TrainConfig, device: torch.device, rank: int, stop: threading.Event
-                    ) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
-    """Gather and augment batches in a background thread, one or two ahead of the network."""
+                    config: TrainConfig, device: torch.device, rank: int, stop: threading.Event,
+                    num_classes: int | None = None) -> Iterator[tuple]:
+    """Gather and augment batches in a background thread, one or two ahead of the network.
+    Yields (images, labels), and for a partially annotated store (images, labels, annotated)
+    with ``batch_annotation``'s flags (``num_classes`` is then required)."""
+    if store.sparse and num_classes is None:
+        raise ValueError("a partially annotated store needs num_classes for its annotation flags")
     ready: queue.Queue = queue.Queue(maxsize=2)
     sentinel = object()
 
@@ -250,7 +273,10 @@ def batch_iterator(plan: EpochPlan, store: SliceStore, batches: list[np.ndarray]
                 images, labels = prepare_batch(plan, store, rows, config, generator)
                 if device.type == "cuda":
                     images = [t.pin_memory() for t in images]
-                ready.put((images, labels))
+                if store.sparse:  # partially annotated: the flags ride along as a third item
+                    ready.put((images, labels, batch_annotation(plan, store, rows, num_classes)))
+                else:
+                    ready.put((images, labels))
         except BaseException as error:  # surfaced in the consumer
             ready.put(error)
         ready.put(sentinel)
@@ -407,9 +433,10 @@ def load_training_data(config: TrainConfig, events: EventSink = null_events) -> 
     events("message", text=f"loading {len(train_set.cases)} training case(s) from {dataset.folder}")
     volumes, label_maps = _load_arrays(train_set)
     model_spacing, mr_rule = _input_grid(config, volumes, init_meta, dataset.modality)
+    annotated = _annotation(config, train_set, volumes, label_maps, events)
     store = SliceStore.from_volumes(volumes, label_maps, dataset.modality, config.size,
                                     [c.name for c in train_set.cases], model_spacing=model_spacing,
-                                    mr_rule=mr_rule)
+                                    mr_rule=mr_rule, annotated=annotated)
     present = store.class_presence(dataset.num_classes)
     absent = [name for name, count in zip(dataset.class_names, present) if count == 0]
     if absent:
@@ -417,6 +444,38 @@ def load_training_data(config: TrainConfig, events: EventSink = null_events) -> 
     val_volumes, val_labels = _load_arrays(val_set) if val_set else ([], [])
     return TrainingData(dataset, train_set, val_set, store, val_volumes, val_labels, model_spacing, mr_rule,
                         arch, init_meta, init_state)
+
+
+def _annotation(config: TrainConfig, train_set: Dataset, volumes, label_maps, events: EventSink
+                ) -> list[np.ndarray | None] | None:
+    """Per training case, its (Z, K) annotation map (canonical slice order) when it is partially
+    annotated, else None (``pairseg.annotation``): a case is partial with ``config.sparse``, when
+    it lists ``annotated_slices`` (dataset.json or ``--annotated-slices``), or when a class is
+    missing from slices inside its own extent (then a message says so). None when no case is."""
+    from pairseg.annotation import parse_annotated_slices
+
+    listed = parse_annotated_slices(config.annotated_slices) if config.annotated_slices else {}
+    unknown = sorted(set(listed) - {c.name for c in train_set.cases})
+    if unknown:
+        raise PairSegInputError(f"--annotated-slices: no training case named {', '.join(unknown)}")
+    k = train_set.num_classes
+    out: list[np.ndarray | None] = []
+    for case, volume, label in zip(train_set.cases, volumes, label_maps):
+        slices = list(case.annotated_slices or []) + listed.get(case.name, [])
+        mask = canonical_annotation(volume, label, k, slices, str(case.label))
+        partial = config.sparse or bool(slices) or empty_slices_inside(mask) > 0
+        if not partial:
+            out.append(None)
+            continue
+        if not mask.any():
+            raise PairSegInputError(f"{case.label}: case {case.name} has no annotated slice")
+        summary = summarize_annotation(case.name, train_set.class_names, mask)
+        how = ("--sparse" if config.sparse else "annotated_slices listed" if slices
+               else "detected: unlabelled slices between labelled ones")
+        events("message", text=(summary.message() if summary.sparse else
+                                f"{case.name}: partially annotated ({how}); training on annotated slices only"))
+        out.append(mask)
+    return out if any(m is not None for m in out) else None
 
 
 def build_training_model(config: TrainConfig, data: TrainingData, device: torch.device) -> torch.nn.Module:
@@ -505,10 +564,12 @@ class TrainingLoop:
         self.steps_per_epoch = plan.steps_per_epoch()
         self.state = TrainingState()
 
-    def training_step(self, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor]) -> torch.Tensor:
+    def training_step(self, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
+                      annotated: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """One optimiser step on one batch: ``images`` (one (N, 3, S, S) tensor per pair member)
-        and ``labels`` ((N, S, S) int64 each), as ``batch_iterator`` yields them. Returns this
-        rank's loss (a detached scalar tensor) and advances ``state.step``."""
+        and ``labels`` ((N, S, S) int64 each), as ``batch_iterator`` yields them, and for
+        partially annotated data ``annotated`` ((N, K) bool each: only those positions count).
+        Returns this rank's loss (a detached scalar tensor) and advances ``state.step``."""
         config, device = self.config, self.device
         # Dropout draws depend only on (seed, step, rank): a resumed run repeats them exactly.
         torch.manual_seed((config.seed * 1_000_003 + self.state.step * 7_919 + self.dist.rank) % (2 ** 63))
@@ -520,7 +581,9 @@ class TrainingLoop:
             outputs = self.net(*images)
         if self.use_amp:  # the Dice losses in float32 whatever the forward pass ran in
             outputs = _as_float32(outputs)
-        loss = self.criterion(outputs, *labels)
+        if annotated is not None:
+            annotated = [t.to(device) for t in annotated]
+        loss = self.criterion(outputs, *labels, annotated=annotated)
         rate = learning_rate(config, self.state.step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = rate
@@ -544,9 +607,9 @@ class TrainingLoop:
         stopped = False
         halt = threading.Event()
         iterator = batch_iterator(self.plan, self.plan.store, batches, state.step, self.config, self.device,
-                                  self.dist.rank, halt)
-        for images, labels in iterator:
-            loss = self.training_step(images, labels)
+                                  self.dist.rank, halt, self.model.num_classes)
+        for batch in iterator:
+            loss = self.training_step(*batch)
             # Loss averaged over the ranks, and whether any rank asked to stop: one all-reduce.
             value, stop_now = self.dist.reduce_step(float(loss), stop_requested())
             if not math.isfinite(value):

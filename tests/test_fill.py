@@ -1,0 +1,153 @@
+"""``pairseg fill``: bad input refused (exit 2) before any training, drawn voxels kept exactly,
+nothing filled outside each class's drawn range, the learned model written on request."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pairseg.cli import main
+from pairseg.fill import combine, fill_problem
+from pairseg.io import Volume, read_label, read_volume, write_labels, write_volume
+from pairseg.phantoms import PHANTOM_CLASSES, make_phantom_case
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    """A small phantom and its label kept on every third slice of each class's extent."""
+    folder = tmp_path_factory.mktemp("fill")
+    image, labels = make_phantom_case(2, 0, (14, 32, 32), (1.5, 1.5, 6.0), "MR")
+    write_volume(folder / "image.nii.gz", image)
+    sparse = np.zeros_like(labels)
+    for k in range(1, len(PHANTOM_CLASSES) + 1):
+        rows = np.flatnonzero((labels == k).reshape(len(labels), -1).any(axis=1))
+        for z in sorted(set(range(rows[0], rows[-1] + 1, 3)) | {rows[-1]}):
+            sparse[z][labels[z] == k] = k
+    write_labels(folder / "sparse.nii.gz", sparse, image, PHANTOM_CLASSES)
+    return folder, image, labels, sparse
+
+
+def _run(*argv) -> tuple[int, list[dict]]:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(["fill", *argv, "--events", "json"])
+    return code, [json.loads(line) for line in buffer.getvalue().splitlines() if line.startswith("{")]
+
+
+def _label_file(folder, name, array, image):
+    path = folder / name
+    write_labels(path, array, image, PHANTOM_CLASSES[: max(1, int(array.max()))])
+    return path
+
+
+@pytest.mark.parametrize("problem,expect", [
+    ("empty", "no annotated slice"),
+    ("one slice", "drawn on one slice only"),
+    ("every slice", "drawn on every slice of the volume"),
+    ("no gap", "nothing to fill"),
+    ("geometry", "geometry differs"),
+    ("modality", "--modality MR or CT is needed"),
+])
+def test_bad_input_is_refused_before_any_training(case, tmp_path, problem, expect):
+    folder, image, labels, sparse = case
+    label = folder / "sparse.nii.gz"
+    extra = ["--modality", "MR"]
+    if problem == "empty":
+        label = _label_file(tmp_path, "l.nii.gz", np.zeros_like(labels), image)
+    elif problem == "one slice":
+        one = np.zeros_like(labels)
+        one[5] = labels[5] == 1
+        label = _label_file(tmp_path, "l.nii.gz", one, image)
+    elif problem == "every slice":
+        every = np.zeros_like(labels)
+        every[:, 2:6, 2:6] = 1
+        label = _label_file(tmp_path, "l.nii.gz", every, image)
+    elif problem == "no gap":
+        label = _label_file(tmp_path, "l.nii.gz", (labels == 1).astype(np.uint8), image)
+    elif problem == "geometry":
+        moved = Volume(sparse, image.spacing, tuple(np.add(image.origin, (5.0, 0, 0))), image.direction)
+        label = tmp_path / "l.nii.gz"
+        write_labels(label, sparse, moved, PHANTOM_CLASSES)
+    else:
+        extra = []
+    out = tmp_path / "out.nii.gz"
+    code, events = _run("--image", str(folder / "image.nii.gz"), "--label", str(label), "--out", str(out),
+                        "--method", "pairwise", "--base", "none", *extra)
+    assert code == 2
+    errors = [e for e in events if e["event"] == "error"]
+    assert errors and expect in errors[0]["message"], errors
+    assert not any(e["event"] == "progress" for e in events)  # no training step was taken
+    assert not out.exists()
+
+
+def test_fill_keeps_drawn_voxels_fills_only_inside_and_saves_the_model(case, tmp_path):
+    folder, image, labels, sparse = case
+    out, model = tmp_path / "filled.seg.nrrd", tmp_path / "learned.pairseg"
+    code, events = _run("--image", str(folder / "image.nii.gz"), "--label", str(folder / "sparse.nii.gz"),
+                        "--out", str(out), "--method", "pairwise", "--base", "none", "--modality", "MR", "--budget-s", "3",
+                        "--size", "32", "--device", "cpu", "--save-model", str(model))
+    assert code == 0, events
+    assert [e for e in events if e["event"] == "done"][0]["steps"] >= 1
+    _check_filled(folder, out, sparse)
+    assert model.is_file()
+    before = out.read_bytes()
+    code, events = _run("--image", str(folder / "image.nii.gz"), "--label", str(folder / "sparse.nii.gz"),
+                        "--out", str(out), "--method", "pairwise", "--base", "none", "--modality", "MR")
+    assert code == 2 and "--overwrite" in events[-1]["message"] and out.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_default_method_is_contour_interpolation(case, tmp_path):
+    folder, image, labels, sparse = case
+    out = tmp_path / "filled.nii.gz"
+    code, events = _run("--image", str(folder / "image.nii.gz"), "--label", str(folder / "sparse.nii.gz"),
+                        "--out", str(out))
+    done = [e for e in events if e["event"] == "done"]
+    assert code == 0 and done[0]["method"] == "mci" and done[0]["steps"] == 0
+    filled = _check_filled(folder, out, sparse)
+    assert (filled > 0).sum() > (sparse > 0).sum()  # the slices in between were filled
+
+
+def _check_filled(folder, out, sparse):
+    filled, names = read_label(out, reference=read_volume(folder / "image.nii.gz"))
+    assert names == [f"label_{k}" for k in range(1, 5)]  # a plain label file names no class
+    drawn = sparse > 0
+    assert np.array_equal(filled[drawn], sparse[drawn])  # every drawn voxel as drawn
+    for k in range(1, len(PHANTOM_CLASSES) + 1):
+        rows = np.flatnonzero((sparse == k).reshape(len(sparse), -1).any(axis=1))
+        on = np.flatnonzero((filled == k).reshape(len(filled), -1).any(axis=1))
+        assert on.min() >= rows.min() and on.max() <= rows.max()  # nothing outside the drawn range
+        for z in rows:  # an annotated slice of class k: k exactly as drawn there
+            assert np.array_equal(filled[z] == k, sparse[z] == k)
+    return filled
+
+
+def test_combine_extends_and_never_paints_over_an_annotated_class(case):
+    folder, image, labels, sparse = case
+    problem = fill_problem(image, Volume(sparse, image.spacing, image.origin, image.direction), PHANTOM_CLASSES)
+    k = len(PHANTOM_CLASSES)
+    everywhere = np.ones((k,) + sparse.shape, np.float32)
+    everywhere[1:] = 0.0  # the "network" says class 1 on every voxel
+    out = combine(problem, "pairwise", everywhere, None, extend=1)
+    first, last = problem.extents[0]
+    on = np.flatnonzero((out == 1).reshape(len(out), -1).any(axis=1))
+    assert on.min() == max(0, first - 1) and on.max() == min(len(out) - 1, last + 1)
+    for z in np.flatnonzero(problem.annotated[:, 0]):
+        assert np.array_equal(out[z] == 1, sparse[z] == 1)
+
+
+def test_auto_base_is_the_catalog_default_for_its_modality_only(tmp_path, monkeypatch):
+    from pairseg.catalog import load_catalog
+    from pairseg.fill import resolve_base
+
+    default = load_catalog().default
+    assert default is not None and resolve_base("auto", None) == default
+    assert resolve_base("auto", "MR") == default and resolve_base("auto", "CT") is None
+    assert resolve_base("none", "MR") is None and resolve_base("my.pairseg", "CT") == "my.pairseg"
+    monkeypatch.setenv("PAIRSEG_MODELS_DIR", str(tmp_path))  # no catalog: from scratch
+    assert resolve_base("auto", "MR") is None
