@@ -409,3 +409,40 @@ def test_leaving_the_module_during_a_run(pairsegWidget, mrml_scene, harness, pha
     assert str(phantom_model) in [ui.knownModelsComboBox.itemData(i) for i in range(ui.knownModelsComboBox.count)]
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
     assert volume.GetScene() is mrml_scene
+
+
+def test_failing_install_is_reported_and_never_reentered(pairsegWidget, mrml_scene, harness, phantom_dir,
+                                                         phantom_model, monkeypatch, caplog, slotErrors):
+    """Issue 19 item 4: pip failing (offline, proxy) ends in a dialog and the status line; while it
+    runs Segment and Compare are disabled and a second click starts no second pip."""
+    import subprocess
+
+    import slicer
+
+    from PairSegLib import install
+
+    widget = pairsegWidget
+    ui = widget.ui
+    readyPanel(widget, harness, phantom_dir, phantom_model)
+    monkeypatch.setattr(install, "missingPackages", lambda: ["monai"])
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kwargs: True)
+    calls = []
+
+    def failingPip(arguments):
+        calls.append((ui.applyButton.enabled, ui.compareButton.enabled, install.installationRunning()))
+        ui.applyButton.click()  # Slicer processes events while pip runs: the user clicks again
+        ui.compareButton.click()
+        raise subprocess.CalledProcessError(1, ["python", "-m", "pip", "install", *arguments])
+
+    monkeypatch.setattr(slicer.util, "pip_install", failingPip)
+    before = harness.sceneSnapshot()
+    ui.applyButton.click()
+    assert calls == [(False, False, True)]  # one pip, buttons disabled meanwhile
+    assert widget.task is None and not install.installationRunning()
+    expected = "Installing monai>=1.3 failed (pip exit status 1)"
+    assert expected in ui.statusLabel.text and "internet connection" in ui.statusLabel.text
+    assert any(record.levelname == "ERROR" and expected in record.getMessage() for record in caplog.records)
+    assert ui.applyButton.enabled and ui.applyButton.text == "Segment"
+    assert harness.sceneSnapshot() == before and not slotErrors
+    ui.applyButton.click()  # trying again asks pip again (nothing stuck)
+    assert len(calls) == 2
