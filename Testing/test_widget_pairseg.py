@@ -141,9 +141,16 @@ def test_segment_cancel_then_segment_and_compare(pairsegWidget, mrml_scene, harn
     ui.compareCollapsibleButton.collapsed = False
     ui.referenceSegmentationSelector.setCurrentNode(reference)
     assert widget._parameterNode.referenceSegmentation is reference and ui.compareButton.enabled
+    composite = mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # one slice view
     ui.compareButton.click()  # pairseg evaluate in the background, followed by the timer
     pump(lambda: widget.task.done and not widget.timer.isActive(), timeout=180)
     assert widget.task.state == "done", ui.statusLabel.text
+    # issue 19 item 10: the distance overlay is the foreground, not hidden under the fills
+    distanceNode = widget.task.result.distanceVolumeNode
+    assert composite.GetForegroundVolumeID() == distanceNode.GetID() and composite.GetForegroundOpacity() == 1.0
+    assert distanceNode.GetDisplayNode().GetApplyThreshold() and distanceNode.GetDisplayNode().GetLowerThreshold() == 0.0
+    for compared in (output, reference):
+        assert not compared.GetDisplayNode().GetVisibility2DFill() and compared.GetDisplayNode().GetVisibility2DOutline()
     assert ui.resultsTableView.isVisibleTo(widget.parent)
     table = ui.resultsTableView.mrmlTableNode()
     assert table is not None and table.GetTable().GetNumberOfRows() >= 1

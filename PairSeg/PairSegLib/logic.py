@@ -149,9 +149,10 @@ class ComparisonRun(WorkFolderRun):
     inputErrorClass = InputError
 
     def __init__(self, logic, segmentationNode, geometryNode, temporaryGeometry, names, predicted, reference,
-                 showOverlay=True, **options):
+                 showOverlay=True, referenceSegmentationNode=None, **options):
         super().__init__(logic, **options)
         self.segmentationNode = segmentationNode
+        self.referenceSegmentationNode = referenceSegmentationNode
         self.geometryNode = geometryNode
         self.temporaryGeometry = temporaryGeometry
         self.names = names
@@ -182,7 +183,7 @@ class ComparisonRun(WorkFolderRun):
             raise EngineError(f"pairseg evaluate wrote no readable results: {error}") from error
         self.result = self.logic.addComparisonNodes(self.segmentationNode, self.geometryNode, self.temporaryGeometry,
                                                     self.names, self.predicted, self.reference, metrics,
-                                                    self.showOverlay)
+                                                    self.showOverlay, self.referenceSegmentationNode)
         return "Comparison done"
 
     def finished(self):
@@ -331,7 +332,8 @@ class PairSegCoreLogic:
             if temporary:
                 slicer.mrmlScene.RemoveNode(geometryNode)
             raise
-        run = ComparisonRun(self, segmentationNode, geometryNode, temporary, names, predicted, reference, showOverlay)
+        run = ComparisonRun(self, segmentationNode, geometryNode, temporary, names, predicted, reference, showOverlay,
+                            referenceSegmentationNode=referenceSegmentationNode)
         run.onProgress, run.onFinished = onProgress, onFinished
         try:
             run.start()
@@ -347,13 +349,15 @@ class PairSegCoreLogic:
         Predicted (mL), Reference (mL)), ``distanceVolumeNode`` (distance in mm of each predicted
         boundary voxel to the reference surface; -1 elsewhere, shown transparent) and
         ``metrics`` (one case of ``pairseg evaluate --json``: the engine's evaluate_case dict).
+        With ``showOverlay`` the distance map is the slice views' foreground and both segmentations
+        are shown as outlines (their fill would hide it: ``overlays.showAboveSegmentations``).
         """
         run = self.compareToReferenceAsync(segmentationNode, referenceSegmentationNode, showOverlay)
         run.wait()
         return run.result
 
     def addComparisonNodes(self, segmentationNode, geometryNode, temporaryGeometry, names, predicted, reference,
-                           metrics, showOverlay=True):
+                           metrics, showOverlay=True, referenceSegmentationNode=None):
         """The table and the boundary-distance overlay (scipy, this process) of a comparison."""
         spacingZyx = tuple(reversed(geometryNode.GetSpacing()))
         distances = overlays.boundaryDistanceMap(predicted, reference, spacingZyx, len(names))
@@ -371,7 +375,7 @@ class PairSegCoreLogic:
             mrml.placeBeside(node, segmentationNode)
         tableNode.SetNodeReferenceID("PairSeg.boundaryDistance", distanceNode.GetID())
         if showOverlay:
-            overlays.showAsForeground(distanceNode)
+            overlays.showAboveSegmentations(distanceNode, [segmentationNode, referenceSegmentationNode])
         return ComparisonResult(tableNode, distanceNode, metrics)
 
     @staticmethod
