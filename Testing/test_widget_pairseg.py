@@ -453,3 +453,45 @@ def test_failing_install_is_reported_and_never_reentered(pairsegWidget, mrml_sce
     assert harness.sceneSnapshot() == before and not slotErrors
     ui.applyButton.click()  # trying again asks pip again (nothing stuck)
     assert len(calls) == 2
+
+
+def test_show_3d_and_only_these_structures(pairsegWidget, mrml_scene, harness, phantom_dir, phantom_model, caplog,
+                                           slotErrors):
+    """Issue 19 item 13: 'Only these structures' keeps the chosen classes (same labels as a full
+    run), 'Show 3D' adds closed surfaces; an unknown structure name is refused before any run."""
+    import numpy as np
+    import slicer
+
+    from PairSegLib import models
+
+    widget = pairsegWidget
+    ui = widget.ui
+    volume = readyPanel(widget, harness, phantom_dir, phantom_model)
+    classes = models.readModelMetadata(str(phantom_model))["class_names"]
+    ui.structuresLineEdit.text = "no such organ"
+    assert widget._parameterNode.structures == "no such organ"
+    ui.applyButton.click()
+    assert widget.task is None
+    assert any("no structure named 'no such organ'" in r.getMessage() and ", ".join(classes) in r.getMessage()
+               for r in caplog.records if r.levelname == "ERROR")
+
+    ui.structuresLineEdit.text = ""
+    segmentOnce(widget)  # every structure, no 3D
+    full = widget._parameterNode.outputSegmentation
+    closedSurface = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
+    assert not full.GetSegmentation().ContainsRepresentation(closedSurface)
+    wanted = classes[-1]
+    ui.structuresLineEdit.text = f" {wanted.upper()} "
+    ui.show3DCheckBox.checked = True
+    assert widget._parameterNode.show3D is True
+    ui.outputSegmentationSelector.setCurrentNode(None)
+    segmentOnce(widget)
+    subset = widget._parameterNode.outputSegmentation
+    segmentation = subset.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == [wanted]
+    assert segmentation.ContainsRepresentation(closedSurface)
+    full_ids = full.GetSegmentation()
+    fullMask = slicer.util.arrayFromSegmentBinaryLabelmap(full, full_ids.GetSegmentIdBySegmentName(wanted), volume)
+    subsetMask = slicer.util.arrayFromSegmentBinaryLabelmap(subset, segmentation.GetNthSegmentID(0), volume)
+    np.testing.assert_array_equal(np.asarray(subsetMask) > 0, np.asarray(fullMask) > 0)
+    assert not slotErrors
