@@ -329,8 +329,14 @@ def test_existing_segmentation_other_segments_untouched(logic, harness, mrml_sce
     slicer.util.updateSegmentBinaryLabelmapFromArray(everything, segmentationNode, liverId, volume)
     liverBefore = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, liverId, volume).copy()
 
+    # the user's own segments: never written into unless Replace is asked for (issue 19 item 1)
     result = logic.segmentVolume(volume, phantom_model, segmentationNode=segmentationNode, device="cpu")
+    assert result is not segmentationNode and result.GetName() == "phantom PairSeg"
+    assert segmentationNode.GetSegmentation().GetNumberOfSegments() == 2
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, liverId, volume), liverBefore)
 
+    result = logic.segmentVolume(volume, phantom_model, segmentationNode=segmentationNode, device="cpu",
+                                 replace=True)
     assert result is segmentationNode
     segmentation = segmentationNode.GetSegmentation()
     assert segmentation.GetNthSegmentID(0) == "tumor" and segmentation.GetNthSegmentID(1) == "liver"

@@ -148,7 +148,7 @@ def installPackages(requirements):
     """pip-install ``requirements`` (through Slicer's ``pip_install``) without changing torch or
     Slicer's own packages; the constraints file is removed afterwards. DependencyError when pip
     fails (offline, a proxy, no matching version), with pip's exit status."""
-    import subprocess
+    from subprocess import CalledProcessError  # pip's failure, raised by slicer.util.pip_install
 
     import slicer
 
@@ -157,7 +157,7 @@ def installPackages(requirements):
         with os.fdopen(handle, "w") as stream:
             stream.write("\n".join(constraintLines()) + "\n")
         slicer.util.pip_install(pipInstallArguments(requirements, constraintsPath))
-    except subprocess.CalledProcessError as error:
+    except CalledProcessError as error:
         raise DependencyError(
             f"Installing {', '.join(str(r) for r in requirements)} failed (pip exit status {error.returncode}). "
             "Check the internet connection (and the proxy settings), then press the button again; pip's "

@@ -254,19 +254,20 @@ class PairSegCoreLogic:
         """The model's class names picked by ``structures`` (names, or one comma-separated string;
         case and spaces ignored), in the model's order; None for all. InputError naming the model's
         classes for a name it does not have."""
+        classKey = engineModule.torchFreeEngineModule("constants").class_key  # the one "same class" rule
         if isinstance(structures, str):
-            structures = [part for part in structures.split(",")]
-        wanted = [" ".join(str(name).lower().replace("_", " ").split()) for name in (structures or [])]
-        wanted = [name for name in wanted if name]
+            structures = structures.split(",")
+        wanted = [str(name).strip() for name in (structures or []) if str(name).strip()]
         if not wanted:
             return None
         names = list(metadata["class_names"])
-        normalized = [" ".join(str(name).lower().replace("_", " ").split()) for name in names]
-        unknown = [name for name in wanted if name not in normalized]
+        keys = [classKey(name) for name in names]
+        unknown = [name for name in wanted if classKey(name) not in keys]
         if unknown:
             raise InputError(f"The model has no structure named {', '.join(repr(u) for u in unknown)}: "
                              f"its structures are {', '.join(names)}.")
-        return [name for name, key in zip(names, normalized) if key in wanted]
+        wantedKeys = {classKey(name) for name in wanted}
+        return [name for name, key in zip(names, keys) if key in wantedKeys]
 
     def segmentVolumeAsync(self, volumeNode, modelPath, segmentationNode=None, device="auto",
                            keepLargestComponent=True, onProgress=None, onFinished=None, replace=False,
