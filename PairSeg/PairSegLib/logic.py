@@ -113,10 +113,12 @@ class SegmentationRun(WorkFolderRun):
         except IOError as error:
             raise SegmentationError(f"Importing the result failed: {error}") from error
         colors = self.metadata.get("class_colors")
+        labelValues = None   # label k + 1 is class k of the model; a subset keeps those values
         if self.structures:
             chosen = [names.index(name) for name in self.structures]
             mrml.keepLabels(labelImage, [index + 1 for index in chosen])
             names = [names[index] for index in chosen]
+            labelValues = [index + 1 for index in chosen]
             colors = [colors[index] for index in chosen] if colors else None
         target = self.targetSegmentationNode
         if target is not None and target.GetScene() is None:
@@ -126,8 +128,7 @@ class SegmentationRun(WorkFolderRun):
             if self.newNodeReason:
                 target = None
         self.segmentationNode = mrml.importSegments(labelImage, names, colors, self.volumeNode, target,
-                                                    labelValues=[index + 1 for index in chosen] if self.structures
-                                                    else None)
+                                                    labelValues=labelValues)
         self.segmentationNode.SetAttribute("PairSeg.Model", self.modelPath)
         mrml.recordOutput(self.segmentationNode, self.volumeNode)
         if self.show3D:
