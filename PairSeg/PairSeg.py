@@ -91,7 +91,10 @@ class PairSegParameterNode:
     modelPath: str = ""
     device: Annotated[str, Choice(list(PairSegLib.DEVICES))] = "auto"
     keepLargestComponent: bool = True
+    structures: str = ""
     outputSegmentation: vtkMRMLSegmentationNode
+    replaceOutput: bool = False
+    show3D: bool = False
     referenceSegmentation: vtkMRMLSegmentationNode
 
 
@@ -109,6 +112,8 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self.task = None
         self.timer = None
+        self.installing = False
+        self._observedInputVolume = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -182,6 +187,7 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
         self._parameterNode = parameterNode
         if self._parameterNode:
+            self._observedInputVolume = self._parameterNode.inputVolume
             self._parameterNodeGuiTag = PairSegLib.gui.connectParameterNode(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
             self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
@@ -194,14 +200,36 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateGui(self, caller=None, event=None):
         if not self._parameterNode:
             return
+        self.keepOutputConsistentWithInput()
         running = self.task is not None and not self.task.done
         ready = bool(self._parameterNode.inputVolume and self._parameterNode.modelPath)
-        self.ui.applyButton.enabled = running or ready
-        self.ui.applyButton.toolTip = "Stop the segmentation" if running else (
-            "Segment the input volume" if ready else "Select an input volume and a model file")
-        self.ui.compareButton.enabled = not running and bool(
+        self.ui.applyButton.enabled = not self.installing and (running or ready)
+        self.ui.applyButton.toolTip = "Wait: the engine's packages are being installed" if self.installing else (
+            "Stop the segmentation" if running else (
+                "Segment the input volume" if ready else "Select an input volume and a model file"))
+        self.ui.compareButton.enabled = not running and not self.installing and bool(
             self._parameterNode.outputSegmentation and self._parameterNode.referenceSegmentation)
         self.ui.deviceWarningLabel.visible = self._parameterNode.device == "cpu"
+
+    def keepOutputConsistentWithInput(self):
+        """When the input volume changes, the output goes back to "Create new segmentation" unless it
+        was made for the new input (``mrml.sourceVolume``): a segmentation of patient A never receives
+        patient B's organs."""
+        p = self._parameterNode
+        if p.inputVolume is self._observedInputVolume:
+            return
+        self._observedInputVolume = p.inputVolume
+        output = p.outputSegmentation
+        if output is not None and PairSegLib.mrml.sourceVolume(output) is not p.inputVolume:
+            p.outputSegmentation = None
+
+    def setInstalling(self, installing):
+        """While the engine's packages install: every button that may start an engine run (and so
+        an installation) is disabled, and the status says why."""
+        self.installing = installing
+        if installing:
+            self.ui.statusLabel.text = "Installing the engine's packages (this can take several minutes)..."
+        self.updateGui()
 
     def setRunning(self, running):
         self.ui.applyButton.text = "Cancel" if running else "Segment"
@@ -259,6 +287,8 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- actions ----------------------------------------------------------------------------------
 
     def onApplyButton(self):
+        if self.installing:
+            return  # Slicer processes events while pip runs: a second click starts nothing
         if self.task is not None and not self.task.done:
             self.ui.statusLabel.text = "Cancelling..."
             self.task.cancel()
@@ -266,16 +296,29 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         self.startRun(lambda: self.logic.segmentVolumeAsync(
             p.inputVolume, p.modelPath, p.outputSegmentation, p.device, p.keepLargestComponent,
-            onProgress=self.onTaskProgress, onFinished=self.onTaskFinished))
+            onProgress=self.onTaskProgress, onFinished=self.onTaskFinished, replace=p.replaceOutput,
+            structures=p.structures, show3D=p.show3D))
 
     def startRun(self, start):
         """``start()`` starts an engine run (segmentation, comparison), then followed by the timer;
-        bad input and a declined installation are shown in a dialog."""
+        bad input, a declined or failed installation are shown in a dialog and the status line.
+        While packages install (``install.ensureEngineReady`` inside ``start()``), the buttons
+        that could start another run are disabled (``setInstalling``)."""
+        from PairSegLib import install
+
+        if self.installing or install.installationRunning():
+            return
+        if install.missingPackages():
+            self.setInstalling(True)
         try:
             self.task = start()
         except (PairSegLib.InputError, PairSegLib.DependencyError) as error:
+            self.ui.statusLabel.text = str(error)
             slicer.util.errorDisplay(str(error), windowTitle="PairSeg")
             return
+        finally:
+            if self.installing:
+                self.setInstalling(False)
         if not self.task.done:
             self.setRunning(True)
             self.timer.start()
@@ -288,12 +331,22 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = int(round(100 * task.fraction))
         self.ui.statusLabel.text = task.message
 
+    def runParameterNode(self):
+        """The parameter node a finishing run reports to: the panel's, or, when the user left the
+        module meanwhile (``exit()`` disconnects the panel), the module's node in the scene, which the
+        panel shows again on ``enter()``."""
+        if self._parameterNode is not None:
+            return self._parameterNode
+        return self.logic.getParameterNode() if slicer.mrmlScene is not None else None
+
     def onTaskFinished(self, task):
         self.timer.stop()
         self.setRunning(False)
         self.ui.statusLabel.text = task.message
         if task.state == PairSegLib.State.DONE:
-            self._parameterNode.outputSegmentation = task.segmentationNode
+            parameterNode = self.runParameterNode()
+            if parameterNode is not None and parameterNode.inputVolume is task.volumeNode:
+                parameterNode.outputSegmentation = task.segmentationNode
             slicer.util.setSliceViewerLayers(background=task.volumeNode, fit=False)
             self.ui.modelPathLineEdit.addCurrentPathToHistory()
             self.refreshKnownModels()
@@ -301,6 +354,8 @@ class PairSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(task.error), windowTitle="PairSeg segmentation failed")
 
     def onCompareButton(self):
+        if self.installing:
+            return
         p = self._parameterNode  # pairseg evaluate runs in the background, like Segment
         self.startRun(lambda: self.logic.compareToReferenceAsync(
             p.outputSegmentation, p.referenceSegmentation, onProgress=self.onTaskProgress,

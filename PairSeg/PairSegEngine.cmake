@@ -13,6 +13,8 @@ endif()
 set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/__init__.py
   pairseg/__main__.py
+  pairseg/annotation.py
+  pairseg/atomic.py
   pairseg/augment.py
   pairseg/catalog.py
   pairseg/cli.py
@@ -25,6 +27,7 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/distributed.py
   pairseg/errors.py
   pairseg/events.py
+  pairseg/fill.py
   pairseg/infer.py
   pairseg/io.py
   pairseg/losses.py
@@ -45,6 +48,7 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/proxy.py
   pairseg/proxymaps.py
   pairseg/train.py
+  pairseg/uncertainty.py
   )
 
 ctkMacroCompilePythonScript(

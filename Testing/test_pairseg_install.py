@@ -195,3 +195,31 @@ def test_real_pip_cannot_change_torch_under_the_constraints(install, tmp_path):
     assert code == 0, output
     wouldInstall = [line for line in output.splitlines() if line.startswith("Would install")]
     assert wouldInstall == ["Would install wants_any_torch-1.0"], output
+
+
+@pytest.mark.parametrize("system, machine, torch, numpy, numpy1", [
+    ("Darwin", "x86_64", "2.2.2", "2.2.6", True),     # Slicer 5.10 under Rosetta / an Intel Mac
+    ("Darwin", "x86_64", None, "2.2.6", True),        # torch not installed yet: only 2.2.x can come
+    ("Darwin", "x86_64", "2.2.2", "1.26.4", False),   # Slicer 5.6 / 5.8: NumPy 1 already
+    ("Darwin", "arm64", "2.5.1", "2.2.6", False),     # Apple silicon build
+    ("Linux", "x86_64", "2.5.1+cu121", "2.2.6", False),
+    ("Windows", "AMD64", "2.5.1", "2.2.6", False),
+])
+def test_rosetta_numpy_constraint(install, system, machine, torch, numpy, numpy1):
+    """Issue 19 item 12: on macOS x86_64 the last torch (2.2.x) needs NumPy < 2, so the constraints
+    say numpy<2 there instead of pinning Slicer 5.10's NumPy 2; elsewhere every pin stays."""
+    versions = {"torch": torch, "numpy": numpy, "scipy": "1.15.2", "SimpleITK": "2.4.0", "vtk": "9.4.2"}
+    assert install.needsNumpy1(system, machine, torch or "", numpy) is numpy1
+    lines = install.constraintLines(system, machine, versions)
+    assert ("numpy<2" in lines) is numpy1 and (f"numpy=={numpy}" in lines) is not numpy1
+    assert "scipy==1.15.2" in lines and "vtk==9.4.2" in lines
+    assert (f"torch=={torch}" in lines) is bool(torch)
+    requirements = install.requirementsToInstall(["monai"], system, machine, torch or "", numpy)
+    assert requirements == ["monai>=1.3"] + (["numpy<2"] if numpy1 else [])
+    macX86 = system == "Darwin" and machine == "x86_64"
+    assert install.torchRequirement(system, machine) == (">=2.1,<2.3" if macX86 else ">=2.1")
+
+
+def test_rosetta_numpy_change_is_in_the_confirmation(install):
+    text = install.confirmationText(["numpy"])
+    assert "numpy<2" in text and "Rosetta" in text

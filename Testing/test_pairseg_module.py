@@ -329,8 +329,14 @@ def test_existing_segmentation_other_segments_untouched(logic, harness, mrml_sce
     slicer.util.updateSegmentBinaryLabelmapFromArray(everything, segmentationNode, liverId, volume)
     liverBefore = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, liverId, volume).copy()
 
+    # the user's own segments: never written into unless Replace is asked for (issue 19 item 1)
     result = logic.segmentVolume(volume, phantom_model, segmentationNode=segmentationNode, device="cpu")
+    assert result is not segmentationNode and result.GetName() == "phantom PairSeg"
+    assert segmentationNode.GetSegmentation().GetNumberOfSegments() == 2
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, liverId, volume), liverBefore)
 
+    result = logic.segmentVolume(volume, phantom_model, segmentationNode=segmentationNode, device="cpu",
+                                 replace=True)
     assert result is segmentationNode
     segmentation = segmentationNode.GetSegmentation()
     assert segmentation.GetNthSegmentID(0) == "tumor" and segmentation.GetNthSegmentID(1) == "liver"
@@ -340,6 +346,75 @@ def test_existing_segmentation_other_segments_untouched(logic, harness, mrml_sce
     liverAfter = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, "liver", volume)
     assert not np.array_equal(liverAfter, liverBefore)
     assert segmentation.GetSegment("liver").GetName() == "liver"
+
+
+def test_edit_during_a_run_is_kept(logic, harness, mrml_scene, phantom_dir, phantom_model):
+    """Issue 19 item 1: whether the chosen segmentation may be written into is decided when the
+    result arrives: an edit made while the engine runs is kept, the result goes to a new node."""
+    import slicer
+
+    from PairSegLib import mrml
+
+    volume, _ = _phantomVolume(harness, phantom_dir)
+    output = logic.segmentVolume(volume, phantom_model, device="cpu")
+    assert mrml.protectionReason(output, volume) is None
+    run = logic.segmentVolumeAsync(volume, phantom_model, segmentationNode=output, device="cpu")
+    segmentId = output.GetSegmentation().GetNthSegmentID(0)
+    mask = np.array(slicer.util.arrayFromSegmentBinaryLabelmap(output, segmentId, volume), np.uint8)
+    mask[0, :4, :4] = 1 - mask[0, :4, :4]
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, output, segmentId, volume)  # the user paints
+    run.wait()
+    assert run.segmentationNode is not output and run.segmentationNode.GetName() == "phantom PairSeg 2"
+    assert run.newNodeReason == "'phantom PairSeg' was edited after PairSeg wrote it"
+    assert np.array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(output, segmentId, volume), mask)
+
+
+def test_fingerprint_ignores_extent_and_display_but_not_labels(logic, harness, mrml_scene, phantom_dir):
+    """The fingerprint follows the labels, not how they are stored or shown."""
+    import slicer
+
+    from PairSegLib import mrml
+
+    volume, _ = _phantomVolume(harness, phantom_dir)
+    shape = slicer.util.arrayFromVolume(volume).shape
+    node = mrml.newSegmentationNode(volume)
+    segmentId = node.GetSegmentation().AddEmptySegment("liver", "liver")
+    labels = np.zeros(shape, np.uint8)
+    labels[1:3, 4:9, 5:8] = 1
+    slicer.util.updateSegmentBinaryLabelmapFromArray(labels, node, segmentId, volume)
+    mrml.recordOutput(node, volume)
+    assert mrml.protectionReason(node, volume) is None
+    node.GetSegmentation().GetSegment(segmentId).SetColor(0.1, 0.2, 0.3)
+    node.GetDisplayNode().SetOpacity2DFill(0.2)
+    node.CreateClosedSurfaceRepresentation()
+    assert mrml.segmentationFingerprint(node) == node.GetAttribute(mrml.FINGERPRINT_ATTRIBUTE)
+    # the same labels in a labelmap of a larger extent (the Segment Editor grows it while painting)
+    import vtk
+    from vtk.util import numpy_support
+
+    binaryName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    segment = node.GetSegmentation().GetSegment(segmentId)
+    image = segment.GetRepresentation(binaryName)
+    extent = image.GetExtent()
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(
+        extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+    padded = np.zeros(tuple(n + 4 for n in voxels.shape), voxels.dtype)
+    padded[2:-2, 2:-2, 2:-2] = voxels
+    larger = slicer.vtkOrientedImageData()
+    larger.SetExtent(extent[0] - 2, extent[1] + 2, extent[2] - 2, extent[3] + 2, extent[4] - 2, extent[5] + 2)
+    larger.GetPointData().SetScalars(numpy_support.numpy_to_vtk(padded.ravel(), deep=True))
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    larger.SetImageToWorldMatrix(matrix)
+    segment.AddRepresentation(binaryName, larger)
+    assert segment.GetRepresentation(binaryName).GetExtent() != extent
+    assert mrml.segmentationFingerprint(node) == node.GetAttribute(mrml.FINGERPRINT_ATTRIBUTE)
+    labels[2, 6, 6] = 0  # one voxel
+    slicer.util.updateSegmentBinaryLabelmapFromArray(labels, node, segmentId, volume)
+    assert mrml.protectionReason(node, volume) == f"'{node.GetName()}' was edited after PairSeg wrote it"
+    assert mrml.protectionReason(node, volume, replace=True) is None
+    node.SetAttribute(mrml.TRAINING_SET_ATTRIBUTE, "1")
+    assert mrml.protectionReason(node, volume, replace=True) == f"'{node.GetName()}' is in a training set"
 
 
 def test_cancel_leaves_scene_unchanged(logic, harness, mrml_scene, phantom_dir, phantom_model):

@@ -4,7 +4,7 @@ The embedded case (Resources/SampleData) is loaded from the repository's files. 
 itself (0.9 GB) is not downloaded here: each test writes an archive with the CHAOS layout
 (``Train_Sets/MR/<patient>/T2SPIR/DICOM_anon/*.dcm`` + ``Ground/*.png``, masks in the CHAOS grey
 values) from a known volume and label map, "downloads" it from a ``file://`` URL through the real
-downloader (worker thread, size and SHA-256 check), then checks that conversion and loading give
+downloader (worker thread, size and MD5 check), then checks that conversion and loading give
 back exactly that volume and label map, in physical space.
 """
 
@@ -198,9 +198,9 @@ def test_convert_and_load_real_chaos_case(sampledata, harness, mrml_scene, chaos
 
 
 def published(path):
-    """(size, SHA-256) of a file, as the checksum table would publish them."""
+    """(size, MD5) of a file, as its publisher (Zenodo) gives them."""
     data = open(path, "rb").read()
-    return len(data), hashlib.sha256(data).hexdigest()
+    return len(data), hashlib.md5(data).hexdigest()
 
 
 def test_download_runs_on_a_worker_with_progress_then_uses_cache(sampledata, harness, mrml_scene, tmp_path):
@@ -209,12 +209,12 @@ def test_download_runs_on_a_worker_with_progress_then_uses_cache(sampledata, har
     image, label = syntheticCase()
     (tmp_path / "server").mkdir()
     source = writeChaosArchive(image, label, str(tmp_path / "server" / "CHAOS_Train_Sets.zip"))
-    size, sha256 = published(source)
+    size, md5 = published(source)
     cache = tmp_path / "cache"
     sampledata.CHUNK_BYTES = 4096   # many chunks: progress is visible
     fractions, longestPoll = [], 0.0
     download = sampledata.CaseDownload(2, cache=str(cache), url=pathlib.Path(source).as_uri(), expectedSize=size,
-                                       expectedSha256=sha256).start()
+                                       expectedMd5=md5).start()
     while True:
         started = time.perf_counter()
         running = download.poll()
@@ -240,13 +240,13 @@ def test_download_runs_on_a_worker_with_progress_then_uses_cache(sampledata, har
 def test_download_not_matching_the_published_file_is_deleted(sampledata, harness, mrml_scene, tmp_path, problem):
     image, label = syntheticCase()
     source = writeChaosArchive(image, label, str(tmp_path / "CHAOS_Train_Sets.zip"))
-    size, sha256 = published(source)
-    expected = dict(expectedSize=size, expectedSha256="0" * 64) if problem == "checksum" else \
-        dict(expectedSize=size + 1, expectedSha256=sha256)
+    size, md5 = published(source)
+    expected = dict(expectedSize=size, expectedMd5="0" * 32) if problem == "checksum" else \
+        dict(expectedSize=size + 1, expectedMd5=md5)
     cache = tmp_path / "cache"
     before = harness.sceneSnapshot()
     download = sampledata.CaseDownload(2, cache=str(cache), url=pathlib.Path(source).as_uri(), **expected).start()
-    with pytest.raises(sampledata.SampleDataError, match="SHA-256" if problem == "checksum" else "bytes instead of"):
+    with pytest.raises(sampledata.SampleDataError, match="published MD5" if problem == "checksum" else "bytes instead of"):
         download.wait()
     assert download.stage == "failed"
     assert not os.listdir(cache)   # nothing unverified is kept (no archive, no .part, no case)
@@ -256,7 +256,7 @@ def test_download_not_matching_the_published_file_is_deleted(sampledata, harness
 def test_download_can_be_cancelled_and_leaves_nothing(sampledata, tmp_path):
     image, label = syntheticCase()
     source = writeChaosArchive(image, label, str(tmp_path / "CHAOS_Train_Sets.zip"))
-    size, sha256 = published(source)
+    size, md5 = published(source)
     gate = []
 
     class SlowResponse:
@@ -278,7 +278,7 @@ def test_download_can_be_cancelled_and_leaves_nothing(sampledata, tmp_path):
 
     cache = tmp_path / "cache"
     download = sampledata.CaseDownload(2, cache=str(cache), url="https://example.invalid/CHAOS_Train_Sets.zip",
-                                       expectedSize=size, expectedSha256=sha256,
+                                       expectedSize=size, expectedMd5=md5,
                                        opener=lambda url: SlowResponse()).start()
     while not gate:
         time.sleep(0.005)
@@ -393,8 +393,10 @@ def test_samples_registered_embedded_first_then_download(sampledata, monkeypatch
     embedded, download = registered
     assert embedded["sampleName"] == "CHAOSMRT2Case002" and embedded["category"] == "PairSeg"
     assert os.path.isfile(embedded["uris"]) and os.path.isfile(embedded["thumbnailFileName"])
+    composite = mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # a slice view
     volumeNode, segmentationNode = embedded["customDownloader"](None)   # local files: loads at once
     assert volumeNode.GetName() == "CHAOSMRT2Case002"
+    assert composite.GetBackgroundVolumeID() == volumeNode.GetID()  # issue 19 item 7: shown in the views
     assert segmentationNode.GetSegmentation().GetNumberOfSegments() == 4
     assert download["uris"].startswith("https://zenodo.org/records/3431873/files/CHAOS_Train_Sets.zip")
     assert download["sampleName"] == "CHAOSMRT2Patient1" and callable(download["customDownloader"])
@@ -414,3 +416,31 @@ def test_missing_embedded_case_registers_the_download_only(sampledata, monkeypat
         sampledata.loadEmbeddedSample()
     sampledata.registerSampleData(os.path.join(ROOT, "PairSeg", "Resources", "Icons"))
     assert registered == ["CHAOSMRT2Patient1"]
+
+
+def test_sample_data_entry_reports_a_load_error_in_a_dialog(sampledata, monkeypatch, harness, mrml_scene, tmp_path):
+    """Issue 19 item 7: a broken embedded sample ends in a dialog naming the file, no traceback, no node."""
+    import slicer
+
+    registered, errors = [], []
+
+    class SampleDataLogic:
+        @staticmethod
+        def registerCustomSampleDataSource(**kwargs):
+            registered.append(kwargs)
+
+    monkeypatch.setitem(sys.modules, "SampleData", types.SimpleNamespace(SampleDataLogic=SampleDataLogic))
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: errors.append(text))
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    imagePath, labelPath, _ = sampledata.embeddedCase()
+    for path in (imagePath, labelPath):
+        (folder / os.path.basename(path)).write_bytes(b"not an image")
+    (folder / "dataset.json").write_text(open(os.path.join(os.path.dirname(imagePath), "dataset.json")).read())
+    monkeypatch.setenv("PAIRSEG_SAMPLE_DATA_DIR", str(folder))
+    sampledata.registerSampleData(os.path.join(ROOT, "PairSeg", "Resources", "Icons"))
+    before = harness.sceneSnapshot()
+    assert registered[0]["customDownloader"](None) == []
+    assert len(errors) == 1 and errors[0].startswith("Loading the embedded CHAOS sample failed")
+    assert os.path.basename(imagePath) in errors[0]
+    assert harness.sceneSnapshot() == before

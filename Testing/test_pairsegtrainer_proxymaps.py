@@ -147,3 +147,35 @@ def test_proxy_maps_on_chaos_intra_pair(trainerLogic, mrml_scene, harness, chaos
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(result.andNode)[0] > 0, (a == b) & (a > 0))
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(result.xorNode)[0] > 0, (a != b) & ((a > 0) | (b > 0)))
     assert result.targets.shape == (8, 256, 256)
+
+
+def test_predicted_overlay_is_transparent_where_probability_is_zero(trainerLogic, mrml_scene):
+    """Issue 19 item 10: the predicted AND/XOR overlay is a lookup table with opacity, thresholded,
+    never black and opaque where the model predicts nothing."""
+    import slicer
+
+    proxymaps = trainerLib().proxymaps
+    volumeA = _volumes(mrml_scene)[0]
+    pAnd = np.zeros((32, 28), np.float32)
+    pXor = np.zeros((32, 28), np.float32)
+    pAnd[5:10, 5:10] = 1.0
+    pAnd[12:14, 3:6] = 0.5
+    pXor[20:25, 10:20] = 0.8
+    node = proxymaps.addPredictedOverlay(mrml_scene, "Proxy predicted test", volumeA, 4, pAnd, pXor)
+    values = slicer.util.arrayFromVolume(node)[0]
+    display = node.GetDisplayNode()
+    table = display.GetColorNode()
+    assert table.GetName() == proxymaps.PREDICTED_COLOR_TABLE_NAME and table.GetNumberOfColors() == 256
+    lookup = table.GetLookupTable()
+    assert values[0, 0] == 0 and lookup.GetTableValue(0)[3] == 0.0  # nothing predicted: transparent
+    assert display.GetApplyThreshold() and display.GetLowerThreshold() == 1.0
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 255.0)
+    assert not display.GetInterpolate()
+    andEntry = lookup.GetTableValue(int(values[7, 7]))
+    assert values[7, 7] == 127 and andEntry[3] == 1.0 and andEntry[2] > andEntry[0]  # AND 1.0: opaque blue
+    assert values[13, 4] == 64 and 0.45 < lookup.GetTableValue(64)[3] < 0.55           # half as opaque
+    xorEntry = lookup.GetTableValue(int(values[22, 15]))
+    assert values[22, 15] == 128 + 102 and xorEntry[0] > xorEntry[2] and 0.75 < xorEntry[3] < 0.85  # red
+    # one table per scene
+    again = proxymaps.addPredictedOverlay(mrml_scene, "again", volumeA, 4, pAnd, pXor)
+    assert again.GetDisplayNode().GetColorNode() is table

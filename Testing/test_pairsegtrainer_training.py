@@ -68,8 +68,9 @@ def test_training_run_to_registered_model(trainerLogic, mrml_scene, harness, cha
     pXor = slicer.util.arrayFromVolume(result.predictedXorNode)
     assert pAnd.shape == pXor.shape == (1, 256, 256)
     assert 0.0 <= pAnd.min() and pAnd.max() <= 1.0 and 0.0 <= pXor.min() and pXor.max() <= 1.0
-    rgb = slicer.util.arrayFromVolume(result.predictedOverlayNode)
-    assert rgb.shape == (1, 256, 256, 3) and rgb.dtype == np.uint8
+    coded = slicer.util.arrayFromVolume(result.predictedOverlayNode)
+    assert coded.shape == (1, 256, 256) and coded.dtype == np.uint8
+    np.testing.assert_array_equal(coded, lib.proxymaps.predictedOverlayValues(pAnd, pXor))
 
     # annotate-then-retrain: fine-tune from this model -> next version, seen cases carried over
     fine = trainerLogic.fineTune(items[:1], str(output), str(tmp_path / "finetune-set"), steps=4, **{

@@ -141,9 +141,16 @@ def test_segment_cancel_then_segment_and_compare(pairsegWidget, mrml_scene, harn
     ui.compareCollapsibleButton.collapsed = False
     ui.referenceSegmentationSelector.setCurrentNode(reference)
     assert widget._parameterNode.referenceSegmentation is reference and ui.compareButton.enabled
+    composite = mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # one slice view
     ui.compareButton.click()  # pairseg evaluate in the background, followed by the timer
     pump(lambda: widget.task.done and not widget.timer.isActive(), timeout=180)
     assert widget.task.state == "done", ui.statusLabel.text
+    # issue 19 item 10: the distance overlay is the foreground, not hidden under the fills
+    distanceNode = widget.task.result.distanceVolumeNode
+    assert composite.GetForegroundVolumeID() == distanceNode.GetID() and composite.GetForegroundOpacity() == 1.0
+    assert distanceNode.GetDisplayNode().GetApplyThreshold() and distanceNode.GetDisplayNode().GetLowerThreshold() == 0.0
+    for compared in (output, reference):
+        assert not compared.GetDisplayNode().GetVisibility2DFill() and compared.GetDisplayNode().GetVisibility2DOutline()
     assert ui.resultsTableView.isVisibleTo(widget.parent)
     table = ui.resultsTableView.mrmlTableNode()
     assert table is not None and table.GetTable().GetNumberOfRows() >= 1
@@ -234,3 +241,257 @@ def test_sample_data_registered_at_startup(slicer_release, module_widget, mrml_s
     slicer.app.startupCompleted.emit()
     assert calls and os.path.isdir(calls[-1])
 
+
+
+# -- issue 19: the annotate-then-retrain loop ------------------------------------------------------
+
+
+@pytest.fixture
+def slotErrors(monkeypatch):
+    """Exceptions raised inside Qt slots and timers (Qt prints them through sys.excepthook and goes
+    on, as Slicer's Python console does): recorded, so that a test can assert there were none."""
+    import sys
+
+    errors = []
+    monkeypatch.setattr(sys, "excepthook", lambda kind, value, tb: errors.append(value))
+    return errors
+
+
+def segmentOnce(widget, timeout=180):
+    """Click Segment and follow the run (the module's timer) to its end; returns the run."""
+    widget.ui.applyButton.click()
+    assert widget.task is not None
+    pump(lambda: widget.task.done and not widget.timer.isActive(), timeout=timeout)
+    assert widget.task.state == "done", widget.ui.statusLabel.text
+    return widget.task
+
+
+def segmentArrays(segmentationNode, volume):
+    """{segment ID: (name, bytes of its mask on the volume's grid)}: what 'byte for byte' compares."""
+    import numpy as np
+    import slicer
+
+    segmentation = segmentationNode.GetSegmentation()
+    result = {}
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume)
+        result[segmentId] = (segmentation.GetNthSegment(index).GetName(), np.asarray(mask, np.uint8).tobytes())
+    return result
+
+
+def editLiver(segmentationNode, volume):
+    """What a Segment Editor paint stroke does: the 'liver' mask gains a block of voxels."""
+    import numpy as np
+    import slicer
+
+    from PairSegLib import mrml
+
+    segmentId = mrml.findSegmentByName(segmentationNode.GetSegmentation(), "liver")
+    mask = np.array(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume), np.uint8)
+    z, y, x = (size // 2 for size in mask.shape)
+    mask[z - 2:z + 2, y - 5:y + 5, x - 5:x + 5] = 1 - mask[z - 2:z + 2, y - 5:y + 5, x - 5:x + 5]
+    slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, segmentId, volume)
+
+
+def readyPanel(widget, harness, phantom_dir, phantom_model):
+    ui = widget.ui
+    volume = phantomVolume(harness, phantom_dir)
+    ui.inputVolumeSelector.setCurrentNode(volume)
+    ui.modelPathLineEdit.currentPath = str(phantom_model)
+    ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
+    return volume
+
+
+def test_segment_again_never_overwrites_edits_or_training_sets(pairsegWidget, mrml_scene, harness, phantom_dir,
+                                                              phantom_model, slotErrors):
+    """Issue 19 item 1: segment -> edit -> segment again keeps the edited labels byte for byte (a
+    new, versioned segmentation beside the volume); a segmentation in a training set is never
+    written into, not even with Replace; Replace (explicit) does write into an edited one."""
+    import slicer
+
+    from PairSegLib import mrml
+
+    widget = pairsegWidget
+    ui = widget.ui
+    volume = readyPanel(widget, harness, phantom_dir, phantom_model)
+    assert not ui.replaceOutputCheckBox.checked and widget._parameterNode.replaceOutput is False
+
+    segmentOnce(widget)
+    first = widget._parameterNode.outputSegmentation
+    assert first.GetName() == "phantom PairSeg" and ui.outputSegmentationSelector.currentNode() is first
+    assert first.GetAttribute(mrml.FINGERPRINT_ATTRIBUTE) == mrml.segmentationFingerprint(first)
+    assert first.GetNodeReference(mrml.SOURCE_VOLUME_REFERENCE) is volume
+    shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(first)) == \
+        shNode.GetItemParent(shNode.GetItemByDataNode(volume))  # beside the input
+
+    editLiver(first, volume)
+    edited = segmentArrays(first, volume)
+    assert mrml.protectionReason(first, volume) == "'phantom PairSeg' was edited after PairSeg wrote it"
+    segmentOnce(widget)  # "segment again", output selector still on the edited segmentation
+    second = widget._parameterNode.outputSegmentation
+    assert second is not first and second.GetName() == "phantom PairSeg 2"
+    assert segmentArrays(first, volume) == edited  # byte for byte
+    assert "was edited after PairSeg wrote it" in ui.statusLabel.text
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(second)) == \
+        shNode.GetItemParent(shNode.GetItemByDataNode(volume))
+
+    # the Trainer marks a segmentation it put in a training set: protected even with Replace on
+    second.SetAttribute(mrml.TRAINING_SET_ATTRIBUTE, "1")
+    inTrainingSet = segmentArrays(second, volume)
+    fingerprint = second.GetAttribute(mrml.FINGERPRINT_ATTRIBUTE)
+    ui.replaceOutputCheckBox.click()
+    assert widget._parameterNode.replaceOutput is True
+    segmentOnce(widget)
+    third = widget._parameterNode.outputSegmentation
+    assert third.GetName() == "phantom PairSeg 3" and "is in a training set" in ui.statusLabel.text
+    assert segmentArrays(second, volume) == inTrainingSet
+    assert second.GetAttribute(mrml.FINGERPRINT_ATTRIBUTE) == fingerprint
+
+    # Replace, chosen explicitly, writes into the edited one: same node, the model's labels back
+    ui.outputSegmentationSelector.setCurrentNode(first)
+    nodes = mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    segmentOnce(widget)
+    assert widget._parameterNode.outputSegmentation is first
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == nodes
+    assert list(segmentArrays(first, volume).values()) == list(segmentArrays(third, volume).values())
+    assert segmentArrays(first, volume) != edited
+    assert mrml.protectionReason(first, volume) is None  # unedited PairSeg output again
+    assert not slotErrors
+
+
+def test_changing_the_input_resets_the_output(pairsegWidget, mrml_scene, harness, phantom_dir, phantom_model,
+                                              slotErrors):
+    """Issue 19 item 1: patient A's segmentation never receives patient B's organs."""
+    from PairSegLib import mrml
+
+    widget = pairsegWidget
+    ui = widget.ui
+    volumeA = readyPanel(widget, harness, phantom_dir, phantom_model)
+    segmentOnce(widget)
+    outputA = widget._parameterNode.outputSegmentation
+    labelsA = segmentArrays(outputA, volumeA)
+    images = sorted(p for p in os.listdir(phantom_dir) if "_image" in p)
+    volumeB = harness.loadVolume(str(phantom_dir / images[1]), name="other")
+    ui.inputVolumeSelector.setCurrentNode(volumeB)
+    assert widget._parameterNode.outputSegmentation is None
+    assert ui.outputSegmentationSelector.currentNode() is None
+    ui.inputVolumeSelector.setCurrentNode(volumeA)
+    ui.outputSegmentationSelector.setCurrentNode(outputA)
+    ui.inputVolumeSelector.setCurrentNode(volumeA)  # no change: kept
+    assert widget._parameterNode.outputSegmentation is outputA
+    # chosen again by hand for B, even with Replace on: B's organs go into a new segmentation
+    ui.inputVolumeSelector.setCurrentNode(volumeB)
+    ui.outputSegmentationSelector.setCurrentNode(outputA)
+    ui.replaceOutputCheckBox.checked = True
+    segmentOnce(widget)
+    outputB = widget._parameterNode.outputSegmentation
+    assert outputB is not outputA and outputB.GetName() == "other PairSeg"
+    assert mrml.sourceVolume(outputB) is volumeB and "belongs to volume 'phantom'" in ui.statusLabel.text
+    assert segmentArrays(outputA, volumeA) == labelsA
+    assert not slotErrors
+
+
+def test_leaving_the_module_during_a_run(pairsegWidget, mrml_scene, harness, phantom_dir, phantom_model,
+                                         slotErrors):
+    """Issue 19 item 2: exit() during a run (every module switch) must not break the finishing run:
+    the result goes to the module's parameter node, and enter() shows it."""
+    widget = pairsegWidget
+    ui = widget.ui
+    volume = readyPanel(widget, harness, phantom_dir, phantom_model)
+    ui.applyButton.click()
+    assert widget.task is not None and not widget.task.done
+    widget.parent.exit()  # the user switches to the Segment Editor
+    assert widget._parameterNode is None
+    pump(lambda: widget.task.done and not widget.timer.isActive(), timeout=180)
+    assert not slotErrors, slotErrors
+    assert widget.task.state == "done", ui.statusLabel.text
+    output = widget.task.segmentationNode
+    assert output is not None and output.GetScene() is mrml_scene
+    assert widget.logic.getParameterNode().outputSegmentation is output
+    widget.parent.enter()
+    assert ui.outputSegmentationSelector.currentNode() is output
+    assert ui.applyButton.enabled and ui.applyButton.text == "Segment"
+    assert str(phantom_model) in [ui.knownModelsComboBox.itemData(i) for i in range(ui.knownModelsComboBox.count)]
+    assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+    assert volume.GetScene() is mrml_scene
+
+
+def test_failing_install_is_reported_and_never_reentered(pairsegWidget, mrml_scene, harness, phantom_dir,
+                                                         phantom_model, monkeypatch, caplog, slotErrors):
+    """Issue 19 item 4: pip failing (offline, proxy) ends in a dialog and the status line; while it
+    runs Segment and Compare are disabled and a second click starts no second pip."""
+    import subprocess
+
+    import slicer
+
+    from PairSegLib import install
+
+    widget = pairsegWidget
+    ui = widget.ui
+    readyPanel(widget, harness, phantom_dir, phantom_model)
+    monkeypatch.setattr(install, "missingPackages", lambda: ["monai"])
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda text, **kwargs: True)
+    calls = []
+
+    def failingPip(arguments):
+        calls.append((ui.applyButton.enabled, ui.compareButton.enabled, install.installationRunning()))
+        ui.applyButton.click()  # Slicer processes events while pip runs: the user clicks again
+        ui.compareButton.click()
+        raise subprocess.CalledProcessError(1, ["python", "-m", "pip", "install", *arguments])
+
+    monkeypatch.setattr(slicer.util, "pip_install", failingPip)
+    before = harness.sceneSnapshot()
+    ui.applyButton.click()
+    assert calls == [(False, False, True)]  # one pip, buttons disabled meanwhile
+    assert widget.task is None and not install.installationRunning()
+    expected = "Installing monai>=1.3 failed (pip exit status 1)"
+    assert expected in ui.statusLabel.text and "internet connection" in ui.statusLabel.text
+    assert any(record.levelname == "ERROR" and expected in record.getMessage() for record in caplog.records)
+    assert ui.applyButton.enabled and ui.applyButton.text == "Segment"
+    assert harness.sceneSnapshot() == before and not slotErrors
+    ui.applyButton.click()  # trying again asks pip again (nothing stuck)
+    assert len(calls) == 2
+
+
+def test_show_3d_and_only_these_structures(pairsegWidget, mrml_scene, harness, phantom_dir, phantom_model, caplog,
+                                           slotErrors):
+    """Issue 19 item 13: 'Only these structures' keeps the chosen classes (same labels as a full
+    run), 'Show 3D' adds closed surfaces; an unknown structure name is refused before any run."""
+    import numpy as np
+    import slicer
+
+    from PairSegLib import models
+
+    widget = pairsegWidget
+    ui = widget.ui
+    volume = readyPanel(widget, harness, phantom_dir, phantom_model)
+    classes = models.readModelMetadata(str(phantom_model))["class_names"]
+    ui.structuresLineEdit.text = "no such organ"
+    assert widget._parameterNode.structures == "no such organ"
+    ui.applyButton.click()
+    assert widget.task is None
+    assert any("no structure named 'no such organ'" in r.getMessage() and ", ".join(classes) in r.getMessage()
+               for r in caplog.records if r.levelname == "ERROR")
+
+    ui.structuresLineEdit.text = ""
+    segmentOnce(widget)  # every structure, no 3D
+    full = widget._parameterNode.outputSegmentation
+    closedSurface = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
+    assert not full.GetSegmentation().ContainsRepresentation(closedSurface)
+    wanted = classes[-1]
+    ui.structuresLineEdit.text = f" {wanted.upper()} "
+    ui.show3DCheckBox.checked = True
+    assert widget._parameterNode.show3D is True
+    ui.outputSegmentationSelector.setCurrentNode(None)
+    segmentOnce(widget)
+    subset = widget._parameterNode.outputSegmentation
+    segmentation = subset.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == [wanted]
+    assert segmentation.ContainsRepresentation(closedSurface)
+    full_ids = full.GetSegmentation()
+    fullMask = slicer.util.arrayFromSegmentBinaryLabelmap(full, full_ids.GetSegmentIdBySegmentName(wanted), volume)
+    subsetMask = slicer.util.arrayFromSegmentBinaryLabelmap(subset, segmentation.GetNthSegmentID(0), volume)
+    np.testing.assert_array_equal(np.asarray(subsetMask) > 0, np.asarray(fullMask) > 0)
+    assert not slotErrors

@@ -283,3 +283,43 @@ def test_very_large_slices_go_through_training_size_windows():
                                    spacing=(1.0, 1.0), model_spacing=1.0)
     assert set(model.shapes) == {(64, 64)}  # 300 px > 2 x 64: windows, memory of one window batch
     np.testing.assert_allclose(probs[:, 0], array, atol=2e-3)  # blended windows of an echo = the input
+
+
+@pytest.mark.parametrize("capability, archs, supported", [
+    ((8, 6), ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_90"], True),    # sm_80 binary runs on 8.6
+    ((12, 0), ["sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90"], False),  # Blackwell, older torch
+    ((12, 0), ["sm_75", "sm_80", "sm_90", "compute_90"], True),                # PTX compiled by the driver
+    ((3, 5), ["sm_50", "sm_60", "compute_50"], False),                          # Kepler: too old
+    ((9, 0), ["sm_80", "sm_90a"], True),
+    ((10, 0), ["sm_80", "sm_90a"], False),
+    ((7, 5), [], True),                                                         # unknown: not refused
+])
+def test_cuda_arch_supported(capability, archs, supported):
+    """Issue 19 item 13: a GPU that the installed torch cannot run is detected before any kernel runs."""
+    from pairseg.devices import cuda_arch_supported
+
+    assert cuda_arch_supported(capability, archs) is supported
+
+
+def test_auto_device_falls_back_to_cpu_on_an_unsupported_gpu(monkeypatch, capsys):
+    """A CUDA GPU this torch build has no kernels for: 'auto' runs on the CPU and says why (stderr, the
+    line the Slicer module shows); 'cuda' is a clear input error, never a crash inside a kernel."""
+    from pairseg import devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=0: (12, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Test GPU")
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_80", "sm_90"])
+    monkeypatch.setattr(devices, "_mps_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    warning = capsys.readouterr().err
+    assert warning.startswith(devices.WARNING_PREFIX + "the GPU Test GPU (compute capability 12.0) is not supported")
+    assert "running on the CPU instead" in warning
+    with pytest.raises(PairSegInputError, match="compute capability 12.0.*choose the CPU"):
+        resolve_device("cuda")
+    with pytest.raises(PairSegInputError, match="sees 1 CUDA GPU"):
+        resolve_device("cuda:3")
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_80", "sm_90", "sm_120"])
+    assert resolve_device("auto").type == "cuda" and resolve_device("cuda:0").type == "cuda"

@@ -48,10 +48,68 @@ def isInstalled(importName):
         return False
 
 
+#: the first PyTorch release without macOS x86_64 wheels: Intel Macs, and Slicer's Intel build
+#: under Rosetta on Apple silicon, get at most 2.2.x, which is built against NumPy 1 and cannot
+#: run with NumPy 2 (Slicer 5.10 ships NumPy 2)
+MACOS_X86_64_TORCH_END = (2, 3)
+NUMPY_1_REQUIREMENT = "numpy<2"
+
+
+def _versionTuple(version):
+    parts = []
+    for part in str(version).split("+")[0].split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def isMacX86_64(system=None, machine=None):
+    """macOS on x86_64: an Intel Mac or an x86_64 Slicer under Rosetta (which reports x86_64)."""
+    import platform
+
+    system = platform.system() if system is None else system
+    machine = platform.machine() if machine is None else machine
+    return system == "Darwin" and machine.lower() in ("x86_64", "amd64", "i386")
+
+
+def needsNumpy1(system=None, machine=None, torchVersion=None, numpyVersion=None):
+    """Whether the engine needs NumPy < 2 here: on macOS x86_64 with a torch older than
+    MACOS_X86_64_TORCH_END (installed, or the only one that can be installed when none is) while
+    NumPy 2 is installed. Versions default to the installed ones."""
+    if not isMacX86_64(system, machine):
+        return False
+    torchVersion = installedVersion("torch") if torchVersion is None else torchVersion
+    numpyVersion = installedVersion("numpy") if numpyVersion is None else numpyVersion
+    if not numpyVersion or _versionTuple(numpyVersion) < (2,):
+        return False
+    return not torchVersion or _versionTuple(torchVersion) < MACOS_X86_64_TORCH_END
+
+
+def torchRequirement(system=None, machine=None):
+    """The version range of torch to install: TORCH_REQUIREMENT, capped below
+    MACOS_X86_64_TORCH_END on macOS x86_64 (no newer wheels exist there)."""
+    if isMacX86_64(system, machine):
+        return TORCH_REQUIREMENT + ",<" + ".".join(str(p) for p in MACOS_X86_64_TORCH_END)
+    return TORCH_REQUIREMENT
+
+
 def missingPackages():
-    """Import names of the engine requirements not installed yet (torch first)."""
+    """Import names of the engine requirements not installed yet (torch first); "numpy" last when
+    the installed NumPy must be replaced by NumPy 1 (``needsNumpy1``)."""
     missing = [] if isInstalled("torch") else ["torch"]
-    return missing + [name for name in ENGINE_REQUIREMENTS if not isInstalled(name)]
+    missing += [name for name in ENGINE_REQUIREMENTS if not isInstalled(name)]
+    return missing + (["numpy"] if needsNumpy1() else [])
+
+
+def requirementsToInstall(missing, system=None, machine=None, torchVersion=None, numpyVersion=None):
+    """pip requirements for ``missing`` (import names, torch excluded: the PyTorch extension
+    installs it), with NUMPY_1_REQUIREMENT when ``needsNumpy1`` (the versions as there)."""
+    requirements = [ENGINE_REQUIREMENTS[name] for name in missing if name in ENGINE_REQUIREMENTS]
+    if needsNumpy1(system, machine, torchVersion, numpyVersion):
+        requirements.append(NUMPY_1_REQUIREMENT)
+    return requirements
 
 
 def installedVersion(distribution):
@@ -64,12 +122,18 @@ def installedVersion(distribution):
         return None
 
 
-def constraintLines():
-    """``name==version`` for every installed distribution of PINNED_DISTRIBUTIONS."""
+def constraintLines(system=None, machine=None, versions=None):
+    """``name==version`` for every installed distribution of PINNED_DISTRIBUTIONS, except NumPy
+    where the engine needs NumPy 1 (``needsNumpy1``: macOS x86_64 with the last torch for it):
+    there ``numpy<2``. ``versions``: {distribution: version or None} instead of the installed ones."""
+    versions = versions if versions is not None else {d: installedVersion(d) for d in PINNED_DISTRIBUTIONS}
+    numpy1 = needsNumpy1(system, machine, versions.get("torch") or "", versions.get("numpy") or "")
     lines = []
     for distribution in PINNED_DISTRIBUTIONS:
-        version = installedVersion(distribution)
-        if version:
+        version = versions.get(distribution)
+        if distribution == "numpy" and numpy1:
+            lines.append(NUMPY_1_REQUIREMENT)
+        elif version:
             lines.append(f"{distribution}=={version}")
     return lines
 
@@ -83,7 +147,10 @@ def pipInstallArguments(requirements, constraintsPath):
 
 def installPackages(requirements):
     """pip-install ``requirements`` (through Slicer's ``pip_install``) without changing torch or
-    Slicer's own packages; the constraints file is removed afterwards."""
+    Slicer's own packages; the constraints file is removed afterwards. DependencyError when pip
+    fails (offline, a proxy, no matching version), with pip's exit status."""
+    from subprocess import CalledProcessError  # pip's failure, raised by slicer.util.pip_install
+
     import slicer
 
     handle, constraintsPath = tempfile.mkstemp(prefix="pairseg-constraints-", suffix=".txt")
@@ -91,6 +158,13 @@ def installPackages(requirements):
         with os.fdopen(handle, "w") as stream:
             stream.write("\n".join(constraintLines()) + "\n")
         slicer.util.pip_install(pipInstallArguments(requirements, constraintsPath))
+    except CalledProcessError as error:
+        raise DependencyError(
+            f"Installing {', '.join(str(r) for r in requirements)} failed (pip exit status {error.returncode}). "
+            "Check the internet connection (and the proxy settings), then press the button again; pip's "
+            "messages are in the Python console.") from error
+    except OSError as error:
+        raise DependencyError(f"Installing {', '.join(str(r) for r in requirements)} failed: {error}") from error
     finally:
         os.remove(constraintsPath)
 
@@ -105,17 +179,42 @@ def confirmationText(missing):
     if packages:
         lines.append("- Python packages " + ", ".join(packages) + " (PyTorch and Slicer's own packages are "
                      "left exactly as they are)")
+    if "numpy" in missing:
+        lines.append(f"- NumPy 1 ({NUMPY_1_REQUIREMENT}) instead of the installed NumPy 2: the last PyTorch for "
+                     "macOS on Intel (x86_64, also under Rosetta) cannot run with NumPy 2")
     lines += ["", "Download and install now? This can take several minutes."]
     return "\n".join(lines)
 
 
+_installing = False
+
+
+def installationRunning():
+    """Whether ``ensureEngineReady`` is installing right now (Slicer keeps processing events while
+    pip runs, so a button may be pressed again meanwhile)."""
+    return _installing
+
+
 def ensureEngineReady(askConfirmation=True):
-    """Install what the engine needs, after one confirmation; DependencyError when it cannot run.
+    """Install what the engine needs, after one confirmation; DependencyError when it cannot run,
+    when an installation fails (the message says why and what to do) and when an installation is
+    already running (never two at once, whichever module asks).
 
     Returns True at once (no dialog) when everything is installed."""
+    global _installing
     missing = missingPackages()
     if not missing:
         return True
+    if _installing:
+        raise DependencyError("PairSeg's packages are being installed: wait until the installation ends.")
+    _installing = True
+    try:
+        return _install(missing, askConfirmation)
+    finally:
+        _installing = False
+
+
+def _install(missing, askConfirmation):
     import slicer
 
     torchUtils = None
@@ -131,9 +230,14 @@ def ensureEngineReady(askConfirmation=True):
     if torchUtils is not None:
         torchLogic = torchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled():
-            if torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT) is None:
+            try:
+                installed = torchLogic.installTorch(askConfirmation=False, torchVersionRequirement=torchRequirement())
+            except Exception as error:  # pip's CalledProcessError, a download error
+                raise DependencyError(f"Installing PyTorch failed ({error}). Check the internet connection, "
+                                      "or install PyTorch in the PyTorch Utils module, then try again.") from error
+            if installed is None:
                 raise DependencyError("PyTorch was not installed: PairSeg cannot run without it.")
-    packages = [ENGINE_REQUIREMENTS[name] for name in missing if name in ENGINE_REQUIREMENTS]
+    packages = requirementsToInstall(missing)
     if packages:
         installPackages(packages)
     importlib.invalidate_caches()

@@ -70,7 +70,7 @@ class SegmentationRun(WorkFolderRun):
     inputErrorClass = InputError
 
     def __init__(self, logic, volumeNode, modelPath, metadata, segmentationNode=None, device="auto",
-                 keepLargestComponent=True, **options):
+                 keepLargestComponent=True, replace=False, structures=None, show3D=False, **options):
         super().__init__(logic, **options)
         self.volumeNode = volumeNode
         self.modelPath = os.path.abspath(os.fspath(modelPath))
@@ -78,7 +78,11 @@ class SegmentationRun(WorkFolderRun):
         self.targetSegmentationNode = segmentationNode
         self.device = device
         self.keepLargestComponent = keepLargestComponent
+        self.replace = bool(replace)
+        self.structures = list(structures) if structures else None
+        self.show3D = bool(show3D)
         self.segmentationNode = None
+        self.newNodeReason = None   # why the chosen segmentation was not written into (a sentence)
         self.message = "Preparing the input"
 
     def writeInputs(self):
@@ -98,15 +102,42 @@ class SegmentationRun(WorkFolderRun):
         return "Importing the segmentation"
 
     def completed(self):
+        """Import the result: into the chosen segmentation only when ``mrml.protectionReason`` allows
+        it at this moment (the user may have edited it during the run), else into a new one."""
+        if self.volumeNode.GetScene() is None:
+            raise SegmentationError(f"The input volume '{self.volumeNode.GetName()}' was removed from the scene "
+                                    "during the run: nothing was imported.")
         names = list(self.metadata["class_names"])
         try:
             labelImage = mrml.readLabelImage(self.outputPath, self.volumeNode, len(names))
         except IOError as error:
             raise SegmentationError(f"Importing the result failed: {error}") from error
-        self.segmentationNode = mrml.importSegments(labelImage, names, self.metadata.get("class_colors"),
-                                                    self.volumeNode, self.targetSegmentationNode)
+        colors = self.metadata.get("class_colors")
+        labelValues = None   # label k + 1 is class k of the model; a subset keeps those values
+        if self.structures:
+            chosen = [names.index(name) for name in self.structures]
+            mrml.keepLabels(labelImage, [index + 1 for index in chosen])
+            names = [names[index] for index in chosen]
+            labelValues = [index + 1 for index in chosen]
+            colors = [colors[index] for index in chosen] if colors else None
+        target = self.targetSegmentationNode
+        if target is not None and target.GetScene() is None:
+            target = None
+        if target is not None:
+            self.newNodeReason = mrml.protectionReason(target, self.volumeNode, self.replace)
+            if self.newNodeReason:
+                target = None
+        self.segmentationNode = mrml.importSegments(labelImage, names, colors, self.volumeNode, target,
+                                                    labelValues=labelValues)
         self.segmentationNode.SetAttribute("PairSeg.Model", self.modelPath)
-        return f"Done: {len(names)} segments in {self.elapsedSeconds:.1f} s"
+        mrml.recordOutput(self.segmentationNode, self.volumeNode)
+        if self.show3D:
+            self.segmentationNode.CreateClosedSurfaceRepresentation()
+        message = f"Done: {len(names)} segments in '{self.segmentationNode.GetName()}' in {self.elapsedSeconds:.1f} s"
+        if self.newNodeReason:
+            message += f" (a new segmentation: {self.newNodeReason}, so it was left as it was)"
+        warnings = [line.split("warning:", 1)[1].strip() for line in self.log if "pairseg: warning:" in line]
+        return message + "".join(f". {warning}" for warning in warnings)
 
 
 class ComparisonRun(WorkFolderRun):
@@ -119,9 +150,10 @@ class ComparisonRun(WorkFolderRun):
     inputErrorClass = InputError
 
     def __init__(self, logic, segmentationNode, geometryNode, temporaryGeometry, names, predicted, reference,
-                 showOverlay=True, **options):
+                 showOverlay=True, referenceSegmentationNode=None, **options):
         super().__init__(logic, **options)
         self.segmentationNode = segmentationNode
+        self.referenceSegmentationNode = referenceSegmentationNode
         self.geometryNode = geometryNode
         self.temporaryGeometry = temporaryGeometry
         self.names = names
@@ -152,7 +184,7 @@ class ComparisonRun(WorkFolderRun):
             raise EngineError(f"pairseg evaluate wrote no readable results: {error}") from error
         self.result = self.logic.addComparisonNodes(self.segmentationNode, self.geometryNode, self.temporaryGeometry,
                                                     self.names, self.predicted, self.reference, metrics,
-                                                    self.showOverlay)
+                                                    self.showOverlay, self.referenceSegmentationNode)
         return "Comparison done"
 
     def finished(self):
@@ -222,14 +254,38 @@ class PairSegCoreLogic:
 
     # -- segmentation -----------------------------------------------------------------------
 
+    @staticmethod
+    def chosenStructures(metadata, structures):
+        """The model's class names picked by ``structures`` (names, or one comma-separated string;
+        case and spaces ignored), in the model's order; None for all. InputError naming the model's
+        classes for a name it does not have."""
+        classKey = engineModule.torchFreeEngineModule("constants").class_key  # the one "same class" rule
+        if isinstance(structures, str):
+            structures = structures.split(",")
+        wanted = [str(name).strip() for name in (structures or []) if str(name).strip()]
+        if not wanted:
+            return None
+        names = list(metadata["class_names"])
+        keys = [classKey(name) for name in names]
+        unknown = [name for name in wanted if classKey(name) not in keys]
+        if unknown:
+            raise InputError(f"The model has no structure named {', '.join(repr(u) for u in unknown)}: "
+                             f"its structures are {', '.join(names)}.")
+        wantedKeys = {classKey(name) for name in wanted}
+        return [name for name, key in zip(names, keys) if key in wantedKeys]
+
     def segmentVolumeAsync(self, volumeNode, modelPath, segmentationNode=None, device="auto",
-                           keepLargestComponent=True, onProgress=None, onFinished=None):
+                           keepLargestComponent=True, onProgress=None, onFinished=None, replace=False,
+                           structures=None, show3D=False):
         """Start segmenting; returns the running SegmentationRun (a Qt timer calls its ``poll()``;
         ``cancel()`` stops it). InputError at once for bad input, DependencyError when the engine
-        cannot run and its installation was declined: nothing starts in both cases."""
+        cannot run and its installation was declined: nothing starts in both cases. Options: see
+        ``segmentVolume``."""
         metadata = self.validateInputs(volumeNode, modelPath, segmentationNode, device)
+        chosen = self.chosenStructures(metadata, structures)
         modelPath = self.modelFile(modelPath)
-        run = SegmentationRun(self, volumeNode, modelPath, metadata, segmentationNode, device, keepLargestComponent)
+        run = SegmentationRun(self, volumeNode, modelPath, metadata, segmentationNode, device, keepLargestComponent,
+                              replace=replace, structures=chosen, show3D=show3D)
         run.onProgress, run.onFinished = onProgress, onFinished
         run.start()
         if run.state != State.FAILED:
@@ -240,15 +296,21 @@ class PairSegCoreLogic:
         return run
 
     def segmentVolume(self, volumeNode, modelPath, segmentationNode=None, device="auto",
-                      keepLargestComponent=True):
+                      keepLargestComponent=True, replace=False, structures=None, show3D=False):
         """Segment ``volumeNode`` with the model file; block until done; return the segmentation node.
 
-        One segment per model class (name, colour, terminology from the model) in a new
-        segmentation beside the volume, or in ``segmentationNode`` (segments of the same names are
-        replaced, others kept). Raises InputError (bad input), SegmentationError (engine failure);
-        the scene is unchanged in both cases.
+        One segment per model class (name, colour, terminology from the model; ``structures``: only
+        these classes, names or a comma-separated string) in a new segmentation beside the volume
+        ("<volume> PairSeg", then "<volume> PairSeg 2", ...), or in ``segmentationNode`` (segments
+        of the same names are replaced, others kept) when ``mrml.protectionReason`` allows it when
+        the result arrives: never into a segmentation in a training set or made for another
+        volume, and, unless ``replace``, never into one the user edited or that PairSeg did not
+        fill (then a new segmentation is made; ``run.newNodeReason`` says why). ``show3D``: add the
+        closed-surface representation. Raises InputError (bad input), SegmentationError (engine
+        failure); the scene is unchanged in both cases.
         """
-        run = self.segmentVolumeAsync(volumeNode, modelPath, segmentationNode, device, keepLargestComponent)
+        run = self.segmentVolumeAsync(volumeNode, modelPath, segmentationNode, device, keepLargestComponent,
+                                      replace=replace, structures=structures, show3D=show3D)
         run.wait()
         if run.state != State.DONE:
             raise run.error
@@ -276,7 +338,8 @@ class PairSegCoreLogic:
             if temporary:
                 slicer.mrmlScene.RemoveNode(geometryNode)
             raise
-        run = ComparisonRun(self, segmentationNode, geometryNode, temporary, names, predicted, reference, showOverlay)
+        run = ComparisonRun(self, segmentationNode, geometryNode, temporary, names, predicted, reference, showOverlay,
+                            referenceSegmentationNode=referenceSegmentationNode)
         run.onProgress, run.onFinished = onProgress, onFinished
         try:
             run.start()
@@ -292,13 +355,15 @@ class PairSegCoreLogic:
         Predicted (mL), Reference (mL)), ``distanceVolumeNode`` (distance in mm of each predicted
         boundary voxel to the reference surface; -1 elsewhere, shown transparent) and
         ``metrics`` (one case of ``pairseg evaluate --json``: the engine's evaluate_case dict).
+        With ``showOverlay`` the distance map is the slice views' foreground and both segmentations
+        are shown as outlines (their fill would hide it: ``overlays.showAboveSegmentations``).
         """
         run = self.compareToReferenceAsync(segmentationNode, referenceSegmentationNode, showOverlay)
         run.wait()
         return run.result
 
     def addComparisonNodes(self, segmentationNode, geometryNode, temporaryGeometry, names, predicted, reference,
-                           metrics, showOverlay=True):
+                           metrics, showOverlay=True, referenceSegmentationNode=None):
         """The table and the boundary-distance overlay (scipy, this process) of a comparison."""
         spacingZyx = tuple(reversed(geometryNode.GetSpacing()))
         distances = overlays.boundaryDistanceMap(predicted, reference, spacingZyx, len(names))
@@ -316,7 +381,7 @@ class PairSegCoreLogic:
             mrml.placeBeside(node, segmentationNode)
         tableNode.SetNodeReferenceID("PairSeg.boundaryDistance", distanceNode.GetID())
         if showOverlay:
-            overlays.showAsForeground(distanceNode)
+            overlays.showAboveSegmentations(distanceNode, [segmentationNode, referenceSegmentationNode])
         return ComparisonResult(tableNode, distanceNode, metrics)
 
     @staticmethod

@@ -14,6 +14,15 @@ from .terminology import setSegmentTerminology
 
 GEOMETRY_TOLERANCE = 1e-3
 
+# The node-attribute contract between PairSeg and PairSegTrainer (docs/architecture.md, "Which
+# segmentations PairSeg may write into"):
+#: attribute PairSeg writes on every segmentation it fills: the ``segmentationFingerprint`` right after
+FINGERPRINT_ATTRIBUTE = "PairSeg.Fingerprint"
+#: attribute "1" that PairSegTrainer's addToTrainingSet sets on a segmentation it put in a training set
+TRAINING_SET_ATTRIBUTE = "PairSeg.TrainingSet"
+#: node reference from a segmentation PairSeg filled to the volume it segmented
+SOURCE_VOLUME_REFERENCE = "PairSeg.sourceVolume"
+
 
 class InputError(ValueError):
     """Bad input from the user: the message says what is wrong and what to do."""
@@ -206,8 +215,9 @@ def writeLabelArray(labels, referenceVolumeNode, path):
     return path
 
 
-def buildSegments(labelImage, classNames, classColors):
-    """One vtkSegment per class (label value k+1), sharing one labelmap; named, coloured, coded."""
+def buildSegments(labelImage, classNames, classColors, labelValues=None):
+    """One vtkSegment per class, sharing one labelmap; named, coloured, coded. Class k has label
+    value ``labelValues[k]`` (default k + 1)."""
     binaryName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
     segments = []
     for index, name in enumerate(classNames):
@@ -216,7 +226,7 @@ def buildSegments(labelImage, classNames, classColors):
         color = classColors[index] if classColors and index < len(classColors) else (0.5, 0.5, 0.5)
         segment.SetColor(*[float(c) for c in color[:3]])
         segment.AddRepresentation(binaryName, labelImage)
-        segment.SetLabelValue(index + 1)
+        segment.SetLabelValue(int(labelValues[index]) if labelValues else index + 1)
         setSegmentTerminology(segment, name)
         segments.append(segment)
     return segments
@@ -269,10 +279,24 @@ def placeBeside(node, referenceNode):
         shNode.SetItemParent(item, parent)
 
 
+def versionedName(base, scene=None):
+    """``base`` when no node of the scene has that name, else "``base`` 2", "``base`` 3", ... (the
+    first free one)."""
+    scene = scene or slicer.mrmlScene
+    taken = {scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())}
+    if base not in taken:
+        return base
+    version = 2
+    while f"{base} {version}" in taken:
+        version += 1
+    return f"{base} {version}"
+
+
 def newSegmentationNode(volumeNode, name=None):
-    """A segmentation node for ``volumeNode``: reference geometry, parent transform, SH placement."""
+    """A segmentation node for ``volumeNode``: reference geometry, parent transform, SH placement
+    (beside the volume). Default name "<volume> PairSeg", versioned ("... 2") when taken."""
     scene = slicer.mrmlScene
-    name = name or scene.GenerateUniqueName(f"{volumeNode.GetName()} PairSeg")
+    name = name or versionedName(f"{volumeNode.GetName()} PairSeg", scene)
     segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
     segmentationNode.CreateDefaultDisplayNodes()
     prepareSegmentationNode(segmentationNode, volumeNode)
@@ -286,13 +310,115 @@ def prepareSegmentationNode(segmentationNode, volumeNode):
     placeBeside(segmentationNode, volumeNode)
 
 
-def importSegments(labelImage, classNames, classColors, volumeNode, segmentationNode=None, name=None):
-    """Put the classes of ``labelImage`` (from ``readLabelImage``) into the scene as segments.
+def keepLabels(labelImage, labelValues):
+    """Set to 0, in place, every voxel of ``labelImage`` (vtkOrientedImageData) whose label is not in
+    ``labelValues``; returns ``labelImage``."""
+    from vtk.util import numpy_support
+
+    scalars = labelImage.GetPointData().GetScalars()
+    voxels = numpy_support.vtk_to_numpy(scalars)
+    voxels[~np.isin(voxels, np.asarray(list(labelValues), voxels.dtype))] = 0
+    scalars.Modified()
+    labelImage.Modified()
+    return labelImage
+
+
+def _hashMatrix(digest, matrix):
+    digest.update(",".join(f"{matrix.GetElement(r, c):.6g}" for r in range(4) for c in range(4)).encode())
+
+
+def segmentationFingerprint(segmentationNode):
+    """SHA-256 (hex) of what an edit of a segmentation changes: each segment's ID, name, label value
+    and binary-labelmap voxels.
+
+    The voxels enter as each segment's mask cropped to its non-empty box, with that box's place in
+    world coordinates, so the value does not depend on the labelmap's extent (the Segment Editor
+    grows and shrinks it) and is the same for the same labels on the same grid; colour, opacity and
+    other representations (a closed surface for 3D) do not enter. Slicer's own modified times are not
+    used: a scene reload resets them, and undoing an edit does not."""
+    from vtk.util import numpy_support
+    import hashlib
+
+    digest = hashlib.sha256()
+    segmentation = segmentationNode.GetSegmentation()
+    binaryName = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+    for index in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(index)
+        digest.update(f"|{segmentation.GetNthSegmentID(index)}|{segment.GetName()}|{segment.GetLabelValue()}|".encode())
+        image = segment.GetRepresentation(binaryName)
+        if image is None or image.GetPointData().GetScalars() is None:
+            digest.update(b"no labelmap")
+            continue
+        extent = image.GetExtent()
+        shape = (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
+        if min(shape) <= 0:
+            digest.update(b"empty")
+            continue
+        voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape)
+        mask = voxels == segment.GetLabelValue()
+        if not mask.any():
+            digest.update(b"empty")
+            continue
+        corners = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        low = [int(c[0]) for c in corners]
+        high = [int(c[-1]) + 1 for c in corners]
+        cropped = mask[low[0]:high[0], low[1]:high[1], low[2]:high[2]]
+        matrix = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(matrix)
+        _hashMatrix(digest, matrix)
+        digest.update(f"{extent[0] + low[2]},{extent[2] + low[1]},{extent[4] + low[0]}:{cropped.shape}".encode())
+        digest.update(np.packbits(cropped).tobytes())
+    return digest.hexdigest()
+
+
+def sourceVolume(segmentationNode):
+    """The volume a segmentation was made for: the one PairSeg segmented into it, else its
+    reference-geometry volume, else None."""
+    node = segmentationNode.GetNodeReference(SOURCE_VOLUME_REFERENCE)
+    return node if node is not None else segmentationNode.GetNodeReference("referenceImageGeometryRef")
+
+
+def protectionReason(segmentationNode, volumeNode, replace=False):
+    """Why PairSeg must not write the segments of ``volumeNode`` into ``segmentationNode`` (a
+    sentence), or None when it may.
+
+    Always protected: a segmentation in a training set (TRAINING_SET_ATTRIBUTE "1") and one made for
+    another volume (``sourceVolume``). Unless ``replace``: one whose segments PairSeg did not write
+    (no FINGERPRINT_ATTRIBUTE) or that changed since (fingerprint differs: an edit). An empty
+    segmentation is never protected by the last two rules."""
+    name = segmentationNode.GetName()
+    if segmentationNode.GetAttribute(TRAINING_SET_ATTRIBUTE) == "1":
+        return f"'{name}' is in a training set"
+    source = sourceVolume(segmentationNode)
+    if source is not None and source is not volumeNode:
+        return f"'{name}' belongs to volume '{source.GetName()}'"
+    if replace or segmentationNode.GetSegmentation().GetNumberOfSegments() == 0:
+        return None
+    recorded = segmentationNode.GetAttribute(FINGERPRINT_ATTRIBUTE)
+    if not recorded:
+        return f"'{name}' holds segments that PairSeg did not make"
+    if recorded != segmentationFingerprint(segmentationNode):
+        return f"'{name}' was edited after PairSeg wrote it"
+    return None
+
+
+def recordOutput(segmentationNode, volumeNode):
+    """Mark ``segmentationNode`` as PairSeg's output for ``volumeNode``: its fingerprint as it is now
+    (FINGERPRINT_ATTRIBUTE) and the source-volume reference."""
+    segmentationNode.SetNodeReferenceID(SOURCE_VOLUME_REFERENCE, volumeNode.GetID())
+    segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, segmentationFingerprint(segmentationNode))
+
+
+def importSegments(labelImage, classNames, classColors, volumeNode, segmentationNode=None, name=None,
+                   labelValues=None):
+    """Put the classes of ``labelImage`` (from ``readLabelImage``) into the scene as segments
+    (``labelValues``: as in ``buildSegments``).
 
     Into ``segmentationNode`` when given and still in the scene (segments of the same names are
     replaced in place, others kept), else into a new segmentation beside ``volumeNode`` named
-    ``name`` (default "<volume> PairSeg"). Returns the segmentation node."""
-    segments = buildSegments(labelImage, classNames, classColors)
+    ``name`` (default "<volume> PairSeg", versioned when taken). Returns the segmentation node.
+    Whether the given node may be written into is the caller's decision (``protectionReason``)."""
+    segments = buildSegments(labelImage, classNames, classColors, labelValues)
     if segmentationNode is None or segmentationNode.GetScene() is None:
         segmentationNode = newSegmentationNode(volumeNode, name)
     else:

@@ -126,3 +126,15 @@ def showAsForeground(volumeNode, opacity=1.0):
         compositeNode = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
         compositeNode.SetForegroundVolumeID(volumeNode.GetID())
         compositeNode.SetForegroundOpacity(opacity)
+
+
+def showAboveSegmentations(volumeNode, segmentationNodes):
+    """Show ``volumeNode`` (the boundary-distance map) as the foreground of every slice view and make
+    it visible there: Slicer draws segmentations above all volume layers, so the 2D fill of each
+    segmentation in ``segmentationNodes`` is turned off (outlines stay)."""
+    showAsForeground(volumeNode)
+    for segmentationNode in segmentationNodes:
+        displayNode = segmentationNode.GetDisplayNode() if segmentationNode is not None else None
+        if displayNode is not None:
+            displayNode.SetVisibility2DFill(False)
+            displayNode.SetVisibility2DOutline(True)

@@ -21,6 +21,8 @@ AND_COLOR = (0.16, 0.35, 1.0)     # blue
 XOR_COLOR = (1.0, 0.16, 0.16)     # red
 AND_VALUE, XOR_VALUE = 1, 2       # values of the combined overlay label map
 COLOR_TABLE_NAME = "PairSegProxyColors"
+PREDICTED_COLOR_TABLE_NAME = "PairSegProxyProbabilityColors"
+PREDICTED_LEVELS = 128               # colour-table entries per predicted map (AND, then XOR)
 
 
 def proxyTargetStack(labelA: np.ndarray, labelB: np.ndarray, numClasses: int) -> np.ndarray:
@@ -103,7 +105,8 @@ class ProxyMapsResult:
     overlayNode: object = None         # label map for display: 1 AND (blue), 2 XOR (red)
     predictedAndNode: object = None    # scalar volume, model's AND probability (max over classes)
     predictedXorNode: object = None    # scalar volume, model's XOR probability
-    predictedOverlayNode: object = None  # RGB vector volume: blue = AND, red = XOR probability
+    predictedOverlayNode: object = None  # scalar volume coded for predictedColorTable: blue = AND,
+    #                                      red = XOR, opacity = probability (transparent at 0)
     run: object = None                 # the PredictedProxyMapsRun computing the predicted maps
     sliceA: int = 0
     sliceB: int = 0
@@ -140,6 +143,51 @@ def proxyColorTable(scene):
     table.SetColor(AND_VALUE, "AND", *AND_COLOR, 1.0)
     table.SetColor(XOR_VALUE, "XOR", *XOR_COLOR, 1.0)
     return table
+
+
+def predictedColorTable(scene):
+    """The colour table of the predicted overlay, made once per scene: entries 0..PREDICTED_LEVELS-1
+    are AND (blue), the next PREDICTED_LEVELS XOR (red), each with opacity rising from 0 (fully
+    transparent: the image shows through where the model predicts nothing) to 1."""
+    nodes = scene.GetNodesByClassByName("vtkMRMLColorTableNode", PREDICTED_COLOR_TABLE_NAME)
+    if nodes.GetNumberOfItems() > 0:
+        return nodes.GetItemAsObject(0)
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", PREDICTED_COLOR_TABLE_NAME)
+    table.SetTypeToUser()
+    table.SetNumberOfColors(2 * PREDICTED_LEVELS)
+    for offset, name, color in ((0, "AND", AND_COLOR), (PREDICTED_LEVELS, "XOR", XOR_COLOR)):
+        for level in range(PREDICTED_LEVELS):
+            alpha = level / (PREDICTED_LEVELS - 1)
+            table.SetColor(offset + level, f"{name} {alpha:.2f}", *color, alpha)
+    return table
+
+
+def predictedOverlayValues(pAnd: np.ndarray, pXor: np.ndarray) -> np.ndarray:
+    """uint8 indices into ``predictedColorTable``: where the AND probability is at least the XOR
+    one, ``round((PREDICTED_LEVELS - 1) * pAnd)``, else ``PREDICTED_LEVELS + round((PREDICTED_LEVELS -
+    1) * pXor)``; probabilities (any shape, 0..1) 0 give a transparent entry."""
+    pAnd = np.clip(np.asarray(pAnd, np.float32), 0.0, 1.0)
+    pXor = np.clip(np.asarray(pXor, np.float32), 0.0, 1.0)
+    top = PREDICTED_LEVELS - 1
+    values = np.where(pAnd >= pXor, np.rint(top * pAnd), PREDICTED_LEVELS + np.rint(top * pXor))
+    return values.astype(np.uint8)
+
+
+def addPredictedOverlay(scene, name: str, volumeNode, sliceIndex: int, pAnd: np.ndarray, pXor: np.ndarray):
+    """The predicted overlay of slice ``sliceIndex``: a scalar volume of ``predictedOverlayValues``
+    shown through ``predictedColorTable`` (window 0..255 maps a value to its own entry, no
+    interpolation) and thresholded at 1, so a probability of 0 is transparent, never black."""
+    node = sliceNode(scene, "vtkMRMLScalarVolumeNode", name, volumeNode, sliceIndex,
+                     predictedOverlayValues(pAnd, pXor), predictedColorTable(scene))
+    display = node.GetDisplayNode()
+    display.AutoWindowLevelOff()
+    display.SetWindowLevelMinMax(0.0, 2.0 * PREDICTED_LEVELS - 1.0)
+    display.SetInterpolate(False)
+    display.AutoThresholdOff()
+    display.SetLowerThreshold(1.0)
+    display.SetUpperThreshold(2.0 * PREDICTED_LEVELS)
+    display.SetApplyThreshold(True)
+    return node
 
 
 def sliceNode(scene, className: str, name: str, volumeNode, sliceIndex: int, plane: np.ndarray,
@@ -245,17 +293,13 @@ class PredictedProxyMapsRun(WorkFolderRun):
                                      (dimensions[0], dimensions[1], 1))[0].astype(np.float32)
                 for kind in ("and", "xor")]
         pAnd, pXor = maps
-        rgb = np.zeros(pAnd.shape + (3,), np.float32)
-        for channel in range(3):
-            rgb[..., channel] = 255.0 * (pAnd * AND_COLOR[channel] + pXor * XOR_COLOR[channel])
         sliceA = self.result.sliceA
         self.result.predictedAndNode = sliceNode(scene, "vtkMRMLScalarVolumeNode", f"AND predicted {self.pairName}",
                                                  self.volumeA, sliceA, pAnd)
         self.result.predictedXorNode = sliceNode(scene, "vtkMRMLScalarVolumeNode", f"XOR predicted {self.pairName}",
                                                  self.volumeA, sliceA, pXor)
-        self.result.predictedOverlayNode = sliceNode(scene, "vtkMRMLVectorVolumeNode",
-                                                     f"Proxy predicted {self.pairName}", self.volumeA, sliceA,
-                                                     np.clip(rgb, 0, 255).astype(np.uint8))
+        self.result.predictedOverlayNode = addPredictedOverlay(scene, f"Proxy predicted {self.pairName}",
+                                                               self.volumeA, sliceA, pAnd, pXor)
         if self.show:
             showInSliceViews(scene, self.volumeA, self.result.overlayNode, self.result.predictedOverlayNode,
                              rasPoint=sliceCenterRas(self.volumeA, sliceA))

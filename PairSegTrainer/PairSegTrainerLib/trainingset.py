@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PairSegLib import engine
+from PairSegLib import engine, mrml
 
 constants = engine.torchFreeEngineModule("constants")
 
@@ -57,8 +57,9 @@ class TrainingItem:
 
 
 #: attribute set to "1" on a segmentation the user added to a training set (and on its snapshot):
-#: the PairSeg module never writes into such a node (the contract between the two modules)
-TRAINING_SET_ATTRIBUTE = "PairSeg.TrainingSet"
+#: the PairSeg module never writes into such a node (the contract between the two modules, defined
+#: on the PairSeg side)
+TRAINING_SET_ATTRIBUTE = mrml.TRAINING_SET_ATTRIBUTE
 #: attribute of a snapshot: the ID of the segmentation node it was copied from
 SNAPSHOT_OF_ATTRIBUTE = "PairSeg.TrainingSnapshotOf"
 SNAPSHOT_SUFFIX = " (training set copy)"
