@@ -139,7 +139,6 @@ def score_cases(model, cases: dict, names: list[str], class_names: list[str], de
 
 
 def load_cases(npz: Path | None, dry_run: bool):
-    sys.path.insert(0, str(HERE))
     from recipe import load_cases as read
 
     cases, class_names = read(npz)

@@ -23,17 +23,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from pairseg.uncertainty import rank_slices, uncertainty_map  # noqa: E402
+from pairseg.uncertainty import _entropy_bits, rank_slices, uncertainty_map  # noqa: E402
 
 BAND_MM = 10.0
 
-
-def _largest_class_entropy(probabilities: np.ndarray) -> np.ndarray:
-    p = np.clip(probabilities.astype(np.float32), 1e-6, 1 - 1e-6)
-    return (-(p * np.log2(p) + (1 - p) * np.log2(1 - p))).max(axis=1)
-
-
-MAPS = {"entropy_sum": uncertainty_map, "entropy_max": _largest_class_entropy}
+MAPS = {"entropy_sum": uncertainty_map,
+        "entropy_max": lambda probabilities: _entropy_bits(probabilities).max(axis=1)}
 
 
 def organ_band(ref: np.ndarray, pred: np.ndarray, spacing_zyx) -> np.ndarray:
