@@ -28,7 +28,6 @@ from .mrml import InputError
 
 # The engine's devices (pairseg.constants); PairSeg.py's device menu reads them from here.
 DEVICES = engineModule.torchFreeEngineModule("constants").DEVICES
-State = RunState
 
 
 class SegmentationError(EngineError):
@@ -288,7 +287,7 @@ class PairSegCoreLogic:
                               replace=replace, structures=chosen, show3D=show3D)
         run.onProgress, run.onFinished = onProgress, onFinished
         run.start()
-        if run.state != State.FAILED:
+        if run.state != RunState.FAILED:
             try:
                 self.registry.addRecentModel(modelPath)
             except OSError:
@@ -312,7 +311,7 @@ class PairSegCoreLogic:
         run = self.segmentVolumeAsync(volumeNode, modelPath, segmentationNode, device, keepLargestComponent,
                                       replace=replace, structures=structures, show3D=show3D)
         run.wait()
-        if run.state != State.DONE:
+        if run.state != RunState.DONE:
             raise run.error
         return run.segmentationNode
 
