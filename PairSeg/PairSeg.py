@@ -40,8 +40,9 @@ class PairSeg(ScriptedLoadableModule):
             "Segment organs in a CT or MR volume with a PairSeg model (C2FCN / CFCN pairwise networks, "
             "trained with the PairSegTrainer module or the <code>pairseg</code> command line). Choose the "
             "volume and a model (a ready model of the catalog is preselected), then click Segment. The work "
-            "runs in a background process that can be cancelled. The README of the extension's source "
-            "documents the module.")
+            "runs in a background process that can be cancelled. <i>Show uncertainty</i> overlays where the "
+            "model is unsure, and Next / Previous uncertain slice go to the slices to check first. The "
+            "README of the extension's source documents the module.")
         self.parent.acknowledgementText = (
             "Method: R. Wang, S. Cao, K. Ma, Y. Zheng, D. Meng, \"Pairwise learning for medical image "
             "segmentation\", Medical Image Analysis 67 (2021) 101876. Sample data: CHAOS challenge "
@@ -66,6 +67,7 @@ class PairSegParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode
     replaceOutput: bool = False
     show3D: bool = False
+    showUncertainty: bool = True
     referenceSegmentation: vtkMRMLSegmentationNode
 
 

@@ -495,3 +495,144 @@ def test_show_3d_and_only_these_structures(pairsegWidget, mrml_scene, harness, p
     subsetMask = slicer.util.arrayFromSegmentBinaryLabelmap(subset, segmentation.GetNthSegmentID(0), volume)
     np.testing.assert_array_equal(np.asarray(subsetMask) > 0, np.asarray(fullMask) > 0)
     assert not slotErrors
+
+
+# -- issue 22 item 4: where to look first ---------------------------------------------------------
+
+
+def colorAlphas(colorNode):
+    alphas = []
+    for index in range(colorNode.GetNumberOfColors()):
+        rgba = [0.0, 0.0, 0.0, 0.0]
+        colorNode.GetColor(index, rgba)
+        alphas.append(rgba[3])
+    return alphas
+
+
+def sliceCentre(volume, sliceIndex):
+    """RAS of the centre of slice K = ``sliceIndex``, from the volume's IJK-to-RAS matrix."""
+    import numpy as np
+    import slicer
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    nx, ny, _ = volume.GetImageData().GetDimensions()
+    return (slicer.util.arrayFromVTKMatrix(matrix) @ np.array([(nx - 1) / 2.0, (ny - 1) / 2.0, sliceIndex, 1.0]))[:3]
+
+
+def test_uncertainty_overlay_and_uncertain_slices(pairsegWidget, mrml_scene, harness, phantom_dir, phantom_model,
+                                                 slotErrors):
+    """Issue 22 item 4: Segment (Show uncertainty on by default) passes --uncertainty; the map
+    comes back on the input's grid as "<input> uncertainty", the slice views' foreground, through a
+    colour table whose opacity grows with the uncertainty; Next / Previous uncertain slice centre
+    every slice view on the engine's ranked slices in order and go round at the ends; a second run
+    updates the same node (no duplicate)."""
+    import numpy as np
+    import slicer
+    import vtk
+
+    from PairSegLib import models
+
+    widget = pairsegWidget
+    ui, panel = widget.ui, widget.panel
+    volume = readyPanel(widget, harness, phantom_dir, phantom_model)
+    assert ui.showUncertaintyCheckBox.checked and panel._parameterNode.showUncertainty is True
+    assert not ui.nextUncertainButton.enabled and not ui.previousUncertainButton.enabled
+    composite = mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    sliceNode = mrml_scene.AddNewNodeByClass("vtkMRMLSliceNode")
+
+    run = segmentOnce(widget)
+    option = run.command.index("--uncertainty")
+    assert run.command[option + 1] == run.uncertaintyPath
+    assert os.path.dirname(run.uncertaintyPath) == run.workDirectory and not os.path.exists(run.workDirectory)
+    node = run.uncertaintyNode
+    assert node is not None and node.GetScene() is mrml_scene and node.GetName() == "phantom uncertainty"
+    assert node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+    nodeMatrix, volumeMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(nodeMatrix)
+    volume.GetIJKToRASMatrix(volumeMatrix)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(nodeMatrix), slicer.util.arrayFromVTKMatrix(volumeMatrix))
+    values = np.array(slicer.util.arrayFromVolume(node))
+    classCount = len(models.readModelMetadata(str(phantom_model))["class_names"])
+    assert 0.0 <= values.min() < 0.01 and 0.1 < values.max() <= classCount + 1e-4  # bits, not a constant map
+    # the ranking is the engine's event, and it ranks the slices (first array axis) of the map shown
+    (event,) = [e for e in run.events if e.get("event") == "uncertainty"]
+    ranked = [entry["slice"] for entry in event["check_slices"]]
+    assert run.checkSlices == ranked and len(ranked) >= 2
+    sums = values.reshape(values.shape[0], -1).sum(axis=1, dtype=np.float64)
+    assert [int(k) for k in np.argsort(-sums, kind="stable")[:len(ranked)]] == ranked
+    # shown: foreground of the slice views, transparent where certain, opaque from 1 bit
+    assert composite.GetForegroundVolumeID() == node.GetID() and composite.GetBackgroundVolumeID() == volume.GetID()
+    display = node.GetDisplayNode()
+    alphas = colorAlphas(display.GetColorNode())
+    assert alphas[0] == 0.0 and alphas[-1] == 1.0 and all(b >= a for a, b in zip(alphas, alphas[1:]))
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+
+    # Next walks the ranking in order, centred on each slice, and goes round after the last
+    count = len(ranked)
+    assert ui.nextUncertainButton.enabled and ui.uncertainSlicesLabel.text == f"{count} slices to check, most uncertain first"
+    for position in list(range(count)) + [0]:
+        ui.nextUncertainButton.click()
+        assert ui.uncertainSlicesLabel.text == f"slice {position + 1} of {count} to check (K = {ranked[position]})"
+        sliceToRas = sliceNode.GetSliceToRAS()
+        np.testing.assert_allclose([sliceToRas.GetElement(row, 3) for row in range(3)],
+                                   sliceCentre(volume, ranked[position]), atol=1e-6)
+    ui.previousUncertainButton.click()  # from the first, Previous goes round to the last
+    assert ui.uncertainSlicesLabel.text == f"slice {count} of {count} to check (K = {ranked[-1]})"
+    ui.previousUncertainButton.click()
+    assert ui.uncertainSlicesLabel.text == f"slice {count - 1} of {count} to check (K = {ranked[-2]})"
+
+    # a second run replaces the map: the same node, one of its name, one colour table
+    segmentOnce(widget)
+    assert panel.run.uncertaintyNode is node and node.GetScene() is mrml_scene
+    assert [name for _, name in harness.sceneSnapshot()].count("phantom uncertainty") == 1
+    assert mrml_scene.GetNodesByClassByName("vtkMRMLColorTableNode", "PairSeg uncertainty").GetNumberOfItems() == 1
+    assert ui.uncertainSlicesLabel.text == f"{len(panel.run.checkSlices)} slices to check, most uncertain first"
+    assert not slotErrors
+
+
+def test_uncertainty_cancel_failure_and_off_leave_no_nodes(pairsegWidget, mrml_scene, harness, phantom_dir,
+                                                           phantom_model, monkeypatch, caplog, slotErrors):
+    """Issue 22 item 4: a cancelled run and a run that fails on the uncertainty map add no node
+    and leave no work file (the map is read before anything enters the scene); with Show
+    uncertainty off the engine gets no --uncertainty."""
+    from PairSegLib import mrml
+
+    widget = pairsegWidget
+    ui, panel = widget.ui, widget.panel
+    readyPanel(widget, harness, phantom_dir, phantom_model)
+    before = harness.sceneSnapshot()
+    ui.applyButton.click()
+    run = panel.run
+    assert "--uncertainty" in run.command and not run.done
+    ui.applyButton.click()  # Cancel
+    pump(lambda: run.done and not panel.timer.isActive())
+    assert run.state == "cancelled" and harness.sceneSnapshot() == before
+    assert not os.path.exists(run.workDirectory)
+
+    readOnGrid = mrml.readArrayOnGrid
+
+    def unreadableUncertainty(path, *arguments):
+        if os.path.basename(path) == "uncertainty.nrrd":
+            raise IOError(f"{path} could not be read as an image.")
+        return readOnGrid(path, *arguments)
+
+    monkeypatch.setattr(mrml, "readArrayOnGrid", unreadableUncertainty)
+    ui.applyButton.click()
+    run = panel.run
+    pump(lambda: run.done and not panel.timer.isActive(), timeout=180)
+    assert run.state == "failed" and "Importing the uncertainty map failed" in ui.statusLabel.text
+    assert any("uncertainty map" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert harness.sceneSnapshot() == before and not os.path.exists(run.workDirectory)
+    assert not ui.nextUncertainButton.enabled
+    monkeypatch.setattr(mrml, "readArrayOnGrid", readOnGrid)
+
+    ui.showUncertaintyCheckBox.checked = False
+    assert panel._parameterNode.showUncertainty is False
+    ui.applyButton.click()
+    run = panel.run
+    assert "--uncertainty" not in run.command and run.uncertaintyPath is None
+    ui.applyButton.click()  # Cancel: the command is what this part checks
+    pump(lambda: run.done and not panel.timer.isActive())
+    assert harness.sceneSnapshot() == before and not slotErrors

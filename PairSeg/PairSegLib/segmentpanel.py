@@ -2,8 +2,9 @@
 
 ``SegmentPanel`` connects the widgets of ``Resources/UI/PairSeg.ui`` to the module's parameter
 node and to the logic (``segmentlogic.PairSegCoreLogic``): model choice (catalog, registered and
-recent models), Segment / Cancel, Compare with a reference, and the *Fill between slices*
-section (``fill.FillPanel``). A QTimer polls the background run (``engine.EngineRun``: one
+recent models), Segment / Cancel, where to look first (the uncertainty overlay and Previous /
+Next uncertain slice), Compare with a reference, and the *Fill between slices* section
+(``fill.FillPanel``). A QTimer polls the background run (``engine.EngineRun``: one
 ``pairseg segment`` or ``pairseg evaluate`` process) and moves its progress into the GUI.
 
 ``PairSeg.py`` holds only the module, the widget shell that loads the .ui and hands it to this
@@ -70,6 +71,9 @@ class SegmentPanel:
         self._observedInputVolume = None
         self.run = None
         self.installing = False
+        self.checkSlices = []       # the last uncertainty ranking: K indices, most uncertain first
+        self.checkVolume = None     # the volume it ranks
+        self.checkPosition = None   # index into checkSlices of the slice shown, None before the first
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onTimer)
@@ -94,6 +98,8 @@ class SegmentPanel:
         ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        ui.nextUncertainButton.connect("clicked(bool)", lambda checked=False: self.stepUncertainSlice(+1))
+        ui.previousUncertainButton.connect("clicked(bool)", lambda checked=False: self.stepUncertainSlice(-1))
         scene = slicer.mrmlScene
         self.moduleWidget.addObserver(scene, scene.StartCloseEvent, self.onSceneStartClose)
         self.moduleWidget.addObserver(scene, scene.EndCloseEvent, self.onSceneEndClose)
@@ -117,6 +123,7 @@ class SegmentPanel:
     def onSceneStartClose(self, caller, event):
         if self.run is not None and not self.run.done:
             self.run.shutdown()
+        self.setCheckSlices([], None)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -253,7 +260,7 @@ class SegmentPanel:
         self.startRun(lambda: self.logic.segmentVolumeAsync(
             p.inputVolume, p.modelPath, p.outputSegmentation, p.device, p.keepLargestComponent,
             onProgress=self.onRunProgress, onFinished=self.onSegmentationFinished, replace=p.replaceOutput,
-            structures=p.structures, show3D=p.show3D))
+            structures=p.structures, show3D=p.show3D, uncertainty=p.showUncertainty))
 
     def startRun(self, start):
         """``start()`` starts an engine run (segmentation, comparison), then followed by the timer;
@@ -299,6 +306,8 @@ class SegmentPanel:
             if parameterNode is not None and parameterNode.inputVolume is run.volumeNode:
                 parameterNode.outputSegmentation = run.segmentationNode
             slicer.util.setSliceViewerLayers(background=run.volumeNode, fit=False)
+            if run.uncertaintyNode is not None:
+                self.setCheckSlices(run.checkSlices, run.volumeNode)
             self.ui.modelPathLineEdit.addCurrentPathToHistory()
             self.refreshKnownModels()
         elif run.state == RunState.FAILED:
@@ -320,3 +329,43 @@ class SegmentPanel:
         elif run.state == RunState.FAILED:
             slicer.util.errorDisplay(str(run.error), windowTitle="PairSeg comparison failed")
 
+    # -- where to look first --------------------------------------------------------------------
+
+    def setCheckSlices(self, slices, volumeNode):
+        """Offer ``slices`` (K indices of ``volumeNode``, most uncertain first, from the engine's
+        ``uncertainty`` event) to Previous / Next uncertain slice; [] clears the ranking."""
+        self.checkSlices = [int(index) for index in slices] if volumeNode is not None else []
+        self.checkVolume = volumeNode if self.checkSlices else None
+        self.checkPosition = None
+        self.updateUncertainSlices()
+
+    def updateUncertainSlices(self):
+        ui = self.ui
+        usable = bool(self.checkSlices) and self.checkVolume is not None and self.checkVolume.GetScene() is not None
+        ui.nextUncertainButton.enabled = ui.previousUncertainButton.enabled = usable
+        count = len(self.checkSlices)
+        if not usable:
+            ui.uncertainSlicesLabel.text = "No uncertain slices yet."
+        elif self.checkPosition is None:
+            ui.uncertainSlicesLabel.text = f"{count} slices to check, most uncertain first"
+        else:
+            ui.uncertainSlicesLabel.text = (f"slice {self.checkPosition + 1} of {count} to check "
+                                            f"(K = {self.checkSlices[self.checkPosition]})")
+
+    def stepUncertainSlice(self, step):
+        """Next (+1) or previous (-1) slice of the ranking, going round at both ends (Next after
+        the last shows the first; before any, Next shows the first and Previous the last); every
+        slice view is centred on that slice (``mrml.jumpToSlice``). Returns its K index, or None
+        when there is no ranking (or its volume left the scene)."""
+        self.updateUncertainSlices()
+        if not self.ui.nextUncertainButton.enabled:
+            return None
+        count = len(self.checkSlices)
+        if self.checkPosition is None:
+            self.checkPosition = 0 if step > 0 else count - 1
+        else:
+            self.checkPosition = (self.checkPosition + step) % count
+        sliceIndex = self.checkSlices[self.checkPosition]
+        mrml.jumpToSlice(self.checkVolume, sliceIndex)
+        self.updateUncertainSlices()
+        return sliceIndex
