@@ -26,7 +26,7 @@ def test_module_code_imports_without_torch():
             sys.modules[name] = None
         sys.path[:0] = [{str(ROOT / "PairSeg")!r}, {str(ROOT / "PairSegTrainer")!r}]
         import importlib
-        for name in ("PairSegLib", "PairSegLib.engine", "PairSegLib.install", "PairSegLib.logic", "PairSegLib.mrml",
+        for name in ("PairSegLib", "PairSegLib.engine", "PairSegLib.install", "PairSegLib.segmentlogic", "PairSegLib.mrml",
                      "PairSegLib.overlays", "PairSegLib.sampledata", "PairSegLib.terminology", "PairSegTrainerLib",
                      "PairSegTrainerLib.config", "PairSegTrainerLib.job", "PairSegTrainerLib.logic",
                      "PairSegTrainerLib.proxymaps", "PairSegTrainerLib.trainingset", "PairSegTrainerLib.plots"):

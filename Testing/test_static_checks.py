@@ -23,7 +23,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODULES = {
-    "PairSeg": {"ui": "PairSeg/Resources/UI/PairSeg.ui", "code": ["PairSeg/PairSeg.py"],
+    "PairSeg": {"ui": "PairSeg/Resources/UI/PairSeg.ui", "code": ["PairSeg/PairSeg.py", "PairSeg/PairSegLib/segmentpanel.py"],
                 "parameters": "PairSegParameterNode"},
     "PairSegTrainer": {"ui": "PairSegTrainer/Resources/UI/PairSegTrainer.ui",
                        "code": ["PairSegTrainer/PairSegTrainer.py", "PairSegTrainer/PairSegTrainerLib/widget.py"],
@@ -143,7 +143,7 @@ def test_other_connected_signals_exist(slicer_harness):
     import slicer
 
     found = []
-    for path in ["PairSeg/PairSeg.py", "PairSegTrainer/PairSegTrainer.py", "PairSegTrainer/PairSegTrainerLib/widget.py"]:
+    for path in ["PairSeg/PairSeg.py", "PairSeg/PairSegLib/segmentpanel.py", "PairSegTrainer/PairSegTrainer.py", "PairSegTrainer/PairSegTrainerLib/widget.py"]:
         text = open(_path(path), encoding="utf-8").read()
         for owner, signal in re.findall(r"(\w+)\.connect\(\"([^\"]+)\"", text):
             if owner in ("timer",):

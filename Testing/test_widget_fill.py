@@ -65,7 +65,7 @@ def test_fill_preview_cancel_apply_undo_discard(pairsegWidget, mrml_scene, harne
     import slicer
 
     widget = pairsegWidget
-    panel = widget.fillPanel
+    panel = widget.panel.fillPanel
     node = panel.parameterNode
     assert node is not None and node.parameterNode.GetScene() is mrml_scene
     assert not panel.previewButton.enabled  # nothing chosen yet
@@ -123,7 +123,7 @@ def test_fill_refuses_an_empty_segmentation_before_starting(pairsegWidget, mrml_
                                                             monkeypatch):
     import slicer
 
-    panel = pairsegWidget.fillPanel
+    panel = pairsegWidget.panel.fillPanel
     images = sorted(p for p in os.listdir(phantom_dir) if "_image" in p)
     volume = harness.loadVolume(str(phantom_dir / images[0]), name="phantom")
     empty = mrml_scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")

@@ -45,7 +45,7 @@ def test_setup_binds_parameter_node(pairsegWidget, mrml_scene):
 
     widget = pairsegWidget
     ui = widget.ui
-    node = widget._parameterNode
+    node = widget.panel._parameterNode
     assert node is not None and node.parameterNode.GetScene() is mrml_scene
     # GUI -> node and node -> GUI through Slicer's connectors
     ui.largestComponentCheckBox.checked = False
@@ -72,24 +72,24 @@ def test_exit_enter_and_cleanup_disconnect(pairsegWidget, mrml_scene):
     import slicer
 
     widget = pairsegWidget
-    node = widget._parameterNode
+    node = widget.panel._parameterNode
     widget.parent.exit()
-    assert widget._parameterNode is None
+    assert widget.panel._parameterNode is None
     node.keepLargestComponent = False
     assert widget.ui.largestComponentCheckBox.checked is True  # no longer bound
     widget.parent.enter()
     assert widget.ui.largestComponentCheckBox.checked is False  # bound again, from the node
-    widget.timer.start()
+    widget.panel.timer.start()
     slicer.app.moduleManager().moduleAboutToBeUnloaded.emit("PairSeg")  # Slicer exit / unload
-    assert not widget.timer.isActive() and widget._parameterNode is None
+    assert not widget.panel.timer.isActive() and widget.panel._parameterNode is None
 
 
 def test_scene_close_makes_a_new_parameter_node_only_when_entered(pairsegWidget, mrml_scene):
     widget = pairsegWidget
-    old = widget._parameterNode.parameterNode
+    old = widget.panel._parameterNode.parameterNode
     mrml_scene.Clear(1)  # close, singletons too (as when a scene file replaces the scene)
-    assert widget._parameterNode is not None and widget._parameterNode.parameterNode is not old
-    assert widget._parameterNode.parameterNode.GetScene() is mrml_scene
+    assert widget.panel._parameterNode is not None and widget.panel._parameterNode.parameterNode is not old
+    assert widget.panel._parameterNode.parameterNode.GetScene() is mrml_scene
     widget.parent.exit()
     mrml_scene.Clear(1)
     assert mrml_scene.GetSingletonNode("PairSeg", "vtkMRMLScriptedModuleNode") is None
@@ -103,28 +103,28 @@ def test_segment_cancel_then_segment_and_compare(pairsegWidget, mrml_scene, harn
     volume = phantomVolume(harness, phantom_dir)
     ui.inputVolumeSelector.setCurrentNode(volume)
     ui.modelPathLineEdit.currentPath = str(phantom_model)
-    assert widget._parameterNode.modelPath == str(phantom_model)
+    assert widget.panel._parameterNode.modelPath == str(phantom_model)
     assert ui.modelInfoLabel.text.startswith("Classes: liver")
     ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
     assert ui.applyButton.enabled
 
     before = harness.sceneSnapshot()
     ui.applyButton.click()  # Segment
-    assert widget.task is not None and not widget.task.done
+    assert widget.panel.run is not None and not widget.panel.run.done
     assert ui.applyButton.text == "Cancel" and ui.progressBar.isVisibleTo(widget.parent)
-    assert not ui.inputsCollapsibleButton.enabled and widget.timer.isActive()
+    assert not ui.inputsCollapsibleButton.enabled and widget.panel.timer.isActive()
     ui.applyButton.click()  # Cancel
-    pump(lambda: widget.task.done)
-    assert widget.task.state == "cancelled"
-    assert widget.task.process is None or widget.task.process.poll() is not None  # the engine is gone
+    pump(lambda: widget.panel.run.done)
+    assert widget.panel.run.state == "cancelled"
+    assert widget.panel.run.process is None or widget.panel.run.process.poll() is not None  # the engine is gone
     assert ui.applyButton.text == "Segment" and not ui.progressBar.isVisibleTo(widget.parent)
-    assert not widget.timer.isActive() and harness.sceneSnapshot() == before
+    assert not widget.panel.timer.isActive() and harness.sceneSnapshot() == before
 
     ui.applyButton.click()  # Segment again, to the end
     fractions = []
-    pump(lambda: fractions.append(ui.progressBar.value) or widget.task.done, timeout=180)
-    assert widget.task.state == "done", ui.statusLabel.text
-    output = widget._parameterNode.outputSegmentation
+    pump(lambda: fractions.append(ui.progressBar.value) or widget.panel.run.done, timeout=180)
+    assert widget.panel.run.state == "done", ui.statusLabel.text
+    output = widget.panel._parameterNode.outputSegmentation
     assert output is not None and ui.outputSegmentationSelector.currentNode() is output
     segmentation = output.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())][0] == "liver"
@@ -140,13 +140,13 @@ def test_segment_cancel_then_segment_and_compare(pairsegWidget, mrml_scene, harn
     reference.GetSegmentation().DeepCopy(segmentation)
     ui.compareCollapsibleButton.collapsed = False
     ui.referenceSegmentationSelector.setCurrentNode(reference)
-    assert widget._parameterNode.referenceSegmentation is reference and ui.compareButton.enabled
+    assert widget.panel._parameterNode.referenceSegmentation is reference and ui.compareButton.enabled
     composite = mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # one slice view
     ui.compareButton.click()  # pairseg evaluate in the background, followed by the timer
-    pump(lambda: widget.task.done and not widget.timer.isActive(), timeout=180)
-    assert widget.task.state == "done", ui.statusLabel.text
+    pump(lambda: widget.panel.run.done and not widget.panel.timer.isActive(), timeout=180)
+    assert widget.panel.run.state == "done", ui.statusLabel.text
     # issue 19 item 10: the distance overlay is the foreground, not hidden under the fills
-    distanceNode = widget.task.result.distanceVolumeNode
+    distanceNode = widget.panel.run.result.distanceVolumeNode
     assert composite.GetForegroundVolumeID() == distanceNode.GetID() and composite.GetForegroundOpacity() == 1.0
     assert distanceNode.GetDisplayNode().GetApplyThreshold() and distanceNode.GetDisplayNode().GetLowerThreshold() == 0.0
     for compared in (output, reference):
@@ -168,7 +168,7 @@ def test_segment_refuses_bad_model_with_a_message(pairsegWidget, mrml_scene, har
     assert str(broken) in ui.modelInfoLabel.text or "model" in ui.modelInfoLabel.text.lower()
     before = mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
     ui.applyButton.click()
-    assert widget.task is None and ui.applyButton.text == "Segment"
+    assert widget.panel.run is None and ui.applyButton.text == "Segment"
     assert any(record.levelname == "ERROR" for record in caplog.records)  # errorDisplay (testing mode logs)
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before
 
@@ -204,17 +204,17 @@ def test_catalog_default_model_preselected(slicer_release, module_widget, mrml_s
     combo = ui.knownModelsComboBox
     labels = [combo.itemText(i) for i in range(combo.count)]
     assert "Ready model: Phantom organs (test) (default)" in labels
-    assert widget._parameterNode.modelPath == str(modelFile) == ui.modelPathLineEdit.currentPath
+    assert widget.panel._parameterNode.modelPath == str(modelFile) == ui.modelPathLineEdit.currentPath
     info = ui.modelInfoLabel.text
     assert "A tiny model made by the test." in info and "mean 91.2" in info and "liver 91.2" in info
     volume = phantomVolume(harness, phantom_dir)  # "load sample"
-    assert widget._parameterNode.inputVolume is volume and ui.applyButton.enabled
+    assert widget.panel._parameterNode.inputVolume is volume and ui.applyButton.enabled
     # choosing another model and back through the menu
     ui.modelPathLineEdit.currentPath = ""
     assert ui.modelInfoLabel.text == "No model selected."
     combo.setCurrentIndex(labels.index("Ready model: Phantom organs (test) (default)"))
     combo.activated.emit(combo.currentIndex)
-    assert widget._parameterNode.modelPath == str(modelFile)
+    assert widget.panel._parameterNode.modelPath == str(modelFile)
 
 
 def test_catalog_absent_or_damaged_keeps_panel_working(slicer_release, module_widget, mrml_scene, tmp_path,
@@ -225,7 +225,7 @@ def test_catalog_absent_or_damaged_keeps_panel_working(slicer_release, module_wi
     monkeypatch.setenv("PAIRSEG_MODELS_DIR", str(tmp_path / "catalog"))
     widget = module_widget("PairSeg")
     widget.parent.enter()
-    assert widget._parameterNode.modelPath == "" and widget.ui.knownModelsComboBox.count == 1
+    assert widget.panel._parameterNode.modelPath == "" and widget.ui.knownModelsComboBox.count == 1
 
 
 def test_sample_data_registered_at_startup(slicer_release, module_widget, mrml_scene, monkeypatch, tmp_path):
@@ -260,10 +260,10 @@ def slotErrors(monkeypatch):
 def segmentOnce(widget, timeout=180):
     """Click Segment and follow the run (the module's timer) to its end; returns the run."""
     widget.ui.applyButton.click()
-    assert widget.task is not None
-    pump(lambda: widget.task.done and not widget.timer.isActive(), timeout=timeout)
-    assert widget.task.state == "done", widget.ui.statusLabel.text
-    return widget.task
+    assert widget.panel.run is not None
+    pump(lambda: widget.panel.run.done and not widget.panel.timer.isActive(), timeout=timeout)
+    assert widget.panel.run.state == "done", widget.ui.statusLabel.text
+    return widget.panel.run
 
 
 def segmentArrays(segmentationNode, volume):
@@ -315,10 +315,10 @@ def test_segment_again_never_overwrites_edits_or_training_sets(pairsegWidget, mr
     widget = pairsegWidget
     ui = widget.ui
     volume = readyPanel(widget, harness, phantom_dir, phantom_model)
-    assert not ui.replaceOutputCheckBox.checked and widget._parameterNode.replaceOutput is False
+    assert not ui.replaceOutputCheckBox.checked and widget.panel._parameterNode.replaceOutput is False
 
     segmentOnce(widget)
-    first = widget._parameterNode.outputSegmentation
+    first = widget.panel._parameterNode.outputSegmentation
     assert first.GetName() == "phantom PairSeg" and ui.outputSegmentationSelector.currentNode() is first
     assert first.GetAttribute(mrml.FINGERPRINT_ATTRIBUTE) == mrml.segmentationFingerprint(first)
     assert first.GetNodeReference(mrml.SOURCE_VOLUME_REFERENCE) is volume
@@ -330,7 +330,7 @@ def test_segment_again_never_overwrites_edits_or_training_sets(pairsegWidget, mr
     edited = segmentArrays(first, volume)
     assert mrml.protectionReason(first, volume) == "'phantom PairSeg' was edited after PairSeg wrote it"
     segmentOnce(widget)  # "segment again", output selector still on the edited segmentation
-    second = widget._parameterNode.outputSegmentation
+    second = widget.panel._parameterNode.outputSegmentation
     assert second is not first and second.GetName() == "phantom PairSeg 2"
     assert segmentArrays(first, volume) == edited  # byte for byte
     assert "was edited after PairSeg wrote it" in ui.statusLabel.text
@@ -342,9 +342,9 @@ def test_segment_again_never_overwrites_edits_or_training_sets(pairsegWidget, mr
     inTrainingSet = segmentArrays(second, volume)
     fingerprint = second.GetAttribute(mrml.FINGERPRINT_ATTRIBUTE)
     ui.replaceOutputCheckBox.click()
-    assert widget._parameterNode.replaceOutput is True
+    assert widget.panel._parameterNode.replaceOutput is True
     segmentOnce(widget)
-    third = widget._parameterNode.outputSegmentation
+    third = widget.panel._parameterNode.outputSegmentation
     assert third.GetName() == "phantom PairSeg 3" and "is in a training set" in ui.statusLabel.text
     assert segmentArrays(second, volume) == inTrainingSet
     assert second.GetAttribute(mrml.FINGERPRINT_ATTRIBUTE) == fingerprint
@@ -353,7 +353,7 @@ def test_segment_again_never_overwrites_edits_or_training_sets(pairsegWidget, mr
     ui.outputSegmentationSelector.setCurrentNode(first)
     nodes = mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
     segmentOnce(widget)
-    assert widget._parameterNode.outputSegmentation is first
+    assert widget.panel._parameterNode.outputSegmentation is first
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == nodes
     assert list(segmentArrays(first, volume).values()) == list(segmentArrays(third, volume).values())
     assert segmentArrays(first, volume) != edited
@@ -370,23 +370,23 @@ def test_changing_the_input_resets_the_output(pairsegWidget, mrml_scene, harness
     ui = widget.ui
     volumeA = readyPanel(widget, harness, phantom_dir, phantom_model)
     segmentOnce(widget)
-    outputA = widget._parameterNode.outputSegmentation
+    outputA = widget.panel._parameterNode.outputSegmentation
     labelsA = segmentArrays(outputA, volumeA)
     images = sorted(p for p in os.listdir(phantom_dir) if "_image" in p)
     volumeB = harness.loadVolume(str(phantom_dir / images[1]), name="other")
     ui.inputVolumeSelector.setCurrentNode(volumeB)
-    assert widget._parameterNode.outputSegmentation is None
+    assert widget.panel._parameterNode.outputSegmentation is None
     assert ui.outputSegmentationSelector.currentNode() is None
     ui.inputVolumeSelector.setCurrentNode(volumeA)
     ui.outputSegmentationSelector.setCurrentNode(outputA)
     ui.inputVolumeSelector.setCurrentNode(volumeA)  # no change: kept
-    assert widget._parameterNode.outputSegmentation is outputA
+    assert widget.panel._parameterNode.outputSegmentation is outputA
     # chosen again by hand for B, even with Replace on: B's organs go into a new segmentation
     ui.inputVolumeSelector.setCurrentNode(volumeB)
     ui.outputSegmentationSelector.setCurrentNode(outputA)
     ui.replaceOutputCheckBox.checked = True
     segmentOnce(widget)
-    outputB = widget._parameterNode.outputSegmentation
+    outputB = widget.panel._parameterNode.outputSegmentation
     assert outputB is not outputA and outputB.GetName() == "other PairSeg"
     assert mrml.sourceVolume(outputB) is volumeB and "belongs to volume 'phantom'" in ui.statusLabel.text
     assert segmentArrays(outputA, volumeA) == labelsA
@@ -401,13 +401,13 @@ def test_leaving_the_module_during_a_run(pairsegWidget, mrml_scene, harness, pha
     ui = widget.ui
     volume = readyPanel(widget, harness, phantom_dir, phantom_model)
     ui.applyButton.click()
-    assert widget.task is not None and not widget.task.done
+    assert widget.panel.run is not None and not widget.panel.run.done
     widget.parent.exit()  # the user switches to the Segment Editor
-    assert widget._parameterNode is None
-    pump(lambda: widget.task.done and not widget.timer.isActive(), timeout=180)
+    assert widget.panel._parameterNode is None
+    pump(lambda: widget.panel.run.done and not widget.panel.timer.isActive(), timeout=180)
     assert not slotErrors, slotErrors
-    assert widget.task.state == "done", ui.statusLabel.text
-    output = widget.task.segmentationNode
+    assert widget.panel.run.state == "done", ui.statusLabel.text
+    output = widget.panel.run.segmentationNode
     assert output is not None and output.GetScene() is mrml_scene
     assert widget.logic.getParameterNode().outputSegmentation is output
     widget.parent.enter()
@@ -445,7 +445,7 @@ def test_failing_install_is_reported_and_never_reentered(pairsegWidget, mrml_sce
     before = harness.sceneSnapshot()
     ui.applyButton.click()
     assert calls == [(False, False, True)]  # one pip, buttons disabled meanwhile
-    assert widget.task is None and not install.installationRunning()
+    assert widget.panel.run is None and not install.installationRunning()
     expected = "Installing monai>=1.3 failed (pip exit status 1)"
     assert expected in ui.statusLabel.text and "internet connection" in ui.statusLabel.text
     assert any(record.levelname == "ERROR" and expected in record.getMessage() for record in caplog.records)
@@ -469,24 +469,24 @@ def test_show_3d_and_only_these_structures(pairsegWidget, mrml_scene, harness, p
     volume = readyPanel(widget, harness, phantom_dir, phantom_model)
     classes = models.readModelMetadata(str(phantom_model))["class_names"]
     ui.structuresLineEdit.text = "no such organ"
-    assert widget._parameterNode.structures == "no such organ"
+    assert widget.panel._parameterNode.structures == "no such organ"
     ui.applyButton.click()
-    assert widget.task is None
+    assert widget.panel.run is None
     assert any("no structure named 'no such organ'" in r.getMessage() and ", ".join(classes) in r.getMessage()
                for r in caplog.records if r.levelname == "ERROR")
 
     ui.structuresLineEdit.text = ""
     segmentOnce(widget)  # every structure, no 3D
-    full = widget._parameterNode.outputSegmentation
+    full = widget.panel._parameterNode.outputSegmentation
     closedSurface = slicer.vtkSegmentationConverter.GetClosedSurfaceRepresentationName()
     assert not full.GetSegmentation().ContainsRepresentation(closedSurface)
     wanted = classes[-1]
     ui.structuresLineEdit.text = f" {wanted.upper()} "
     ui.show3DCheckBox.checked = True
-    assert widget._parameterNode.show3D is True
+    assert widget.panel._parameterNode.show3D is True
     ui.outputSegmentationSelector.setCurrentNode(None)
     segmentOnce(widget)
-    subset = widget._parameterNode.outputSegmentation
+    subset = widget.panel._parameterNode.outputSegmentation
     segmentation = subset.GetSegmentation()
     assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == [wanted]
     assert segmentation.ContainsRepresentation(closedSurface)
@@ -495,3 +495,144 @@ def test_show_3d_and_only_these_structures(pairsegWidget, mrml_scene, harness, p
     subsetMask = slicer.util.arrayFromSegmentBinaryLabelmap(subset, segmentation.GetNthSegmentID(0), volume)
     np.testing.assert_array_equal(np.asarray(subsetMask) > 0, np.asarray(fullMask) > 0)
     assert not slotErrors
+
+
+# -- issue 22 item 4: where to look first ---------------------------------------------------------
+
+
+def colorAlphas(colorNode):
+    alphas = []
+    for index in range(colorNode.GetNumberOfColors()):
+        rgba = [0.0, 0.0, 0.0, 0.0]
+        colorNode.GetColor(index, rgba)
+        alphas.append(rgba[3])
+    return alphas
+
+
+def sliceCentre(volume, sliceIndex):
+    """RAS of the centre of slice K = ``sliceIndex``, from the volume's IJK-to-RAS matrix."""
+    import numpy as np
+    import slicer
+    import vtk
+
+    matrix = vtk.vtkMatrix4x4()
+    volume.GetIJKToRASMatrix(matrix)
+    nx, ny, _ = volume.GetImageData().GetDimensions()
+    return (slicer.util.arrayFromVTKMatrix(matrix) @ np.array([(nx - 1) / 2.0, (ny - 1) / 2.0, sliceIndex, 1.0]))[:3]
+
+
+def test_uncertainty_overlay_and_uncertain_slices(pairsegWidget, mrml_scene, harness, phantom_dir, phantom_model,
+                                                 slotErrors):
+    """Issue 22 item 4: Segment (Show uncertainty on by default) passes --uncertainty; the map
+    comes back on the input's grid as "<input> uncertainty", the slice views' foreground, through a
+    colour table whose opacity grows with the uncertainty; Next / Previous uncertain slice centre
+    every slice view on the engine's ranked slices in order and go round at the ends; a second run
+    updates the same node (no duplicate)."""
+    import numpy as np
+    import slicer
+    import vtk
+
+    from PairSegLib import models
+
+    widget = pairsegWidget
+    ui, panel = widget.ui, widget.panel
+    volume = readyPanel(widget, harness, phantom_dir, phantom_model)
+    assert ui.showUncertaintyCheckBox.checked and panel._parameterNode.showUncertainty is True
+    assert not ui.nextUncertainButton.enabled and not ui.previousUncertainButton.enabled
+    composite = mrml_scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+    sliceNode = mrml_scene.AddNewNodeByClass("vtkMRMLSliceNode")
+
+    run = segmentOnce(widget)
+    option = run.command.index("--uncertainty")
+    assert run.command[option + 1] == run.uncertaintyPath
+    assert os.path.dirname(run.uncertaintyPath) == run.workDirectory and not os.path.exists(run.workDirectory)
+    node = run.uncertaintyNode
+    assert node is not None and node.GetScene() is mrml_scene and node.GetName() == "phantom uncertainty"
+    assert node.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+    nodeMatrix, volumeMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(nodeMatrix)
+    volume.GetIJKToRASMatrix(volumeMatrix)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(nodeMatrix), slicer.util.arrayFromVTKMatrix(volumeMatrix))
+    values = np.array(slicer.util.arrayFromVolume(node))
+    classCount = len(models.readModelMetadata(str(phantom_model))["class_names"])
+    assert 0.0 <= values.min() < 0.01 and 0.1 < values.max() <= classCount + 1e-4  # bits, not a constant map
+    # the ranking is the engine's event, and it ranks the slices (first array axis) of the map shown
+    (event,) = [e for e in run.events if e.get("event") == "uncertainty"]
+    ranked = [entry["slice"] for entry in event["check_slices"]]
+    assert run.checkSlices == ranked and len(ranked) >= 2
+    sums = values.reshape(values.shape[0], -1).sum(axis=1, dtype=np.float64)
+    assert [int(k) for k in np.argsort(-sums, kind="stable")[:len(ranked)]] == ranked
+    # shown: foreground of the slice views, transparent where certain, opaque from 1 bit
+    assert composite.GetForegroundVolumeID() == node.GetID() and composite.GetBackgroundVolumeID() == volume.GetID()
+    display = node.GetDisplayNode()
+    alphas = colorAlphas(display.GetColorNode())
+    assert alphas[0] == 0.0 and alphas[-1] == 1.0 and all(b >= a for a, b in zip(alphas, alphas[1:]))
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+
+    # Next walks the ranking in order, centred on each slice, and goes round after the last
+    count = len(ranked)
+    assert ui.nextUncertainButton.enabled and ui.uncertainSlicesLabel.text == f"{count} slices to check, most uncertain first"
+    for position in list(range(count)) + [0]:
+        ui.nextUncertainButton.click()
+        assert ui.uncertainSlicesLabel.text == f"slice {position + 1} of {count} to check (K = {ranked[position]})"
+        sliceToRas = sliceNode.GetSliceToRAS()
+        np.testing.assert_allclose([sliceToRas.GetElement(row, 3) for row in range(3)],
+                                   sliceCentre(volume, ranked[position]), atol=1e-6)
+    ui.previousUncertainButton.click()  # from the first, Previous goes round to the last
+    assert ui.uncertainSlicesLabel.text == f"slice {count} of {count} to check (K = {ranked[-1]})"
+    ui.previousUncertainButton.click()
+    assert ui.uncertainSlicesLabel.text == f"slice {count - 1} of {count} to check (K = {ranked[-2]})"
+
+    # a second run replaces the map: the same node, one of its name, one colour table
+    segmentOnce(widget)
+    assert panel.run.uncertaintyNode is node and node.GetScene() is mrml_scene
+    assert [name for _, name in harness.sceneSnapshot()].count("phantom uncertainty") == 1
+    assert mrml_scene.GetNodesByClassByName("vtkMRMLColorTableNode", "PairSeg uncertainty").GetNumberOfItems() == 1
+    assert ui.uncertainSlicesLabel.text == f"{len(panel.run.checkSlices)} slices to check, most uncertain first"
+    assert not slotErrors
+
+
+def test_uncertainty_cancel_failure_and_off_leave_no_nodes(pairsegWidget, mrml_scene, harness, phantom_dir,
+                                                           phantom_model, monkeypatch, caplog, slotErrors):
+    """Issue 22 item 4: a cancelled run and a run that fails on the uncertainty map add no node
+    and leave no work file (the map is read before anything enters the scene); with Show
+    uncertainty off the engine gets no --uncertainty."""
+    from PairSegLib import mrml
+
+    widget = pairsegWidget
+    ui, panel = widget.ui, widget.panel
+    readyPanel(widget, harness, phantom_dir, phantom_model)
+    before = harness.sceneSnapshot()
+    ui.applyButton.click()
+    run = panel.run
+    assert "--uncertainty" in run.command and not run.done
+    ui.applyButton.click()  # Cancel
+    pump(lambda: run.done and not panel.timer.isActive())
+    assert run.state == "cancelled" and harness.sceneSnapshot() == before
+    assert not os.path.exists(run.workDirectory)
+
+    readOnGrid = mrml.readArrayOnGrid
+
+    def unreadableUncertainty(path, *arguments):
+        if os.path.basename(path) == "uncertainty.nrrd":
+            raise IOError(f"{path} could not be read as an image.")
+        return readOnGrid(path, *arguments)
+
+    monkeypatch.setattr(mrml, "readArrayOnGrid", unreadableUncertainty)
+    ui.applyButton.click()
+    run = panel.run
+    pump(lambda: run.done and not panel.timer.isActive(), timeout=180)
+    assert run.state == "failed" and "Importing the uncertainty map failed" in ui.statusLabel.text
+    assert any("uncertainty map" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert harness.sceneSnapshot() == before and not os.path.exists(run.workDirectory)
+    assert not ui.nextUncertainButton.enabled
+    monkeypatch.setattr(mrml, "readArrayOnGrid", readOnGrid)
+
+    ui.showUncertaintyCheckBox.checked = False
+    assert panel._parameterNode.showUncertainty is False
+    ui.applyButton.click()
+    run = panel.run
+    assert "--uncertainty" not in run.command and run.uncertaintyPath is None
+    ui.applyButton.click()  # Cancel: the command is what this part checks
+    pump(lambda: run.done and not panel.timer.isActive())
+    assert harness.sceneSnapshot() == before and not slotErrors

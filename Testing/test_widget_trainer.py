@@ -215,7 +215,7 @@ def test_add_case_and_train_stop_resume_to_registered_model(trainerWidget, mrml_
     assert not chart.GetYAxisRangeAuto() and tuple(chart.GetYAxisRange()) == (0.0, 1.0)
     # PairSeg lists the registered model
     pairsegWidget = slicer.util.getModuleWidget("PairSeg")
-    pairsegWidget.refreshKnownModels()
+    pairsegWidget.panel.refreshKnownModels()
     combo = pairsegWidget.ui.knownModelsComboBox
     assert modelPath in [combo.itemData(i) for i in range(combo.count)]
 

@@ -4,13 +4,13 @@ slicer, vtk, numpy and scipy are imported here; torch and the engine run in a ba
 
 from .engine import EngineError, EngineLauncher, EngineRun, RunState, engineRoot, pythonExecutable
 from .install import DependencyError
-from .logic import (DEVICES, ComparisonResult, ComparisonRun, PairSegCoreLogic, SegmentationError,
-                    SegmentationRun, State)
+from .segmentlogic import (DEVICES, ComparisonResult, ComparisonRun, PairSegCoreLogic, SegmentationError,
+                    SegmentationRun)
 from .models import ModelFileError, ModelRegistry, describeModel, readModelMetadata
 from .mrml import InputError
 from .terminology import terminologyEntry
 
 __all__ = ["EngineError", "EngineLauncher", "EngineRun", "RunState", "engineRoot", "pythonExecutable",
            "DependencyError", "DEVICES", "ComparisonResult", "ComparisonRun", "PairSegCoreLogic",
-           "SegmentationError", "SegmentationRun", "State", "ModelFileError", "ModelRegistry", "describeModel",
+           "SegmentationError", "SegmentationRun", "ModelFileError", "ModelRegistry", "describeModel",
            "readModelMetadata", "InputError", "terminologyEntry"]

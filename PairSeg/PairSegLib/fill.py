@@ -9,7 +9,7 @@ step (``vtkSegmentationHistory``; the Segment Editor's own undo when it edits th
 each segment (the engine keeps drawn voxels exactly as drawn, and Apply takes the union with them),
 and nothing in the user's segmentation changes before Apply.
 
-Only ``PairSeg.py``'s ``setup()``/``cleanup()`` call into this file (``FillPanel``).
+Only the PairSeg panel (``segmentpanel.SegmentPanel``) creates and cleans up ``FillPanel``.
 """
 
 import logging
@@ -21,8 +21,9 @@ import vtk
 
 from . import engine as engineModule
 from . import mrml
-from .logic import State, WorkFolderRun
+from .engine import RunState
 from .mrml import InputError
+from .segmentlogic import WorkFolderRun
 
 METHODS = ("mci", "fusion", "pairwise")  # the engine's (pairseg.fill.METHODS); mci measured best on a CPU
 METHOD_LABELS = {"mci": "contour interpolation (as Fill between slices; no training)",
@@ -136,7 +137,7 @@ class FillLogic:
         """Write a finished preview into the user's segmentation as one undo step and remove the
         preview node. Each segment becomes the union of its strokes and the filled voxels of its
         label, so no stroke is ever removed. Returns the segmentation node."""
-        if run is None or run.state != State.DONE or run.filled is None:
+        if run is None or run.state != RunState.DONE or run.filled is None:
             raise InputError("There is no preview to apply: click Preview first.")
         node = run.segmentationNode
         if node.GetScene() is None:
@@ -346,7 +347,7 @@ class FillPanel:
 
     @property
     def previewReady(self):
-        return (self.run is not None and self.run.state == State.DONE and self.run.previewNode is not None
+        return (self.run is not None and self.run.state == RunState.DONE and self.run.previewNode is not None
                 and self.run.previewNode.GetScene() is not None)
 
     def updateGui(self):
@@ -397,7 +398,7 @@ class FillPanel:
         self.timer.stop()
         self.statusLabel.text = run.message
         self.updateGui()
-        if run.state == State.FAILED:
+        if run.state == RunState.FAILED:
             slicer.util.errorDisplay(str(run.error), windowTitle="PairSeg fill failed")
 
     def onApply(self):

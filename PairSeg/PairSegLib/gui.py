@@ -1,4 +1,4 @@
-"""GUI helpers shared by the PairSeg and PairSegTrainer module widgets (Qt side only)."""
+"""GUI helpers shared by the PairSeg and PairSegTrainer module panels (Qt side only)."""
 
 SLICER_PARAMETER_NAME = "SlicerParameterName"
 
@@ -23,3 +23,50 @@ def connectParameterNode(parameterNode, ui):
     tag in every release.
     """
     return parameterNode.connectParametersToGui(parameterWidgets(ui))
+
+
+def fillModelCombo(combo, prompt, choices):
+    """Refill a model picker: ``prompt`` (item data "") first, then ``choices``
+    (``models.modelChoices``: ``[(label, model file path, tool tip)]``), the path as item data."""
+    import qt
+
+    combo.clear()
+    combo.addItem(prompt, "")
+    for label, path, tip in choices:
+        combo.addItem(label, path)
+        combo.setItemData(combo.count - 1, tip, qt.Qt.ToolTipRole)
+
+
+class PanelModuleWidget:
+    """What a module widget shell does when its GUI lives in a panel object of the module's Lib
+    (``PairSegLib.segmentpanel.SegmentPanel``): mixed into a ``ScriptedLoadableModuleWidget``
+    with ``VTKObservationMixin`` (listed first, so that its methods are the ones Slicer calls).
+    ``loadUi(name)`` loads ``Resources/UI/<name>`` into the module panel and returns its widget
+    variables (``self.ui``); ``setup()`` then sets ``self.logic`` and ``self.panel``, whose
+    ``enter``/``exit``/``cleanup`` the module's are forwarded to."""
+
+    panel = None
+    logic = None
+    ui = None
+
+    def loadUi(self, name):
+        import slicer
+
+        uiWidget = slicer.util.loadUI(self.resourcePath(f"UI/{name}"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        return self.ui
+
+    def enter(self):
+        if self.panel:
+            self.panel.enter()
+
+    def exit(self):
+        if self.panel:
+            self.panel.exit()
+
+    def cleanup(self):
+        if self.panel:
+            self.panel.cleanup()
+        self.removeObservers()

@@ -116,6 +116,30 @@ def ijkToLps(volumeNode):
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ slicer.util.arrayFromVTKMatrix(matrix)
 
 
+def sliceCentreRas(volumeNode, sliceIndex):
+    """World RAS (mm, the volume's parent transforms applied) of the centre of slice
+    ``sliceIndex`` (the K index, the first axis of the engine's arrays) of ``volumeNode``."""
+    dimensions = volumeNode.GetImageData().GetDimensions()
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    point = matrix.MultiplyPoint(((dimensions[0] - 1) / 2.0, (dimensions[1] - 1) / 2.0, float(sliceIndex), 1.0))[:3]
+    parent = volumeNode.GetParentTransformNode()
+    if parent is not None:
+        toWorld = vtk.vtkGeneralTransform()
+        parent.GetTransformToWorld(toWorld)
+        point = toWorld.TransformPoint(point)
+    return tuple(float(value) for value in point)
+
+
+def jumpToSlice(volumeNode, sliceIndex):
+    """Centre every slice view on slice ``sliceIndex`` of ``volumeNode`` (``sliceCentreRas``;
+    ``vtkMRMLSliceNode.JumpAllSlices``, centred); returns that RAS point."""
+    point = sliceCentreRas(volumeNode, sliceIndex)
+    slicer.vtkMRMLSliceNode.JumpAllSlices(volumeNode.GetScene() or slicer.mrmlScene, *point,
+                                          slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+    return point
+
+
 def _fileIjkToLps(image):
     matrix = np.eye(4)
     matrix[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())

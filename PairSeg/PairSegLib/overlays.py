@@ -1,13 +1,20 @@
-"""Comparison of a segmentation with a reference: label arrays, boundary-distance overlay."""
+"""Overlays of the PairSeg module: comparison with a reference (label arrays, boundary-distance
+overlay) and the uncertainty overlay of a segmentation run (where to look first)."""
 
 import numpy as np
 import slicer
 import vtk
 from scipy import ndimage
 
-from .mrml import findSegmentByName
+from .mrml import SOURCE_VOLUME_REFERENCE, findSegmentByName, placeBeside
 
 DISTANCE_COLOR_NODE_NAME = "PairSeg boundary distance"
+UNCERTAINTY_COLOR_NODE_NAME = "PairSeg uncertainty"
+UNCERTAINTY_ATTRIBUTE = "PairSeg.Uncertainty"
+#: entries of the overlay colour tables
+COLOR_LEVELS = 256
+#: the uncertainty (bits) shown fully opaque: one class undecided (p = 0.5) is 1 bit
+UNCERTAINTY_OPAQUE_BITS = 1.0
 
 
 def referenceGeometryVolume(segmentationNode):
@@ -79,21 +86,28 @@ def boundaryDistanceMap(predictedLabels, referenceLabels, spacingZyx, numberOfCl
     return distances
 
 
-def distanceColorNode():
-    """A colour table for distances: 0 mm green, through yellow, to red; reused when present."""
+def colorTableNode(name, colors):
+    """The scene's colour table node ``name`` (reused when present, else made from ``colors``:
+    ``[(entry name, red, green, blue, alpha)]``, components 0..1)."""
     scene = slicer.mrmlScene
-    existing = scene.GetFirstNodeByName(DISTANCE_COLOR_NODE_NAME)
+    existing = scene.GetFirstNodeByName(name)
     if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
         return existing
-    colorNode = scene.AddNewNodeByClass("vtkMRMLColorTableNode", DISTANCE_COLOR_NODE_NAME)
+    colorNode = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
     colorNode.SetTypeToUser()
-    count = 256
-    colorNode.SetNumberOfColors(count)
-    for index in range(count):
-        t = index / (count - 1)
-        red, green = (2 * t, 1.0) if t < 0.5 else (1.0, 2 * (1 - t))
-        colorNode.SetColor(index, f"{t:.2f}", min(red, 1.0), min(green, 1.0), 0.0, 1.0)
+    colorNode.SetNumberOfColors(len(colors))
+    for index, (entryName, red, green, blue, alpha) in enumerate(colors):
+        colorNode.SetColor(index, entryName, red, green, blue, alpha)
     return colorNode
+
+
+def distanceColorNode():
+    """A colour table for distances: 0 mm green, through yellow, to red; reused when present."""
+    colors = []
+    for t in np.linspace(0.0, 1.0, COLOR_LEVELS):
+        red, green = (2 * t, 1.0) if t < 0.5 else (1.0, 2 * (1 - t))
+        colors.append((f"{t:.2f}", min(red, 1.0), min(green, 1.0), 0.0, 1.0))
+    return colorTableNode(DISTANCE_COLOR_NODE_NAME, colors)
 
 
 def addDistanceVolume(distances, referenceVolumeNode, name, maximumDistance=None):
@@ -138,3 +152,54 @@ def showAboveSegmentations(volumeNode, segmentationNodes):
         if displayNode is not None:
             displayNode.SetVisibility2DFill(False)
             displayNode.SetVisibility2DOutline(True)
+
+
+def uncertaintyColorNode():
+    """The uncertainty colour table: orange whose opacity grows from 0 (certain: the image shows
+    through) to 1 (``UNCERTAINTY_OPAQUE_BITS`` and above); reused when present."""
+    return colorTableNode(UNCERTAINTY_COLOR_NODE_NAME, [(f"{t:.2f} bit", 1.0, 0.45, 0.0, float(t))
+                                                        for t in np.linspace(0.0, 1.0, COLOR_LEVELS)])
+
+
+def uncertaintyVolume(volumeNode):
+    """The uncertainty node PairSeg made for ``volumeNode`` (attribute ``PairSeg.Uncertainty``,
+    node reference ``PairSeg.sourceVolume``), or None."""
+    scene = slicer.mrmlScene
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.GetAttribute(UNCERTAINTY_ATTRIBUTE) == "1" and \
+                node.GetNodeReference(SOURCE_VOLUME_REFERENCE) is volumeNode:
+            return node
+    return None
+
+
+def setUncertaintyVolume(uncertainty, volumeNode):
+    """Show ``uncertainty`` ((k, j, i) float32 bits on ``volumeNode``'s grid, ``pairseg segment
+    --uncertainty``) as the scalar volume "<volume> uncertainty": the one PairSeg made for this
+    volume is updated in place (a rerun replaces it, same node), else a new one is added beside
+    the volume (same geometry and parent transform). Coloured by ``uncertaintyColorNode`` (window
+    0..``UNCERTAINTY_OPAQUE_BITS``), shown as every slice view's foreground. Returns the node."""
+    node = uncertaintyVolume(volumeNode)
+    ijkToRas = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRas)
+    name = f"{volumeNode.GetName()} uncertainty"
+    if node is None:
+        node = slicer.util.addVolumeFromArray(np.ascontiguousarray(uncertainty, np.float32), ijkToRAS=ijkToRas,
+                                              name=name)
+        node.SetAttribute(UNCERTAINTY_ATTRIBUTE, "1")
+        node.SetNodeReferenceID(SOURCE_VOLUME_REFERENCE, volumeNode.GetID())
+    else:
+        node.SetName(name)
+        node.SetIJKToRASMatrix(ijkToRas)
+        slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(uncertainty, np.float32))
+    node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    placeBeside(node, volumeNode)
+    if node.GetDisplayNode() is None:
+        node.CreateDefaultDisplayNodes()
+    displayNode = node.GetDisplayNode()
+    displayNode.SetAndObserveColorNodeID(uncertaintyColorNode().GetID())
+    displayNode.AutoWindowLevelOff()
+    displayNode.SetWindowLevelMinMax(0.0, UNCERTAINTY_OPAQUE_BITS)
+    displayNode.SetInterpolate(False)
+    showAsForeground(node)
+    return node

@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 from PairSegLib import install, models
-from PairSegLib.logic import PairSegCoreLogic
+from PairSegLib.segmentlogic import PairSegCoreLogic
 
 from . import config as configModule
 from . import proxymaps

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 from PairSegLib import engine, mrml
-from PairSegLib.logic import WorkFolderRun
+from PairSegLib.segmentlogic import WorkFolderRun
 
 AND_COLOR = (0.16, 0.35, 1.0)     # blue
 XOR_COLOR = (1.0, 0.16, 0.16)     # red

@@ -637,6 +637,6 @@ def _trainingJobClass():
 
 
 def _segmentationRunClass():
-    from PairSegLib.logic import SegmentationRun
+    from PairSegLib.segmentlogic import SegmentationRun
 
     return SegmentationRun

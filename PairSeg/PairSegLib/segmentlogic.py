@@ -28,7 +28,6 @@ from .mrml import InputError
 
 # The engine's devices (pairseg.constants); PairSeg.py's device menu reads them from here.
 DEVICES = engineModule.torchFreeEngineModule("constants").DEVICES
-State = RunState
 
 
 class SegmentationError(EngineError):
@@ -64,13 +63,18 @@ class WorkFolderRun(engineModule.EngineRun):
 class SegmentationRun(WorkFolderRun):
     """One segmentation: the volume is exported, ``pairseg segment`` runs in the background, and
     on success the label map is imported as segments (one per model class; ``segmentationNode``).
-    Nothing in the scene changes unless the run succeeds."""
+    With ``uncertainty``, the engine also writes its uncertainty map (``--uncertainty``, a file of
+    the work folder) and ranks the slices to check: on success the map is shown over the volume
+    (``overlays.setUncertaintyVolume``: ``uncertaintyNode``, replaced on a rerun) and
+    ``checkSlices`` lists the slices (K indices of the volume) most uncertain first.
+    Nothing in the scene changes unless the run succeeds; the work folder is always removed."""
 
     name = "segmentation"
     inputErrorClass = InputError
 
     def __init__(self, logic, volumeNode, modelPath, metadata, segmentationNode=None, device="auto",
-                 keepLargestComponent=True, replace=False, structures=None, show3D=False, **options):
+                 keepLargestComponent=True, replace=False, structures=None, show3D=False, uncertainty=False,
+                 **options):
         super().__init__(logic, **options)
         self.volumeNode = volumeNode
         self.modelPath = os.path.abspath(os.fspath(modelPath))
@@ -81,6 +85,10 @@ class SegmentationRun(WorkFolderRun):
         self.replace = bool(replace)
         self.structures = list(structures) if structures else None
         self.show3D = bool(show3D)
+        self.uncertainty = bool(uncertainty)
+        self.uncertaintyPath = None
+        self.uncertaintyNode = None
+        self.checkSlices = []       # from the engine's "uncertainty" event, most uncertain first
         self.segmentationNode = None
         self.newNodeReason = None   # why the chosen segmentation was not written into (a sentence)
         self.message = "Preparing the input"
@@ -92,11 +100,26 @@ class SegmentationRun(WorkFolderRun):
                      "--device", self.device, "--events", "json"]
         if not self.keepLargestComponent:
             arguments.append("--no-largest-component")
+        if self.uncertainty:
+            self.uncertaintyPath = self.path("uncertainty.nrrd")
+            arguments += ["--uncertainty", self.uncertaintyPath]
         self.command = engineModule.engineCommand(*arguments, python=self.python)
 
     def failure(self, code):
         error = super().failure(code)
         return error if isinstance(error, InputError) else SegmentationError(str(error))
+
+    def handleEvent(self, event):
+        if event.get("event") == "uncertainty":  # {"check_slices": [{"slice": k, "uncertainty": bits}, ...]}
+            self.checkSlices = [int(entry["slice"]) for entry in event.get("check_slices") or []]
+
+    def readUncertainty(self):
+        """The engine's uncertainty map on the input volume's grid ((k, j, i) float32, bits)."""
+        dimensions = self.volumeNode.GetImageData().GetDimensions()
+        try:
+            return mrml.readArrayOnGrid(self.uncertaintyPath, mrml.ijkToLps(self.volumeNode), dimensions)
+        except IOError as error:
+            raise SegmentationError(f"Importing the uncertainty map failed: {error}") from error
 
     def completingText(self):
         return "Importing the segmentation"
@@ -112,6 +135,7 @@ class SegmentationRun(WorkFolderRun):
             labelImage = mrml.readLabelImage(self.outputPath, self.volumeNode, len(names))
         except IOError as error:
             raise SegmentationError(f"Importing the result failed: {error}") from error
+        uncertainty = self.readUncertainty() if self.uncertainty else None  # read before the scene changes
         colors = self.metadata.get("class_colors")
         labelValues = None   # label k + 1 is class k of the model; a subset keeps those values
         if self.structures:
@@ -133,6 +157,8 @@ class SegmentationRun(WorkFolderRun):
         mrml.recordOutput(self.segmentationNode, self.volumeNode)
         if self.show3D:
             self.segmentationNode.CreateClosedSurfaceRepresentation()
+        if uncertainty is not None:
+            self.uncertaintyNode = overlays.setUncertaintyVolume(uncertainty, self.volumeNode)
         message = f"Done: {len(names)} segments in '{self.segmentationNode.GetName()}' in {self.elapsedSeconds:.1f} s"
         if self.newNodeReason:
             message += f" (a new segmentation: {self.newNodeReason}, so it was left as it was)"
@@ -276,7 +302,7 @@ class PairSegCoreLogic:
 
     def segmentVolumeAsync(self, volumeNode, modelPath, segmentationNode=None, device="auto",
                            keepLargestComponent=True, onProgress=None, onFinished=None, replace=False,
-                           structures=None, show3D=False):
+                           structures=None, show3D=False, uncertainty=False):
         """Start segmenting; returns the running SegmentationRun (a Qt timer calls its ``poll()``;
         ``cancel()`` stops it). InputError at once for bad input, DependencyError when the engine
         cannot run and its installation was declined: nothing starts in both cases. Options: see
@@ -285,10 +311,10 @@ class PairSegCoreLogic:
         chosen = self.chosenStructures(metadata, structures)
         modelPath = self.modelFile(modelPath)
         run = SegmentationRun(self, volumeNode, modelPath, metadata, segmentationNode, device, keepLargestComponent,
-                              replace=replace, structures=chosen, show3D=show3D)
+                              replace=replace, structures=chosen, show3D=show3D, uncertainty=uncertainty)
         run.onProgress, run.onFinished = onProgress, onFinished
         run.start()
-        if run.state != State.FAILED:
+        if run.state != RunState.FAILED:
             try:
                 self.registry.addRecentModel(modelPath)
             except OSError:
@@ -296,7 +322,7 @@ class PairSegCoreLogic:
         return run
 
     def segmentVolume(self, volumeNode, modelPath, segmentationNode=None, device="auto",
-                      keepLargestComponent=True, replace=False, structures=None, show3D=False):
+                      keepLargestComponent=True, replace=False, structures=None, show3D=False, uncertainty=False):
         """Segment ``volumeNode`` with the model file; block until done; return the segmentation node.
 
         One segment per model class (name, colour, terminology from the model; ``structures``: only
@@ -306,13 +332,17 @@ class PairSegCoreLogic:
         the result arrives: never into a segmentation in a training set or made for another
         volume, and, unless ``replace``, never into one the user edited or that PairSeg did not
         fill (then a new segmentation is made; ``run.newNodeReason`` says why). ``show3D``: add the
-        closed-surface representation. Raises InputError (bad input), SegmentationError (engine
+        closed-surface representation. ``uncertainty``: also show the engine's uncertainty map
+        over the volume ("<volume> uncertainty", ``overlays.setUncertaintyVolume``; found again by
+        ``overlays.uncertaintyVolume(volumeNode)``; ``segmentVolumeAsync``'s run also has the
+        ranked slices, ``checkSlices``). Raises InputError (bad input), SegmentationError (engine
         failure); the scene is unchanged in both cases.
         """
         run = self.segmentVolumeAsync(volumeNode, modelPath, segmentationNode, device, keepLargestComponent,
-                                      replace=replace, structures=structures, show3D=show3D)
+                                      replace=replace, structures=structures, show3D=show3D,
+                                      uncertainty=uncertainty)
         run.wait()
-        if run.state != State.DONE:
+        if run.state != RunState.DONE:
             raise run.error
         return run.segmentationNode
 
