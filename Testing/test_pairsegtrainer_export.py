@@ -152,16 +152,16 @@ def test_config_command_lines_and_validation(tmp_path):
     from PairSegTrainerLib import config
 
     (tmp_path / "dataset.json").write_text("{}")
-    cfg = lib.TrainingConfig(dataFolder=str(tmp_path), outputModel=str(tmp_path / "m.pairseg"), steps=20,
-                             size=64, batchSize=2, device="cpu", offsets="3, 5,7", python="py")
+    cfg = lib.TrainingSettings(data=str(tmp_path), out=str(tmp_path / "m.pairseg"), use_steps=True, steps=20,
+                               size=64, batch_size=2, device="cpu", offsets="3, 5,7")
     cfg.validate()
-    command = cfg.commandLine()
+    command = cfg.commandLine(python="py")
     runFile = str(tmp_path / "m.pairseg.train.json")
     assert command == ["py", "-m", "pairseg", "train", "--config", runFile, "--events", "json"]
     written = json.loads(open(runFile).read())
     assert (written["steps"], written["epochs"], written["size"], written["batch_size"], written["offsets"]) == \
         (20, None, 64, 2, [3, 5, 7])
-    multi = cfg.copy(gpus=4, resume=True, initFrom="").commandLine()
+    multi = cfg.copy(gpus=4, resume=True, init_from="").commandLine(python="py")
     assert multi[:7] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", "-m"]
     assert multi[7:] == ["pairseg", "train", "--config", runFile, "--events", "json"]
     assert json.loads(open(runFile).read())["resume"] is True
@@ -170,9 +170,9 @@ def test_config_command_lines_and_validation(tmp_path):
     with pytest.raises(config.ConfigError, match="arch"):
         cfg.copy(arch="resnet").validate()
     with pytest.raises(config.ConfigError, match="batch_size"):
-        cfg.copy(batchSize=0).validate()
+        cfg.copy(batch_size=0).validate()
     with pytest.raises(config.ConfigError, match="dataset.json"):
-        cfg.copy(dataFolder=str(tmp_path / "nothing")).validate()
+        cfg.copy(data=str(tmp_path / "nothing")).validate()
     with pytest.raises(config.ConfigError, match="offsets"):
         config.parseOffsets("3,x")
     assert config.versionedModelPath(str(tmp_path / "liver.pairseg")).endswith("liver_v2.pairseg")
@@ -189,14 +189,14 @@ def test_training_settings_round_trip_trainer_json_cli(tmp_path):
     from PairSegTrainerLib import config
 
     (tmp_path / "dataset.json").write_text("{}")
-    cfg = lib.TrainingConfig(dataFolder=str(tmp_path), outputModel=str(tmp_path / "liver.pairseg"), arch="cfcn",
-                             steps=123, size=96, batchSize=3, learningRate=2.5e-4, device="cuda:1", seed=7,
-                             valFraction=0.25, pairMode="intra", offsets=(2, 4), interRepeats=3,
-                             initFrom=str(tmp_path / "base.pairseg"), stopFile=str(tmp_path / "stop"), python="py")
-    command = cfg.commandLine()
+    cfg = lib.TrainingSettings(data=str(tmp_path), out=str(tmp_path / "liver.pairseg"), arch="cfcn",
+                               use_steps=True, steps=123, size=96, batch_size=3, lr=2.5e-4, device="cuda:1", seed=7,
+                               val_fraction=0.25, pair_mode="intra", offsets="2,4", inter_repeats=3,
+                               init_from=str(tmp_path / "base.pairseg"), stop_file=str(tmp_path / "stop"))
+    command = cfg.commandLine(python="py")
     runFile = command[command.index("--config") + 1]
     fromFile = TrainConfig.read(runFile)
-    assert lib.TrainingConfig.fromEngineConfig(fromFile, python="py") == cfg
+    assert lib.TrainingSettings.fromEngineConfig(fromFile) == cfg
     fromCommand = from_arguments(build_parser().parse_args(command[3:]))
     assert fromCommand == fromFile
     options = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "liver.pairseg"), "--arch", "cfcn",
@@ -206,11 +206,13 @@ def test_training_settings_round_trip_trainer_json_cli(tmp_path):
                str(tmp_path / "stop")]
     assert from_arguments(build_parser().parse_args(options)).to_dict() == fromFile.to_dict()
     # defaults are the engine's, not the Trainer's own
-    default = lib.TrainingConfig()
+    default = lib.TrainingSettings()
     engineDefaults = TrainConfig(data="d", out="o")
-    for name, engineName in config.ENGINE_NAMES.items():
-        if name not in ("dataFolder", "outputModel", "arch", "offsets", "initFrom", "stopFile"):
-            assert getattr(default, name) == getattr(engineDefaults, engineName), name
+    for name in config.PACK_SETTINGS:
+        if name not in ("data", "out", "arch", "offsets", "init_from", "stop_file", "epochs", "steps"):
+            assert getattr(default, name) == getattr(engineDefaults, name), name
+    # the budget: the engine's fallback epochs, no steps
+    assert (default.engineSettings()["epochs"], default.engineSettings()["steps"]) == engineDefaults.budget()
 
 
 def test_training_set_in_parameter_node(load_module, mrml_scene):
@@ -258,7 +260,7 @@ def test_new_version_skips_checkpoints_and_unfinished_runs(tmp_path):
     checkpoint = tmp_path / "liver_v2.pairseg.ckpt"
     checkpoint.write_bytes(b"checkpoint")
     assert config.versionedModelPath(str(tmp_path / "liver.pairseg")) == str(tmp_path / "liver_v3.pairseg")
-    run = config.TrainingConfig(outputModel=str(tmp_path / "liver_v2.pairseg"))
+    run = config.TrainingSettings(out=str(tmp_path / "liver_v2.pairseg"))
     assert not run.unfinishedRun()                                   # no run file: nothing to resume from
     (tmp_path / "liver_v2.pairseg.train.json").write_text("{}")
     assert run.unfinishedRun()

@@ -12,7 +12,7 @@ import pytest
 from test_pairsegtrainer_helpers import (CHAOS_CLASSES, engineAvailable, loadChaosCase,  # noqa: F401
                                          trainerLib, trainerLogic)
 
-TINY = dict(size=64, batchSize=2, device="cpu", epochs=None, learningRate=1e-3)
+TINY = dict(size=64, batch_size=2, device="cpu", use_steps=True, lr=1e-3)
 
 
 def _exportChaos(logic, harness, scene, chaosDir, folder, cases=("002", "003")):
@@ -31,8 +31,8 @@ def test_training_run_to_registered_model(trainerLogic, mrml_scene, harness, cha
     lib = trainerLib()
     items = _exportChaos(trainerLogic, harness, mrml_scene, chaos_dir, tmp_path / "set")
     output = tmp_path / "models" / "chaos-tiny.pairseg"
-    job = trainerLogic.startTraining(lib.TrainingConfig(dataFolder=str(tmp_path / "set"), outputModel=str(output),
-                                                        steps=20, valFraction=0.5, **TINY))
+    job = trainerLogic.startTraining(lib.TrainingSettings(data=str(tmp_path / "set"), out=str(output),
+                                                          steps=20, val_fraction=0.5, **TINY))
     seen = []
     job.onEvent = lambda _job, event: seen.append(event["event"])
     job.wait(timeout=240)
@@ -74,11 +74,11 @@ def test_training_run_to_registered_model(trainerLogic, mrml_scene, harness, cha
 
     # annotate-then-retrain: fine-tune from this model -> next version, seen cases carried over
     fine = trainerLogic.fineTune(items[:1], str(output), str(tmp_path / "finetune-set"), steps=4, **{
-        k: v for k, v in TINY.items() if k not in ("size", "epochs", "learningRate")})
+        k: v for k, v in TINY.items() if k not in ("size", "lr")})
     fine.wait(timeout=180)
     assert fine.state == "done", fine.log[-10:]
     assert fine.modelPath.endswith("chaos-tiny_v2.pairseg")
-    assert fine.config.initFrom == str(output)
+    assert fine.settings.init_from == str(output)
     assert "case_002" in fine.metadata["training"]["seen_cases"]
     assert fine.metadata["training"]["init_from"]
     assert {m["name"] for m in trainerLogic.registry.registeredModels()} == {"chaos-tiny", "chaos-tiny_v2"}
@@ -91,8 +91,8 @@ def test_stop_leaves_checkpoint_that_resumes(trainerLogic, mrml_scene, harness, 
     lib = trainerLib()
     _exportChaos(trainerLogic, harness, mrml_scene, chaos_dir, tmp_path / "set", cases=("008",))
     output = tmp_path / "stop" / "stopped.pairseg"
-    job = trainerLogic.startTraining(lib.TrainingConfig(dataFolder=str(tmp_path / "set"), outputModel=str(output),
-                                                        steps=10, valFraction=0.0, **TINY))
+    job = trainerLogic.startTraining(lib.TrainingSettings(data=str(tmp_path / "set"), out=str(output),
+                                                          steps=10, val_fraction=0.0, **TINY))
 
     def stopEarly(runningJob, event):
         if event["event"] == "progress" and event.get("step", 0) >= 2 and not runningJob.stopRequested:
@@ -110,7 +110,7 @@ def test_stop_leaves_checkpoint_that_resumes(trainerLogic, mrml_scene, harness, 
     resumed = job.resume()
     resumed.wait(timeout=180)
     assert resumed.state == "done", resumed.log[-10:]
-    assert json.loads(open(resumed.config.runFile).read())["resume"] is True   # pairseg train --config
+    assert json.loads(open(resumed.settings.runFile).read())["resume"] is True   # pairseg train --config
     progress = [e for e in resumed.events if e["event"] == "progress"]
     assert progress[0]["step"] == stoppedAt + 1 and progress[-1]["step"] == 10
     assert resumed.curves is job.curves and resumed.curves.lossSteps[-1] == 10.0
@@ -152,8 +152,8 @@ FAKE_ENGINE = textwrap.dedent("""
 def _fakeJob(mode, folder):
     lib = trainerLib()
     output = str(folder / f"{mode}.pairseg")
-    config = lib.TrainingConfig(outputModel=output)
-    return lib.TrainingRun(config, logic=None, register=False, ensureEngine=False,
+    settings = lib.TrainingSettings(out=output)
+    return lib.TrainingRun(settings, logic=None, register=False, ensureEngine=False,
                            command=[sys.executable, "-c", FAKE_ENGINE, mode, output]).start()
 
 
@@ -220,7 +220,7 @@ def test_fine_tune_starts_from_a_catalog_model_by_name(trainerLogic, mrml_scene,
     names = {index + 1: name for index, name in enumerate(metadata["class_names"])}
     segmentation = addSegmentation(mrml_scene, volume, labels, names)
     job = trainerLogic.fineTune([(volume, segmentation)], "phantom-organs", str(tmp_path / "set"),
-                                outputFolder=str(tmp_path / "models"), steps=2)
+                                outputFolder=str(tmp_path / "models"), use_steps=True, steps=2)
     (command,) = commands
     settings = json.loads(open(command[command.index("--config") + 1]).read())   # the run file
     assert settings["init_from"] == str(catalog / "phantom-organs.pairseg")

@@ -222,13 +222,38 @@ def test_show_proxy_during_training_then_train_again_then_cleanup(loop, mrml_sce
     firstBytes = open(first, "rb").read()
     ui.trainButton.click()
     again = panel.trainingJob
-    assert again is not training and again.config.outputModel == str(tmp_path / "out" / "loop-model_v2.pairseg")
-    assert panel._parameterNode.outputName == "loop-model_v2" and not again.config.overwrite
+    assert again is not training and again.settings.out == str(tmp_path / "out" / "loop-model_v2.pairseg")
+    assert panel._parameterNode.outputName == "loop-model_v2" and not again.settings.overwrite
     pump(lambda: (again.step or 0) >= 2, timeout=60)
     assert open(first, "rb").read() == firstBytes
     # module clean-up (Slicer closing) while it runs: the process group is gone
     panel.cleanup()
     assert again.state == "cancelled" and groupGone(again)
+    assert not loop.errors
+
+
+def test_only_drawn_slices_checkbox_reaches_the_run_file(loop, mrml_scene, tmp_path):
+    """Issue 20 in the Trainer: the checkbox "Only drawn slices are annotated" is the engine's
+    ``sparse`` setting (``training.sparse`` of the parameter node's settings pack); unticked the
+    run's settings leave it off, ticked the run file that Train writes (and the engine reads)
+    carries it."""
+    from pairseg.config import TrainConfig
+
+    ui, panel = loop.ui, loop.panel
+    volume, segmentation = syntheticCase(mrml_scene)
+    addCase(loop, volume, segmentation)
+    setUpTraining(loop, tmp_path / "out", name="sparse-model", steps=3)
+    assert not ui.sparseCheckBox.isChecked() and panel._parameterNode.training.sparse is False
+    assert panel.runSettings(str(tmp_path)).engineSettings()["sparse"] is False
+    ui.sparseCheckBox.setChecked(True)
+    assert panel._parameterNode.training.sparse is True
+    ui.trainButton.click()
+    run = panel.trainingJob
+    pump(lambda: not run.running and not panel.timer.isActive(), timeout=60)
+    assert run.state == "done", run.log[-10:]
+    written = json.loads(open(run.settings.runFile, encoding="utf-8").read())
+    assert written["sparse"] is True and TrainConfig.read(run.settings.runFile).sparse is True
+    assert written["out"] == str(tmp_path / "out" / "sparse-model.pairseg") and written["steps"] == 3
     assert not loop.errors
 
 
@@ -273,7 +298,7 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     assert ui.resumeButton.enabled
     ui.resumeButton.click()
     resumed = widget.panel.trainingJob
-    assert resumed.config.resume and resumed.config.outputModel == first.config.outputModel
+    assert resumed.settings.resume and resumed.settings.out == first.settings.out
     pump(lambda: (resumed.step or 0) >= stoppedAt + 2, timeout=60)
     progress = [e for e in resumed.events if e["event"] == "progress"]
     assert progress[0]["step"] == stoppedAt + 1
@@ -292,7 +317,7 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     ui.trainButton.click()
     assert asked[-1][1] == {"model": False, "checkpoint": True, "resumable": True}
     finishing = widget.panel.trainingJob
-    assert finishing.config.resume and finishing is not resumed
+    assert finishing.settings.resume and finishing is not resumed
     pump(lambda: not finishing.running, timeout=60)
     assert finishing.state == "done", finishing.log[-10:]
     progress = [e for e in finishing.events if e["event"] == "progress"]
@@ -302,17 +327,17 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     # Train with the existing name: each answer of the question
     answers.append(widget.panel.CANCEL)
     ui.trainButton.click()
-    assert widget.panel.trainingJob is None and asked[-1][0] == first.config.outputModel
+    assert widget.panel.trainingJob is None and asked[-1][0] == first.settings.out
     assert asked[-1][1] == {"model": True, "checkpoint": True, "resumable": False}
     assert asked[-1][2].endswith("loop-model_v2.pairseg")
     answers.append(widget.panel.OVERWRITE)
     ui.trainButton.click()
     replacing = widget.panel.trainingJob
-    assert replacing.config.overwrite and replacing.config.outputModel == first.config.outputModel
+    assert replacing.settings.overwrite and replacing.settings.out == first.settings.out
     # the engine's own rule accepts the run file the panel wrote; without overwrite it refuses
-    check_output_location(TrainConfig.read(replacing.config.runFile))
+    check_output_location(TrainConfig.read(replacing.settings.runFile))
     with pytest.raises(PairSegInputError, match="exists"):
-        check_output_location(TrainConfig.read(replacing.config.runFile).replace(overwrite=False))
+        check_output_location(TrainConfig.read(replacing.settings.runFile).replace(overwrite=False))
 
     # Stop of a hung engine: stop file and SIGTERM do nothing; the tree is killed after the timeout
     widget.panel.cleanup()
@@ -391,7 +416,7 @@ def test_catalog_name_and_model_pickers(loop, mrml_scene, phantom_model, tmp_pat
         assert paths[1:] == [str(shipped), str(registered)], paths
         assert "Phantom organs" in combo.itemText(1)
     ui.initFromModelsComboBox.activated.emit(2)
-    assert panel._parameterNode.initFrom == str(registered)
+    assert panel._parameterNode.training.init_from == str(registered)
 
     volume, _ = syntheticCase(mrml_scene)
     ui.currentModelPathLineEdit.currentPath = "phantom-organs"   # typed: the catalog name

@@ -4,8 +4,8 @@ scripts and tests without the GUI.
     logic = PairSegTrainerLogic()
     items = [TrainingItem(volumeNode, segmentationNode), ...]
     logic.exportTrainingSet(items, "/data/train", classNames=["liver", "spleen"], modality="MR")
-    job = logic.startTraining(TrainingConfig(dataFolder="/data/train", outputModel="/m/liver.pairseg",
-                                             steps=2000, size=256))
+    run = logic.startTraining(TrainingSettings(data="/data/train", out="/m/liver.pairseg",
+                                               use_steps=True, steps=2000, size=256))
     job.wait()          # or poll() from a timer; job.stop() leaves a resumable checkpoint
     job = logic.resumeTraining(job)
 
@@ -33,7 +33,6 @@ from PairSegLib.logic import PairSegCoreLogic
 from . import config as configModule
 from . import proxymaps
 from . import trainingset
-from .config import TrainingConfig
 from .job import JobError, TrainingRun
 from .plots import TrainingPlots
 from .trainingset import TrainingItem, TrainingSetError
@@ -172,36 +171,38 @@ class PairSegTrainerLogic:
 
     # -- training ----------------------------------------------------------------------------
 
-    def startTraining(self, config: TrainingConfig, plots: bool = True, register: bool = True,
+    def startTraining(self, settings, plots: bool = True, register: bool = True,
                       modelName: str = "") -> TrainingJob:
         """Start ``python -m pairseg train ... --events json`` (torchrun for several GPUs) in a
         background process; returns the running TrainingJob (call ``poll()`` from a timer, or
-        ``wait()``). On success the model is registered for the PairSeg module."""
+        ``wait()``). ``settings``: a TrainingSettings pack (``config.settingsPack()``; copied, the
+        given one is left as it is); the run file is written from the engine config that
+        ``validate()`` checked. On success the model is registered for the PairSeg module."""
         install.ensureEngineReady(askConfirmation=True)   # before anything is written or added
-        config = config.copy()
-        config.validate()
-        Path(config.outputModel).parent.mkdir(parents=True, exist_ok=True)
-        if not config.stopFile:
-            config.stopFile = config.outputModel + ".stop"
-        if os.path.exists(config.stopFile):
-            os.remove(config.stopFile)
+        settings = settings.copy()
+        if not settings.stop_file:
+            settings.stop_file = settings.out + ".stop"
+        engineConfig = settings.validate()
+        Path(settings.out).parent.mkdir(parents=True, exist_ok=True)
+        if os.path.exists(settings.stop_file):
+            os.remove(settings.stop_file)
         plotNodes = plots if isinstance(plots, TrainingPlots) else (
-            TrainingPlots(self.scene, prefix=Path(config.outputModel).stem) if plots else None)
-        job = TrainingRun(config, self, launcher=self.launcher, plots=plotNodes, register=register,
-                          modelName=modelName)
+            TrainingPlots(self.scene, prefix=Path(settings.out).stem) if plots else None)
+        job = TrainingRun(settings, self, launcher=self.launcher, plots=plotNodes, register=register,
+                          modelName=modelName, command=settings.commandLine(engineConfig))
         self.jobs.append(job)
         job.start()
         return job
 
     def resumeTraining(self, jobOrConfig, plots: bool = True, modelName: str = "") -> TrainingJob:
         """Continue a stopped run from ``<MODEL>.ckpt``: a TrainingJob of this session (same
-        curves; its plots while they are still in the scene, else new ones), or a TrainingConfig,
-        e.g. ``TrainingConfig.fromRunFile("<MODEL>.train.json")`` of an earlier session."""
+        curves; its plots while they are still in the scene, else new ones), or a TrainingSettings
+        pack, e.g. ``TrainingSettings.fromRunFile("<MODEL>.train.json")`` of an earlier session."""
         if isinstance(jobOrConfig, TrainingRun):
             previous = jobOrConfig
             if previous.running:
                 raise JobError("the training run is still running; stop it first")
-            config = previous.config.copy(resume=True, overwrite=False)
+            config = previous.settings.copy(resume=True, overwrite=False)
             keptPlots = previous.plots if previous.plots is not None and previous.plots.inScene() else None
             job = self.startTraining(config, plots=keptPlots or plots, register=previous.register,
                                      modelName=previous.modelName)
@@ -210,12 +211,13 @@ class PairSegTrainerLogic:
             return job
         return self.startTraining(jobOrConfig.copy(resume=True, overwrite=False), plots=plots, modelName=modelName)
 
-    def fineTuneConfig(self, baseModel: str, dataFolder: str, outputModel: str = "", outputFolder: str = "",
-                       **changes) -> TrainingConfig:
-        """A short schedule starting from ``baseModel`` (a model file or a catalog model's name;
-        ``--init-from``), same architecture and size. The output is the next version of the base
-        model's name (``name_v2.pairseg``) in ``outputFolder`` (default: beside a base file; for a
-        catalog model, which lives in the extension's folder, ``~/PairSeg``)."""
+    def fineTuneSettings(self, baseModel: str, dataFolder: str, outputModel: str = "", outputFolder: str = "",
+                         **changes):
+        """The TrainingSettings of a short schedule starting from ``baseModel`` (a model file or a
+        catalog model's name; ``init_from``), same architecture and size, then ``changes`` (pack
+        field names). The output is the next version of the base model's name
+        (``name_v2.pairseg``) in ``outputFolder`` (default: beside a base file; for a catalog
+        model, which lives in the extension's folder, ``~/PairSeg``)."""
         basePath = self.segmentationLogic.modelFile(baseModel)
         metadata = self.readModelMetadata(basePath)
         if not outputModel:
@@ -224,13 +226,12 @@ class PairSegTrainerLogic:
                                       else os.path.dirname(os.path.abspath(basePath)))
             name = os.fspath(baseModel) if isCatalog else Path(basePath).name
             outputModel = configModule.versionedModelPath(os.path.join(folder, Path(name).name))
-        values = dict(dataFolder=str(dataFolder), initFrom=str(basePath), outputModel=outputModel,
-                      arch=metadata.get("arch", configModule.ARCHITECTURE_NAMES[0]),
-                      size=int(metadata.get("size") or configModule.DEFAULT_SIZE),
-                      epochs=configModule.FINE_TUNE_EPOCHS, steps=None,
-                      learningRate=configModule.FINE_TUNE_LEARNING_RATE, valFraction=0.0)
-        values.update(changes)
-        return TrainingConfig(**values)
+        settings = configModule.settingsPack()()
+        schedule = dict(data=str(dataFolder), init_from=str(basePath), out=outputModel,
+                        arch=metadata.get("arch", settings.arch), size=int(metadata.get("size") or settings.size),
+                        use_steps=False, epochs=configModule.FINE_TUNE_EPOCHS,
+                        lr=configModule.FINE_TUNE_LEARNING_RATE, val_fraction=0.0)
+        return settings.copy(**{**schedule, **changes})
 
     def fineTune(self, items, baseModel: str, folder: str, outputModel: str = "", mapping=None,
                  outputFolder: str = "", **changes) -> TrainingRun:
@@ -242,8 +243,7 @@ class PairSegTrainerLogic:
         metadata = self.readModelMetadata(self.segmentationLogic.modelFile(baseModel))
         self.exportTrainingSet(items, folder, classNames=list(metadata["class_names"]), mapping=mapping,
                                modality=metadata.get("modality", "MR"))
-        config = self.fineTuneConfig(baseModel, folder, outputModel, outputFolder, **changes)
-        return self.startTraining(config)
+        return self.startTraining(self.fineTuneSettings(baseModel, folder, outputModel, outputFolder, **changes))
 
     # -- segment a new case with the current model (for correction) --------------------------
 
@@ -372,5 +372,5 @@ def toItems(items) -> list:
     return result
 
 
-__all__ = ["PairSegTrainerLogic", "TrainingJob", "TrainingConfig", "TrainingItem", "TrainingSetError",
+__all__ = ["PairSegTrainerLogic", "TrainingJob", "TrainingItem", "TrainingSetError",
            "JobError", "toItems"]

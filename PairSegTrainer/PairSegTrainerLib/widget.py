@@ -130,11 +130,11 @@ class TrainerPanel:
         for combo, edit in ((ui.currentModelsComboBox, ui.currentModelPathLineEdit),
                             (ui.initFromModelsComboBox, ui.initFromPathLineEdit)):
             combo.connect("activated(int)", lambda index, c=combo, e=edit: self.onModelPicked(c, e, index))
-        for combo, name in ((ui.architectureComboBox, "arch"), (ui.modalityComboBox, "modality"),
-                            (ui.pairModeComboBox, "pairMode"), (ui.deviceComboBox, "device")):
+        for combo, name in ((ui.architectureComboBox, "training.arch"), (ui.modalityComboBox, "modality"),
+                            (ui.pairModeComboBox, "training.pair_mode"), (ui.deviceComboBox, "training.device")):
             combo.connect("currentIndexChanged(int)", lambda _i, c=combo, n=name: self._setParameter(n, c.currentData))
-        ui.stepsRadioButton.connect("toggled(bool)", lambda on: self._setParameter("useSteps", bool(on)))
-        for edit, name in ((ui.outputFolderPathLineEdit, "outputFolder"), (ui.initFromPathLineEdit, "initFrom"),
+        ui.stepsRadioButton.connect("toggled(bool)", lambda on: self._setParameter("training.use_steps", bool(on)))
+        for edit, name in ((ui.outputFolderPathLineEdit, "outputFolder"), (ui.initFromPathLineEdit, "training.init_from"),
                            (ui.currentModelPathLineEdit, "currentModel"), (ui.proxyModelPathLineEdit, "proxyModel")):
             edit.connect("currentPathChanged(QString)", lambda path, n=name: self._setParameter(n, path))
         self.moduleWidget.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -162,22 +162,24 @@ class TrainerPanel:
         return self._parameterNode.parameterNode
 
     def _setParameter(self, name, value):
+        """Set a parameter by its name (``"training.lr"``: a field of the settings pack)."""
         if self._parameterNode is not None and value is not None:
-            setattr(self._parameterNode, name, value)
+            self._parameterNode.setValue(name, value)
 
     def _loadManualWidgets(self):
         p = self._parameterNode
+        training = p.training
         ui = self.ui
-        for combo, value in ((ui.architectureComboBox, p.arch), (ui.modalityComboBox, p.modality),
-                             (ui.pairModeComboBox, p.pairMode)):
+        for combo, value in ((ui.architectureComboBox, training.arch), (ui.modalityComboBox, p.modality),
+                             (ui.pairModeComboBox, training.pair_mode)):
             index = combo.findData(value)
             if index >= 0:
                 combo.setCurrentIndex(index)
-        self._selectDevice(p.device)
-        ui.stepsRadioButton.setChecked(bool(p.useSteps))
-        ui.epochsRadioButton.setChecked(not p.useSteps)
+        self._selectDevice(training.device)
+        ui.stepsRadioButton.setChecked(bool(training.use_steps))
+        ui.epochsRadioButton.setChecked(not training.use_steps)
         ui.outputFolderPathLineEdit.currentPath = p.outputFolder or os.path.join(os.path.expanduser("~"), "PairSeg")
-        ui.initFromPathLineEdit.currentPath = p.initFrom
+        ui.initFromPathLineEdit.currentPath = training.init_from
         ui.currentModelPathLineEdit.currentPath = p.currentModel
         ui.proxyModelPathLineEdit.currentPath = p.proxyModel
 
@@ -342,8 +344,9 @@ class TrainerPanel:
         self.ui.trainButton.text = "Stop" if training else "Train"
         self.ui.trainButton.enabled = training or bool(self.items())
         self.ui.resumeButton.enabled = (not training) and self.resumableConfig() is not None
-        self.ui.epochsSpinBox.enabled = not self._parameterNode.useSteps
-        self.ui.stepsSpinBox.enabled = bool(self._parameterNode.useSteps)
+        useSteps = bool(self._parameterNode.training.use_steps)
+        self.ui.epochsSpinBox.enabled = not useSteps
+        self.ui.stepsSpinBox.enabled = useSteps
         self.ui.fineTuneButton.enabled = not training and bool(self._parameterNode.currentModel) and bool(self.items())
         segmenting = self.runningOf(_segmentationRunClass()) is not None
         self.ui.segmentNewButton.enabled = not training and not segmenting and bool(self._parameterNode.currentModel)
@@ -362,14 +365,10 @@ class TrainerPanel:
     def _outputModel(self, name=None):
         return os.path.join(self._outputFolder(), (name or self._modelName()) + configModule.MODEL_SUFFIX)
 
-    def buildConfig(self, dataFolder, outputModel=None):
-        p = self._parameterNode
-        return configModule.TrainingConfig(
-            dataFolder=dataFolder, outputModel=outputModel or self._outputModel(),
-            arch=p.arch, epochs=None if p.useSteps else p.epochs, steps=p.steps if p.useSteps else None,
-            size=p.size, batchSize=p.batchSize, learningRate=p.learningRate, device=p.device or "auto",
-            gpus=p.gpus, valFraction=p.valFraction, pairMode=p.pairMode,
-            offsets=configModule.parseOffsets(p.offsets), interRepeats=p.interRepeats, initFrom=p.initFrom or "")
+    def runSettings(self, dataFolder, outputModel=None, **changes):
+        """The settings of a run: a detached copy of the parameter node's ``training`` pack with
+        the exported training set, the output model (default: the panel's) and ``changes``."""
+        return self._parameterNode.training.copy(data=dataFolder, out=outputModel or self._outputModel(), **changes)
 
     # -- train / stop / resume ---------------------------------------------------------------
 
@@ -380,13 +379,13 @@ class TrainerPanel:
         ``outputModel``: only a run of that model file."""
         last = self.lastTrainingJob
         if last is not None and not last.running and last.resumable and (
-                outputModel is None or os.path.abspath(last.config.outputModel) == os.path.abspath(outputModel)):
-            return last.config.copy(resume=True, overwrite=False)
-        config = configModule.TrainingConfig(outputModel=outputModel or self._outputModel())
-        if not config.unfinishedRun():
+                outputModel is None or os.path.abspath(last.settings.out) == os.path.abspath(outputModel)):
+            return last.settings.copy(resume=True, overwrite=False)
+        probe = configModule.settingsPack()(out=outputModel or self._outputModel())
+        if not probe.unfinishedRun():
             return None
         try:
-            return configModule.TrainingConfig.fromRunFile(config.runFile, resume=True, overwrite=False)
+            return configModule.settingsPack().fromRunFile(probe.runFile, resume=True, overwrite=False)
         except configModule.ConfigError:
             return None
 
@@ -423,30 +422,30 @@ class TrainerPanel:
             return
         try:
             name = self._modelName()
-            probe = configModule.TrainingConfig(outputModel=self._outputModel(name))
+            probe = configModule.settingsPack()(out=self._outputModel(name))
             conflict = probe.outputConflict()
             overwrite = False
             if conflict["model"] or conflict["checkpoint"]:
-                versioned = configModule.versionedModelPath(probe.outputModel)
-                choice = self.askOutputConflict(probe.outputModel, conflict, versioned)
+                versioned = configModule.versionedModelPath(probe.out)
+                choice = self.askOutputConflict(probe.out, conflict, versioned)
                 if choice == self.CANCEL:
                     self.ui.statusLabel.text = "Training not started."
                     return
                 if choice == self.RESUME:
-                    self.onResume(self.resumableConfig(probe.outputModel))
+                    self.onResume(self.resumableConfig(probe.out))
                     return
                 if choice == self.NEW_VERSION:
                     name = os.path.basename(versioned).removesuffix(configModule.MODEL_SUFFIX)
                     self._parameterNode.outputName = name
-                    self.ui.logTextEdit.appendPlainText(f"{probe.outputModel} exists: the new model is {versioned}.")
+                    self.ui.logTextEdit.appendPlainText(f"{probe.out} exists: the new model is {versioned}.")
                 overwrite = choice == self.OVERWRITE
             folder = self._trainingSetFolder(name)
             self.ui.statusLabel.text = "Exporting the training set..."
             slicer.app.processEvents()
             self.logic.exportTrainingSet(self.items(), folder, classNames=self.classNames(),
                                          mapping=self.mapping(), modality=self._parameterNode.modality)
-            config = self.buildConfig(folder, self._outputModel(name)).copy(overwrite=overwrite)
-            self._startJob(self.logic.startTraining(config, modelName=name))
+            settings = self.runSettings(folder, self._outputModel(name), overwrite=overwrite)
+            self._startJob(self.logic.startTraining(settings, modelName=name))
         except Exception as error:
             self._showError("Training could not start", error)
 
@@ -456,10 +455,10 @@ class TrainerPanel:
             if config is None:
                 raise ValueError(f"nothing to resume: no checkpoint and run file of {self._outputModel()}")
             last = self.lastTrainingJob
-            if last is not None and not last.running and last.config.outputModel == config.outputModel:
+            if last is not None and not last.running and last.settings.out == config.out:
                 job = self.logic.resumeTraining(last)       # same curves and plots
             else:                                           # a checkpoint an earlier session left
-                job = self.logic.resumeTraining(config, modelName=self._modelNameOf(config.outputModel))
+                job = self.logic.resumeTraining(config, modelName=self._modelNameOf(config.out))
             self._startJob(job)
         except Exception as error:
             self._showError("Training could not resume", error)
@@ -552,7 +551,7 @@ class TrainerPanel:
             return
         try:
             job = self.logic.segmentVolume(volume, self._parameterNode.currentModel,
-                                           device=self._parameterNode.device or "auto",
+                                           device=self._parameterNode.training.device or "auto",
                                            onFinished=self._onSegmented)
             self._startJob(job)
         except Exception as error:
@@ -585,9 +584,10 @@ class TrainerPanel:
             baseModel = self._parameterNode.currentModel
             base = os.path.basename(baseModel).removesuffix(configModule.MODEL_SUFFIX)
             folder = self._trainingSetFolder(base + "-finetune")
+            training = self._parameterNode.training
             job = self.logic.fineTune(self.items(), baseModel, folder, mapping=self.mapping(),
-                                      outputFolder=self._outputFolder(), device=self._parameterNode.device or "auto",
-                                      batchSize=self._parameterNode.batchSize)
+                                      outputFolder=self._outputFolder(), device=training.device or "auto",
+                                      batch_size=training.batch_size, sparse=training.sparse)
             self._startJob(job)
         except Exception as error:
             self._showError("Fine-tuning could not start", error)
@@ -600,7 +600,7 @@ class TrainerPanel:
             sliceA, sliceB = self.logic.pickProxyPair(
                 ui.proxyVolumeASelector.currentNode(), ui.proxySegmentationASelector.currentNode(),
                 ui.proxyVolumeBSelector.currentNode(), ui.proxySegmentationBSelector.currentNode(),
-                mode=mode, offsets=self._parameterNode.offsets, seed=None,
+                mode=mode, offsets=self._parameterNode.training.offsets, seed=None,
                 modality=self._parameterNode.modality, classNames=self.classNames(), mapping=self.mapping())
             self._parameterNode.proxySliceA = sliceA
             self._parameterNode.proxySliceB = sliceB
