@@ -1,8 +1,9 @@
 """PairSegTrainer: train PairSeg models (C2FCN, CFCN, DeepLabv3+, U-Net) on segmentations in the
 scene, watch the curves, fine-tune on corrected cases, and look at the AND/XOR proxy maps.
 
-The module file stays thin: the logic is ``PairSegTrainerLib.logic.PairSegTrainerLogic`` (usable
-from the Python console and scripts) and the GUI wiring is ``PairSegTrainerLib.widget``. Torch
+The module file stays thin: the logic is ``PairSegTrainerLib.trainerlogic.PairSegTrainerCoreLogic``
+(usable from the Python console and scripts; ``PairSegTrainerLogic`` below adds Slicer's
+ScriptedLoadableModuleLogic to it) and the GUI wiring is ``PairSegTrainerLib.widget``. Torch
 and the ``pairseg`` engine are imported only at the point of use, or run in a background process.
 From the Python console::
 
@@ -24,7 +25,7 @@ from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 #: PairSegTrainerLib modules in dependency order (reloaded together by a developer Reload)
-LIB_MODULES = ("config", "job", "trainingset", "plots", "proxymaps", "logic", "widget")
+LIB_MODULES = ("runsettings", "trainingrun", "trainingset", "plots", "proxymapnodes", "trainerlogic", "widget")
 
 
 def _reloadLibInDeveloperMode():
@@ -42,12 +43,12 @@ def _reloadLibInDeveloperMode():
 
 _reloadLibInDeveloperMode()
 
-import PairSegTrainerLib.config as _trainerConfig  # noqa: E402
-import PairSegTrainerLib.logic as _trainerLogic  # noqa: E402
+import PairSegTrainerLib.runsettings as _runSettings  # noqa: E402
+import PairSegTrainerLib.trainerlogic as _trainerLogic  # noqa: E402
 
 #: The training settings: a parameter pack generated from the engine's schema, built by this
-#: Slicer's own ``@parameterPack`` (``PairSegTrainerLib.config.settingsPack``).
-TrainingSettings = _trainerConfig.settingsPack()
+#: Slicer's own ``@parameterPack`` (``PairSegTrainerLib.runsettings.settingsPack``).
+TrainingSettings = _runSettings.settingsPack()
 
 
 class PairSegTrainer(ScriptedLoadableModule):
@@ -126,13 +127,13 @@ class PairSegTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
 
-class PairSegTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogic.PairSegTrainerLogic):
-    """See PairSegTrainerLib.logic.PairSegTrainerLogic for the API (exportTrainingSet,
+class PairSegTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogic.PairSegTrainerCoreLogic):
+    """See PairSegTrainerLib.trainerlogic.PairSegTrainerCoreLogic for the API (exportTrainingSet,
     startTraining, resumeTraining, fineTune, segmentVolume, proxyMaps, pickProxyPair)."""
 
     def __init__(self, scene=None, launcher=None, registry=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        _trainerLogic.PairSegTrainerLogic.__init__(self, scene=scene, launcher=launcher, registry=registry)
+        _trainerLogic.PairSegTrainerCoreLogic.__init__(self, scene=scene, launcher=launcher, registry=registry)
 
 
 class PairSegTrainerTest(ScriptedLoadableModuleTest):
@@ -171,11 +172,11 @@ class PairSegTrainerTest(ScriptedLoadableModuleTest):
 
             self.delayDisplay("Training a tiny model (engine process)")
             modelPath = os.path.join(folder, "selftest.pairseg")
-            training = logic.startTraining(TrainingSettings(data=os.path.join(folder, "set"), out=modelPath,
-                                                            use_steps=True, steps=4, size=64, batch_size=2,
-                                                            device="cpu", val_fraction=0.0), plots=False)
-            training.wait(timeout=300)
-            self.assertEqual(training.state, "done", training.errorMessage)
+            trainingRun = logic.startTraining(TrainingSettings(data=os.path.join(folder, "set"), out=modelPath,
+                                                               use_steps=True, steps=4, size=64, batch_size=2,
+                                                               device="cpu", val_fraction=0.0), plots=False)
+            trainingRun.wait(timeout=300)
+            self.assertEqual(trainingRun.state, "done", trainingRun.errorMessage)
             self.assertEqual([m["path"] for m in logic.registry.registeredModels()], [modelPath])
 
             self.delayDisplay("Predicted proxy maps of an intra-patient pair (engine process)")
@@ -188,7 +189,7 @@ class PairSegTrainerTest(ScriptedLoadableModuleTest):
             self.delayDisplay("Segmenting with the new model (engine process)")
             run = logic.segmentVolume(volumeNode, modelPath, device="cpu").wait(timeout=120)
             self.assertEqual(run.segmentationNode.GetSegmentation().GetNumberOfSegments(), 4)
-            logging.info(f"PairSegTrainer self-test passed in {training.elapsedSeconds:.0f} s of training")
+            logging.info(f"PairSegTrainer self-test passed in {trainingRun.elapsedSeconds:.0f} s of training")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.delayDisplay("Test passed")

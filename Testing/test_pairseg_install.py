@@ -73,7 +73,7 @@ def test_every_engine_and_torch_use_asks_the_same_step(pairseg, install, torchMi
     reference = addSegmentation(mrml_scene, volume, labels, {1: "liver", 2: "spleen"}, "reference")
     segmentLogic = PairSegLogic()
     segmentLogic.launcher = noLaunch
-    trainer = lib.PairSegTrainerLogic(launcher=noLaunch)
+    trainer = lib.PairSegTrainerCoreLogic(launcher=noLaunch)
     trainer.registry  # noqa: B018 - created before the snapshot
     trainer.exportTrainingSet([(volume, segmentation)], tmp_path / "set", modality="MR")
     before = harness.sceneSnapshot()

@@ -149,7 +149,7 @@ def test_bad_inputs_give_clear_errors(trainerLogic, mrml_scene, tmp_path):
 
 def test_config_command_lines_and_validation(tmp_path):
     lib = trainerLib()
-    from PairSegTrainerLib import config
+    from PairSegTrainerLib import runsettings as config
 
     (tmp_path / "dataset.json").write_text("{}")
     cfg = lib.TrainingSettings(data=str(tmp_path), out=str(tmp_path / "m.pairseg"), use_steps=True, steps=20,
@@ -186,7 +186,7 @@ def test_training_settings_round_trip_trainer_json_cli(tmp_path):
     from pairseg.cli import build_parser
     from pairseg.config import TrainConfig, from_arguments
 
-    from PairSegTrainerLib import config
+    from PairSegTrainerLib import runsettings as config
 
     (tmp_path / "dataset.json").write_text("{}")
     cfg = lib.TrainingSettings(data=str(tmp_path), out=str(tmp_path / "liver.pairseg"), arch="cfcn",
@@ -254,7 +254,7 @@ def test_new_version_skips_checkpoints_and_unfinished_runs(tmp_path):
     import os
 
     trainerLib()
-    from PairSegTrainerLib import config
+    from PairSegTrainerLib import runsettings as config
 
     (tmp_path / "liver.pairseg").write_bytes(b"model")
     checkpoint = tmp_path / "liver_v2.pairseg.ckpt"

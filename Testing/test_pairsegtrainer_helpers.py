@@ -108,12 +108,12 @@ def sitkIjkToRas(image):
 
 @pytest.fixture
 def trainerLogic(mrml_scene, tmp_path):
-    """A PairSegTrainerLogic on the harness scene with a private model registry."""
+    """A PairSegTrainerCoreLogic on the harness scene with a private model registry."""
     lib = trainerLib()
     from PairSegLib.models import ModelRegistry
 
     registry = ModelRegistry(tmp_path / "registry" / "registered_models.json")
-    return lib.PairSegTrainerLogic(registry=registry)
+    return lib.PairSegTrainerCoreLogic(registry=registry)
 
 
 def engineAvailable():

@@ -190,22 +190,22 @@ def test_add_case_and_train_stop_resume_to_registered_model(trainerWidget, mrml_
     assert not ui.epochsSpinBox.enabled and ui.stepsSpinBox.enabled
 
     ui.trainButton.click()  # Train
-    job = panel.job
-    assert job is not None and ui.trainButton.text == "Stop" and panel.timer.isActive()
-    pump(lambda: (job.step or 0) >= 2 or not job.running, timeout=240)
-    assert job.running, job.log[-10:]
+    run = panel.latestRun
+    assert run is not None and ui.trainButton.text == "Stop" and panel.timer.isActive()
+    pump(lambda: (run.step or 0) >= 2 or not run.running, timeout=240)
+    assert run.running, run.log[-10:]
     assert "step" in ui.statusLabel.text and "ETA" in ui.statusLabel.text
     ui.trainButton.click()  # Stop
-    pump(lambda: not job.running and not panel.timer.isActive(), timeout=120)
-    assert job.state == "cancelled", job.log[-10:]
+    pump(lambda: not run.running and not panel.timer.isActive(), timeout=120)
+    assert run.state == "cancelled", run.log[-10:]
     assert ui.trainButton.text == "Train" and ui.resumeButton.enabled
     assert "Resume" in ui.statusLabel.text
-    stoppedAt = job.step
+    stoppedAt = run.step
     assert ui.logTextEdit.toPlainText()  # the engine's log reached the panel
 
     ui.resumeButton.click()  # Resume from the checkpoint
-    resumed = panel.job
-    assert resumed is not job and ui.trainButton.text == "Stop"
+    resumed = panel.latestRun
+    assert resumed is not run and ui.trainButton.text == "Stop"
     pump(lambda: not resumed.running and not panel.timer.isActive(), timeout=600)
     assert resumed.state == "done", resumed.log[-10:]
     modelPath = str(tmp_path / "out" / "widget-model.pairseg")
@@ -245,11 +245,11 @@ def test_developer_reload_keeps_isinstance(slicer_release, module_widget, mrml_s
     try:
         widget = module_widget("PairSegTrainer")
         assert widget.developerMode and widget.reloadButton is not None
-        first = sys.modules["PairSegTrainerLib.logic"].PairSegTrainerLogic
+        first = sys.modules["PairSegTrainerLib.trainerlogic"].PairSegTrainerCoreLogic
         assert isinstance(widget.logic, first)
         harness.unloadModules()  # Reload: the module file runs again
         widget = module_widget("PairSegTrainer")
-        reloaded = sys.modules["PairSegTrainerLib.logic"].PairSegTrainerLogic
+        reloaded = sys.modules["PairSegTrainerLib.trainerlogic"].PairSegTrainerCoreLogic
         assert reloaded is not first  # the Lib was reloaded
         assert isinstance(widget.logic, reloaded)
     finally:
@@ -296,11 +296,11 @@ def test_annotate_then_retrain_mapping_and_proxy_maps(trainerWidget, mrml_scene,
     ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
     ui.newVolumeSelector.setCurrentNode(volume)
     ui.segmentNewButton.click()
-    job = panel.job
-    pump(lambda: not job.running and not panel.timer.isActive(), timeout=240)
-    assert job.state == "done", job.log[-10:]
+    run = panel.latestRun
+    pump(lambda: not run.running and not panel.timer.isActive(), timeout=240)
+    assert run.state == "done", run.log[-10:]
     created = ui.segmentationSelector.currentNode()
-    assert created is not None and created is job.segmentationNode and ui.volumeSelector.currentNode() is volume
+    assert created is not None and created is run.segmentationNode and ui.volumeSelector.currentNode() is volume
     assert "Created" in ui.logTextEdit.toPlainText()
     # Add corrected case, then Fine-tune (stopped once running)
     ui.addCorrectedButton.click()
@@ -308,8 +308,8 @@ def test_annotate_then_retrain_mapping_and_proxy_maps(trainerWidget, mrml_scene,
     ui.outputFolderPathLineEdit.currentPath = str(tmp_path / "out")
     ui.batchSizeSpinBox.value = 2
     ui.fineTuneButton.click()
-    fine = panel.job
-    assert fine is not job and fine.settings.init_from == str(model) and ui.trainButton.text == "Stop"
+    fine = panel.latestRun
+    assert fine is not run and fine.settings.init_from == str(model) and ui.trainButton.text == "Stop"
     pump(lambda: fine.step is not None or not fine.running, timeout=240)
     ui.trainButton.click()
     pump(lambda: not fine.running and not panel.timer.isActive(), timeout=120)

@@ -185,7 +185,7 @@ def test_show_proxy_during_training_then_train_again_then_cleanup(loop, mrml_sce
     addCase(loop, volume, segmentation)
     setUpTraining(loop, tmp_path / "out", steps=60)
     ui.trainButton.click()
-    training = panel.trainingJob
+    training = panel.trainingRun
     assert training is not None and ui.trainButton.text == "Stop"
     pump(lambda: (training.step or 0) >= 3, timeout=60)
 
@@ -195,14 +195,14 @@ def test_show_proxy_during_training_then_train_again_then_cleanup(loop, mrml_sce
     ui.proxySliceASpinBox.value, ui.proxySliceBSpinBox.value = 3, 6
     ui.proxyModelPathLineEdit.currentPath = str(phantom_model)
     ui.showProxyButton.click()
-    proxyRun = panel.job
-    assert proxyRun is not training and panel.trainingJob is training
+    proxyRun = panel.latestRun
+    assert proxyRun is not training and panel.trainingRun is training
     assert ui.trainButton.text == "Stop" and not ui.fineTuneButton.enabled
     lossesAtClick = len(training.curves.lossValues)
     offered = []   # moments the training ran while Train was offered again
 
     def bothOver():
-        if training.running and (ui.trainButton.text != "Stop" or panel.trainingJob is not training):
+        if training.running and (ui.trainButton.text != "Stop" or panel.trainingRun is not training):
             offered.append(training.step)
         return not proxyRun.running and not training.running
 
@@ -221,7 +221,7 @@ def test_show_proxy_during_training_then_train_again_then_cleanup(loop, mrml_sce
     # Train again, same name: a new version, nothing replaced, no engine error
     firstBytes = open(first, "rb").read()
     ui.trainButton.click()
-    again = panel.trainingJob
+    again = panel.trainingRun
     assert again is not training and again.settings.out == str(tmp_path / "out" / "loop-model_v2.pairseg")
     assert panel._parameterNode.outputName == "loop-model_v2" and not again.settings.overwrite
     pump(lambda: (again.step or 0) >= 2, timeout=60)
@@ -248,7 +248,7 @@ def test_only_drawn_slices_checkbox_reaches_the_run_file(loop, mrml_scene, tmp_p
     ui.sparseCheckBox.setChecked(True)
     assert panel._parameterNode.training.sparse is True
     ui.trainButton.click()
-    run = panel.trainingJob
+    run = panel.trainingRun
     pump(lambda: not run.running and not panel.timer.isActive(), timeout=60)
     assert run.state == "done", run.log[-10:]
     written = json.loads(open(run.settings.runFile, encoding="utf-8").read())
@@ -267,14 +267,14 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     from pairseg.errors import PairSegInputError
     from pairseg.train import check_output_location
 
-    from PairSegTrainerLib import job as jobModule
+    from PairSegTrainerLib import trainingrun
 
     ui = loop.ui
     volume, segmentation = syntheticCase(mrml_scene)
     addCase(loop, volume, segmentation)
     setUpTraining(loop, tmp_path / "out", steps=30)
     ui.trainButton.click()
-    first = loop.panel.trainingJob
+    first = loop.panel.trainingRun
     pump(lambda: (first.step or 0) >= 3, timeout=60)
     ui.trainButton.click()   # Stop
     pump(lambda: not first.running, timeout=60)
@@ -297,7 +297,7 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     widget.panel.updateGui()
     assert ui.resumeButton.enabled
     ui.resumeButton.click()
-    resumed = widget.panel.trainingJob
+    resumed = widget.panel.trainingRun
     assert resumed.settings.resume and resumed.settings.out == first.settings.out
     pump(lambda: (resumed.step or 0) >= stoppedAt + 2, timeout=60)
     progress = [e for e in resumed.events if e["event"] == "progress"]
@@ -316,7 +316,7 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     answers.append(widget.panel.RESUME)
     ui.trainButton.click()
     assert asked[-1][1] == {"model": False, "checkpoint": True, "resumable": True}
-    finishing = widget.panel.trainingJob
+    finishing = widget.panel.trainingRun
     assert finishing.settings.resume and finishing is not resumed
     pump(lambda: not finishing.running, timeout=60)
     assert finishing.state == "done", finishing.log[-10:]
@@ -327,12 +327,12 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     # Train with the existing name: each answer of the question
     answers.append(widget.panel.CANCEL)
     ui.trainButton.click()
-    assert widget.panel.trainingJob is None and asked[-1][0] == first.settings.out
+    assert widget.panel.trainingRun is None and asked[-1][0] == first.settings.out
     assert asked[-1][1] == {"model": True, "checkpoint": True, "resumable": False}
     assert asked[-1][2].endswith("loop-model_v2.pairseg")
     answers.append(widget.panel.OVERWRITE)
     ui.trainButton.click()
-    replacing = widget.panel.trainingJob
+    replacing = widget.panel.trainingRun
     assert replacing.settings.overwrite and replacing.settings.out == first.settings.out
     # the engine's own rule accepts the run file the panel wrote; without overwrite it refuses
     check_output_location(TrainConfig.read(replacing.settings.runFile))
@@ -343,10 +343,10 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     widget.panel.cleanup()
     widget.panel.setParameterNode(widget.panel.parameterClass(widget.logic.getParameterNode()))
     monkeypatch.setenv("STANDIN_HANG", "1")
-    monkeypatch.setattr(jobModule, "STOP_KILL_SECONDS", 1.0)
+    monkeypatch.setattr(trainingrun, "STOP_KILL_SECONDS", 1.0)
     answers.append(widget.panel.NEW_VERSION)
     ui.trainButton.click()
-    hung = widget.panel.trainingJob
+    hung = widget.panel.trainingRun
     pump(lambda: hung.step is not None, timeout=60)
     ui.trainButton.click()   # Stop
     pump(lambda: not hung.running, timeout=15)
@@ -366,7 +366,7 @@ def test_scene_close_during_runs(loop, mrml_scene, phantom_model, tmp_path):
     ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
     ui.newVolumeSelector.setCurrentNode(volume)
     ui.segmentNewButton.click()
-    segmentRun = panel.job
+    segmentRun = panel.latestRun
     assert segmentRun.running
     mrml_scene.Clear(0)
     pump(lambda: not panel.timer.isActive(), timeout=60)
@@ -378,7 +378,7 @@ def test_scene_close_during_runs(loop, mrml_scene, phantom_model, tmp_path):
     addCase(loop, volume, segmentation)
     setUpTraining(loop, tmp_path / "out", steps=40)
     ui.trainButton.click()
-    training = panel.trainingJob
+    training = panel.trainingRun
     pump(lambda: (training.step or 0) >= 5, timeout=60)
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") > 0
     mrml_scene.Clear(0)
@@ -390,7 +390,7 @@ def test_scene_close_during_runs(loop, mrml_scene, phantom_model, tmp_path):
     assert panel._parameterNode is not None and panel._parameterNode.parameterNode.GetScene() is mrml_scene
     assert ui.resumeButton.enabled and "Resume" in ui.statusLabel.text
     ui.resumeButton.click()
-    resumed = panel.trainingJob
+    resumed = panel.trainingRun
     pump(lambda: not resumed.running, timeout=60)
     assert resumed.state == "done", resumed.log[-10:]
     assert resumed.plots.lossTable.GetScene() is mrml_scene   # new plots, in the new scene
@@ -423,7 +423,7 @@ def test_catalog_name_and_model_pickers(loop, mrml_scene, phantom_model, tmp_pat
     ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
     ui.newVolumeSelector.setCurrentNode(volume)
     ui.segmentNewButton.click()
-    run = panel.job
+    run = panel.latestRun
     assert loop.commands[-1][loop.commands[-1].index("--model") + 1] == str(shipped)
     pump(lambda: not run.running, timeout=240)
     assert run.state == "done", run.log[-10:]

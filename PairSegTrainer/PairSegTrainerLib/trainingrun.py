@@ -15,8 +15,6 @@ from pathlib import Path
 
 from PairSegLib.engine import EngineError, EngineRun, RunState, formatDuration  # noqa: F401 - re-exported
 
-JobError = EngineError   # the Trainer's name for a failed engine run (same class)
-
 #: Stop escalates on every OS: the stop file (and SIGTERM on POSIX; the engine saves its
 #: checkpoint at the next step), then the whole process tree is killed when the engine is still
 #: there this many seconds later (a hung engine, a stalled data loader, a Windows engine that
@@ -154,4 +152,4 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{float(value):.3f}"
 
 
-__all__ = ["TrainingRun", "Curves", "JobError", "EngineError", "RunState", "formatDuration"]
+__all__ = ["TrainingRun", "Curves", "EngineError", "RunState", "formatDuration"]
