@@ -215,6 +215,42 @@ def test_training_settings_round_trip_trainer_json_cli(tmp_path):
     assert (default.engineSettings()["epochs"], default.engineSettings()["steps"]) == engineDefaults.budget()
 
 
+def test_settings_pack_is_the_engine_schema():
+    """Issue 21 item 1: the Trainer's settings are declared once: the pack's fields are the
+    engine's settings under the engine's names (plus the Trainer-only ones), with the engine's
+    defaults, and each refuses just outside the engine's range what the engine refuses."""
+    lib = trainerLib()
+    from pairseg.config import setting
+
+    from PairSegTrainerLib import runsettings
+
+    pack = lib.TrainingSettings
+    assert list(pack.allParameters) == list(runsettings.PACK_SETTINGS) + list(runsettings.TRAINER_ONLY)
+    default = pack()
+    for name in runsettings.PACK_SETTINGS:
+        spec = setting(name)   # KeyError: not an engine setting
+        if spec.default is not None:
+            assert getattr(default, name) == spec.default, name
+        if spec.kind not in ("int", "float"):
+            continue
+        step = 1 if spec.kind == "int" else runsettings.SPIN_BOX_STEPS.get(name, 1e-9)
+        for inclusive, exclusive, outward in ((spec.minimum, spec.exclusive_minimum, -1),
+                                              (spec.maximum, spec.exclusive_maximum, 1)):
+            if inclusive is not None:
+                setattr(default, name, inclusive)                 # the engine's bound itself: accepted
+                assert spec.problem(inclusive) is None
+                outside = inclusive + outward * step
+            elif exclusive is not None:
+                outside = exclusive
+            else:
+                continue
+            assert spec.problem(outside) is not None, (name, outside)   # the engine refuses it ...
+            with pytest.raises(ValueError):
+                setattr(default, name, outside)                   # ... and so does the pack
+    with pytest.raises(runsettings.ConfigError, match="learningRate"):
+        default.copy(learningRate=1e-3)                           # no second spelling
+
+
 def test_training_set_in_parameter_node(load_module, mrml_scene):
     module = load_module("PairSegTrainer")
     logic = module.PairSegTrainerLogic()

@@ -157,6 +157,42 @@ def _fakeRun(mode, folder):
                            command=[sys.executable, "-c", FAKE_ENGINE, mode, output]).start()
 
 
+def test_start_training_builds_the_engine_config_once(trainerLogic, tmp_path, monkeypatch):
+    """Issue 21 item 1: on the way from the settings to the engine, the engine's TrainConfig is
+    built (and checked) once; the run file is that config; the given settings are not changed."""
+    lib = trainerLib()
+    from PairSegLib import engine
+
+    schema = engine.torchFreeEngineModule("config")
+    built = []
+    fromDict = schema.TrainConfig.from_dict.__func__
+
+    def counted(cls, values, source="training settings"):
+        built.append(dict(values))
+        return fromDict(cls, values, source)
+
+    monkeypatch.setattr(schema.TrainConfig, "from_dict", classmethod(counted))
+    commands = []
+
+    def launcher(command, env=None, cwd=None):
+        commands.append([str(c) for c in command])
+        return engine.launchProcess([sys.executable, "-c", "pass"], env=env, cwd=cwd)
+
+    trainerLogic.launcher = launcher
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "dataset.json").write_text("{}")
+    settings = lib.TrainingSettings(data=str(tmp_path / "set"), out=str(tmp_path / "m.pairseg"), use_steps=True,
+                                    steps=5, sparse=True)
+    run = trainerLogic.startTraining(settings, plots=False, register=False)
+    run.wait(timeout=30, raiseOnError=False)   # the stand-in exits without events: a failed run
+    assert len(built) == 1 and len(commands) == 1
+    runFile = commands[0][commands[0].index("--config") + 1]
+    written = json.loads(open(runFile, encoding="utf-8").read())
+    assert written == schema.TrainConfig.from_dict(built[0]).to_dict()   # the config that was checked
+    assert (written["steps"], written["epochs"], written["sparse"]) == (5, None, True)
+    assert settings.stop_file == "" and run.settings.stop_file == str(tmp_path / "m.pairseg.stop")
+
+
 def test_run_events_progress_and_curves(tmp_path):
     run = _fakeRun("ok", tmp_path).wait(timeout=30)
     assert run.state == "done" and run.returnCode == 0

@@ -34,27 +34,33 @@ def engineSchema():
     return engine.torchFreeEngineModule("config")
 
 
-def parameterRange(name, resolution=None):
-    """The closed range ``(low, high)`` of an engine setting for a spin box and the parameter
-    node's ``WithinRange``: the engine's inclusive bounds as they are; an exclusive bound moved
-    inwards by ``resolution`` (1 for a whole number; for a float, the smallest step the spin box
-    shows, e.g. 1e-6 for six decimals). ValueError when a side is unbounded."""
+def parameterBounds(name, resolution=None):
+    """The closed bounds ``(low, high)`` of a numeric engine setting, None for an unbounded side:
+    the engine's inclusive bounds as they are; an exclusive bound moved inwards by ``resolution``
+    (1 for a whole number; for a float, the smallest step the spin box shows, e.g. 1e-6 for six
+    decimals; ValueError for a float with an exclusive bound and no resolution)."""
     spec = engineSchema().setting(name)
-    if resolution is None:
-        if spec.kind != "int":
-            raise ValueError(f"training setting {name!r} is a {spec.kind}: give the spin box's resolution")
+    if resolution is None and spec.kind == "int":
         resolution = 1
     bounds = []
     for inclusive, exclusive, direction in ((spec.minimum, spec.exclusive_minimum, 1),
                                             (spec.maximum, spec.exclusive_maximum, -1)):
-        if inclusive is not None:
-            bounds.append(inclusive)
-        elif exclusive is not None:
-            bounds.append(exclusive + direction * resolution)
-        else:
-            raise ValueError(f"training setting {name!r} has no {'lower' if direction > 0 else 'upper'} bound")
-    low, high = bounds
-    return (int(low), int(high)) if spec.kind == "int" else (float(low), float(high))
+        if inclusive is None and exclusive is not None and resolution is None:
+            raise ValueError(f"training setting {name!r} is a {spec.kind}: give the spin box's resolution")
+        bound = inclusive if inclusive is not None else (
+            exclusive + direction * resolution if exclusive is not None else None)
+        bounds.append(None if bound is None else (int(bound) if spec.kind == "int" else float(bound)))
+    return tuple(bounds)
+
+
+def parameterRange(name, resolution=None):
+    """``parameterBounds`` of a setting bounded on both sides (a spin box's range, the parameter
+    node's ``WithinRange``); ValueError when a side is unbounded."""
+    low, high = parameterBounds(name, resolution)
+    if low is None or high is None:
+        raise ValueError(f"training setting {name!r} has no {'lower' if low is None else 'upper'} bound")
+    return low, high
+
 
 # The engine's names (pairseg.constants), under the names the widget reads them by.
 _constants = engine.torchFreeEngineModule("constants")
@@ -137,21 +143,15 @@ def packDefault(name):
 
 def _validators(pnw, name):
     """The ``WithinRange`` / ``Minimum`` / ``Maximum`` validators of a numeric engine setting."""
-    spec = engineSchema().setting(name)
-    if spec.kind not in ("int", "float"):
+    if engineSchema().setting(name).kind not in ("int", "float"):
         return []
-    hasLow = spec.minimum is not None or spec.exclusive_minimum is not None
-    hasHigh = spec.maximum is not None or spec.exclusive_maximum is not None
-    if hasLow and hasHigh:
-        return [pnw.WithinRange(*parameterRange(name, SPIN_BOX_STEPS.get(name)))]
-    if hasLow:
-        return [pnw.Minimum(spec.minimum if spec.minimum is not None else spec.exclusive_minimum)]
-    if hasHigh:
-        return [pnw.Maximum(spec.maximum if spec.maximum is not None else spec.exclusive_maximum)]
-    return []
+    low, high = parameterBounds(name, SPIN_BOX_STEPS.get(name))
+    if low is not None and high is not None:
+        return [pnw.WithinRange(low, high)]
+    return [pnw.Minimum(low)] if low is not None else [pnw.Maximum(high)] if high is not None else []
 
 
-def _annotated(pnw, valueType, validators):
+def _annotated(valueType, validators):
     return Annotated[(valueType, *validators)] if validators else valueType
 
 
@@ -160,10 +160,10 @@ def _packNamespace(pnw) -> dict:
     annotations, namespace = {}, {}
     for name in PACK_SETTINGS:
         kind = engineSchema().setting(name).kind
-        annotations[name] = _annotated(pnw, _PACK_TYPES[kind], _validators(pnw, name))
+        annotations[name] = _annotated(_PACK_TYPES[kind], _validators(pnw, name))
         namespace[name] = packDefault(name)
     for name, (valueType, bounds, default) in TRAINER_ONLY.items():
-        annotations[name] = _annotated(pnw, valueType, [pnw.WithinRange(*bounds)] if bounds else [])
+        annotations[name] = _annotated(valueType, [pnw.WithinRange(*bounds)] if bounds else [])
         namespace[name] = default
     namespace.update(__annotations__=annotations, __module__=__name__, __qualname__="TrainingSettings",
                      __doc__=TrainingSettingsMethods.__doc__)
