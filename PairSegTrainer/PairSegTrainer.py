@@ -1,8 +1,9 @@
 """PairSegTrainer: train PairSeg models (C2FCN, CFCN, DeepLabv3+, U-Net) on segmentations in the
 scene, watch the curves, fine-tune on corrected cases, and look at the AND/XOR proxy maps.
 
-The module file stays thin: the logic is ``PairSegTrainerLib.logic.PairSegTrainerLogic`` (usable
-from the Python console and scripts) and the GUI wiring is ``PairSegTrainerLib.widget``. Torch
+The module file stays thin: the logic is ``PairSegTrainerLib.trainerlogic.PairSegTrainerCoreLogic``
+(usable from the Python console and scripts; ``PairSegTrainerLogic`` below adds Slicer's
+ScriptedLoadableModuleLogic to it) and the GUI wiring is ``PairSegTrainerLib.widget``. Torch
 and the ``pairseg`` engine are imported only at the point of use, or run in a background process.
 From the Python console::
 
@@ -24,7 +25,7 @@ from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 from slicer.util import VTKObservationMixin
 
 #: PairSegTrainerLib modules in dependency order (reloaded together by a developer Reload)
-LIB_MODULES = ("config", "job", "trainingset", "plots", "proxymaps", "logic", "widget")
+LIB_MODULES = ("runsettings", "trainingrun", "trainingset", "plots", "proxymapnodes", "trainerlogic", "widget")
 
 
 def _reloadLibInDeveloperMode():
@@ -42,10 +43,12 @@ def _reloadLibInDeveloperMode():
 
 _reloadLibInDeveloperMode()
 
-import PairSegTrainerLib.config as _trainerConfig  # noqa: E402
-import PairSegTrainerLib.logic as _trainerLogic  # noqa: E402
+import PairSegTrainerLib.runsettings as _runSettings  # noqa: E402
+import PairSegTrainerLib.trainerlogic as _trainerLogic  # noqa: E402
 
-_range, _default = _trainerConfig.parameterRange, _trainerConfig.parameterDefault
+#: The training settings: a parameter pack generated from the engine's schema, built by this
+#: Slicer's own ``@parameterPack`` (``PairSegTrainerLib.runsettings.settingsPack``).
+TrainingSettings = _runSettings.settingsPack()
 
 
 class PairSegTrainer(ScriptedLoadableModule):
@@ -69,32 +72,19 @@ class PairSegTrainer(ScriptedLoadableModule):
 class PairSegTrainerParameterNode:
     """Settings shown in the GUI (the training-set list is stored as node references).
 
-    Numeric settings declare their ranges (the GUI connectors set the spin boxes from them, so the
-    GUI and the node agree and an out-of-range value is refused at once). The training ones are
-    the engine's training schema (``pairseg.config``, read through ``PairSegTrainerLib.config``):
-    their defaults and ranges are taken from it, not written here. ``steps`` has no engine default
-    (unset, the budget is in epochs): ``STEPS_SHOWN`` is what the box offers when switched to steps.
+    ``training`` is the run's settings (``TrainingSettings``: the engine's training settings
+    under the engine's names, with the engine's defaults and ranges, plus ``use_steps`` and
+    ``gpus``); the panel's widgets are bound to its fields (``training.lr``, ...), and a run is
+    a copy of it. The other fields are the panel's own (training-set export, models, proxy maps).
+    Numeric fields declare their ranges (the GUI connectors set the spin boxes from them, so the
+    GUI and the node agree and an out-of-range value is refused at once).
     """
 
+    training: TrainingSettings
     classNames: str = ""
     modality: str = "MR"
-    arch: str = _trainerConfig.ARCHITECTURE_NAMES[0]
     outputName: str = "pairseg-model"
     outputFolder: str = ""
-    initFrom: str = ""
-    useSteps: bool = False
-    epochs: Annotated[int, WithinRange(*_range("epochs"))] = _default("epochs")
-    steps: Annotated[int, WithinRange(*_range("steps"))] = _trainerConfig.STEPS_SHOWN
-    batchSize: Annotated[int, WithinRange(*_range("batch_size"))] = _default("batch_size")
-    size: Annotated[int, WithinRange(*_range("size"))] = _default("size")
-    learningRate: Annotated[float, WithinRange(*_range("lr", _trainerConfig.LEARNING_RATE_STEP))] = _default("lr")
-    valFraction: Annotated[float, WithinRange(*_range("val_fraction", _trainerConfig.FRACTION_STEP))] = \
-        _default("val_fraction")
-    device: str = _trainerConfig.engineDefault("device")
-    gpus: Annotated[int, WithinRange(1, 64)] = 1
-    pairMode: str = _trainerConfig.engineDefault("pair_mode")
-    offsets: str = ""
-    interRepeats: Annotated[int, WithinRange(*_range("inter_repeats"))] = _default("inter_repeats")
     mapping: str = "{}"
     currentModel: str = ""
     proxyModel: str = ""
@@ -137,13 +127,13 @@ class PairSegTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
 
-class PairSegTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogic.PairSegTrainerLogic):
-    """See PairSegTrainerLib.logic.PairSegTrainerLogic for the API (exportTrainingSet,
+class PairSegTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogic.PairSegTrainerCoreLogic):
+    """See PairSegTrainerLib.trainerlogic.PairSegTrainerCoreLogic for the API (exportTrainingSet,
     startTraining, resumeTraining, fineTune, segmentVolume, proxyMaps, pickProxyPair)."""
 
     def __init__(self, scene=None, launcher=None, registry=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        _trainerLogic.PairSegTrainerLogic.__init__(self, scene=scene, launcher=launcher, registry=registry)
+        _trainerLogic.PairSegTrainerCoreLogic.__init__(self, scene=scene, launcher=launcher, registry=registry)
 
 
 class PairSegTrainerTest(ScriptedLoadableModuleTest):
@@ -167,8 +157,6 @@ class PairSegTrainerTest(ScriptedLoadableModuleTest):
         from PairSegLib import install, sampledata
         from PairSegLib.models import ModelRegistry
 
-        from PairSegTrainerLib.config import TrainingConfig
-
         missing = install.missingPackages()
         if missing:
             self.skipTest("the engine's packages are not installed (" + ", ".join(missing) + "): press Train once "
@@ -184,11 +172,11 @@ class PairSegTrainerTest(ScriptedLoadableModuleTest):
 
             self.delayDisplay("Training a tiny model (engine process)")
             modelPath = os.path.join(folder, "selftest.pairseg")
-            job = logic.startTraining(TrainingConfig(dataFolder=os.path.join(folder, "set"), outputModel=modelPath,
-                                                     steps=4, epochs=None, size=64, batchSize=2, device="cpu",
-                                                     valFraction=0.0), plots=False)
-            job.wait(timeout=300)
-            self.assertEqual(job.state, "done", job.errorMessage)
+            trainingRun = logic.startTraining(TrainingSettings(data=os.path.join(folder, "set"), out=modelPath,
+                                                               use_steps=True, steps=4, size=64, batch_size=2,
+                                                               device="cpu", val_fraction=0.0), plots=False)
+            trainingRun.wait(timeout=300)
+            self.assertEqual(trainingRun.state, "done", trainingRun.errorMessage)
             self.assertEqual([m["path"] for m in logic.registry.registeredModels()], [modelPath])
 
             self.delayDisplay("Predicted proxy maps of an intra-patient pair (engine process)")
@@ -201,7 +189,7 @@ class PairSegTrainerTest(ScriptedLoadableModuleTest):
             self.delayDisplay("Segmenting with the new model (engine process)")
             run = logic.segmentVolume(volumeNode, modelPath, device="cpu").wait(timeout=120)
             self.assertEqual(run.segmentationNode.GetSegmentation().GetNumberOfSegments(), 4)
-            logging.info(f"PairSegTrainer self-test passed in {job.elapsedSeconds:.0f} s of training")
+            logging.info(f"PairSegTrainer self-test passed in {trainingRun.elapsedSeconds:.0f} s of training")
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         self.delayDisplay("Test passed")

@@ -28,8 +28,8 @@ def test_module_code_imports_without_torch():
         import importlib
         for name in ("PairSegLib", "PairSegLib.engine", "PairSegLib.install", "PairSegLib.segmentlogic", "PairSegLib.mrml",
                      "PairSegLib.overlays", "PairSegLib.sampledata", "PairSegLib.terminology", "PairSegTrainerLib",
-                     "PairSegTrainerLib.config", "PairSegTrainerLib.job", "PairSegTrainerLib.logic",
-                     "PairSegTrainerLib.proxymaps", "PairSegTrainerLib.trainingset", "PairSegTrainerLib.plots"):
+                     "PairSegTrainerLib.runsettings", "PairSegTrainerLib.trainingrun", "PairSegTrainerLib.trainerlogic",
+                     "PairSegTrainerLib.proxymapnodes", "PairSegTrainerLib.trainingset", "PairSegTrainerLib.plots"):
             importlib.import_module(name)
         assert sys.modules["torch"] is None
         print("ok")
@@ -108,7 +108,7 @@ def test_compare_and_predicted_maps_run_with_torch_blocked(load_module, harness,
         assert table.GetValueByName(row, "ASSD (mm)").ToDouble() == pytest.approx(expectedMetrics["assd"][name],
                                                                                   rel=1e-4)
 
-    trainer = lib.PairSegTrainerLogic()
+    trainer = lib.PairSegTrainerCoreLogic()
     maps = trainer.proxyMaps(volume, sliceA, segmentation, sliceB=sliceB, model=str(phantom_model), device="cpu",
                              show=False)
     assert maps.run is not None and maps.run.command[1:4] == ["-m", "pairseg", "proxy-maps"]

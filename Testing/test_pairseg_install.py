@@ -73,15 +73,15 @@ def test_every_engine_and_torch_use_asks_the_same_step(pairseg, install, torchMi
     reference = addSegmentation(mrml_scene, volume, labels, {1: "liver", 2: "spleen"}, "reference")
     segmentLogic = PairSegLogic()
     segmentLogic.launcher = noLaunch
-    trainer = lib.PairSegTrainerLogic(launcher=noLaunch)
+    trainer = lib.PairSegTrainerCoreLogic(launcher=noLaunch)
     trainer.registry  # noqa: B018 - created before the snapshot
     trainer.exportTrainingSet([(volume, segmentation)], tmp_path / "set", modality="MR")
     before = harness.sceneSnapshot()
     uses = {
         "PairSeg Segment": lambda: segmentLogic.segmentVolumeAsync(volume, phantom_model, device="cpu"),
         "PairSeg Compare": lambda: segmentLogic.compareToReferenceAsync(segmentation, reference),
-        "Trainer Train": lambda: trainer.startTraining(lib.TrainingConfig(
-            dataFolder=str(tmp_path / "set"), outputModel=str(tmp_path / "m.pairseg"), steps=2), plots=False),
+        "Trainer Train": lambda: trainer.startTraining(lib.TrainingSettings(
+            data=str(tmp_path / "set"), out=str(tmp_path / "m.pairseg"), use_steps=True, steps=2), plots=False),
         "Trainer Fine-tune": lambda: trainer.fineTune([(volume, segmentation)], str(phantom_model),
                                                       str(tmp_path / "ft"), outputFolder=str(tmp_path / "out")),
         "Trainer Segment with current model": lambda: trainer.segmentVolume(volume, str(phantom_model), "cpu"),

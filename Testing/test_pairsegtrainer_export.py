@@ -149,19 +149,19 @@ def test_bad_inputs_give_clear_errors(trainerLogic, mrml_scene, tmp_path):
 
 def test_config_command_lines_and_validation(tmp_path):
     lib = trainerLib()
-    from PairSegTrainerLib import config
+    from PairSegTrainerLib import runsettings as config
 
     (tmp_path / "dataset.json").write_text("{}")
-    cfg = lib.TrainingConfig(dataFolder=str(tmp_path), outputModel=str(tmp_path / "m.pairseg"), steps=20,
-                             size=64, batchSize=2, device="cpu", offsets="3, 5,7", python="py")
+    cfg = lib.TrainingSettings(data=str(tmp_path), out=str(tmp_path / "m.pairseg"), use_steps=True, steps=20,
+                               size=64, batch_size=2, device="cpu", offsets="3, 5,7")
     cfg.validate()
-    command = cfg.commandLine()
+    command = cfg.commandLine(python="py")
     runFile = str(tmp_path / "m.pairseg.train.json")
     assert command == ["py", "-m", "pairseg", "train", "--config", runFile, "--events", "json"]
     written = json.loads(open(runFile).read())
     assert (written["steps"], written["epochs"], written["size"], written["batch_size"], written["offsets"]) == \
         (20, None, 64, 2, [3, 5, 7])
-    multi = cfg.copy(gpus=4, resume=True, initFrom="").commandLine()
+    multi = cfg.copy(gpus=4, resume=True, init_from="").commandLine(python="py")
     assert multi[:7] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", "-m"]
     assert multi[7:] == ["pairseg", "train", "--config", runFile, "--events", "json"]
     assert json.loads(open(runFile).read())["resume"] is True
@@ -170,9 +170,9 @@ def test_config_command_lines_and_validation(tmp_path):
     with pytest.raises(config.ConfigError, match="arch"):
         cfg.copy(arch="resnet").validate()
     with pytest.raises(config.ConfigError, match="batch_size"):
-        cfg.copy(batchSize=0).validate()
+        cfg.copy(batch_size=0).validate()
     with pytest.raises(config.ConfigError, match="dataset.json"):
-        cfg.copy(dataFolder=str(tmp_path / "nothing")).validate()
+        cfg.copy(data=str(tmp_path / "nothing")).validate()
     with pytest.raises(config.ConfigError, match="offsets"):
         config.parseOffsets("3,x")
     assert config.versionedModelPath(str(tmp_path / "liver.pairseg")).endswith("liver_v2.pairseg")
@@ -186,17 +186,17 @@ def test_training_settings_round_trip_trainer_json_cli(tmp_path):
     from pairseg.cli import build_parser
     from pairseg.config import TrainConfig, from_arguments
 
-    from PairSegTrainerLib import config
+    from PairSegTrainerLib import runsettings as config
 
     (tmp_path / "dataset.json").write_text("{}")
-    cfg = lib.TrainingConfig(dataFolder=str(tmp_path), outputModel=str(tmp_path / "liver.pairseg"), arch="cfcn",
-                             steps=123, size=96, batchSize=3, learningRate=2.5e-4, device="cuda:1", seed=7,
-                             valFraction=0.25, pairMode="intra", offsets=(2, 4), interRepeats=3,
-                             initFrom=str(tmp_path / "base.pairseg"), stopFile=str(tmp_path / "stop"), python="py")
-    command = cfg.commandLine()
+    cfg = lib.TrainingSettings(data=str(tmp_path), out=str(tmp_path / "liver.pairseg"), arch="cfcn",
+                               use_steps=True, steps=123, size=96, batch_size=3, lr=2.5e-4, device="cuda:1", seed=7,
+                               val_fraction=0.25, pair_mode="intra", offsets="2,4", inter_repeats=3,
+                               init_from=str(tmp_path / "base.pairseg"), stop_file=str(tmp_path / "stop"))
+    command = cfg.commandLine(python="py")
     runFile = command[command.index("--config") + 1]
     fromFile = TrainConfig.read(runFile)
-    assert lib.TrainingConfig.fromEngineConfig(fromFile, python="py") == cfg
+    assert lib.TrainingSettings.fromEngineConfig(fromFile) == cfg
     fromCommand = from_arguments(build_parser().parse_args(command[3:]))
     assert fromCommand == fromFile
     options = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "liver.pairseg"), "--arch", "cfcn",
@@ -206,11 +206,49 @@ def test_training_settings_round_trip_trainer_json_cli(tmp_path):
                str(tmp_path / "stop")]
     assert from_arguments(build_parser().parse_args(options)).to_dict() == fromFile.to_dict()
     # defaults are the engine's, not the Trainer's own
-    default = lib.TrainingConfig()
+    default = lib.TrainingSettings()
     engineDefaults = TrainConfig(data="d", out="o")
-    for name, engineName in config.ENGINE_NAMES.items():
-        if name not in ("dataFolder", "outputModel", "arch", "offsets", "initFrom", "stopFile"):
-            assert getattr(default, name) == getattr(engineDefaults, engineName), name
+    for name in config.PACK_SETTINGS:
+        if name not in ("data", "out", "arch", "offsets", "init_from", "stop_file", "epochs", "steps"):
+            assert getattr(default, name) == getattr(engineDefaults, name), name
+    # the budget: the engine's fallback epochs, no steps
+    assert (default.engineSettings()["epochs"], default.engineSettings()["steps"]) == engineDefaults.budget()
+
+
+def test_settings_pack_is_the_engine_schema():
+    """Issue 21 item 1: the Trainer's settings are declared once: the pack's fields are the
+    engine's settings under the engine's names (plus the Trainer-only ones), with the engine's
+    defaults, and each refuses just outside the engine's range what the engine refuses."""
+    lib = trainerLib()
+    from pairseg.config import setting
+
+    from PairSegTrainerLib import runsettings
+
+    pack = lib.TrainingSettings
+    assert list(pack.allParameters) == list(runsettings.PACK_SETTINGS) + list(runsettings.TRAINER_ONLY)
+    default = pack()
+    for name in runsettings.PACK_SETTINGS:
+        spec = setting(name)   # KeyError: not an engine setting
+        if spec.default is not None:
+            assert getattr(default, name) == spec.default, name
+        if spec.kind not in ("int", "float"):
+            continue
+        step = 1 if spec.kind == "int" else runsettings.SPIN_BOX_STEPS.get(name, 1e-9)
+        for inclusive, exclusive, outward in ((spec.minimum, spec.exclusive_minimum, -1),
+                                              (spec.maximum, spec.exclusive_maximum, 1)):
+            if inclusive is not None:
+                setattr(default, name, inclusive)                 # the engine's bound itself: accepted
+                assert spec.problem(inclusive) is None
+                outside = inclusive + outward * step
+            elif exclusive is not None:
+                outside = exclusive
+            else:
+                continue
+            assert spec.problem(outside) is not None, (name, outside)   # the engine refuses it ...
+            with pytest.raises(ValueError):
+                setattr(default, name, outside)                   # ... and so does the pack
+    with pytest.raises(runsettings.ConfigError, match="learningRate"):
+        default.copy(learningRate=1e-3)                           # no second spelling
 
 
 def test_training_set_in_parameter_node(load_module, mrml_scene):
@@ -252,13 +290,13 @@ def test_new_version_skips_checkpoints_and_unfinished_runs(tmp_path):
     import os
 
     trainerLib()
-    from PairSegTrainerLib import config
+    from PairSegTrainerLib import runsettings as config
 
     (tmp_path / "liver.pairseg").write_bytes(b"model")
     checkpoint = tmp_path / "liver_v2.pairseg.ckpt"
     checkpoint.write_bytes(b"checkpoint")
     assert config.versionedModelPath(str(tmp_path / "liver.pairseg")) == str(tmp_path / "liver_v3.pairseg")
-    run = config.TrainingConfig(outputModel=str(tmp_path / "liver_v2.pairseg"))
+    run = config.TrainingSettings(out=str(tmp_path / "liver_v2.pairseg"))
     assert not run.unfinishedRun()                                   # no run file: nothing to resume from
     (tmp_path / "liver_v2.pairseg.train.json").write_text("{}")
     assert run.unfinishedRun()

@@ -20,7 +20,16 @@ CHAOS_SEGMENT_NAMES = {4: "Spleen", 1: "Liver", 3: "left_kidney", 2: "Right Kidn
 
 def trainerLib():
     """Import PairSegTrainerLib as Slicer would: both module folders on sys.path (PairSeg, the
-    declared dependency, is loaded first)."""
+    declared dependency, is loaded first), on Slicer's own Python files of a release (the current
+    one, else the newest present: ``TrainingSettings`` is a parameter pack of that release's
+    ``slicer.parameterNodeWrapper``)."""
+    import slicer_harness as harness
+
+    harness.setUpSlicer()
+    if harness.currentRelease() is None:
+        if not (harness.qtAvailable() and harness.availableReleases()):
+            pytest.skip("PairSegTrainerLib needs Slicer's Python files and PySide6 (parameterNodeWrapper)")
+        harness.useSlicerRelease(harness.availableReleases()[-1])
     for module in ("PairSeg", "PairSegTrainer"):
         folder = str(ROOT / module)
         if folder not in sys.path:
@@ -99,12 +108,12 @@ def sitkIjkToRas(image):
 
 @pytest.fixture
 def trainerLogic(mrml_scene, tmp_path):
-    """A PairSegTrainerLogic on the harness scene with a private model registry."""
+    """A PairSegTrainerCoreLogic on the harness scene with a private model registry."""
     lib = trainerLib()
     from PairSegLib.models import ModelRegistry
 
     registry = ModelRegistry(tmp_path / "registry" / "registered_models.json")
-    return lib.PairSegTrainerLogic(registry=registry)
+    return lib.PairSegTrainerCoreLogic(registry=registry)
 
 
 def engineAvailable():

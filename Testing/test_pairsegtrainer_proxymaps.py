@@ -28,7 +28,7 @@ def test_proxy_nodes_equal_numpy_and_xor(trainerLogic, mrml_scene):
     import slicer
 
     volumeA, segA, labelsA, volumeB, segB, labelsB = _volumes(mrml_scene)
-    from PairSegTrainerLib import proxymaps
+    from PairSegTrainerLib import proxymapnodes as proxymaps
 
     for (vB, sB, lB, sliceB) in ((volumeA, segA, labelsA, 12), (volumeB, segB, labelsB, 9)):
         result = trainerLogic.proxyMaps(volumeA, 8, segA, vB, sliceB, sB)
@@ -100,7 +100,7 @@ def test_pick_pairs(trainerLogic, mrml_scene):
     assert {b - a for a, b in ctPairs} == {5, 9}   # 13 does not fit in slices 3-15
     with pytest.raises(ValueError, match="second volume|volume B"):
         trainerLogic.pickProxyPair(volumeA, segA, mode="inter")
-    from PairSegTrainerLib.proxymaps import choosePair
+    from PairSegTrainerLib.proxymapnodes import choosePair
 
     with pytest.raises(ValueError, match=r"slices 4-10 of volume A: no intra pairs.*offset 13"):
         choosePair([4, 5, 6, 7, 8, 9, 10], mode="intra", offsets=(13,), seed=0)
@@ -119,7 +119,7 @@ def test_picked_pairs_are_the_training_samplers(mode):
     with ANY slice of B's range (not one fixed by slice A's height), never other pairs."""
     from pairseg.pairs import sample_pairs
 
-    choosePair = trainerLib().proxymaps.choosePair
+    choosePair = trainerLib().proxymapnodes.choosePair
 
     labelledA, labelledB = [4, 6, 9, 10, 13, 14], [20, 22, 31]   # ranges 4-14 and 20-31
     offsets = (3, 5, 7)
@@ -154,7 +154,7 @@ def test_predicted_overlay_is_transparent_where_probability_is_zero(trainerLogic
     never black and opaque where the model predicts nothing."""
     import slicer
 
-    proxymaps = trainerLib().proxymaps
+    proxymaps = trainerLib().proxymapnodes
     volumeA = _volumes(mrml_scene)[0]
     pAnd = np.zeros((32, 28), np.float32)
     pXor = np.zeros((32, 28), np.float32)

@@ -12,7 +12,7 @@ import pytest
 from test_pairsegtrainer_helpers import (CHAOS_CLASSES, engineAvailable, loadChaosCase,  # noqa: F401
                                          trainerLib, trainerLogic)
 
-TINY = dict(size=64, batchSize=2, device="cpu", epochs=None, learningRate=1e-3)
+TINY = dict(size=64, batch_size=2, device="cpu", use_steps=True, lr=1e-3)
 
 
 def _exportChaos(logic, harness, scene, chaosDir, folder, cases=("002", "003")):
@@ -31,28 +31,28 @@ def test_training_run_to_registered_model(trainerLogic, mrml_scene, harness, cha
     lib = trainerLib()
     items = _exportChaos(trainerLogic, harness, mrml_scene, chaos_dir, tmp_path / "set")
     output = tmp_path / "models" / "chaos-tiny.pairseg"
-    job = trainerLogic.startTraining(lib.TrainingConfig(dataFolder=str(tmp_path / "set"), outputModel=str(output),
-                                                        steps=20, valFraction=0.5, **TINY))
+    run = trainerLogic.startTraining(lib.TrainingSettings(data=str(tmp_path / "set"), out=str(output),
+                                                          steps=20, val_fraction=0.5, **TINY))
     seen = []
-    job.onEvent = lambda _job, event: seen.append(event["event"])
-    job.wait(timeout=240)
-    assert job.state == "done", job.log[-10:]
+    run.onEvent = lambda _job, event: seen.append(event["event"])
+    run.wait(timeout=240)
+    assert run.state == "done", run.log[-10:]
     for kind in ("start", "progress", "validation", "checkpoint", "done"):
         assert kind in seen, f"no {kind} event: {seen}"
-    assert job.fraction == 1.0 and job.step == 20 and job.total == 20
-    assert job.curves.lossSteps == [float(s) for s in range(1, 21)]
-    assert all(np.isfinite(job.curves.lossValues))
-    assert len(job.curves.valEpochs) >= 1 and set(job.curves.classDice) == set(CHAOS_CLASSES)
+    assert run.fraction == 1.0 and run.step == 20 and run.total == 20
+    assert run.curves.lossSteps == [float(s) for s in range(1, 21)]
+    assert all(np.isfinite(run.curves.lossValues))
+    assert len(run.curves.valEpochs) >= 1 and set(run.curves.classDice) == set(CHAOS_CLASSES)
     # live curves in plot nodes
-    steps, losses = job.plots.lossArrays()
-    np.testing.assert_allclose(losses, job.curves.lossValues)
-    assert job.plots.lossChart.GetNumberOfPlotSeriesNodes() == 1
-    assert job.plots.diceChart.GetNumberOfPlotSeriesNodes() == 1 + len(CHAOS_CLASSES)
+    steps, losses = run.plots.lossArrays()
+    np.testing.assert_allclose(losses, run.curves.lossValues)
+    assert run.plots.lossChart.GetNumberOfPlotSeriesNodes() == 1
+    assert run.plots.diceChart.GetNumberOfPlotSeriesNodes() == 1 + len(CHAOS_CLASSES)
     # registered model: PairSeg's registry lists it; metadata records classes and seen cases
-    assert job.modelPath == str(output) and output.is_file()
+    assert run.modelPath == str(output) and output.is_file()
     assert [m["path"] for m in trainerLogic.registry.registeredModels()] == [str(output)]
-    assert job.metadata["class_names"] == CHAOS_CLASSES and job.metadata["arch"] == "c2fcn"
-    assert len(job.metadata["training"]["seen_cases"]) == 1  # the other case is the validation case
+    assert run.metadata["class_names"] == CHAOS_CLASSES and run.metadata["arch"] == "c2fcn"
+    assert len(run.metadata["training"]["seen_cases"]) == 1  # the other case is the validation case
     assert not (tmp_path / "models" / "chaos-tiny.pairseg.stop").exists()
 
     # predicted proxy maps of the trained model for an intra-patient pair
@@ -70,15 +70,15 @@ def test_training_run_to_registered_model(trainerLogic, mrml_scene, harness, cha
     assert 0.0 <= pAnd.min() and pAnd.max() <= 1.0 and 0.0 <= pXor.min() and pXor.max() <= 1.0
     coded = slicer.util.arrayFromVolume(result.predictedOverlayNode)
     assert coded.shape == (1, 256, 256) and coded.dtype == np.uint8
-    np.testing.assert_array_equal(coded, lib.proxymaps.predictedOverlayValues(pAnd, pXor))
+    np.testing.assert_array_equal(coded, lib.proxymapnodes.predictedOverlayValues(pAnd, pXor))
 
     # annotate-then-retrain: fine-tune from this model -> next version, seen cases carried over
     fine = trainerLogic.fineTune(items[:1], str(output), str(tmp_path / "finetune-set"), steps=4, **{
-        k: v for k, v in TINY.items() if k not in ("size", "epochs", "learningRate")})
+        k: v for k, v in TINY.items() if k not in ("size", "lr")})
     fine.wait(timeout=180)
     assert fine.state == "done", fine.log[-10:]
     assert fine.modelPath.endswith("chaos-tiny_v2.pairseg")
-    assert fine.config.initFrom == str(output)
+    assert fine.settings.init_from == str(output)
     assert "case_002" in fine.metadata["training"]["seen_cases"]
     assert fine.metadata["training"]["init_from"]
     assert {m["name"] for m in trainerLogic.registry.registeredModels()} == {"chaos-tiny", "chaos-tiny_v2"}
@@ -91,29 +91,29 @@ def test_stop_leaves_checkpoint_that_resumes(trainerLogic, mrml_scene, harness, 
     lib = trainerLib()
     _exportChaos(trainerLogic, harness, mrml_scene, chaos_dir, tmp_path / "set", cases=("008",))
     output = tmp_path / "stop" / "stopped.pairseg"
-    job = trainerLogic.startTraining(lib.TrainingConfig(dataFolder=str(tmp_path / "set"), outputModel=str(output),
-                                                        steps=10, valFraction=0.0, **TINY))
+    run = trainerLogic.startTraining(lib.TrainingSettings(data=str(tmp_path / "set"), out=str(output),
+                                                          steps=10, val_fraction=0.0, **TINY))
 
-    def stopEarly(runningJob, event):
-        if event["event"] == "progress" and event.get("step", 0) >= 2 and not runningJob.stopRequested:
-            runningJob.stop()
+    def stopEarly(runningRun, event):
+        if event["event"] == "progress" and event.get("step", 0) >= 2 and not runningRun.stopRequested:
+            runningRun.stop()
 
-    job.onEvent = stopEarly
-    job.wait(timeout=180)
-    assert job.state == "cancelled", job.log[-10:]
-    assert job.checkpoint and (tmp_path / "stop" / "stopped.pairseg.ckpt").is_file()
+    run.onEvent = stopEarly
+    run.wait(timeout=180)
+    assert run.state == "cancelled", run.log[-10:]
+    assert run.checkpoint and (tmp_path / "stop" / "stopped.pairseg.ckpt").is_file()
     assert not output.exists()  # no partial model
-    assert job.resumable and trainerLogic.registry.registeredModels() == []
-    stoppedAt = job.step
+    assert run.resumable and trainerLogic.registry.registeredModels() == []
+    stoppedAt = run.step
     assert 2 <= stoppedAt < 10
 
-    resumed = job.resume()
+    resumed = run.resume()
     resumed.wait(timeout=180)
     assert resumed.state == "done", resumed.log[-10:]
-    assert json.loads(open(resumed.config.runFile).read())["resume"] is True   # pairseg train --config
+    assert json.loads(open(resumed.settings.runFile).read())["resume"] is True   # pairseg train --config
     progress = [e for e in resumed.events if e["event"] == "progress"]
     assert progress[0]["step"] == stoppedAt + 1 and progress[-1]["step"] == 10
-    assert resumed.curves is job.curves and resumed.curves.lossSteps[-1] == 10.0
+    assert resumed.curves is run.curves and resumed.curves.lossSteps[-1] == 10.0
     assert output.is_file() and [m["path"] for m in trainerLogic.registry.registeredModels()] == [str(output)]
 
 
@@ -149,39 +149,75 @@ FAKE_ENGINE = textwrap.dedent("""
 """)
 
 
-def _fakeJob(mode, folder):
+def _fakeRun(mode, folder):
     lib = trainerLib()
     output = str(folder / f"{mode}.pairseg")
-    config = lib.TrainingConfig(outputModel=output)
-    return lib.TrainingRun(config, logic=None, register=False, ensureEngine=False,
+    settings = lib.TrainingSettings(out=output)
+    return lib.TrainingRun(settings, logic=None, register=False, ensureEngine=False,
                            command=[sys.executable, "-c", FAKE_ENGINE, mode, output]).start()
 
 
-def test_job_events_progress_and_curves(tmp_path):
-    job = _fakeJob("ok", tmp_path).wait(timeout=30)
-    assert job.state == "done" and job.returnCode == 0
-    assert job.fraction == 1.0 and job.outputs == [str(tmp_path / "ok.pairseg")]
-    assert job.modelPath == str(tmp_path / "ok.pairseg")
-    assert job.curves.lossValues == pytest.approx([1.0, 0.5, 1 / 3, 0.25, 0.2])
-    assert job.curves.meanDice == [0.5] and job.curves.classDice["liver"] == [0.5]
-    assert np.isnan(job.curves.classDice["spleen"][0])
-    assert "a plain log line" in job.log and "a warning on stderr" in job.log
-    assert json.dumps(job.events)  # events stay JSON-able
+def test_start_training_builds_the_engine_config_once(trainerLogic, tmp_path, monkeypatch):
+    """Issue 21 item 1: on the way from the settings to the engine, the engine's TrainConfig is
+    built (and checked) once; the run file is that config; the given settings are not changed."""
+    lib = trainerLib()
+    from PairSegLib import engine
+
+    schema = engine.torchFreeEngineModule("config")
+    built = []
+    fromDict = schema.TrainConfig.from_dict.__func__
+
+    def counted(cls, values, source="training settings"):
+        built.append(dict(values))
+        return fromDict(cls, values, source)
+
+    monkeypatch.setattr(schema.TrainConfig, "from_dict", classmethod(counted))
+    commands = []
+
+    def launcher(command, env=None, cwd=None):
+        commands.append([str(c) for c in command])
+        return engine.launchProcess([sys.executable, "-c", "pass"], env=env, cwd=cwd)
+
+    trainerLogic.launcher = launcher
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "dataset.json").write_text("{}")
+    settings = lib.TrainingSettings(data=str(tmp_path / "set"), out=str(tmp_path / "m.pairseg"), use_steps=True,
+                                    steps=5, sparse=True)
+    run = trainerLogic.startTraining(settings, plots=False, register=False)
+    run.wait(timeout=30, raiseOnError=False)   # the stand-in exits without events: a failed run
+    assert len(built) == 1 and len(commands) == 1
+    runFile = commands[0][commands[0].index("--config") + 1]
+    written = json.loads(open(runFile, encoding="utf-8").read())
+    assert written == schema.TrainConfig.from_dict(built[0]).to_dict()   # the config that was checked
+    assert (written["steps"], written["epochs"], written["sparse"]) == (5, None, True)
+    assert settings.stop_file == "" and run.settings.stop_file == str(tmp_path / "m.pairseg.stop")
 
 
-def test_job_error_and_stop(tmp_path):
-    failed = _fakeJob("error", tmp_path).wait(timeout=30, raiseOnError=False)
+def test_run_events_progress_and_curves(tmp_path):
+    run = _fakeRun("ok", tmp_path).wait(timeout=30)
+    assert run.state == "done" and run.returnCode == 0
+    assert run.fraction == 1.0 and run.outputs == [str(tmp_path / "ok.pairseg")]
+    assert run.modelPath == str(tmp_path / "ok.pairseg")
+    assert run.curves.lossValues == pytest.approx([1.0, 0.5, 1 / 3, 0.25, 0.2])
+    assert run.curves.meanDice == [0.5] and run.curves.classDice["liver"] == [0.5]
+    assert np.isnan(run.curves.classDice["spleen"][0])
+    assert "a plain log line" in run.log and "a warning on stderr" in run.log
+    assert json.dumps(run.events)  # events stay JSON-able
+
+
+def test_run_error_and_stop(tmp_path):
+    failed = _fakeRun("error", tmp_path).wait(timeout=30, raiseOnError=False)
     assert failed.state == "failed" and failed.returnCode == 2
     assert failed.errorMessage == "dataset.json lists no case" and failed.errorKind == "input"
-    with pytest.raises(trainerLib().JobError, match="lists no case"):
-        _fakeJob("error", tmp_path).wait(timeout=30)
-    running = _fakeJob("long", tmp_path)
+    with pytest.raises(trainerLib().EngineError, match="lists no case"):
+        _fakeRun("error", tmp_path).wait(timeout=30)
+    running = _fakeRun("long", tmp_path)
     while running.poll() and running.step is None:
         pass
     running.stop()
     running.wait(timeout=30)
     assert running.state == "cancelled" and running.checkpoint == "ckpt"
-    from PairSegTrainerLib.job import formatDuration
+    from PairSegTrainerLib.trainingrun import formatDuration
 
     assert formatDuration(75) == "1m15s" and formatDuration(None) == "?" and formatDuration(7300) == "2h01m"
 
@@ -219,16 +255,16 @@ def test_fine_tune_starts_from_a_catalog_model_by_name(trainerLogic, mrml_scene,
     labels = slicer.util.arrayFromVolume(labelNode).copy()
     names = {index + 1: name for index, name in enumerate(metadata["class_names"])}
     segmentation = addSegmentation(mrml_scene, volume, labels, names)
-    job = trainerLogic.fineTune([(volume, segmentation)], "phantom-organs", str(tmp_path / "set"),
-                                outputFolder=str(tmp_path / "models"), steps=2)
+    run = trainerLogic.fineTune([(volume, segmentation)], "phantom-organs", str(tmp_path / "set"),
+                                outputFolder=str(tmp_path / "models"), use_steps=True, steps=2)
     (command,) = commands
     settings = json.loads(open(command[command.index("--config") + 1]).read())   # the run file
     assert settings["init_from"] == str(catalog / "phantom-organs.pairseg")
     assert settings["out"] == str(tmp_path / "models" / "phantom-organs_v2.pairseg")
     manifest = json.loads((tmp_path / "set" / "dataset.json").read_text())
     assert list(manifest["labels"].values())[1:] == metadata["class_names"]
-    job.wait(timeout=30, raiseOnError=False)   # the stand-in process sends no "done": a failure
-    assert job.state == "failed"
+    run.wait(timeout=30, raiseOnError=False)   # the stand-in process sends no "done": a failure
+    assert run.state == "failed"
     with pytest.raises(ValueError, match="no catalog model of that name"):
         trainerLogic.fineTune([(volume, segmentation)], "no-such-model", str(tmp_path / "set2"))
     assert not os.path.exists(tmp_path / "set2")

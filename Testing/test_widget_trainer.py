@@ -39,24 +39,25 @@ def test_spin_box_ranges_come_from_the_parameters(trainerWidget):
     """Fault 3: the connectors set the spin boxes from the declared ranges (not +-2^31 / +-inf)."""
     ui = trainerWidget.ui
     node = trainerWidget.panel._parameterNode
-    for widget, parameter in ((ui.epochsSpinBox, "epochs"), (ui.stepsSpinBox, "steps"), (ui.batchSizeSpinBox, "batchSize"),
-                              (ui.sizeSpinBox, "size"), (ui.learningRateSpinBox, "learningRate"),
-                              (ui.valFractionSpinBox, "valFraction"), (ui.gpusSpinBox, "gpus"),
-                              (ui.interRepeatsSpinBox, "interRepeats")):
-        assert widget.minimum > 0 or parameter == "valFraction", (parameter, widget.minimum)
+    for widget, parameter in ((ui.epochsSpinBox, "training.epochs"), (ui.stepsSpinBox, "training.steps"),
+                              (ui.batchSizeSpinBox, "training.batch_size"), (ui.sizeSpinBox, "training.size"),
+                              (ui.learningRateSpinBox, "training.lr"), (ui.valFractionSpinBox, "training.val_fraction"),
+                              (ui.gpusSpinBox, "training.gpus"), (ui.interRepeatsSpinBox, "training.inter_repeats")):
+        assert widget.minimum > 0 or parameter == "training.val_fraction", (parameter, widget.minimum)
         assert widget.maximum < 1e8, (parameter, widget.maximum)
         widget.value = widget.minimum - 1  # typed below the range: clamped by the widget
-        assert getattr(node, parameter) == pytest.approx(widget.minimum)
+        assert node.getValue(parameter) == pytest.approx(widget.minimum)
         with pytest.raises(ValueError):
-            setattr(node, parameter, widget.minimum - 1)  # the node refuses it too
+            node.setValue(parameter, widget.minimum - 1)  # the node refuses it too
     ui.learningRateSpinBox.value = 0.0005
-    assert node.learningRate == pytest.approx(0.0005)
+    assert node.training.lr == pytest.approx(0.0005)
     assert ui.learningRateSpinBox.decimals == 6
 
 
 #: parameter-node name -> the engine's TrainConfig setting it shows
-ENGINE_SETTINGS = {"epochs": "epochs", "steps": "steps", "batchSize": "batch_size", "size": "size",
-                   "learningRate": "lr", "valFraction": "val_fraction", "interRepeats": "inter_repeats"}
+ENGINE_SETTINGS = {"training.epochs": "epochs", "training.steps": "steps", "training.batch_size": "batch_size",
+                   "training.size": "size", "training.lr": "lr", "training.val_fraction": "val_fraction",
+                   "training.inter_repeats": "inter_repeats"}
 
 
 def test_defaults_and_ranges_are_the_engine_schema(trainerWidget):
@@ -69,9 +70,10 @@ def test_defaults_and_ranges_are_the_engine_schema(trainerWidget):
 
     ui = trainerWidget.ui
     node = trainerWidget.panel._parameterNode
-    spinBoxes = {"epochs": ui.epochsSpinBox, "steps": ui.stepsSpinBox, "batchSize": ui.batchSizeSpinBox,
-                 "size": ui.sizeSpinBox, "learningRate": ui.learningRateSpinBox,
-                 "valFraction": ui.valFractionSpinBox, "interRepeats": ui.interRepeatsSpinBox}
+    spinBoxes = {"training.epochs": ui.epochsSpinBox, "training.steps": ui.stepsSpinBox,
+                 "training.batch_size": ui.batchSizeSpinBox, "training.size": ui.sizeSpinBox,
+                 "training.lr": ui.learningRateSpinBox, "training.val_fraction": ui.valFractionSpinBox,
+                 "training.inter_repeats": ui.interRepeatsSpinBox}
     uiFile = os.path.join(os.path.dirname(__file__), os.pardir, "PairSegTrainer", "Resources", "UI",
                           "PairSegTrainer.ui")
     designed = {}
@@ -90,18 +92,18 @@ def test_defaults_and_ranges_are_the_engine_schema(trainerWidget):
         # the .ui file's own numbers (what Designer shows) are the same range
         assert float(designed[parameter]["minimum"]) == pytest.approx(box.minimum), parameter
         assert float(designed[parameter]["maximum"]) == pytest.approx(box.maximum), parameter
-        if parameter != "steps":   # steps: no engine default (unset, the budget is in epochs)
+        if parameter != "training.steps":   # steps: no engine default (unset, the budget is in epochs)
             expected = spec.default if spec.default is not None else spec.fallback
-            assert getattr(node, parameter) == pytest.approx(expected), parameter
+            assert node.getValue(parameter) == pytest.approx(expected), parameter
             assert box.value == pytest.approx(expected), parameter
             assert float(designed[parameter]["value"]) == pytest.approx(expected), parameter
-    assert node.epochs == 20 and node.valFraction == 0.0   # the two defaults that had drifted
+    assert node.training.epochs == 20 and node.training.val_fraction == 0.0   # the two defaults that had drifted
     assert [ui.architectureComboBox.itemData(i) for i in range(ui.architectureComboBox.count)] == list(
         setting("arch").choices)
-    built = trainerWidget.panel.buildConfig(os.path.dirname(uiFile)).engineSettings()
+    built = trainerWidget.panel.runSettings(os.path.dirname(uiFile)).engineSettings()
     defaults = TrainConfig(data="d", out="o.pairseg")
     for parameter, name in ENGINE_SETTINGS.items():
-        if parameter not in ("steps", "epochs"):
+        if name not in ("steps", "epochs"):
             assert built[name] == getattr(defaults, name), name
     assert built["epochs"] == defaults.budget()[0] and built["steps"] is None
 
@@ -128,16 +130,16 @@ def test_device_choices(trainerWidget, monkeypatch, tmp_path):
     assert [ui.deviceComboBox.itemData(i) for i in range(ui.deviceComboBox.count)] == [d[0] for d in devices]
     assert ui.gpusSpinBox.maximum == 2
     ui.deviceComboBox.setCurrentIndex(3)
-    assert node.device == "cuda:1"
-    config = panel.buildConfig(str(tmp_path))
+    assert node.training.device == "cuda:1"
+    config = panel.runSettings(str(tmp_path))
     (tmp_path / "dataset.json").write_text("{}")
-    config.outputModel = str(tmp_path / "m.pairseg")
-    config.steps, config.epochs = 10, None
+    config.out = str(tmp_path / "m.pairseg")
+    config.use_steps, config.steps = True, 10
     config.validate()  # cuda:1 accepted
     # a scene saved with "cuda" on a GPU computer, opened here without probing
-    node.device = "cuda"
+    node.training.device = "cuda"
     panel.setParameterNode(panel.parameterClass(panel.logic.getParameterNode()))
-    assert ui.deviceComboBox.currentData == "cuda" and node.device == "cuda"
+    assert ui.deviceComboBox.currentData == "cuda" and node.training.device == "cuda"
     assert "not detected" in ui.deviceComboBox.currentText
 
 
@@ -182,26 +184,28 @@ def test_add_case_and_train_stop_resume_to_registered_model(trainerWidget, mrml_
     ui.batchSizeSpinBox.value = 2
     ui.valFractionSpinBox.value = 0.0
     ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
-    assert (node.useSteps, node.steps, node.size, node.batchSize, node.device) == (True, 60, 32, 2, "cpu")
+    training = node.training
+    assert (training.use_steps, training.steps, training.size, training.batch_size, training.device) == \
+        (True, 60, 32, 2, "cpu")
     assert not ui.epochsSpinBox.enabled and ui.stepsSpinBox.enabled
 
     ui.trainButton.click()  # Train
-    job = panel.job
-    assert job is not None and ui.trainButton.text == "Stop" and panel.timer.isActive()
-    pump(lambda: (job.step or 0) >= 2 or not job.running, timeout=240)
-    assert job.running, job.log[-10:]
+    run = panel.latestRun
+    assert run is not None and ui.trainButton.text == "Stop" and panel.timer.isActive()
+    pump(lambda: (run.step or 0) >= 2 or not run.running, timeout=240)
+    assert run.running, run.log[-10:]
     assert "step" in ui.statusLabel.text and "ETA" in ui.statusLabel.text
     ui.trainButton.click()  # Stop
-    pump(lambda: not job.running and not panel.timer.isActive(), timeout=120)
-    assert job.state == "cancelled", job.log[-10:]
+    pump(lambda: not run.running and not panel.timer.isActive(), timeout=120)
+    assert run.state == "cancelled", run.log[-10:]
     assert ui.trainButton.text == "Train" and ui.resumeButton.enabled
     assert "Resume" in ui.statusLabel.text
-    stoppedAt = job.step
+    stoppedAt = run.step
     assert ui.logTextEdit.toPlainText()  # the engine's log reached the panel
 
     ui.resumeButton.click()  # Resume from the checkpoint
-    resumed = panel.job
-    assert resumed is not job and ui.trainButton.text == "Stop"
+    resumed = panel.latestRun
+    assert resumed is not run and ui.trainButton.text == "Stop"
     pump(lambda: not resumed.running and not panel.timer.isActive(), timeout=600)
     assert resumed.state == "done", resumed.log[-10:]
     modelPath = str(tmp_path / "out" / "widget-model.pairseg")
@@ -241,11 +245,11 @@ def test_developer_reload_keeps_isinstance(slicer_release, module_widget, mrml_s
     try:
         widget = module_widget("PairSegTrainer")
         assert widget.developerMode and widget.reloadButton is not None
-        first = sys.modules["PairSegTrainerLib.logic"].PairSegTrainerLogic
+        first = sys.modules["PairSegTrainerLib.trainerlogic"].PairSegTrainerCoreLogic
         assert isinstance(widget.logic, first)
         harness.unloadModules()  # Reload: the module file runs again
         widget = module_widget("PairSegTrainer")
-        reloaded = sys.modules["PairSegTrainerLib.logic"].PairSegTrainerLogic
+        reloaded = sys.modules["PairSegTrainerLib.trainerlogic"].PairSegTrainerCoreLogic
         assert reloaded is not first  # the Lib was reloaded
         assert isinstance(widget.logic, reloaded)
     finally:
@@ -292,11 +296,11 @@ def test_annotate_then_retrain_mapping_and_proxy_maps(trainerWidget, mrml_scene,
     ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
     ui.newVolumeSelector.setCurrentNode(volume)
     ui.segmentNewButton.click()
-    job = panel.job
-    pump(lambda: not job.running and not panel.timer.isActive(), timeout=240)
-    assert job.state == "done", job.log[-10:]
+    run = panel.latestRun
+    pump(lambda: not run.running and not panel.timer.isActive(), timeout=240)
+    assert run.state == "done", run.log[-10:]
     created = ui.segmentationSelector.currentNode()
-    assert created is not None and created is job.segmentationNode and ui.volumeSelector.currentNode() is volume
+    assert created is not None and created is run.segmentationNode and ui.volumeSelector.currentNode() is volume
     assert "Created" in ui.logTextEdit.toPlainText()
     # Add corrected case, then Fine-tune (stopped once running)
     ui.addCorrectedButton.click()
@@ -304,8 +308,8 @@ def test_annotate_then_retrain_mapping_and_proxy_maps(trainerWidget, mrml_scene,
     ui.outputFolderPathLineEdit.currentPath = str(tmp_path / "out")
     ui.batchSizeSpinBox.value = 2
     ui.fineTuneButton.click()
-    fine = panel.job
-    assert fine is not job and fine.config.initFrom == str(model) and ui.trainButton.text == "Stop"
+    fine = panel.latestRun
+    assert fine is not run and fine.settings.init_from == str(model) and ui.trainButton.text == "Stop"
     pump(lambda: fine.step is not None or not fine.running, timeout=240)
     ui.trainButton.click()
     pump(lambda: not fine.running and not panel.timer.isActive(), timeout=120)

@@ -185,7 +185,7 @@ def test_show_proxy_during_training_then_train_again_then_cleanup(loop, mrml_sce
     addCase(loop, volume, segmentation)
     setUpTraining(loop, tmp_path / "out", steps=60)
     ui.trainButton.click()
-    training = panel.trainingJob
+    training = panel.trainingRun
     assert training is not None and ui.trainButton.text == "Stop"
     pump(lambda: (training.step or 0) >= 3, timeout=60)
 
@@ -195,14 +195,14 @@ def test_show_proxy_during_training_then_train_again_then_cleanup(loop, mrml_sce
     ui.proxySliceASpinBox.value, ui.proxySliceBSpinBox.value = 3, 6
     ui.proxyModelPathLineEdit.currentPath = str(phantom_model)
     ui.showProxyButton.click()
-    proxyRun = panel.job
-    assert proxyRun is not training and panel.trainingJob is training
+    proxyRun = panel.latestRun
+    assert proxyRun is not training and panel.trainingRun is training
     assert ui.trainButton.text == "Stop" and not ui.fineTuneButton.enabled
     lossesAtClick = len(training.curves.lossValues)
     offered = []   # moments the training ran while Train was offered again
 
     def bothOver():
-        if training.running and (ui.trainButton.text != "Stop" or panel.trainingJob is not training):
+        if training.running and (ui.trainButton.text != "Stop" or panel.trainingRun is not training):
             offered.append(training.step)
         return not proxyRun.running and not training.running
 
@@ -221,14 +221,39 @@ def test_show_proxy_during_training_then_train_again_then_cleanup(loop, mrml_sce
     # Train again, same name: a new version, nothing replaced, no engine error
     firstBytes = open(first, "rb").read()
     ui.trainButton.click()
-    again = panel.trainingJob
-    assert again is not training and again.config.outputModel == str(tmp_path / "out" / "loop-model_v2.pairseg")
-    assert panel._parameterNode.outputName == "loop-model_v2" and not again.config.overwrite
+    again = panel.trainingRun
+    assert again is not training and again.settings.out == str(tmp_path / "out" / "loop-model_v2.pairseg")
+    assert panel._parameterNode.outputName == "loop-model_v2" and not again.settings.overwrite
     pump(lambda: (again.step or 0) >= 2, timeout=60)
     assert open(first, "rb").read() == firstBytes
     # module clean-up (Slicer closing) while it runs: the process group is gone
     panel.cleanup()
     assert again.state == "cancelled" and groupGone(again)
+    assert not loop.errors
+
+
+def test_only_drawn_slices_checkbox_reaches_the_run_file(loop, mrml_scene, tmp_path):
+    """Issue 20 in the Trainer: the checkbox "Only drawn slices are annotated" is the engine's
+    ``sparse`` setting (``training.sparse`` of the parameter node's settings pack); unticked the
+    run's settings leave it off, ticked the run file that Train writes (and the engine reads)
+    carries it."""
+    from pairseg.config import TrainConfig
+
+    ui, panel = loop.ui, loop.panel
+    volume, segmentation = syntheticCase(mrml_scene)
+    addCase(loop, volume, segmentation)
+    setUpTraining(loop, tmp_path / "out", name="sparse-model", steps=3)
+    assert not ui.sparseCheckBox.isChecked() and panel._parameterNode.training.sparse is False
+    assert panel.runSettings(str(tmp_path)).engineSettings()["sparse"] is False
+    ui.sparseCheckBox.setChecked(True)
+    assert panel._parameterNode.training.sparse is True
+    ui.trainButton.click()
+    run = panel.trainingRun
+    pump(lambda: not run.running and not panel.timer.isActive(), timeout=60)
+    assert run.state == "done", run.log[-10:]
+    written = json.loads(open(run.settings.runFile, encoding="utf-8").read())
+    assert written["sparse"] is True and TrainConfig.read(run.settings.runFile).sparse is True
+    assert written["out"] == str(tmp_path / "out" / "sparse-model.pairseg") and written["steps"] == 3
     assert not loop.errors
 
 
@@ -242,14 +267,14 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     from pairseg.errors import PairSegInputError
     from pairseg.train import check_output_location
 
-    from PairSegTrainerLib import job as jobModule
+    from PairSegTrainerLib import trainingrun
 
     ui = loop.ui
     volume, segmentation = syntheticCase(mrml_scene)
     addCase(loop, volume, segmentation)
     setUpTraining(loop, tmp_path / "out", steps=30)
     ui.trainButton.click()
-    first = loop.panel.trainingJob
+    first = loop.panel.trainingRun
     pump(lambda: (first.step or 0) >= 3, timeout=60)
     ui.trainButton.click()   # Stop
     pump(lambda: not first.running, timeout=60)
@@ -272,8 +297,8 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     widget.panel.updateGui()
     assert ui.resumeButton.enabled
     ui.resumeButton.click()
-    resumed = widget.panel.trainingJob
-    assert resumed.config.resume and resumed.config.outputModel == first.config.outputModel
+    resumed = widget.panel.trainingRun
+    assert resumed.settings.resume and resumed.settings.out == first.settings.out
     pump(lambda: (resumed.step or 0) >= stoppedAt + 2, timeout=60)
     progress = [e for e in resumed.events if e["event"] == "progress"]
     assert progress[0]["step"] == stoppedAt + 1
@@ -291,8 +316,8 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     answers.append(widget.panel.RESUME)
     ui.trainButton.click()
     assert asked[-1][1] == {"model": False, "checkpoint": True, "resumable": True}
-    finishing = widget.panel.trainingJob
-    assert finishing.config.resume and finishing is not resumed
+    finishing = widget.panel.trainingRun
+    assert finishing.settings.resume and finishing is not resumed
     pump(lambda: not finishing.running, timeout=60)
     assert finishing.state == "done", finishing.log[-10:]
     progress = [e for e in finishing.events if e["event"] == "progress"]
@@ -302,26 +327,26 @@ def test_existing_output_choices_resume_after_restart_and_stop_escalation(loop, 
     # Train with the existing name: each answer of the question
     answers.append(widget.panel.CANCEL)
     ui.trainButton.click()
-    assert widget.panel.trainingJob is None and asked[-1][0] == first.config.outputModel
+    assert widget.panel.trainingRun is None and asked[-1][0] == first.settings.out
     assert asked[-1][1] == {"model": True, "checkpoint": True, "resumable": False}
     assert asked[-1][2].endswith("loop-model_v2.pairseg")
     answers.append(widget.panel.OVERWRITE)
     ui.trainButton.click()
-    replacing = widget.panel.trainingJob
-    assert replacing.config.overwrite and replacing.config.outputModel == first.config.outputModel
+    replacing = widget.panel.trainingRun
+    assert replacing.settings.overwrite and replacing.settings.out == first.settings.out
     # the engine's own rule accepts the run file the panel wrote; without overwrite it refuses
-    check_output_location(TrainConfig.read(replacing.config.runFile))
+    check_output_location(TrainConfig.read(replacing.settings.runFile))
     with pytest.raises(PairSegInputError, match="exists"):
-        check_output_location(TrainConfig.read(replacing.config.runFile).replace(overwrite=False))
+        check_output_location(TrainConfig.read(replacing.settings.runFile).replace(overwrite=False))
 
     # Stop of a hung engine: stop file and SIGTERM do nothing; the tree is killed after the timeout
     widget.panel.cleanup()
     widget.panel.setParameterNode(widget.panel.parameterClass(widget.logic.getParameterNode()))
     monkeypatch.setenv("STANDIN_HANG", "1")
-    monkeypatch.setattr(jobModule, "STOP_KILL_SECONDS", 1.0)
+    monkeypatch.setattr(trainingrun, "STOP_KILL_SECONDS", 1.0)
     answers.append(widget.panel.NEW_VERSION)
     ui.trainButton.click()
-    hung = widget.panel.trainingJob
+    hung = widget.panel.trainingRun
     pump(lambda: hung.step is not None, timeout=60)
     ui.trainButton.click()   # Stop
     pump(lambda: not hung.running, timeout=15)
@@ -341,7 +366,7 @@ def test_scene_close_during_runs(loop, mrml_scene, phantom_model, tmp_path):
     ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
     ui.newVolumeSelector.setCurrentNode(volume)
     ui.segmentNewButton.click()
-    segmentRun = panel.job
+    segmentRun = panel.latestRun
     assert segmentRun.running
     mrml_scene.Clear(0)
     pump(lambda: not panel.timer.isActive(), timeout=60)
@@ -353,7 +378,7 @@ def test_scene_close_during_runs(loop, mrml_scene, phantom_model, tmp_path):
     addCase(loop, volume, segmentation)
     setUpTraining(loop, tmp_path / "out", steps=40)
     ui.trainButton.click()
-    training = panel.trainingJob
+    training = panel.trainingRun
     pump(lambda: (training.step or 0) >= 5, timeout=60)
     assert mrml_scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") > 0
     mrml_scene.Clear(0)
@@ -365,7 +390,7 @@ def test_scene_close_during_runs(loop, mrml_scene, phantom_model, tmp_path):
     assert panel._parameterNode is not None and panel._parameterNode.parameterNode.GetScene() is mrml_scene
     assert ui.resumeButton.enabled and "Resume" in ui.statusLabel.text
     ui.resumeButton.click()
-    resumed = panel.trainingJob
+    resumed = panel.trainingRun
     pump(lambda: not resumed.running, timeout=60)
     assert resumed.state == "done", resumed.log[-10:]
     assert resumed.plots.lossTable.GetScene() is mrml_scene   # new plots, in the new scene
@@ -391,14 +416,14 @@ def test_catalog_name_and_model_pickers(loop, mrml_scene, phantom_model, tmp_pat
         assert paths[1:] == [str(shipped), str(registered)], paths
         assert "Phantom organs" in combo.itemText(1)
     ui.initFromModelsComboBox.activated.emit(2)
-    assert panel._parameterNode.initFrom == str(registered)
+    assert panel._parameterNode.training.init_from == str(registered)
 
     volume, _ = syntheticCase(mrml_scene)
     ui.currentModelPathLineEdit.currentPath = "phantom-organs"   # typed: the catalog name
     ui.deviceComboBox.setCurrentIndex(ui.deviceComboBox.findData("cpu"))
     ui.newVolumeSelector.setCurrentNode(volume)
     ui.segmentNewButton.click()
-    run = panel.job
+    run = panel.latestRun
     assert loop.commands[-1][loop.commands[-1].index("--model") + 1] == str(shipped)
     pump(lambda: not run.running, timeout=240)
     assert run.state == "done", run.log[-10:]

@@ -53,7 +53,7 @@ def renderSliceView(harness, volume, sliceIndex, path, label=None, foreground=No
     import slicer
     import vtk
 
-    from PairSegTrainerLib import proxymaps
+    from PairSegTrainerLib import proxymapnodes as proxymaps
 
     scene = harness.setUpSlicer().scene
     sliceNode = scene.AddNewNodeByClass("vtkMRMLSliceNode", "Red")
@@ -120,13 +120,14 @@ def main(argv=None):
     import slicer_harness as harness
 
     harness.setUpSlicer()
-    from PairSegTrainerLib import PairSegTrainerLogic, TrainingConfig
-    from PairSegTrainerLib.logic import modelRegistryClass
+    harness.useSlicerRelease(harness.availableReleases()[-1])   # TrainingSettings: its parameterNodeWrapper
+    from PairSegLib.models import ModelRegistry
+    from PairSegTrainerLib import PairSegTrainerCoreLogic, settingsPack
 
     chaosDir = Path(args.chaos)
     work = Path(tempfile.mkdtemp(prefix="pairseg-trainer-shots-"))
-    registry = modelRegistryClass()(work / "registry.json")  # keep the user's registry untouched
-    logic = PairSegTrainerLogic(registry=registry)
+    registry = ModelRegistry(work / "registry.json")  # keep the user's registry untouched
+    logic = PairSegTrainerCoreLogic(registry=registry)
     OUT.mkdir(parents=True, exist_ok=True)
 
     volume, segmentation = loadCase(harness, chaosDir, args.case)
@@ -134,18 +135,18 @@ def main(argv=None):
 
     trainItems = [loadCase(harness, chaosDir, case) for case in args.train_cases.split(",")]
     logic.exportTrainingSet(trainItems, work / "set", classNames=CLASSES, modality="MR")
-    job = logic.startTraining(TrainingConfig(dataFolder=str(work / "set"), outputModel=str(work / "screenshot.pairseg"),
-                                             steps=args.steps, epochs=None, size=args.size, batchSize=6,
-                                             learningRate=1e-3, device=args.device,
-                                             valFraction=1.0 / len(trainItems)), plots=True)
-    print("training:", " ".join(job.command))
-    job.wait()
-    print(f"trained in {job.elapsedSeconds:.0f} s; {len(job.curves.valEpochs)} validation(s)")
-    plotCurves(job.curves, OUT / "trainer_training_curve.png",
+    run = logic.startTraining(settingsPack()(data=str(work / "set"), out=str(work / "screenshot.pairseg"),
+                                             use_steps=True, steps=args.steps, size=args.size, batch_size=6,
+                                             lr=1e-3, device=args.device, val_fraction=1.0 / len(trainItems)),
+                              plots=True)
+    print("training:", " ".join(run.command))
+    run.wait()
+    print(f"trained in {run.elapsedSeconds:.0f} s; {len(run.curves.valEpochs)} validation(s)")
+    plotCurves(run.curves, OUT / "trainer_training_curve.png",
                f"PairSegTrainer: C2FCN on {len(trainItems) - 1} CHAOS MR case(s), {args.steps} steps at "
                f"{args.size} px (startTraining, live events)")
 
-    result = logic.proxyMaps(volume, sliceA, segmentation, volume, sliceB, segmentation, model=job.modelPath,
+    result = logic.proxyMaps(volume, sliceA, segmentation, volume, sliceB, segmentation, model=run.modelPath,
                              classNames=CLASSES, show=False)
     print(f"intra-patient pair: slices {sliceA} and {sliceB}")
     renderSliceView(harness, volume, sliceA, OUT / "trainer_proxy_maps.png", label=result.overlayNode)

@@ -2,7 +2,7 @@
 
 Two tables (``vtkMRMLTableNode``) hold the numbers; two charts (``vtkMRMLPlotChartNode``) show
 them: "PairSeg training loss" and "PairSeg validation Dice" (mean and one series per class).
-``update(curves)`` rewrites the tables from a ``job.Curves`` object; it is cheap enough for a
+``update(curves)`` rewrites the tables from a ``trainingrun.Curves`` object; it is cheap enough for a
 once-per-second timer. In the application ``show()`` puts the loss chart into the plot view.
 """
 
@@ -72,7 +72,7 @@ class TrainingPlots:
         return all(node.GetScene() is self.scene for node in nodes if node is not None)
 
     def update(self, curves) -> None:
-        """Rewrite the tables from ``curves`` (a job.Curves) and add any new series. Nodes that
+        """Rewrite the tables from ``curves`` (a trainingrun.Curves) and add any new series. Nodes that
         were removed from the scene are never written into: the set is made anew."""
         import vtk
 

@@ -1,14 +1,14 @@
 """GUI wiring of the PairSegTrainer module (Qt only here; all work goes through the Logic).
 
 ``TrainerPanel`` connects the widgets of ``Resources/UI/PairSegTrainer.ui`` to the parameter
-node and to ``PairSegTrainerLogic``; a QTimer polls the background job (the engine process) and
+node and to ``PairSegTrainerLogic``; a QTimer polls the background run (the engine process) and
 moves its progress, ETA, log and curves into the GUI. The Train button turns into Stop while a
 training runs; a stopped run can be resumed from its checkpoint (of this session, or one an
 earlier session left beside the output model).
 
 One runner for every background run (``self.runs``: training, segmentation, predicted proxy
 maps): the timer polls them all, so a second run (Show AND/XOR during a training) never replaces
-the training (``self.trainingJob``), whose curves keep updating and whose model is registered.
+the training (``self.trainingRun``), whose curves keep updating and whose model is registered.
 Module clean-up kills every run's process tree; a scene close stops the training (resumable
 checkpoint), cancels the other runs (their results belonged to the closed scene) and detaches
 the plots, so that nothing of the old scene is written into the new one.
@@ -22,8 +22,7 @@ import qt
 import slicer
 from PairSegLib import engine, gui
 
-from . import config as configModule
-from . import job as jobModule
+from . import runsettings, trainingrun
 from .trainingset import IGNORE, TrainingItem, segmentNames
 
 classKey = engine.torchFreeEngineModule("constants").class_key   # the engine's one class-name rule
@@ -37,13 +36,10 @@ class TrainerPanel:
         self.logic = logic
         self.parameterClass = parameterClass
         self.moduleWidget = moduleWidget
-        self._parameterNode = None
-        self._guiObserver = None
-        self._nodeObserverTag = None
-        self.job = None              # the run started last (any kind)
-        self.runs = []               # every run the timer follows (one runner)
-        self.trainingJob = None      # the training run of self.runs, if any
-        self.lastTrainingJob = None  # the last training run (Resume)
+        self._parameterNode = self._guiObserver = self._nodeObserverTag = None
+        self.runs = []  # every run the timer follows (one runner)
+        # the run started last (any kind), the training of self.runs if any, the last training (Resume)
+        self.latestRun = self.trainingRun = self.lastTrainingRun = None
         self.timer = qt.QTimer()
         self.timer.setInterval(POLL_MS)
         self.timer.connect("timeout()", self.onTimer)
@@ -56,11 +52,11 @@ class TrainerPanel:
 
     def _fillCombos(self):
         ui = self.ui
-        for name, label in configModule.ARCHITECTURES:
+        for name, label in runsettings.ARCHITECTURES:
             ui.architectureComboBox.addItem(label, name)
-        for modality in configModule.MODALITIES:
+        for modality in runsettings.MODALITIES:
             ui.modalityComboBox.addItem(modality, modality)
-        for mode in configModule.PAIR_MODES:
+        for mode in runsettings.PAIR_MODES:
             ui.pairModeComboBox.addItem(mode, mode)
         self.fillDevices(probe=False)
         self.refreshModelPickers()
@@ -130,11 +126,11 @@ class TrainerPanel:
         for combo, edit in ((ui.currentModelsComboBox, ui.currentModelPathLineEdit),
                             (ui.initFromModelsComboBox, ui.initFromPathLineEdit)):
             combo.connect("activated(int)", lambda index, c=combo, e=edit: self.onModelPicked(c, e, index))
-        for combo, name in ((ui.architectureComboBox, "arch"), (ui.modalityComboBox, "modality"),
-                            (ui.pairModeComboBox, "pairMode"), (ui.deviceComboBox, "device")):
+        for combo, name in ((ui.architectureComboBox, "training.arch"), (ui.modalityComboBox, "modality"),
+                            (ui.pairModeComboBox, "training.pair_mode"), (ui.deviceComboBox, "training.device")):
             combo.connect("currentIndexChanged(int)", lambda _i, c=combo, n=name: self._setParameter(n, c.currentData))
-        ui.stepsRadioButton.connect("toggled(bool)", lambda on: self._setParameter("useSteps", bool(on)))
-        for edit, name in ((ui.outputFolderPathLineEdit, "outputFolder"), (ui.initFromPathLineEdit, "initFrom"),
+        ui.stepsRadioButton.connect("toggled(bool)", lambda on: self._setParameter("training.use_steps", bool(on)))
+        for edit, name in ((ui.outputFolderPathLineEdit, "outputFolder"), (ui.initFromPathLineEdit, "training.init_from"),
                            (ui.currentModelPathLineEdit, "currentModel"), (ui.proxyModelPathLineEdit, "proxyModel")):
             edit.connect("currentPathChanged(QString)", lambda path, n=name: self._setParameter(n, path))
         self.moduleWidget.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -162,22 +158,24 @@ class TrainerPanel:
         return self._parameterNode.parameterNode
 
     def _setParameter(self, name, value):
+        """Set a parameter by its name (``"training.lr"``: a field of the settings pack)."""
         if self._parameterNode is not None and value is not None:
-            setattr(self._parameterNode, name, value)
+            self._parameterNode.setValue(name, value)
 
     def _loadManualWidgets(self):
         p = self._parameterNode
+        training = p.training
         ui = self.ui
-        for combo, value in ((ui.architectureComboBox, p.arch), (ui.modalityComboBox, p.modality),
-                             (ui.pairModeComboBox, p.pairMode)):
+        for combo, value in ((ui.architectureComboBox, training.arch), (ui.modalityComboBox, p.modality),
+                             (ui.pairModeComboBox, training.pair_mode)):
             index = combo.findData(value)
             if index >= 0:
                 combo.setCurrentIndex(index)
-        self._selectDevice(p.device)
-        ui.stepsRadioButton.setChecked(bool(p.useSteps))
-        ui.epochsRadioButton.setChecked(not p.useSteps)
+        self._selectDevice(training.device)
+        ui.stepsRadioButton.setChecked(bool(training.use_steps))
+        ui.epochsRadioButton.setChecked(not training.use_steps)
         ui.outputFolderPathLineEdit.currentPath = p.outputFolder or os.path.join(os.path.expanduser("~"), "PairSeg")
-        ui.initFromPathLineEdit.currentPath = p.initFrom
+        ui.initFromPathLineEdit.currentPath = training.init_from
         ui.currentModelPathLineEdit.currentPath = p.currentModel
         ui.proxyModelPathLineEdit.currentPath = p.proxyModel
 
@@ -207,8 +205,8 @@ class TrainerPanel:
                 run.plots = None          # its tables and charts go with the scene
             if not run.running:
                 continue
-            if run is self.trainingJob:
-                run.stop(killAfter=jobModule.STOP_KILL_SECONDS)
+            if run is self.trainingRun:
+                run.stop(killAfter=trainingrun.STOP_KILL_SECONDS)
                 run.onLog is not None and run.onLog(run, "Scene closed: training stopped (Resume continues it).")
             else:
                 run.shutdown()
@@ -338,12 +336,13 @@ class TrainerPanel:
     def updateGui(self):
         if self._parameterNode is None:
             return
-        training = self.trainingJob is not None and self.trainingJob.running
+        training = self.trainingRun is not None and self.trainingRun.running
         self.ui.trainButton.text = "Stop" if training else "Train"
         self.ui.trainButton.enabled = training or bool(self.items())
-        self.ui.resumeButton.enabled = (not training) and self.resumableConfig() is not None
-        self.ui.epochsSpinBox.enabled = not self._parameterNode.useSteps
-        self.ui.stepsSpinBox.enabled = bool(self._parameterNode.useSteps)
+        self.ui.resumeButton.enabled = (not training) and self.resumableSettings() is not None
+        useSteps = bool(self._parameterNode.training.use_steps)
+        self.ui.epochsSpinBox.enabled = not useSteps
+        self.ui.stepsSpinBox.enabled = useSteps
         self.ui.fineTuneButton.enabled = not training and bool(self._parameterNode.currentModel) and bool(self.items())
         segmenting = self.runningOf(_segmentationRunClass()) is not None
         self.ui.segmentNewButton.enabled = not training and not segmenting and bool(self._parameterNode.currentModel)
@@ -357,37 +356,33 @@ class TrainerPanel:
         return self._parameterNode.outputFolder or os.path.join(os.path.expanduser("~"), "PairSeg")
 
     def _modelName(self):
-        return (self._parameterNode.outputName or "pairseg-model").strip().removesuffix(configModule.MODEL_SUFFIX)
+        return (self._parameterNode.outputName or "pairseg-model").strip().removesuffix(runsettings.MODEL_SUFFIX)
 
     def _outputModel(self, name=None):
-        return os.path.join(self._outputFolder(), (name or self._modelName()) + configModule.MODEL_SUFFIX)
+        return os.path.join(self._outputFolder(), (name or self._modelName()) + runsettings.MODEL_SUFFIX)
 
-    def buildConfig(self, dataFolder, outputModel=None):
-        p = self._parameterNode
-        return configModule.TrainingConfig(
-            dataFolder=dataFolder, outputModel=outputModel or self._outputModel(),
-            arch=p.arch, epochs=None if p.useSteps else p.epochs, steps=p.steps if p.useSteps else None,
-            size=p.size, batchSize=p.batchSize, learningRate=p.learningRate, device=p.device or "auto",
-            gpus=p.gpus, valFraction=p.valFraction, pairMode=p.pairMode,
-            offsets=configModule.parseOffsets(p.offsets), interRepeats=p.interRepeats, initFrom=p.initFrom or "")
+    def runSettings(self, dataFolder, outputModel=None, **changes):
+        """The settings of a run: a detached copy of the parameter node's ``training`` pack with
+        the exported training set, the output model (default: the panel's) and ``changes``."""
+        return self._parameterNode.training.copy(data=dataFolder, out=outputModel or self._outputModel(), **changes)
 
     # -- train / stop / resume ---------------------------------------------------------------
 
-    def resumableConfig(self, outputModel=None):
+    def resumableSettings(self, outputModel=None):
         """The settings Resume continues (``resume`` set), or None: the last training run of this
         session when it left a checkpoint, else a checkpoint and run file that an earlier run (an
         earlier session too) left beside the output model the panel names now. With
         ``outputModel``: only a run of that model file."""
-        last = self.lastTrainingJob
+        last = self.lastTrainingRun
         if last is not None and not last.running and last.resumable and (
-                outputModel is None or os.path.abspath(last.config.outputModel) == os.path.abspath(outputModel)):
-            return last.config.copy(resume=True, overwrite=False)
-        config = configModule.TrainingConfig(outputModel=outputModel or self._outputModel())
-        if not config.unfinishedRun():
+                outputModel is None or os.path.abspath(last.settings.out) == os.path.abspath(outputModel)):
+            return last.settings.copy(resume=True, overwrite=False)
+        probe = runsettings.settingsPack()(out=outputModel or self._outputModel())
+        if not probe.unfinishedRun():
             return None
         try:
-            return configModule.TrainingConfig.fromRunFile(config.runFile, resume=True, overwrite=False)
-        except configModule.ConfigError:
+            return runsettings.settingsPack().fromRunFile(probe.runFile, resume=True, overwrite=False)
+        except runsettings.ConfigError:
             return None
 
     #: the answers of ``askOutputConflict``
@@ -416,73 +411,73 @@ class TrainerPanel:
         return buttons.get(box.clickedButton(), self.CANCEL)
 
     def onTrainOrStop(self):
-        job = self.trainingJob
-        if job is not None and job.running:
-            job.stop(killAfter=jobModule.STOP_KILL_SECONDS)
+        run = self.trainingRun
+        if run is not None and run.running:
+            run.stop(killAfter=trainingrun.STOP_KILL_SECONDS)
             self.ui.statusLabel.text = "Stopping (the engine saves a resumable checkpoint)..."
             return
         try:
             name = self._modelName()
-            probe = configModule.TrainingConfig(outputModel=self._outputModel(name))
+            probe = runsettings.settingsPack()(out=self._outputModel(name))
             conflict = probe.outputConflict()
             overwrite = False
             if conflict["model"] or conflict["checkpoint"]:
-                versioned = configModule.versionedModelPath(probe.outputModel)
-                choice = self.askOutputConflict(probe.outputModel, conflict, versioned)
+                versioned = runsettings.versionedModelPath(probe.out)
+                choice = self.askOutputConflict(probe.out, conflict, versioned)
                 if choice == self.CANCEL:
                     self.ui.statusLabel.text = "Training not started."
                     return
                 if choice == self.RESUME:
-                    self.onResume(self.resumableConfig(probe.outputModel))
+                    self.onResume(self.resumableSettings(probe.out))
                     return
                 if choice == self.NEW_VERSION:
-                    name = os.path.basename(versioned).removesuffix(configModule.MODEL_SUFFIX)
+                    name = os.path.basename(versioned).removesuffix(runsettings.MODEL_SUFFIX)
                     self._parameterNode.outputName = name
-                    self.ui.logTextEdit.appendPlainText(f"{probe.outputModel} exists: the new model is {versioned}.")
+                    self.ui.logTextEdit.appendPlainText(f"{probe.out} exists: the new model is {versioned}.")
                 overwrite = choice == self.OVERWRITE
             folder = self._trainingSetFolder(name)
             self.ui.statusLabel.text = "Exporting the training set..."
             slicer.app.processEvents()
             self.logic.exportTrainingSet(self.items(), folder, classNames=self.classNames(),
                                          mapping=self.mapping(), modality=self._parameterNode.modality)
-            config = self.buildConfig(folder, self._outputModel(name)).copy(overwrite=overwrite)
-            self._startJob(self.logic.startTraining(config, modelName=name))
+            settings = self.runSettings(folder, self._outputModel(name), overwrite=overwrite)
+            self._startRun(self.logic.startTraining(settings, modelName=name))
         except Exception as error:
             self._showError("Training could not start", error)
 
-    def onResume(self, config=None):
+    def onResume(self, settings=None):
         try:
-            config = config or self.resumableConfig()
-            if config is None:
+            settings = settings or self.resumableSettings()
+            if settings is None:
                 raise ValueError(f"nothing to resume: no checkpoint and run file of {self._outputModel()}")
-            last = self.lastTrainingJob
-            if last is not None and not last.running and last.config.outputModel == config.outputModel:
-                job = self.logic.resumeTraining(last)       # same curves and plots
+            last = self.lastTrainingRun
+            if last is not None and not last.running and last.settings.out == settings.out:
+                run = self.logic.resumeTraining(last)       # same curves and plots
             else:                                           # a checkpoint an earlier session left
-                job = self.logic.resumeTraining(config, modelName=self._modelNameOf(config.outputModel))
-            self._startJob(job)
+                run = self.logic.resumeTraining(settings, modelName=self._modelNameOf(settings.out))
+            self._startRun(run)
         except Exception as error:
             self._showError("Training could not resume", error)
 
     @staticmethod
     def _modelNameOf(modelPath):
-        return os.path.basename(modelPath).removesuffix(configModule.MODEL_SUFFIX)
+        return os.path.basename(modelPath).removesuffix(runsettings.MODEL_SUFFIX)
 
-    def _startJob(self, job):
-        self.job = job
-        if job not in self.runs:
-            self.runs.append(job)
-        if isinstance(job, _trainingJobClass()):
-            self.trainingJob = self.lastTrainingJob = job
-        job.onLog = lambda _job, line: self.ui.logTextEdit.appendPlainText(line)
-        for line in job.log:
+    def _startRun(self, run):
+        self.latestRun = run
+        if run not in self.runs:
+            self.runs.append(run)
+        if isinstance(run, trainingrun.TrainingRun):
+            self.trainingRun = self.lastTrainingRun = run
+        run.onLog = lambda _run, line: self.ui.logTextEdit.appendPlainText(line)
+        for line in run.log:
             self.ui.logTextEdit.appendPlainText(line)
-        if job is self.trainingJob:
+        if run is self.trainingRun:
             self.ui.progressBar.value = 0
-        self.ui.statusLabel.text = f"{job.name.capitalize()} running..."
-        if getattr(job, "plots", None) is not None:
-            job.updatePlots(force=True)
-            job.plots.show()
+        self.ui.statusLabel.text = f"{run.name.capitalize()} running..."
+        if getattr(run, "plots", None) is not None:
+            run.updatePlots(force=True)
+            run.plots.show()
         self.timer.start()
         self.updateGui()
 
@@ -500,46 +495,46 @@ class TrainerPanel:
                 self._runEnded(run)
         if not self.runs:
             self.timer.stop()
-        shown = self.trainingJob if self.trainingJob is not None and self.trainingJob.running else \
+        shown = self.trainingRun if self.trainingRun is not None and self.trainingRun.running else \
             next(iter(self.runs), None)
         if shown is not None and shown.running:
             self._showProgress(shown)
         self.updateGui()
 
-    def _showProgress(self, job):
-        self.ui.progressBar.value = int(round(100 * job.fraction))
-        parts = [f"{job.name.capitalize()}: {100 * job.fraction:.0f} %"]
-        if job.step is not None and job.total:
-            parts.append(f"step {job.step}/{job.total}")
-        if job.epoch is not None:
-            parts.append(f"epoch {job.epoch}")
-        if job.loss is not None:
-            parts.append(f"loss {job.loss:.4f}")
-        parts.append(f"ETA {jobModule.formatDuration(job.etaSeconds)}")
+    def _showProgress(self, run):
+        self.ui.progressBar.value = int(round(100 * run.fraction))
+        parts = [f"{run.name.capitalize()}: {100 * run.fraction:.0f} %"]
+        if run.step is not None and run.total:
+            parts.append(f"step {run.step}/{run.total}")
+        if run.epoch is not None:
+            parts.append(f"epoch {run.epoch}")
+        if run.loss is not None:
+            parts.append(f"loss {run.loss:.4f}")
+        parts.append(f"ETA {trainingrun.formatDuration(run.etaSeconds)}")
         self.ui.statusLabel.text = ", ".join(parts)
 
-    def _runEnded(self, job):
+    def _runEnded(self, run):
         """A run is over: its outcome to the status line, log and (training) the current model."""
-        if job is self.trainingJob:
-            self.trainingJob = None
-            self.ui.progressBar.value = int(round(100 * job.fraction))
-        if job.state == jobModule.RunState.DONE:
-            modelPath = getattr(job, "modelPath", None) if isinstance(job, _trainingJobClass()) else None
-            self.ui.statusLabel.text = (f"{job.name.capitalize()} finished in "
-                                        f"{jobModule.formatDuration(job.elapsedSeconds)}"
+        if run is self.trainingRun:
+            self.trainingRun = None
+            self.ui.progressBar.value = int(round(100 * run.fraction))
+        if run.state == trainingrun.RunState.DONE:
+            modelPath = getattr(run, "modelPath", None) if isinstance(run, trainingrun.TrainingRun) else None
+            self.ui.statusLabel.text = (f"{run.name.capitalize()} finished in "
+                                        f"{trainingrun.formatDuration(run.elapsedSeconds)}"
                                         + (f": {modelPath} (registered for PairSeg)" if modelPath else "."))
             if modelPath:
                 if self._parameterNode is not None:
                     self._parameterNode.currentModel = modelPath
                     self.ui.currentModelPathLineEdit.currentPath = modelPath
                 self.refreshModelPickers()
-        elif job.state == jobModule.RunState.CANCELLED:
-            resumable = isinstance(job, _trainingJobClass()) and job.resumable
+        elif run.state == trainingrun.RunState.CANCELLED:
+            resumable = isinstance(run, trainingrun.TrainingRun) and run.resumable
             self.ui.statusLabel.text = ("Stopped. Press Resume to continue from the checkpoint." if resumable
-                                        else f"{job.name.capitalize()} stopped.")
+                                        else f"{run.name.capitalize()} stopped.")
         else:
-            self.ui.statusLabel.text = f"{job.name.capitalize()} failed: {job.errorMessage}"
-            slicer.util.errorDisplay(f"{job.name.capitalize()} failed:\n{job.errorMessage}")
+            self.ui.statusLabel.text = f"{run.name.capitalize()} failed: {run.errorMessage}"
+            slicer.util.errorDisplay(f"{run.name.capitalize()} failed:\n{run.errorMessage}")
 
     # -- annotate then retrain ---------------------------------------------------------------
 
@@ -551,22 +546,22 @@ class TrainerPanel:
         if self.runningOf(_segmentationRunClass()) is not None:
             return
         try:
-            job = self.logic.segmentVolume(volume, self._parameterNode.currentModel,
-                                           device=self._parameterNode.device or "auto",
+            run = self.logic.segmentVolume(volume, self._parameterNode.currentModel,
+                                           device=self._parameterNode.training.device or "auto",
                                            onFinished=self._onSegmented)
-            self._startJob(job)
+            self._startRun(run)
         except Exception as error:
             self._showError("Segmentation could not start", error)
 
-    def _onSegmented(self, job):
-        if job.state != jobModule.RunState.DONE or job.segmentationNode is None:
+    def _onSegmented(self, run):
+        if run.state != trainingrun.RunState.DONE or run.segmentationNode is None:
             return
-        if self._parameterNode is None or job.segmentationNode.GetScene() is None:
+        if self._parameterNode is None or run.segmentationNode.GetScene() is None:
             return   # the scene closed meanwhile (the run is cancelled then; nothing to select)
-        self.ui.segmentationSelector.setCurrentNode(job.segmentationNode)
-        self.ui.volumeSelector.setCurrentNode(job.volumeNode)
+        self.ui.segmentationSelector.setCurrentNode(run.segmentationNode)
+        self.ui.volumeSelector.setCurrentNode(run.volumeNode)
         self.ui.logTextEdit.appendPlainText(
-            f"Created '{job.segmentationNode.GetName()}': correct it in the Segment Editor, then "
+            f"Created '{run.segmentationNode.GetName()}': correct it in the Segment Editor, then "
             "press 'Add corrected case to training set' (the training set keeps a copy of it as it is then).")
 
     def onAddCorrected(self):
@@ -579,16 +574,17 @@ class TrainerPanel:
         self.updateGui()
 
     def onFineTune(self):
-        if self.trainingJob is not None and self.trainingJob.running:
+        if self.trainingRun is not None and self.trainingRun.running:
             return
         try:
             baseModel = self._parameterNode.currentModel
-            base = os.path.basename(baseModel).removesuffix(configModule.MODEL_SUFFIX)
+            base = os.path.basename(baseModel).removesuffix(runsettings.MODEL_SUFFIX)
             folder = self._trainingSetFolder(base + "-finetune")
-            job = self.logic.fineTune(self.items(), baseModel, folder, mapping=self.mapping(),
-                                      outputFolder=self._outputFolder(), device=self._parameterNode.device or "auto",
-                                      batchSize=self._parameterNode.batchSize)
-            self._startJob(job)
+            training = self._parameterNode.training
+            run = self.logic.fineTune(self.items(), baseModel, folder, mapping=self.mapping(),
+                                      outputFolder=self._outputFolder(), device=training.device or "auto",
+                                      batch_size=training.batch_size, sparse=training.sparse)
+            self._startRun(run)
         except Exception as error:
             self._showError("Fine-tuning could not start", error)
 
@@ -600,7 +596,7 @@ class TrainerPanel:
             sliceA, sliceB = self.logic.pickProxyPair(
                 ui.proxyVolumeASelector.currentNode(), ui.proxySegmentationASelector.currentNode(),
                 ui.proxyVolumeBSelector.currentNode(), ui.proxySegmentationBSelector.currentNode(),
-                mode=mode, offsets=self._parameterNode.offsets, seed=None,
+                mode=mode, offsets=self._parameterNode.training.offsets, seed=None,
                 modality=self._parameterNode.modality, classNames=self.classNames(), mapping=self.mapping())
             self._parameterNode.proxySliceA = sliceA
             self._parameterNode.proxySliceB = sliceB
@@ -618,22 +614,16 @@ class TrainerPanel:
                                  model=self._parameterNode.proxyModel or None, classNames=self.classNames(),
                                  mapping=self.mapping())
             if result.run is not None:  # predicted maps: pairseg proxy-maps in the background
-                self._startJob(result.run)
+                self._startRun(result.run)
         except Exception as error:
             self._showError("Could not make the proxy maps", error)
 
     def _showError(self, title, error):
         self.ui.statusLabel.text = f"{title}: {error}"
         self.ui.logTextEdit.appendPlainText(f"{title}: {error}")
-        if not isinstance(error, (ValueError, jobModule.JobError)):
+        if not isinstance(error, (ValueError, trainingrun.EngineError)):
             self.ui.logTextEdit.appendPlainText(traceback.format_exc())
         slicer.util.errorDisplay(f"{title}:\n{error}")
-
-
-def _trainingJobClass():
-    from .logic import TrainingJob
-
-    return TrainingJob
 
 
 def _segmentationRunClass():

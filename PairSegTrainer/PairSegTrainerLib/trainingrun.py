@@ -15,8 +15,6 @@ from pathlib import Path
 
 from PairSegLib.engine import EngineError, EngineRun, RunState, formatDuration  # noqa: F401 - re-exported
 
-JobError = EngineError   # the Trainer's name for a failed engine run (same class)
-
 #: Stop escalates on every OS: the stop file (and SIGTERM on POSIX; the engine saves its
 #: checkpoint at the next step), then the whole process tree is killed when the engine is still
 #: there this many seconds later (a hung engine, a stalled data loader, a Windows engine that
@@ -59,17 +57,18 @@ class TrainingRun(EngineRun):
     """A training: ``pairseg train`` (torchrun for several GPUs) with live curves and plots, and
     the model registered for the PairSeg module when it is written.
 
-    ``config``: the TrainingConfig (its ``commandLine()`` and ``stopFile``); ``logic``: the
-    PairSegTrainerLogic (``registerModel``); ``plots``: a TrainingPlots or None; ``command``
-    replaces ``config.commandLine()`` (a stand-in engine in tests)."""
+    ``settings``: the run's TrainingSettings (its ``commandLine()`` and ``stop_file``); ``logic``:
+    the PairSegTrainerLogic (``registerModel``); ``plots``: a TrainingPlots or None; ``command``:
+    the command that ``settings.commandLine()`` returned (default: call it; a stand-in engine in
+    tests)."""
 
     name = "training"
 
-    def __init__(self, config, logic, launcher=None, plots=None, register: bool = True, modelName: str = "",
+    def __init__(self, settings, logic, launcher=None, plots=None, register: bool = True, modelName: str = "",
                  command=None, ensureEngine: bool = True):
-        super().__init__(command=command or config.commandLine(), launcher=launcher,
-                         stopFile=config.stopFile or None, ensureEngine=ensureEngine)
-        self.config = config
+        super().__init__(command=command or settings.commandLine(), launcher=launcher,
+                         stopFile=settings.stop_file or None, ensureEngine=ensureEngine)
+        self.settings = settings
         self.logic = logic
         self.plots = plots
         self.register = register
@@ -119,7 +118,7 @@ class TrainingRun(EngineRun):
         return "Registering the model"
 
     def completed(self) -> str:
-        output = self.outputs[0] if self.outputs else self.config.outputModel
+        output = self.outputs[0] if self.outputs else self.settings.out
         if not Path(output).is_file():
             raise EngineError(f"training reported success but {output} does not exist")
         self.modelPath = str(output)
@@ -142,7 +141,7 @@ class TrainingRun(EngineRun):
 
     @property
     def resumable(self) -> bool:
-        return self.state in (RunState.CANCELLED, RunState.FAILED) and Path(self.config.checkpointPath).is_file()
+        return self.state in (RunState.CANCELLED, RunState.FAILED) and Path(self.settings.checkpointPath).is_file()
 
     def resume(self) -> "TrainingRun":
         """Continue this run from its checkpoint, in a new process (same plots and curves)."""
@@ -153,4 +152,4 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{float(value):.3f}"
 
 
-__all__ = ["TrainingRun", "Curves", "JobError", "EngineError", "RunState", "formatDuration"]
+__all__ = ["TrainingRun", "Curves", "EngineError", "RunState", "formatDuration"]

@@ -1,13 +1,14 @@
-"""PairSegTrainerLogic: everything the PairSegTrainer module does, usable from the Python console,
-scripts and tests without the GUI.
+"""PairSegTrainerCoreLogic: everything the PairSegTrainer module does, usable from the Python
+console, scripts and tests without the GUI (the module file's ``PairSegTrainerLogic`` is this plus
+Slicer's ScriptedLoadableModuleLogic: its parameter node).
 
-    logic = PairSegTrainerLogic()
+    logic = PairSegTrainerCoreLogic()
     items = [TrainingItem(volumeNode, segmentationNode), ...]
     logic.exportTrainingSet(items, "/data/train", classNames=["liver", "spleen"], modality="MR")
-    job = logic.startTraining(TrainingConfig(dataFolder="/data/train", outputModel="/m/liver.pairseg",
-                                             steps=2000, size=256))
-    job.wait()          # or poll() from a timer; job.stop() leaves a resumable checkpoint
-    job = logic.resumeTraining(job)
+    run = logic.startTraining(TrainingSettings(data="/data/train", out="/m/liver.pairseg",
+                                               use_steps=True, steps=2000, size=256))
+    run.wait()          # or poll() from a timer; run.stop() leaves a resumable checkpoint
+    run = logic.resumeTraining(run)
 
     result = logic.proxyMaps(volA, 12, segA, volB, 15, segB, model="/m/liver.pairseg")
     result.run.wait()   # the predicted maps come from a background ``pairseg proxy-maps``
@@ -30,20 +31,17 @@ import numpy as np
 from PairSegLib import install, models
 from PairSegLib.segmentlogic import PairSegCoreLogic
 
-from . import config as configModule
-from . import proxymaps
+from . import proxymapnodes, runsettings
 from . import trainingset
-from .config import TrainingConfig
-from .job import JobError, TrainingRun
+from .trainingrun import EngineError, TrainingRun
 from .plots import TrainingPlots
 from .trainingset import TrainingItem, TrainingSetError
 
 TRAINING_VOLUME_ROLE = "trainingVolume"
 TRAINING_SEGMENTATION_ROLE = "trainingSegmentation"
-TrainingJob = TrainingRun   # the name earlier versions of this API used
 
 
-class PairSegTrainerLogic:
+class PairSegTrainerCoreLogic:
     """Training-set export, background training, proxy maps, annotate-then-retrain."""
 
     def __init__(self, scene=None, launcher=None, registry=None):
@@ -51,7 +49,7 @@ class PairSegTrainerLogic:
         self.launcher = launcher          # the EngineLauncher of every run (tests, other front ends)
         self._registry = registry
         self._segmentationLogic = None
-        self.jobs = []
+        self.runs = []                    # every engine run this logic started
 
     # -- scene / registry -------------------------------------------------------------------
 
@@ -83,8 +81,8 @@ class PairSegTrainerLogic:
         """Register a model file so PairSeg lists it; returns its metadata."""
         metadata = models.readModelMetadata(modelPath)
         if name is None:
-            name = Path(modelPath).name[: -len(configModule.MODEL_SUFFIX)] \
-                if str(modelPath).endswith(configModule.MODEL_SUFFIX) else Path(modelPath).stem
+            name = Path(modelPath).name[: -len(runsettings.MODEL_SUFFIX)] \
+                if str(modelPath).endswith(runsettings.MODEL_SUFFIX) else Path(modelPath).stem
         self.registry.registerModel(modelPath, name=name, source="trainer")
         return metadata
 
@@ -172,50 +170,53 @@ class PairSegTrainerLogic:
 
     # -- training ----------------------------------------------------------------------------
 
-    def startTraining(self, config: TrainingConfig, plots: bool = True, register: bool = True,
-                      modelName: str = "") -> TrainingJob:
+    def startTraining(self, settings, plots: bool = True, register: bool = True,
+                      modelName: str = "") -> TrainingRun:
         """Start ``python -m pairseg train ... --events json`` (torchrun for several GPUs) in a
-        background process; returns the running TrainingJob (call ``poll()`` from a timer, or
-        ``wait()``). On success the model is registered for the PairSeg module."""
+        background process; returns the running TrainingRun (call ``poll()`` from a timer, or
+        ``wait()``). ``settings``: a TrainingSettings pack (``runsettings.settingsPack()``; copied, the
+        given one is left as it is); the run file is written from the engine config that
+        ``validate()`` checked. On success the model is registered for the PairSeg module."""
         install.ensureEngineReady(askConfirmation=True)   # before anything is written or added
-        config = config.copy()
-        config.validate()
-        Path(config.outputModel).parent.mkdir(parents=True, exist_ok=True)
-        if not config.stopFile:
-            config.stopFile = config.outputModel + ".stop"
-        if os.path.exists(config.stopFile):
-            os.remove(config.stopFile)
+        settings = settings.copy()
+        if not settings.stop_file:
+            settings.stop_file = settings.out + ".stop"
+        engineConfig = settings.validate()
+        Path(settings.out).parent.mkdir(parents=True, exist_ok=True)
+        if os.path.exists(settings.stop_file):
+            os.remove(settings.stop_file)
         plotNodes = plots if isinstance(plots, TrainingPlots) else (
-            TrainingPlots(self.scene, prefix=Path(config.outputModel).stem) if plots else None)
-        job = TrainingRun(config, self, launcher=self.launcher, plots=plotNodes, register=register,
-                          modelName=modelName)
-        self.jobs.append(job)
-        job.start()
-        return job
+            TrainingPlots(self.scene, prefix=Path(settings.out).stem) if plots else None)
+        run = TrainingRun(settings, self, launcher=self.launcher, plots=plotNodes, register=register,
+                          modelName=modelName, command=settings.commandLine(engineConfig))
+        self.runs.append(run)
+        run.start()
+        return run
 
-    def resumeTraining(self, jobOrConfig, plots: bool = True, modelName: str = "") -> TrainingJob:
-        """Continue a stopped run from ``<MODEL>.ckpt``: a TrainingJob of this session (same
-        curves; its plots while they are still in the scene, else new ones), or a TrainingConfig,
-        e.g. ``TrainingConfig.fromRunFile("<MODEL>.train.json")`` of an earlier session."""
-        if isinstance(jobOrConfig, TrainingRun):
-            previous = jobOrConfig
+    def resumeTraining(self, runOrSettings, plots: bool = True, modelName: str = "") -> TrainingRun:
+        """Continue a stopped run from ``<MODEL>.ckpt``: a TrainingRun of this session (same
+        curves; its plots while they are still in the scene, else new ones), or a TrainingSettings
+        pack, e.g. ``TrainingSettings.fromRunFile("<MODEL>.train.json")`` of an earlier session."""
+        if isinstance(runOrSettings, TrainingRun):
+            previous = runOrSettings
             if previous.running:
-                raise JobError("the training run is still running; stop it first")
-            config = previous.config.copy(resume=True, overwrite=False)
+                raise EngineError("the training run is still running; stop it first")
+            settings = previous.settings.copy(resume=True, overwrite=False)
             keptPlots = previous.plots if previous.plots is not None and previous.plots.inScene() else None
-            job = self.startTraining(config, plots=keptPlots or plots, register=previous.register,
+            run = self.startTraining(settings, plots=keptPlots or plots, register=previous.register,
                                      modelName=previous.modelName)
             # keep the curves continuous across the stop
-            job.curves = previous.curves
-            return job
-        return self.startTraining(jobOrConfig.copy(resume=True, overwrite=False), plots=plots, modelName=modelName)
+            run.curves = previous.curves
+            return run
+        return self.startTraining(runOrSettings.copy(resume=True, overwrite=False), plots=plots, modelName=modelName)
 
-    def fineTuneConfig(self, baseModel: str, dataFolder: str, outputModel: str = "", outputFolder: str = "",
-                       **changes) -> TrainingConfig:
-        """A short schedule starting from ``baseModel`` (a model file or a catalog model's name;
-        ``--init-from``), same architecture and size. The output is the next version of the base
-        model's name (``name_v2.pairseg``) in ``outputFolder`` (default: beside a base file; for a
-        catalog model, which lives in the extension's folder, ``~/PairSeg``)."""
+    def fineTuneSettings(self, baseModel: str, dataFolder: str, outputModel: str = "", outputFolder: str = "",
+                         **changes):
+        """The TrainingSettings of a short schedule starting from ``baseModel`` (a model file or a
+        catalog model's name; ``init_from``), same architecture and size, then ``changes`` (pack
+        field names). The output is the next version of the base model's name
+        (``name_v2.pairseg``) in ``outputFolder`` (default: beside a base file; for a catalog
+        model, which lives in the extension's folder, ``~/PairSeg``)."""
         basePath = self.segmentationLogic.modelFile(baseModel)
         metadata = self.readModelMetadata(basePath)
         if not outputModel:
@@ -223,14 +224,13 @@ class PairSegTrainerLogic:
             folder = outputFolder or (os.path.join(os.path.expanduser("~"), "PairSeg") if isCatalog
                                       else os.path.dirname(os.path.abspath(basePath)))
             name = os.fspath(baseModel) if isCatalog else Path(basePath).name
-            outputModel = configModule.versionedModelPath(os.path.join(folder, Path(name).name))
-        values = dict(dataFolder=str(dataFolder), initFrom=str(basePath), outputModel=outputModel,
-                      arch=metadata.get("arch", configModule.ARCHITECTURE_NAMES[0]),
-                      size=int(metadata.get("size") or configModule.DEFAULT_SIZE),
-                      epochs=configModule.FINE_TUNE_EPOCHS, steps=None,
-                      learningRate=configModule.FINE_TUNE_LEARNING_RATE, valFraction=0.0)
-        values.update(changes)
-        return TrainingConfig(**values)
+            outputModel = runsettings.versionedModelPath(os.path.join(folder, Path(name).name))
+        settings = runsettings.settingsPack()()
+        schedule = dict(data=str(dataFolder), init_from=str(basePath), out=outputModel,
+                        arch=metadata.get("arch", settings.arch), size=int(metadata.get("size") or settings.size),
+                        use_steps=False, epochs=runsettings.FINE_TUNE_EPOCHS,
+                        lr=runsettings.FINE_TUNE_LEARNING_RATE, val_fraction=0.0)
+        return settings.copy(**{**schedule, **changes})
 
     def fineTune(self, items, baseModel: str, folder: str, outputModel: str = "", mapping=None,
                  outputFolder: str = "", **changes) -> TrainingRun:
@@ -242,8 +242,7 @@ class PairSegTrainerLogic:
         metadata = self.readModelMetadata(self.segmentationLogic.modelFile(baseModel))
         self.exportTrainingSet(items, folder, classNames=list(metadata["class_names"]), mapping=mapping,
                                modality=metadata.get("modality", "MR"))
-        config = self.fineTuneConfig(baseModel, folder, outputModel, outputFolder, **changes)
-        return self.startTraining(config)
+        return self.startTraining(self.fineTuneSettings(baseModel, folder, outputModel, outputFolder, **changes))
 
     # -- segment a new case with the current model (for correction) --------------------------
 
@@ -254,7 +253,7 @@ class PairSegTrainerLogic:
         ``addToTrainingSet`` and ``fineTune``. ``modelPath``: a model file or a catalog model's name
         (resolved to its shipped, checked file by the PairSeg module's one rule, ``modelFile``)."""
         run = self.segmentationLogic.segmentVolumeAsync(volumeNode, modelPath, None, device, onFinished=onFinished)
-        self.jobs.append(run)
+        self.runs.append(run)
         return run
 
     # -- proxy maps --------------------------------------------------------------------------
@@ -266,7 +265,7 @@ class PairSegTrainerLogic:
         slice ``sliceB`` of volume B (default: the same volume) in slice A's geometry, coloured
         AND blue / XOR red. With ``model``, ``pairseg proxy-maps`` computes its predicted AND/XOR
         probability maps in the background: ``result.run`` (poll it, or ``result.run.wait()``)
-        adds them to ``result`` when it is done. Returns a proxymaps.ProxyMapsResult."""
+        adds them to ``result`` when it is done. Returns a proxymapnodes.ProxyMapsResult."""
         volumeB = volumeB or volumeA
         segmentationB = segmentationB or segmentationA
         if sliceB is None:
@@ -287,39 +286,40 @@ class PairSegTrainerLogic:
             if not 0 <= int(index) < volumeLabels.shape[0]:
                 raise ValueError(f"slice {index} of volume {name} is outside 0..{volumeLabels.shape[0] - 1}")
         planeA = labelsA[int(sliceA)]
-        planeB = proxymaps.resizeNearest(labelsB[int(sliceB)], planeA.shape)
-        targets = proxymaps.proxyTargetStack(planeA, planeB, len(classNames))
-        andMap, xorMap = proxymaps.andXorArrays(targets, len(classNames))
+        nodes = proxymapnodes
+        planeB = nodes.resizeNearest(labelsB[int(sliceB)], planeA.shape)
+        targets = nodes.proxyTargetStack(planeA, planeB, len(classNames))
+        andMap, xorMap = nodes.andXorArrays(targets, len(classNames))
         scene = self.scene
-        colors = proxymaps.proxyColorTable(scene)
-        result = proxymaps.ProxyMapsResult(sliceA=int(sliceA), sliceB=int(sliceB), classNames=list(classNames),
-                                           targets=targets)
+        colors = nodes.proxyColorTable(scene)
+        result = nodes.ProxyMapsResult(sliceA=int(sliceA), sliceB=int(sliceB), classNames=list(classNames),
+                                       targets=targets)
         pairName = f"{volumeA.GetName()}[{sliceA}]-{volumeB.GetName()}[{sliceB}]"
-        result.andNode = proxymaps.sliceNode(scene, "vtkMRMLLabelMapVolumeNode", f"AND {pairName}",
-                                             volumeA, sliceA, (andMap > 0).astype(np.uint8) * proxymaps.AND_VALUE, colors)
-        result.xorNode = proxymaps.sliceNode(scene, "vtkMRMLLabelMapVolumeNode", f"XOR {pairName}",
-                                             volumeA, sliceA, xorMap * proxymaps.XOR_VALUE, colors)
-        overlay = np.where(andMap > 0, proxymaps.AND_VALUE, np.where(xorMap > 0, proxymaps.XOR_VALUE, 0))
-        result.overlayNode = proxymaps.sliceNode(scene, "vtkMRMLLabelMapVolumeNode", f"Proxy {pairName}",
-                                                 volumeA, sliceA, overlay.astype(np.uint8), colors)
+        labelMap = "vtkMRMLLabelMapVolumeNode"
+        result.andNode = nodes.sliceNode(scene, labelMap, f"AND {pairName}", volumeA, sliceA,
+                                         (andMap > 0).astype(np.uint8) * nodes.AND_VALUE, colors)
+        result.xorNode = nodes.sliceNode(scene, labelMap, f"XOR {pairName}", volumeA, sliceA,
+                                         xorMap * nodes.XOR_VALUE, colors)
+        overlay = np.where(andMap > 0, nodes.AND_VALUE, np.where(xorMap > 0, nodes.XOR_VALUE, 0))
+        result.overlayNode = nodes.sliceNode(scene, labelMap, f"Proxy {pairName}", volumeA, sliceA,
+                                             overlay.astype(np.uint8), colors)
         result.andClasses = andMap
         if show:
-            proxymaps.showInSliceViews(scene, volumeA, result.overlayNode,
-                                       rasPoint=proxymaps.sliceCenterRas(volumeA, sliceA))
+            nodes.showInSliceViews(scene, volumeA, result.overlayNode, rasPoint=nodes.sliceCenterRas(volumeA, sliceA))
         if model:
-            result.run = proxymaps.PredictedProxyMapsRun(self.segmentationLogic, result, str(model), volumeA, labelsA,
-                                                         volumeB, labelsB, pairName, device=device, show=show)
-            self.jobs.append(result.run)
+            result.run = nodes.PredictedProxyMapsRun(self.segmentationLogic, result, str(model), volumeA, labelsA,
+                                                     volumeB, labelsB, pairName, device=device, show=show)
+            self.runs.append(result.run)
             result.run.start()
         return result
 
     def pickProxyPair(self, volumeA, segmentationA, volumeB=None, segmentationB=None, mode: str = "intra",
                       offsets=None, seed: Optional[int] = 0, modality: str = "MR", classNames=None, mapping=None):
-        """(slice A, slice B) as the training sampler would pair them (``proxymaps.choosePair``
+        """(slice A, slice B) as the training sampler would pair them (``proxymapnodes.choosePair``
         over the labelled ranges): ``intra`` at one of the offsets (default: the modality's, 3/5/7
         MR, 5/9/13 CT), ``inter`` with a slice of volume B (needed), ``intra+inter`` either kind
         (inter with B when given), ``identical`` (B = A). ValueError when no such pair exists."""
-        offsets = configModule.parseOffsets(offsets)
+        offsets = runsettings.parseOffsets(offsets)
         itemA = TrainingItem(volumeA, segmentationA, "A")
         items = [itemA]
         if mode == "inter" and (volumeB is None or segmentationB is None):
@@ -327,10 +327,10 @@ class PairSegTrainerLogic:
         if mode in ("inter", "intra+inter") and volumeB is not None and segmentationB is not None:
             items.append(TrainingItem(volumeB, segmentationB, "B"))
         report = trainingset.checkItems(items, classNames, mapping)
-        labelled = [proxymaps.labelledSlices(trainingset.exportLabelArray(item, report.classNames,
+        labelled = [proxymapnodes.labelledSlices(trainingset.exportLabelArray(item, report.classNames,
                                                                           report.assignments[item.caseName]))
                     for item in items]
-        return proxymaps.choosePair(labelled[0], mode=mode, offsets=offsets, modality=modality,
+        return proxymapnodes.choosePair(labelled[0], mode=mode, offsets=offsets, modality=modality,
                                     labelledB=labelled[1] if len(labelled) > 1 else None, seed=seed)
 
     # -- devices -----------------------------------------------------------------------------
@@ -372,5 +372,4 @@ def toItems(items) -> list:
     return result
 
 
-__all__ = ["PairSegTrainerLogic", "TrainingJob", "TrainingConfig", "TrainingItem", "TrainingSetError",
-           "JobError", "toItems"]
+__all__ = ["PairSegTrainerCoreLogic", "TrainingRun", "TrainingItem", "TrainingSetError", "EngineError", "toItems"]
