@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pairseg import constants, infer, networks, pairs
+from pairseg import constants, networks, pairs
 from pairseg.config import TrainConfig, setting
 from pairseg.constants import class_key, is_device_name, same_class_names
-from pairseg.data import IMAGE_SUFFIXES, MODALITIES, case_name, load_dataset, parse_classes
+from pairseg.data import MODALITIES, case_name, load_dataset, parse_classes
 from pairseg.devices import resolve_device
 from pairseg.errors import PairSegInputError
 from pairseg.phantoms import make_phantom_dataset
@@ -38,7 +38,6 @@ def test_shared_facts_agree_with_their_users():
     assert set(constants.BASES) == set(networks.BASES)
     assert set(constants.PAIR_MODES) == set(pairs.MODES)
     assert {m: pairs.default_offsets(m) for m in constants.MODALITIES} == constants.DEFAULT_OFFSETS
-    assert IMAGE_SUFFIXES == infer.IMAGE_SUFFIXES == constants.READABLE_IMAGE_SUFFIXES
     assert MODALITIES == constants.MODALITIES
     from pairseg import modelfile
 
@@ -74,7 +73,8 @@ def test_segments_match_classes_by_the_same_rule(tmp_path):
     .seg.nrrd label is read, and gets that organ's default colour."""
     import numpy as np
 
-    from pairseg.io import Volume, default_colors, read_label, write_labels
+    from pairseg.constants import default_colors
+    from pairseg.io import Volume, read_label, write_labels
 
     image = Volume(np.zeros((3, 8, 8), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0),
                    (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))

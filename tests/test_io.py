@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pairseg import io
+from pairseg import constants, io
 from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.io import (
     Volume,
@@ -549,7 +549,7 @@ def test_failed_cleanup_does_not_mask_the_write_error(tmp_path, monkeypatch):
 
 
 def test_check_output_refuses_before_any_work(tmp_path):
-    suffixes = io.LABEL_SUFFIXES
+    suffixes = constants.LABEL_SUFFIXES
     assert io.check_output(tmp_path / "new" / "deeper" / "labels.nii.gz", suffixes) == \
         tmp_path / "new" / "deeper" / "labels.nii.gz"
     assert not (tmp_path / "new").exists()  # checking creates nothing

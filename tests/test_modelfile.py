@@ -18,7 +18,7 @@ from safetensors.torch import save as st_save
 from pairseg import __version__, modelformat
 from pairseg.cli import main
 from pairseg.errors import PairSegInputError
-from pairseg.io import default_colors
+from pairseg.constants import default_colors
 from pairseg.modelfile import (FORMAT, FORMAT_VERSION, atomic_torch_save, load_model, read_metadata, safe_torch_load,
                                save_model, write_model_file)
 from pairseg.networks import build_model

@@ -17,7 +17,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pairseg import atomic, io
+from pairseg import atomic, constants, io
 from pairseg.cli import EXIT_BAD_INPUT, main
 from pairseg.errors import PairSegOutputError
 from pairseg.io import Volume, read_label, write_labels, write_probabilities, write_volume
@@ -218,7 +218,7 @@ def test_a_name_whose_temporary_is_too_long_is_refused_before_any_work(tmp_path,
     (tmp_path / name).write_bytes(b"x")
     (tmp_path / name).unlink()
     with pytest.raises(PairSegOutputError, match="too long for the file system"):
-        io.check_output(tmp_path / name, io.LABEL_SUFFIXES)
+        io.check_output(tmp_path / name, constants.LABEL_SUFFIXES)
     scan = Path(write_volume(tmp_path / "scan.nii.gz", _image()))
     for argv in (["segment", "--model", str(tmp_path / "no-model.pairseg"), "--input", str(scan),
                   "--output", str(tmp_path / name), "--events", "json"],

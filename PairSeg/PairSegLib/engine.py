@@ -634,15 +634,6 @@ def friendlyEngineError(message) -> str:
 
 
 def formatDuration(seconds) -> str:
-    """``75`` -> ``1m15s`` (progress texts); ``None`` or junk -> ``?``."""
-    if seconds is None:
-        return "?"
-    try:
-        seconds = int(round(float(seconds)))
-    except (TypeError, ValueError):
-        return "?"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
+    """``75`` -> ``1m15s`` (progress texts); ``None`` or junk -> ``?``: the engine's one duration
+    format (``pairseg.events.format_duration``, standard library only)."""
+    return torchFreeEngineModule("events").format_duration(seconds)

@@ -217,7 +217,8 @@ def _segment_outputs(args, inputs: list[Path], many: bool) -> list[tuple[Path, P
     """(input, label output, {attribute: map output}) per case, every location checked before
     any model or image is loaded: file types, folders, writability, and no output that is an
     input or another output (two inputs of one case name included). Stale temporaries are removed."""
-    from pairseg.io import IMAGE_SUFFIXES, LABEL_SUFFIXES, check_distinct, check_output, remove_stale_temporaries
+    from pairseg.constants import LABEL_SUFFIXES, WRITABLE_IMAGE_SUFFIXES
+    from pairseg.io import check_distinct, check_output, remove_stale_temporaries
 
     output = Path(args.output)  # folders are made by the (atomic) writes: a refused run leaves none
     maps = [(option, name, suffix, Path(getattr(args, name)))
@@ -233,7 +234,7 @@ def _segment_outputs(args, inputs: list[Path], many: bool) -> list[tuple[Path, P
         extra = {}
         for option, name, suffix, where in maps:
             extra[name] = _output_for(path, where, suffix, many)
-            check_output(extra[name], IMAGE_SUFFIXES, option)
+            check_output(extra[name], WRITABLE_IMAGE_SUFFIXES, option)
         cases.append((path, target, extra))
     options = {name: option for option, name, _ in SEGMENT_MAPS}
     check_distinct([Path(args.input), *inputs, Path(args.model)],

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pairseg.constants import MODALITIES, READABLE_IMAGE_SUFFIXES
+from pairseg.constants import MODALITIES
 from pairseg.datasets import Case, Dataset, case_name, load_case, load_dataset, parse_classes  # noqa: F401
 from pairseg.errors import PairSegInputError
 from pairseg.io import Volume
@@ -54,7 +54,6 @@ __all__ = [
 CT_WINDOW = (-200.0, 250.0)
 MR_PERCENTILES = (2.0, 98.0)
 MR_WINDOW_RULES = ("above-minimum", "volume")
-IMAGE_SUFFIXES = READABLE_IMAGE_SUFFIXES
 
 # ---------------------------------------------------------------------------------------------
 # Checks and normalisation

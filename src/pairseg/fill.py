@@ -365,10 +365,10 @@ def fill_files(image_path: str | Path, label_path: str | Path, out_path: str | P
     model (``.pairseg``). Output locations are checked before anything is read (an existing file is
     replaced only with ``overwrite``); every input problem
     is a ``PairSegInputError`` before any training. ``options``: those of ``fill_volume``."""
-    from pairseg.constants import MODEL_SUFFIX
+    from pairseg.constants import LABEL_SUFFIXES, MODEL_SUFFIX, default_colors
     from pairseg.data import check_image
-    from pairseg.io import (LABEL_SUFFIXES, check_distinct, check_output, default_colors, read_label_volume,
-                            read_volume, remove_stale_temporaries, write_labels)
+    from pairseg.io import (check_distinct, check_output, read_label_volume, read_volume, remove_stale_temporaries,
+                            write_labels)
 
     out = check_output(out_path, LABEL_SUFFIXES, "--out")
     model_out = check_output(save_model, (MODEL_SUFFIX,), "--save-model") if save_model else None

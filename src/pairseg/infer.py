@@ -30,9 +30,7 @@ from pairseg.proxy import decode_labels
 from pairseg.uncertainty import rank_slices, uncertainty_map
 
 __all__ = ["resolve_device", "predict_volume", "predict_native", "model_preprocessing", "model_grid_shape",
-           "Prediction", "Predictor", "IMAGE_SUFFIXES"]
-
-IMAGE_SUFFIXES = READABLE_IMAGE_SUFFIXES
+           "Prediction", "Predictor"]
 
 
 def inference_memory_format(device: torch.device) -> torch.memory_format:
@@ -291,7 +289,7 @@ def list_inputs(path: str | Path) -> list[Path]:
     if not path.is_dir():
         raise PairSegInputError(f"{path}: input does not exist")
     def counts(name: str) -> bool:
-        return name.lower().endswith(IMAGE_SUFFIXES) and not name.lower().endswith(".seg.nrrd")
+        return name.lower().endswith(READABLE_IMAGE_SUFFIXES) and not name.lower().endswith(".seg.nrrd")
 
     refuse_dangling_links(path, counts)
     images = sorted(p for p in path.iterdir() if p.is_file() and counts(p.name))

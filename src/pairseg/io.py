@@ -33,7 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import atomic
-from .constants import class_key
+from .constants import LABEL_SUFFIXES, WRITABLE_IMAGE_SUFFIXES, class_key, default_colors
 from .errors import PairSegInputError, PairSegOutputError, PairSegWarning
 from .paths import itk_path
 
@@ -45,9 +45,6 @@ __all__ = [
     "read_label_volume",
     "write_labels",
     "write_volume",
-    "default_colors",
-    "LABEL_SUFFIXES",
-    "IMAGE_SUFFIXES",
     "GeometryWarning",
     "OverlapWarning",
     "dicom_series",
@@ -64,32 +61,6 @@ __all__ = [
 PathLike = Union[str, os.PathLike]
 
 IDENTITY_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-#: Suffixes ``write_labels`` accepts (``write_volume`` accepts all but ".seg.nrrd").
-LABEL_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".seg.nrrd")
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
-
-#: Colours (RGB 0..1) of common abdominal structures, close to 3D Slicer's anatomy colours.
-NAMED_COLORS: dict[str, tuple[float, float, float]] = {
-    "liver": (0.867, 0.510, 0.396),
-    "right kidney": (0.725, 0.400, 0.325),
-    "left kidney": (0.580, 0.290, 0.220),
-    "kidney": (0.725, 0.400, 0.325),
-    "spleen": (0.616, 0.424, 0.635),
-    "pancreas": (0.976, 0.706, 0.435),
-    "tumor": (0.902, 0.863, 0.275),
-    "tumour": (0.902, 0.863, 0.275),
-}
-_PALETTE: tuple[tuple[float, float, float], ...] = (
-    (0.502, 0.682, 0.502),
-    (0.945, 0.839, 0.569),
-    (0.694, 0.478, 0.396),
-    (0.435, 0.722, 0.824),
-    (0.847, 0.396, 0.310),
-    (0.867, 0.510, 0.396),
-    (0.565, 0.933, 0.565),
-    (0.753, 0.408, 0.690),
-)
-
 
 # --------------------------------------------------------------------------------------------
 # Volume record
@@ -774,8 +745,9 @@ def _geometry_from_matrix(ijk_to_lps: np.ndarray) -> tuple[tuple[float, ...], tu
     return tuple(spacing), tuple(np.asarray(ijk_to_lps, float)[:3, 3]), tuple(direction.ravel())
 
 
-def _norm_name(name: str) -> str:
-    return class_key(str(name))  # the one class-name rule: Right_Kidney == right kidney
+def _key(name) -> str:
+    """``class_key`` of a segment or class name given as any object (slicerio's names are str)."""
+    return class_key(str(name))
 
 
 def _read_segmentation(
@@ -800,12 +772,12 @@ def _read_segmentation(
     if class_names is None:
         names: list[str] = []
         for name in seg_names:
-            if _norm_name(name) not in {_norm_name(n) for n in names}:
+            if _key(name) not in {_key(n) for n in names}:
                 names.append(name)
     else:
         names = list(class_names)
-    index_of = {_norm_name(n): i + 1 for i, n in enumerate(names)}
-    unknown = [n for n in seg_names if _norm_name(n) not in index_of]
+    index_of = {_key(n): i + 1 for i, n in enumerate(names)}
+    unknown = [n for n in seg_names if _key(n) not in index_of]
     if unknown:
         raise PairSegInputError(
             f"{p}: segment(s) {unknown} match no class; expected segment names among {names} "
@@ -814,7 +786,7 @@ def _read_segmentation(
 
     spatial = voxels.shape[-3:]
     labels_ijk = np.zeros(spatial, dtype=_label_dtype(len(names)))
-    order = sorted(range(len(segments)), key=lambda i: index_of[_norm_name(seg_names[i])])
+    order = sorted(range(len(segments)), key=lambda i: index_of[_key(seg_names[i])])
     overlaps: dict[tuple[str, str], int] = {}
     for i in order:  # later classes overwrite earlier ones where segments overlap
         segment = segments[i]
@@ -828,7 +800,7 @@ def _read_segmentation(
             mask = voxels[layer] == value
         else:
             mask = voxels == value
-        klass = index_of[_norm_name(seg_names[i])]
+        klass = index_of[_key(seg_names[i])]
         taken = mask & (labels_ijk != 0) & (labels_ijk != klass)
         if taken.any():  # only layered (4D) files can hold overlapping segments
             for other in np.unique(labels_ijk[taken]):
@@ -987,14 +959,6 @@ def _verify_written(tmp: str) -> None:
         raise atomic.IncompleteWrite(str(exc).replace(f"{path}: ", "the written file: ", 1)) from None
 
 
-def default_colors(class_names: Sequence[str]) -> list[tuple[float, float, float]]:
-    """One RGB (0..1) colour per class: anatomy colours for known organ names, else a palette."""
-    colors = []
-    for i, name in enumerate(class_names):
-        colors.append(NAMED_COLORS.get(_norm_name(name), _PALETTE[i % len(_PALETTE)]))
-    return colors
-
-
 def write_labels(
     path: PathLike,
     labels: np.ndarray,
@@ -1078,8 +1042,8 @@ def write_probabilities(path: PathLike, probabilities: np.ndarray, like: Volume)
     Raises PairSegOutputError naming ``path`` when it cannot be written.
     """
     suffix = _suffix(path)
-    if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported image file type {suffix!r}; use one of {IMAGE_SUFFIXES}")
+    if suffix not in WRITABLE_IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image file type {suffix!r}; use one of {WRITABLE_IMAGE_SUFFIXES}")
     if probabilities.ndim != 4 or (probabilities.shape[0],) + probabilities.shape[2:] != like.array.shape[:3]:
         raise ValueError(f"{path}: probabilities {probabilities.shape} do not fit the grid {like.shape} as (Z, K, H, W)")
     return _atomic_write(path, lambda tmp: _stream_vector_image(tmp, probabilities, like))
@@ -1157,8 +1121,8 @@ def write_png(path: PathLike, picture: sitk.Image) -> Path:
 def write_volume(path: PathLike, volume: Volume) -> str:
     """Write an image (float or integer; a 4D (z, y, x, C) array as a vector image) atomically."""
     suffix = _suffix(path)
-    if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"{path}: unsupported image file type {suffix!r}; use one of {IMAGE_SUFFIXES}")
+    if suffix not in WRITABLE_IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: unsupported image file type {suffix!r}; use one of {WRITABLE_IMAGE_SUFFIXES}")
     return _atomic_write(path, lambda tmp: _write_image(tmp, volume))
 
 

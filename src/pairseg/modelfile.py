@@ -130,7 +130,7 @@ def save_model(path: str | Path, model: torch.nn.Module, metadata: dict[str, Any
         model: a network from :func:`pairseg.networks.build_model`; ``arch``, ``num_classes``,
             ``in_channels`` and ``options`` are taken from it.
         metadata: ``class_names``, ``modality``, ``size`` (required), ``class_colors`` (default:
-            :func:`pairseg.io.default_colors`), ``spacing`` (in-plane mm: a number or [row, col];
+            :func:`pairseg.constants.default_colors`), ``spacing`` (in-plane mm: a number or [row, col];
             default None = slices resized), ``preprocessing``, ``training``, ``validation`` ...
             (see :func:`pairseg.modelformat.validate_metadata`). Non-finite numbers are stored as
             null (JSON has none).
@@ -157,7 +157,7 @@ def write_model_file(path: str | Path, state_dict: dict[str, torch.Tensor], meta
     state = _stored_weights(state_dict, dtype_name, path)
     meta = {k: v for k, v in metadata.items() if k != "sha256"}
     if "class_colors" not in meta and isinstance(meta.get("class_names"), (list, tuple)):
-        from pairseg.io import default_colors
+        from pairseg.constants import default_colors
 
         meta["class_colors"] = default_colors(meta["class_names"])
     spacing = meta.pop("spacing", None)

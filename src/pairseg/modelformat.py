@@ -275,7 +275,7 @@ def _from_1(metadata: dict) -> dict:
         meta["options"] = {**options, "readout": "and"}
     names = meta.get("class_names")
     if "class_colors" not in meta and isinstance(names, list) and all(isinstance(n, str) for n in names):
-        from pairseg.io import default_colors  # numpy + SimpleITK (Slicer ships both), no torch
+        from pairseg.constants import default_colors  # standard library only
 
         meta["class_colors"] = [[float(c) for c in rgb] for rgb in default_colors(names)]
     if isinstance(meta.get("modality"), str):

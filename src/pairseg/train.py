@@ -29,7 +29,8 @@ import torch
 from pairseg import __version__
 from pairseg.augment import augment_batch
 from pairseg.config import AugmentConfig, TrainConfig
-from pairseg.constants import CHECKPOINT_SUFFIX, DEFAULT_ARCHITECTURE, MODEL_SUFFIX, TRAIN_PRECISIONS, same_class_names
+from pairseg.constants import (CHECKPOINT_SUFFIX, DEFAULT_ARCHITECTURE, MODEL_SUFFIX, TRAIN_PRECISIONS, default_colors,
+                               same_class_names)
 from pairseg.data import (CT_WINDOW, MR_PERCENTILES, Dataset, Orientation, SliceStore, default_spacing,
                           in_plane_spacing, load_case, load_dataset)
 from pairseg.distributed import DistributedContext, tensor_digest
@@ -37,7 +38,6 @@ from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.events import EventSink, null_events
 from pairseg.devices import check_precision
 from pairseg.infer import model_preprocessing, predict_native
-from pairseg.io import default_colors
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
 from pairseg.catalog import resolve_model
