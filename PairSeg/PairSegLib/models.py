@@ -38,12 +38,13 @@ def readModelMetadata(path):
         raise ModelFileError("No model file selected.")
     if not os.path.isfile(path):
         raise ModelFileError(f"Model file not found: {path}")
-    from pairseg import modelformat  # the engine's torch-free reader (standard library only)
-    from pairseg.errors import PairSegInputError
+    from .engine import torchFreeEngineModule
 
+    modelformat = torchFreeEngineModule("modelformat")  # the engine's reader (standard library only)
+    errors = torchFreeEngineModule("errors")
     try:
         return modelformat.read_metadata(path)
-    except PairSegInputError as error:
+    except errors.PairSegInputError as error:
         raise ModelFileError(str(error)) from error
 
 
@@ -114,7 +115,7 @@ class ModelRegistry:
         return data
 
     def _save(self, data):
-        from PairSegLib.engine import torchFreeEngineModule
+        from .engine import torchFreeEngineModule
 
         try:  # written whole or not at all, as every PairSeg output
             torchFreeEngineModule("atomic").write_json(self.path, data, "model registry", indent=2)
