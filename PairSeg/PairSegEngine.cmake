@@ -29,7 +29,16 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/events.py
   pairseg/fill.py
   pairseg/infer.py
-  pairseg/io.py
+  pairseg/io/__init__.py
+  pairseg/io/dicom.py
+  pairseg/io/locations.py
+  pairseg/io/nifti.py
+  pairseg/io/nrrd_mha.py
+  pairseg/io/problems.py
+  pairseg/io/read.py
+  pairseg/io/segmentation.py
+  pairseg/io/volume.py
+  pairseg/io/write.py
   pairseg/losses.py
   pairseg/metrics.py
   pairseg/modelfile.py

@@ -34,7 +34,7 @@ def engineLabels(modelPath, volumeNode, keepLargest=True):
     import vtk
 
     from pairseg.infer import Predictor
-    from pairseg.io import Volume
+    from pairseg.io.volume import Volume
 
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)

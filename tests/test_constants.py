@@ -8,7 +8,8 @@ import torch
 from pairseg import constants, networks, pairs
 from pairseg.config import TrainConfig, setting
 from pairseg.constants import class_key, is_device_name, same_class_names
-from pairseg.data import MODALITIES, case_name, load_dataset, parse_classes
+from pairseg.constants import MODALITIES
+from pairseg.datasets import case_name, load_dataset, parse_classes
 from pairseg.devices import resolve_device
 from pairseg.errors import PairSegInputError
 from pairseg.phantoms import make_phantom_dataset
@@ -74,7 +75,9 @@ def test_segments_match_classes_by_the_same_rule(tmp_path):
     import numpy as np
 
     from pairseg.constants import default_colors
-    from pairseg.io import Volume, read_label, write_labels
+    from pairseg.io.read import read_label
+    from pairseg.io.volume import Volume
+    from pairseg.io.write import write_labels
 
     image = Volume(np.zeros((3, 8, 8), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0),
                    (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))

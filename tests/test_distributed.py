@@ -249,7 +249,8 @@ class Emulation:
     (a run stopped and resumed with another number of ranks has two segments)."""
 
     def __init__(self, data: Path):
-        from pairseg.data import SliceStore, load_dataset
+        from pairseg.data import SliceStore
+        from pairseg.datasets import load_dataset
         from pairseg.train import EpochPlan, _load_arrays
 
         dataset = load_dataset(str(data))

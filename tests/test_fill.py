@@ -10,7 +10,9 @@ import pytest
 
 from pairseg.cli import main
 from pairseg.fill import combine, fill_problem
-from pairseg.io import Volume, read_label, read_volume, write_labels, write_volume
+from pairseg.io.read import read_label, read_volume
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_labels, write_volume
 from pairseg.phantoms import PHANTOM_CLASSES, make_phantom_case
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from pairseg.catalog import load_catalog
 from pairseg.data import widen_field_of_view
-from pairseg.io import read_label, read_volume
+from pairseg.io.read import read_label, read_volume
 from pairseg.metrics import evaluate_case
 
 ROOT = Path(__file__).resolve().parents[1]

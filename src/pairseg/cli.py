@@ -218,7 +218,8 @@ def _segment_outputs(args, inputs: list[Path], many: bool) -> list[tuple[Path, P
     any model or image is loaded: file types, folders, writability, and no output that is an
     input or another output (two inputs of one case name included). Stale temporaries are removed."""
     from pairseg.constants import LABEL_SUFFIXES, WRITABLE_IMAGE_SUFFIXES
-    from pairseg.io import check_distinct, check_output, remove_stale_temporaries
+    from pairseg.atomic import remove_stale_temporaries
+    from pairseg.io.locations import check_distinct, check_output
 
     output = Path(args.output)  # folders are made by the (atomic) writes: a refused run leaves none
     maps = [(option, name, suffix, Path(getattr(args, name)))
@@ -303,7 +304,7 @@ def cmd_segment(args, events) -> int:
 
 
 def _class_names_for(ref: Path, given: str | None) -> list[str] | None:
-    from pairseg.data import parse_classes
+    from pairseg.datasets import parse_classes
 
     if given:
         return parse_classes(given)
@@ -328,7 +329,7 @@ def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
         raise PairSegInputError(f"--pred and --ref must both be files or both folders ({pred}, {ref})")
 
     def index(folder: Path) -> dict[str, Path]:
-        from pairseg.io import refuse_dangling_links
+        from pairseg.io.locations import refuse_dangling_links
 
         refuse_dangling_links(folder, lambda name: name.endswith(READABLE_IMAGE_SUFFIXES) and "_image" not in name)
         found = {}
@@ -345,7 +346,9 @@ def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
 
 
 def cmd_evaluate(args) -> int:
-    from pairseg.io import check_distinct, check_output, read_label, read_label_volume, remove_stale_temporaries
+    from pairseg.atomic import remove_stale_temporaries
+    from pairseg.io.locations import check_distinct, check_output
+    from pairseg.io.read import read_label, read_label_volume
     from pairseg.metrics import evaluate_case, format_table, summarize
 
     pred_root, ref_root = Path(args.pred), Path(args.ref)
@@ -368,7 +371,7 @@ def cmd_evaluate(args) -> int:
     print(format_table(summary, cases))
     if args.json:
         from pairseg.events import jsonable
-        from pairseg.io import write_text
+        from pairseg.io.write import write_text
 
         write_text(args.json, json.dumps(jsonable({"cases": cases, "summary": summary}), indent=1))
     return 0
@@ -380,7 +383,8 @@ PROXY_MAP_FILES = ("and.nii.gz", "xor.nii.gz", "proxy_truth.png", "and_predicted
 
 
 def cmd_proxy_maps(args, events) -> int:
-    from pairseg.io import check_distinct, check_output, remove_stale_temporaries, write_together
+    from pairseg.atomic import remove_stale_temporaries, write_together
+    from pairseg.io.locations import check_distinct, check_output
     from pairseg.proxymaps import write_proxy_maps
 
     folder = check_output(args.out, what="--out", folder=True)

@@ -15,14 +15,18 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pairseg.data import (Orientation, apply_window, check_image, in_plane_spacing, intensity_window, resampled_shape,
-                          resize_slices, stacks_25d)
+from pairseg.data import apply_window, intensity_window, resampled_shape, resize_slices, stacks_25d
+from pairseg.datasets import check_image
+from pairseg.orientation import in_plane_spacing, Orientation
 from pairseg.constants import READABLE_IMAGE_SUFFIXES, same_class_names
 from pairseg.devices import bf16_supported, check_precision, resolve_device  # noqa: F401 (re-exported)
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.io import (Volume, read_volume, refuse_dangling_links, write_labels, write_probabilities,
-                        write_together, write_volume)
+from pairseg.atomic import write_together
+from pairseg.io.locations import refuse_dangling_links
+from pairseg.io.read import read_volume
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_labels, write_probabilities, write_volume
 from pairseg.catalog import resolve_model
 from pairseg.modelfile import load_model
 from pairseg.postprocess import keep_largest_component

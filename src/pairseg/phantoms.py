@@ -21,7 +21,8 @@ import numpy as np
 from scipy import ndimage
 
 from .atomic import write_json
-from .io import IDENTITY_DIRECTION, Volume, write_labels, write_volume
+from pairseg.io.volume import IDENTITY_DIRECTION, Volume
+from pairseg.io.write import write_labels, write_volume
 
 __all__ = ["PHANTOM_CLASSES", "make_phantom_case", "make_phantom_dataset"]
 

@@ -14,10 +14,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from pairseg.data import Orientation, normalize, parse_classes, resize_slices, stack_25d
+from pairseg.data import normalize, resize_slices, stack_25d
+from pairseg.datasets import parse_classes
+from pairseg.orientation import Orientation
 from pairseg.errors import PairSegInputError
-from pairseg.io import Volume, read_label, read_volume, write_volume
-from pairseg.io import write_png as io_write_png
+from pairseg.io.read import read_label, read_volume
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_volume
+from pairseg.io.write import write_png as io_write_png
 from pairseg.proxy import proxy_probabilities, proxy_targets
 
 AND_COLOR = np.array([40, 90, 255], dtype=np.float32)

@@ -31,8 +31,9 @@ from pairseg.augment import augment_batch
 from pairseg.config import AugmentConfig, TrainConfig
 from pairseg.constants import (CHECKPOINT_SUFFIX, DEFAULT_ARCHITECTURE, MODEL_SUFFIX, TRAIN_PRECISIONS, default_colors,
                                same_class_names)
-from pairseg.data import (CT_WINDOW, MR_PERCENTILES, Dataset, Orientation, SliceStore, default_spacing,
-                          in_plane_spacing, load_case, load_dataset)
+from pairseg.data import CT_WINDOW, default_spacing, MR_PERCENTILES, SliceStore
+from pairseg.datasets import Dataset, load_case, load_dataset
+from pairseg.orientation import in_plane_spacing, Orientation
 from pairseg.distributed import DistributedContext, tensor_digest
 from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.events import EventSink, null_events
@@ -93,7 +94,8 @@ def check_output_location(config: TrainConfig) -> Path:
     replaces them as it writes its own. Stale temporaries of both files (from a write killed half
     way) are removed. Raises ``PairSegOutputError`` (a ``PairSegInputError``) naming the path.
     """
-    from pairseg.io import check_output, remove_stale_temporaries
+    from pairseg.atomic import remove_stale_temporaries
+    from pairseg.io.locations import check_output
 
     model = check_output(config.out, (MODEL_SUFFIX,), "model")
     ckpt = check_output(checkpoint_path(model), None, "checkpoint")
