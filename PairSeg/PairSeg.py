@@ -59,11 +59,11 @@ def registerSampleData():
 
 
 def readCatalog():
-    """The ready-model catalog (``pairseg.catalog``, standard library only) or None when absent."""
+    """The ready-model catalog (``pairseg.modelfiles.catalog``, standard library only) or None when absent."""
     root = PairSegLib.engineRoot()
     if root not in sys.path:
         sys.path.append(root)
-    from pairseg.catalog import load_catalog
+    from pairseg.modelfiles.catalog import load_catalog
 
     try:
         return load_catalog()

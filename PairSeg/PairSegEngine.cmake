@@ -16,7 +16,6 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/annotation.py
   pairseg/atomic.py
   pairseg/augment.py
-  pairseg/catalog.py
   pairseg/cli.py
   pairseg/config.py
   pairseg/constants.py
@@ -41,8 +40,10 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/io/write.py
   pairseg/losses.py
   pairseg/metrics.py
-  pairseg/modelfile.py
-  pairseg/modelformat.py
+  pairseg/modelfiles/__init__.py
+  pairseg/modelfiles/catalog.py
+  pairseg/modelfiles/fileformat.py
+  pairseg/modelfiles/weights.py
   pairseg/networks/__init__.py
   pairseg/networks/base.py
   pairseg/networks/deeplab.py

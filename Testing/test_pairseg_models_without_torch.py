@@ -48,7 +48,7 @@ class _Exploit:
 
 def test_every_format_read_without_torch_as_the_engine_reads_it(tmp_path, save_format1):
     torch = pytest.importorskip("torch")
-    from pairseg.modelfile import read_metadata, save_model
+    from pairseg.modelfiles.weights import read_metadata, save_model
     from pairseg.networks import build_model
 
     torch.manual_seed(0)
@@ -74,7 +74,7 @@ def test_every_format_read_without_torch_as_the_engine_reads_it(tmp_path, save_f
 
 def test_edited_truncated_and_malicious_files_refused_without_torch(tmp_path):
     torch = pytest.importorskip("torch")
-    from pairseg.modelfile import save_model
+    from pairseg.modelfiles.weights import save_model
     from pairseg.networks import build_model
 
     good = save_model(tmp_path / "good.pairseg", build_model("unet", 2, 3, width=4),

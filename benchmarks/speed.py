@@ -49,7 +49,7 @@ from pairseg.io.read import read_volume  # noqa: E402
 from pairseg.io.volume import Volume  # noqa: E402
 from pairseg.io.write import write_labels, write_volume  # noqa: E402
 from pairseg.losses import criterion_for  # noqa: E402
-from pairseg.modelfile import save_model  # noqa: E402
+from pairseg.modelfiles.weights import save_model  # noqa: E402
 from pairseg.networks import build_model  # noqa: E402
 from pairseg.postprocess import keep_largest_component  # noqa: E402
 from pairseg.train import EpochPlan, batch_iterator, prepare_batch  # noqa: E402

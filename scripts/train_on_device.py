@@ -77,7 +77,7 @@ def main() -> None:
 
     from pairseg.config import TrainConfig
     from pairseg.events import HumanEvents
-    from pairseg.modelfile import load_model
+    from pairseg.modelfiles.weights import load_model
     from pairseg.train import train
 
     config = TrainConfig.read(args.config)

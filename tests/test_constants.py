@@ -40,9 +40,6 @@ def test_shared_facts_agree_with_their_users():
     assert set(constants.PAIR_MODES) == set(pairs.MODES)
     assert {m: pairs.default_offsets(m) for m in constants.MODALITIES} == constants.DEFAULT_OFFSETS
     assert MODALITIES == constants.MODALITIES
-    from pairseg import modelfile
-
-    assert (modelfile.SUFFIX, modelfile.FORMAT) == (constants.MODEL_SUFFIX, constants.MODEL_FORMAT)
     assert setting("arch").choices == constants.ARCHITECTURES and setting("pair_mode").default == "intra+inter"
     assert setting("precision").choices == constants.TRAIN_PRECISIONS
     assert TrainConfig(data="d", out="o").budget() == (constants.DEFAULT_EPOCHS, None)

@@ -144,7 +144,7 @@ def test_combine_extends_and_never_paints_over_an_annotated_class(case):
 
 
 def test_auto_base_is_the_catalog_default_for_its_modality_only(tmp_path, monkeypatch):
-    from pairseg.catalog import load_catalog
+    from pairseg.modelfiles.catalog import load_catalog
     from pairseg.fill import resolve_base
 
     default = load_catalog().default

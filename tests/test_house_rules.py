@@ -34,7 +34,7 @@ def _imported_modules(tree: ast.Module):
 
 # Known exception, in a file of the PairSeg panel's own change: PairSeg.py reads the catalog with
 # a direct import (to go through ``torchFreeEngineModule("modelfiles.catalog")`` at merge).
-SLICER_SIDE_EXCEPTIONS = {("PairSeg/PairSeg.py", "pairseg.catalog")}
+SLICER_SIDE_EXCEPTIONS = {("PairSeg/PairSeg.py", "pairseg.modelfiles.catalog")}
 
 
 def test_slicer_side_reaches_the_engine_only_through_torch_free_engine_module():

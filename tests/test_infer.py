@@ -16,7 +16,7 @@ from pairseg.infer import (Predictor, bf16_supported, inference_memory_format, l
 from pairseg.io.read import read_volume
 from pairseg.io.volume import Volume
 from pairseg.io.write import write_volume
-from pairseg.modelfile import save_model
+from pairseg.modelfiles.weights import save_model
 from pairseg.networks import build_model
 from pairseg.postprocess import keep_largest_component
 from pairseg.proxy import decode_labels

@@ -626,7 +626,7 @@ def test_write_together_commits_all_or_none(tmp_path, monkeypatch):
 
 
 def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
-    from pairseg.modelfile import atomic_torch_save
+    from pairseg.modelfiles.weights import atomic_torch_save
 
     out = tmp_path / "labels.nii.gz"
     mine = [tmp_path / ".labels.tmp-0123abcd.nii.gz", tmp_path / ".labels.tmp-0123abcd.nii.gz.forms"]
@@ -681,7 +681,7 @@ def test_segment_series_option_picks_one_of_several(tmp_path, capsys):
     import torch
 
     from pairseg.cli import main
-    from pairseg.modelfile import save_model
+    from pairseg.modelfiles.weights import save_model
     from pairseg.networks import build_model
 
     torch.manual_seed(0)

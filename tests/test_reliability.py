@@ -119,7 +119,7 @@ def test_probabilities_and_volumes_onto_a_full_disk(small_disk, suffix):
 
 def test_models_checkpoints_json_and_settings_onto_a_full_disk(small_disk, untrained_mr_model):
     from pairseg.config import TrainConfig
-    from pairseg.modelfile import atomic_torch_save, load_model, save_model
+    from pairseg.modelfiles.weights import atomic_torch_save, load_model, save_model
 
     network, meta = load_model(untrained_mr_model)
     kept = {name: small_disk / name for name in ("m.pairseg", "m.pairseg.ckpt", "r.json", "settings.json")}
@@ -190,7 +190,7 @@ def test_a_silently_truncated_gzip_is_caught_before_it_replaces_anything(tmp_pat
             write_labels(target, _labels(), image)
     assert out.read_bytes() == before and _listing(tmp_path) == ["seg.nii.gz"]
     monkeypatch.setattr(torch, "save", lambda obj, stream: stream.write(b"PK\x03\x04 not a whole archive"))
-    from pairseg.modelfile import atomic_torch_save
+    from pairseg.modelfiles.weights import atomic_torch_save
 
     with pytest.raises(PairSegOutputError, match=r"m\.ckpt: cannot write checkpoint \(the written archive"):
         atomic_torch_save({"a": 1}, tmp_path / "m.ckpt")
@@ -198,7 +198,7 @@ def test_a_silently_truncated_gzip_is_caught_before_it_replaces_anything(tmp_pat
 
 
 def test_a_failed_cleanup_never_hides_the_first_error(tmp_path, monkeypatch):
-    from pairseg.modelfile import atomic_torch_save
+    from pairseg.modelfiles.weights import atomic_torch_save
 
     def full(obj, stream):
         raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "

@@ -2,7 +2,7 @@
 
 ``readModelMetadata(path)`` reads, verifies and validates the JSON metadata of a ``.pairseg``
 model file WITHOUT torch (so the module can describe a model before torch is installed), through
-the engine's standard-library-only reader ``pairseg.modelformat`` (shipped with this module): a
+the engine's standard-library-only reader ``pairseg.modelfiles.fileformat`` (shipped with this module): a
 format-2 file is a safetensors file whose JSON header holds the metadata, and its SHA-256 over
 weights and metadata is checked; a format-1 file (a PyTorch archive) has its metadata string read
 from the pickle's opcodes without building any object, and is migrated to the current format.
@@ -40,7 +40,7 @@ def readModelMetadata(path):
         raise ModelFileError(f"Model file not found: {path}")
     from .engine import torchFreeEngineModule
 
-    modelformat = torchFreeEngineModule("modelformat")  # the engine's reader (standard library only)
+    modelformat = torchFreeEngineModule("modelfiles.fileformat")  # the engine's reader (standard library only)
     errors = torchFreeEngineModule("errors")
     try:
         return modelformat.read_metadata(path)
@@ -166,8 +166,8 @@ class ModelRegistry:
 def modelChoices(registry, catalog=None):
     """What a model picker offers, catalog (ready) models first, then the registry's
     ``knownModels()``: ``[(label, path, toolTip)]``; ``path`` is the model file (a catalog model's
-    shipped file, the one ``pairseg.catalog.resolve_model`` checks and returns). ``catalog``: a
-    ``pairseg.catalog.Catalog`` (default: ``load_catalog()``; an unreadable catalog is left out
+    shipped file, the one ``pairseg.modelfiles.catalog.resolve_model`` checks and returns). ``catalog``: a
+    ``pairseg.modelfiles.catalog.Catalog`` (default: ``load_catalog()``; an unreadable catalog is left out
     with a warning, so a damaged catalog cannot break a panel)."""
     import logging
 
@@ -175,7 +175,7 @@ def modelChoices(registry, catalog=None):
         from .engine import torchFreeEngineModule
 
         try:
-            catalog = torchFreeEngineModule("catalog").load_catalog()
+            catalog = torchFreeEngineModule("modelfiles.catalog").load_catalog()
         except Exception as error:
             logging.warning(f"PairSeg: model catalog not readable: {error}")
             catalog = None

@@ -201,10 +201,10 @@ def _removeNodes(scene, nodes):
 
 
 def embeddedCaseFolder():
-    """The folder of the embedded sample case (``pairseg.catalog.sample_folder``:
+    """The folder of the embedded sample case (``pairseg.modelfiles.catalog.sample_folder``:
     ``$PAIRSEG_SAMPLE_DATA_DIR``, else ``Resources/SampleData`` of the extension or the source
     checkout); SampleDataError when it holds no dataset.json."""
-    folder = str(engine.torchFreeEngineModule("catalog").sample_folder())
+    folder = str(engine.torchFreeEngineModule("modelfiles.catalog").sample_folder())
     if not os.path.isfile(os.path.join(folder, "dataset.json")):
         raise SampleDataError(f"PairSeg's embedded sample case was not found ({folder} has no dataset.json).")
     return folder

@@ -256,7 +256,7 @@ def cmd_segment(args, events) -> int:
         raise PairSegInputError(f"{args.input}: --series picks a series of a DICOM folder; this input is "
                                 f"{'a folder of image files' if many else 'an image file'}")
     if args.model is None:
-        from pairseg.catalog import load_catalog
+        from pairseg.modelfiles.catalog import load_catalog
 
         catalog = load_catalog()
         if catalog.default is None:
@@ -402,9 +402,9 @@ def cmd_proxy_maps(args, events) -> int:
 
 
 def cmd_info(args) -> int:
-    from pairseg.catalog import resolve_model
-    from pairseg.modelfile import read_metadata
-    from pairseg.modelformat import read_model_bytes, stored_format_version
+    from pairseg.modelfiles.catalog import resolve_model
+    from pairseg.modelfiles.weights import read_metadata
+    from pairseg.modelfiles.fileformat import read_model_bytes, stored_format_version
 
     path = resolve_model(args.model)
     meta = read_metadata(path)  # checksum verified, metadata migrated and validated
@@ -431,7 +431,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from pairseg.catalog import load_catalog
+    from pairseg.modelfiles.catalog import load_catalog
 
     catalog = load_catalog()
     if args.json:

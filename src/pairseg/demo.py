@@ -63,7 +63,7 @@ def run_demo(*, out: str, model: str | None = None, data: str | None = None, tra
     fine-tuning cases (a one-case dataset, like the default sample, fine-tunes on that case).
     Returns the report also written to ``<out>/metrics.json``. Raises ``PairSegInputError``.
     """
-    from pairseg.catalog import load_catalog, resolve_model, sample_folder
+    from pairseg.modelfiles.catalog import load_catalog, resolve_model, sample_folder
     from pairseg.datasets import load_dataset
     from pairseg.infer import Predictor
     from pairseg.io.locations import check_output

@@ -54,7 +54,7 @@ def resolve_base(base: str | None, modality: str | None) -> str | None:
         return None
     if str(base).lower() != "auto":
         return base
-    from pairseg.catalog import load_catalog
+    from pairseg.modelfiles.catalog import load_catalog
 
     try:
         catalog = load_catalog()
@@ -202,14 +202,14 @@ def learn(problem: FillProblem, *, base: str | None = None, modality: str | None
     Returns (model, (TrainConfig, TrainingData, TrainingState, samples per epoch), seconds)."""
     import torch
 
-    from pairseg.catalog import resolve_model
+    from pairseg.modelfiles.catalog import resolve_model
     from pairseg.config import TrainConfig
     from pairseg.data import default_spacing, SliceStore
     from pairseg.datasets import Case, Dataset
     from pairseg.orientation import in_plane_spacing
     from pairseg.devices import resolve_device
     from pairseg.infer import model_preprocessing
-    from pairseg.modelfile import load_model
+    from pairseg.modelfiles.weights import load_model
     from pairseg.networks import build_model
     from pairseg.train import EpochPlan, TrainingData, TrainingLoop
 
@@ -332,7 +332,7 @@ def fill_volume(image: Volume, label_volume: Volume, class_names: Sequence[str],
         raise PairSegInputError("--modality MR or CT is needed to train from scratch (--base none, or no catalog "
                                 "model for this image); it sets the intensity window")
     if method != "mci" and base is not None:
-        from pairseg.catalog import resolve_model
+        from pairseg.modelfiles.catalog import resolve_model
 
         resolve_model(base)  # a missing model file is refused before any work
     start = time.monotonic()
@@ -391,7 +391,7 @@ def fill_files(image_path: str | Path, label_path: str | Path, out_path: str | P
     result = fill_volume(image, label_volume, names, events=events, name=str(label_path), **options)
     written = [Path(write_labels(out, result.labels, image, names, default_colors(names)))]
     if model_out is not None:
-        from pairseg.modelfile import save_model as write_model
+        from pairseg.modelfiles.weights import save_model as write_model
 
         written.append(Path(write_model(model_out, result.model, result.metadata)))
     events("done", outputs=[str(p) for p in written], method=result.method, seconds=round(result.seconds, 2),

@@ -27,8 +27,8 @@ from pairseg.io.locations import refuse_dangling_links
 from pairseg.io.read import read_volume
 from pairseg.io.volume import Volume
 from pairseg.io.write import write_labels, write_probabilities, write_volume
-from pairseg.catalog import resolve_model
-from pairseg.modelfile import load_model
+from pairseg.modelfiles.catalog import resolve_model
+from pairseg.modelfiles.weights import load_model
 from pairseg.postprocess import keep_largest_component
 from pairseg.proxy import decode_labels
 from pairseg.uncertainty import rank_slices, uncertainty_map

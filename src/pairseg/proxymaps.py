@@ -67,8 +67,8 @@ def predicted_and_xor(model_path: str, image_a: Volume, slice_a: int, image_b: V
                       device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """A pairwise model's AND and XOR probability maps (max over classes) on slice A's grid."""
     from pairseg.devices import resolve_device
-    from pairseg.catalog import resolve_model
-    from pairseg.modelfile import load_model
+    from pairseg.modelfiles.catalog import resolve_model
+    from pairseg.modelfiles.weights import load_model
 
     dev = resolve_device(device)
     model, meta = load_model(resolve_model(model_path), dev)
@@ -99,8 +99,8 @@ def write_proxy_maps(*, label_a: str, slice_a: int, label_b: str | None, slice_b
                      image_a: str | None = None, image_b: str | None = None, model: str | None = None,
                      classes: str | None = None, device: str = "auto") -> list[Path]:
     """Write the ground-truth (and predicted) AND/XOR maps of slice A and slice B into ``out``."""
-    from pairseg.catalog import resolve_model
-    from pairseg.modelfile import read_metadata
+    from pairseg.modelfiles.catalog import resolve_model
+    from pairseg.modelfiles.weights import read_metadata
 
     names = parse_classes(classes) if classes else (read_metadata(resolve_model(model))["class_names"] if model else None)
     labels_a, names_a = read_label(label_a, class_names=names)

@@ -41,8 +41,8 @@ from pairseg.devices import check_precision
 from pairseg.infer import model_preprocessing, predict_native
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
-from pairseg.catalog import resolve_model
-from pairseg.modelfile import atomic_torch_save, load_model, safe_torch_load, save_model
+from pairseg.modelfiles.catalog import resolve_model
+from pairseg.modelfiles.weights import atomic_torch_save, load_model, safe_torch_load, save_model
 from pairseg.networks import build_model
 from pairseg.pairs import default_offsets, sample_pairs
 from pairseg.annotation import annotated_offsets, canonical_annotation, empty_slices_inside, summarize_annotation
@@ -690,7 +690,7 @@ def _check_ranks_agree(config: TrainConfig, data: TrainingData, model: torch.nn.
 
 def model_metadata(config: TrainConfig, data: TrainingData, state: TrainingState, samples_per_epoch: int,
                    world_size: int = 1) -> dict:
-    """The metadata of the trained model file (``modelfile.save_model`` adds format, weights hash,
+    """The metadata of the trained model file (``modelfiles.weights.save_model`` adds format, weights hash,
     architecture and options): classes, colours, modality, grid, preprocessing and training record."""
     dataset, train_set = data.dataset, data.train_set
     seen = list(dict.fromkeys((data.init_meta or {}).get("training", {}).get("seen_cases", []) +
