@@ -14,6 +14,7 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/__init__.py
   pairseg/__main__.py
   pairseg/annotation.py
+  pairseg/architectures.py
   pairseg/atomic.py
   pairseg/augment.py
   pairseg/cli.py

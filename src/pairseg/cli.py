@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pairseg import __version__
+from pairseg.architectures import architecture
 from pairseg.config import add_arguments as add_train_arguments
 from pairseg.config import from_arguments as train_config_from_arguments
 from pairseg.config import setting
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "slices to check first")
     s.add_argument("--modality", choices=MODALITIES, type=str.upper, help="refuse a model of another modality")
     s.add_argument("--batch-size", type=positive_int, default=16, help="slices per inference batch (default 16)")
-    s.add_argument("--readout", choices=["and", "union"],
+    s.add_argument("--readout", choices=architecture("c2fcn").choices["readout"],
                    help="override a C2FCN model's read-out of f(x, x) (default: the model's own)")
     s.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: bfloat16 autocast, about 1.9x faster on CPUs with AVX-512 BF16 or AMX, Dice "

@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import re
 
+from pairseg.architectures import ARCHITECTURE_TABLE
+
 __all__ = [
-    "ARCHITECTURES", "PAIRWISE_ARCHITECTURES", "DEFAULT_ARCHITECTURE", "BASES", "PAIR_MODES", "MODALITIES",
+    "ARCHITECTURES", "ARCHITECTURE_LABELS", "PAIRWISE_ARCHITECTURES", "DEFAULT_ARCHITECTURE", "BASES", "PAIR_MODES", "MODALITIES",
     "DEFAULT_OFFSETS", "DEVICES", "DEVICE_PATTERN", "is_device_name", "PRECISIONS", "TRAIN_PRECISIONS",
     "LR_SCHEDULES",
     "READABLE_IMAGE_SUFFIXES", "WRITABLE_IMAGE_SUFFIXES", "LABEL_SUFFIXES", "MODEL_SUFFIX", "MODEL_FORMAT", "CHECKPOINT_SUFFIX",
     "DEFAULT_EPOCHS", "NAMED_COLORS", "PALETTE", "class_key", "default_colors", "same_class_names",
 ]
 
-# Network architectures, in the order the command line and the Trainer list them (first: default).
-ARCHITECTURES = ("c2fcn", "cfcn", "deeplabv3plus", "unet", "siamfcn")
+# Network architectures, read from the one table (pairseg.architectures), in the order the command
+# line and the Trainer list them (first: default); the labels are what a GUI shows for each.
+ARCHITECTURES = tuple(row.name for row in ARCHITECTURE_TABLE)
+ARCHITECTURE_LABELS = {row.name: row.label for row in ARCHITECTURE_TABLE}
 DEFAULT_ARCHITECTURE = ARCHITECTURES[0]
-PAIRWISE_ARCHITECTURES = ("c2fcn", "cfcn", "siamfcn")
-BASES = ("deeplabv3plus", "unet")  # encoder-decoders a pairwise architecture can wrap
+PAIRWISE_ARCHITECTURES = tuple(row.name for row in ARCHITECTURE_TABLE if row.pairwise)
+BASES = tuple(row.name for row in ARCHITECTURE_TABLE if not row.pairwise)  # what a pairwise one can wrap
 
 # Pair sampling (pairseg.pairs); the first mode is the default.
 PAIR_MODES = ("intra+inter", "intra", "inter", "identical")

@@ -44,6 +44,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from pairseg.architectures import architecture
 from pairseg.constants import ARCHITECTURES, MODALITIES, MODEL_FORMAT, class_key
 from pairseg.errors import PairSegInputError
 
@@ -268,9 +269,12 @@ def _from_1(metadata: dict) -> dict:
     """Format 1 -> 2: fill what format-1 files could lack, as the engine that wrote them did."""
     meta = dict(metadata)
     options = meta.get("options")
-    if meta.get("arch") == "c2fcn" and isinstance(options, dict) and "readout" not in options:
-        # written before the read-out option: that engine read out the AND channels (Eq. 12)
-        meta["options"] = {**options, "readout": "and"}
+    row = architecture(meta["arch"]) if isinstance(meta.get("arch"), str) else None
+    if row is not None and isinstance(options, dict):
+        # options written before they existed: the values that engine used (C2FCN: the AND read-out, Eq. 12)
+        missing = {name: value for name, value in row.legacy_options.items() if name not in options}
+        if missing:
+            meta["options"] = {**options, **missing}
     names = meta.get("class_names")
     if "class_colors" not in meta and isinstance(names, list) and all(isinstance(n, str) for n in names):
         from pairseg.constants import default_colors  # standard library only
