@@ -82,11 +82,25 @@ def _add_common(parser: argparse.ArgumentParser, device: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `pairseg` command line: each sub-command's options in its ``_add_<command>_parser``; its
+    work in ``cmd_<command>``, called from ``_run``."""
     parser = argparse.ArgumentParser(
         prog="pairseg", description="Pairwise medical image segmentation (CFCN, C2FCN; Wang et al., MedIA 2021).")
     parser.add_argument("--version", action="version", version=f"pairseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parser(sub)
+    _add_segment_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_proxy_maps_parser(sub)
+    _add_info_parser(sub)
+    _add_models_parser(sub)
+    _add_demo_parser(sub)
+    _add_fill_parser(sub)
+    return parser
 
+
+def _add_train_parser(sub) -> None:
+    """`pairseg train` and its options."""
     t = sub.add_parser("train", help="train a model on an annotated dataset folder",
                        description="Train a pairwise model (or a single-image baseline) on a dataset folder: "
                                    "a dataset.json (Medical Segmentation Decathlon style) or <case>_image/<case>_label "
@@ -94,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(t)
     _add_common(t, device=False)  # --device is a training setting
 
+
+def _add_segment_parser(sub) -> None:
+    """`pairseg segment` and its options."""
     s = sub.add_parser("segment", help="segment images with a model",
                        description="Segment an image, a DICOM series folder, or a folder of images.")
     s.add_argument("--model", default=None,
@@ -119,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output extension for folder inputs: .nii.gz (default), .nii, .nrrd, .mha or .seg.nrrd")
     _add_common(s)
 
+
+def _add_evaluate_parser(sub) -> None:
+    """`pairseg evaluate` and its options."""
     e = sub.add_parser("evaluate", help="Dice and ASSD of predictions against references",
                        description="Per case and class Dice and ASSD (mm); files or folders matched by case name.")
     e.add_argument("--pred", required=True, help="predicted label file or folder")
@@ -127,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--hd95", action="store_true", help="also report the 95th-percentile Hausdorff distance")
     e.add_argument("--json", help="write the full results as JSON here (.json)")
 
+
+def _add_proxy_maps_parser(sub) -> None:
+    """`pairseg proxy-maps` and its options."""
     p = sub.add_parser("proxy-maps", help="write the AND/XOR proxy maps of two labelled slices",
                        description="Ground-truth AND/XOR proxy maps (g_proxy) of two slices, and with --model the "
                                    "predicted ones, as PNG pictures and NIfTI images in slice A's geometry.")
@@ -141,15 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     _add_common(p)
 
+
+def _add_info_parser(sub) -> None:
+    """`pairseg info` and its options."""
     i = sub.add_parser("info", help="verify a model file (checksum of weights and metadata) and print its metadata")
     i.add_argument("model", help="model file or catalog model name")
     i.add_argument("--json", action="store_true", help="print the metadata as JSON")
 
+
+def _add_models_parser(sub) -> None:
+    """`pairseg models` and its options."""
     m = sub.add_parser("models", help="list the ready models of the catalog",
                        description="The models that ship with PairSeg (Resources/Models/models.json): name, modality, "
                                    "classes, pixel spacing, held-out Dice. Use a name wherever a model file is taken.")
     m.add_argument("--json", action="store_true", help="print the catalog entries as JSON")
 
+
+def _add_demo_parser(sub) -> None:
+    """`pairseg demo` and its options."""
     d = sub.add_parser("demo", help="segment the embedded sample case with the shipped model and report Dice/ASSD",
                        description="With no arguments: segment the embedded CHAOS MR case (Resources/SampleData, never "
                                    "seen by the shipped model) with the catalog's default model, print Dice/ASSD per "
@@ -163,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=positive_int, default=60, help="fine-tuning steps with --train (default 60)")
     _add_common(d)
 
+
+def _add_fill_parser(sub) -> None:
+    """`pairseg fill` and its options."""
     f = sub.add_parser("fill", help="fill a structure drawn on a few slices onto every slice in between",
                        description="Fill every class between its first and last drawn slice: by ITK contour "
                                    "interpolation, or by a pairwise C2FCN learnt from the drawn slices of this volume "
@@ -188,7 +223,6 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--save-model", help="also write the learned model (.pairseg), to segment the next volume")
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out or --save-model file")
     _add_common(f)
-    return parser
 
 
 # ---------------------------------------------------------------------------------------------
