@@ -139,8 +139,8 @@ def _is_suffix_list(node: ast.AST) -> bool:
     return len(values) == len(node.elts) and {".nii", ".nrrd"} <= set(values)
 
 
-ARCHITECTURE_FACTS = {"ARCHITECTURE_TABLE", "ARCHITECTURES", "ARCHITECTURE_LABELS", "ARCHITECTURE_NAMES", "ARCH_OPTIONS",
-                      "PAIRWISE_ARCHITECTURES", "BASES"}
+ARCHITECTURE_FACTS = {"ARCHITECTURE_TABLE", "ARCHITECTURES", "ARCHITECTURE_LABELS", "ARCHITECTURE_NAMES",
+                      "ARCH_OPTIONS", "PAIRWISE_ARCHITECTURES", "BASES"}
 ARCHITECTURE_NAMES = {"c2fcn", "cfcn", "deeplabv3plus", "unet", "siamfcn"}
 
 

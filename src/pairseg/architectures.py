@@ -26,9 +26,10 @@ class Architecture:
     "proxy" (C2FCN: trained on the proxy targets of pairs), "conjugate" (CFCN: a fusion net over
     f(x, y) and f(y, x)) or "siamese" (SiamFCN); ``options``: the network's own options with their
     defaults (a pairwise form also takes its ``base``'s options); ``choices``: the allowed values of
-    the options that have a fixed set (a ``base`` is any "single" row); ``readout``: how a segmentation is read out of the network
-    (a sentence, shown in the documentation); ``legacy_options``: the values of options a model
-    file written before the option existed was read with (model-file migration).
+    the options that have a fixed set (a ``base`` is any "single" row); ``readout``: how a
+    segmentation is read out of the network (a sentence, for the documentation);
+    ``legacy_options``: the values of options a model file written before the option existed was
+    read with (model-file migration).
     """
 
     name: str

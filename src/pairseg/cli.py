@@ -100,19 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_parser(sub) -> None:
-    """`pairseg train` and its options."""
+    """Train a pairwise model (or a single-image baseline) on a dataset folder: a dataset.json
+    (Medical Segmentation Decathlon style) or <case>_image/<case>_label files with --classes and
+    --modality."""
     t = sub.add_parser("train", help="train a model on an annotated dataset folder",
-                       description="Train a pairwise model (or a single-image baseline) on a dataset folder: "
-                                   "a dataset.json (Medical Segmentation Decathlon style) or <case>_image/<case>_label "
-                                   "files with --classes and --modality.")
+                       description=_add_train_parser.__doc__)
     add_train_arguments(t)
     _add_common(t, device=False)  # --device is a training setting
 
 
 def _add_segment_parser(sub) -> None:
-    """`pairseg segment` and its options."""
-    s = sub.add_parser("segment", help="segment images with a model",
-                       description="Segment an image, a DICOM series folder, or a folder of images.")
+    """Segment an image, a DICOM series folder, or a folder of images."""
+    s = sub.add_parser("segment", help="segment images with a model", description=_add_segment_parser.__doc__)
     s.add_argument("--model", default=None,
                    help="model file or catalog model name (see `pairseg models`; default: the catalog's default model)")
     s.add_argument("--input", required=True, help="image file, DICOM folder, or folder of images")
@@ -138,9 +137,9 @@ def _add_segment_parser(sub) -> None:
 
 
 def _add_evaluate_parser(sub) -> None:
-    """`pairseg evaluate` and its options."""
+    """Per case and class Dice and ASSD (mm); files or folders matched by case name."""
     e = sub.add_parser("evaluate", help="Dice and ASSD of predictions against references",
-                       description="Per case and class Dice and ASSD (mm); files or folders matched by case name.")
+                       description=_add_evaluate_parser.__doc__)
     e.add_argument("--pred", required=True, help="predicted label file or folder")
     e.add_argument("--ref", required=True, help="reference label file or folder")
     e.add_argument("--classes", help="class names (default: the reference folder's dataset.json, else label values)")
@@ -149,10 +148,10 @@ def _add_evaluate_parser(sub) -> None:
 
 
 def _add_proxy_maps_parser(sub) -> None:
-    """`pairseg proxy-maps` and its options."""
+    """Ground-truth AND/XOR proxy maps (g_proxy) of two slices, and with --model the predicted ones,
+    as PNG pictures and NIfTI images in slice A's geometry."""
     p = sub.add_parser("proxy-maps", help="write the AND/XOR proxy maps of two labelled slices",
-                       description="Ground-truth AND/XOR proxy maps (g_proxy) of two slices, and with --model the "
-                                   "predicted ones, as PNG pictures and NIfTI images in slice A's geometry.")
+                       description=_add_proxy_maps_parser.__doc__)
     p.add_argument("--label-a", required=True, help="label volume of slice A")
     p.add_argument("--slice-a", type=nonnegative_int, required=True)
     p.add_argument("--label-b", help="label volume of slice B (default: the same as A)")
@@ -166,7 +165,8 @@ def _add_proxy_maps_parser(sub) -> None:
 
 
 def _add_info_parser(sub) -> None:
-    """`pairseg info` and its options."""
+    """The models that ship with PairSeg (Resources/Models/models.json): name, modality, classes,
+    pixel spacing, held-out Dice. Use a name wherever a model file is taken."""
     i = sub.add_parser("info", help="verify a model file (checksum of weights and metadata) and print its metadata")
     i.add_argument("model", help="model file or catalog model name")
     i.add_argument("--json", action="store_true", help="print the metadata as JSON")
@@ -174,19 +174,17 @@ def _add_info_parser(sub) -> None:
 
 def _add_models_parser(sub) -> None:
     """`pairseg models` and its options."""
-    m = sub.add_parser("models", help="list the ready models of the catalog",
-                       description="The models that ship with PairSeg (Resources/Models/models.json): name, modality, "
-                                   "classes, pixel spacing, held-out Dice. Use a name wherever a model file is taken.")
+    m = sub.add_parser("models", help="list the ready models of the catalog", description=_add_info_parser.__doc__)
     m.add_argument("--json", action="store_true", help="print the catalog entries as JSON")
 
 
 def _add_demo_parser(sub) -> None:
-    """`pairseg demo` and its options."""
+    """With no arguments: segment the embedded CHAOS MR case (Resources/SampleData, never seen by
+    the shipped model) with the catalog's default model, print Dice/ASSD per organ against the
+    expert label, write the .seg.nrrd and an overlay PNG. --train first fine-tunes the model briefly
+    (the annotate-then-retrain loop)."""
     d = sub.add_parser("demo", help="segment the embedded sample case with the shipped model and report Dice/ASSD",
-                       description="With no arguments: segment the embedded CHAOS MR case (Resources/SampleData, never "
-                                   "seen by the shipped model) with the catalog's default model, print Dice/ASSD per "
-                                   "organ against the expert label, write the .seg.nrrd and an overlay PNG. --train "
-                                   "first fine-tunes the model briefly (the annotate-then-retrain loop).")
+                       description=_add_demo_parser.__doc__)
     d.add_argument("--out", default="pairseg-demo-output", help="output folder (default pairseg-demo-output)")
     d.add_argument("--model", help="model file or catalog name (default: the catalog's default model)")
     d.add_argument("--data", help="dataset folder: its last case is segmented, the others fine-tune with --train "
@@ -197,12 +195,12 @@ def _add_demo_parser(sub) -> None:
 
 
 def _add_fill_parser(sub) -> None:
-    """`pairseg fill` and its options."""
+    """Fill every class between its first and last drawn slice: by ITK contour interpolation, or by
+    a pairwise C2FCN learnt from the drawn slices of this volume (alone or fused with the
+    interpolation): --method. Drawn voxels come back exactly as drawn; nothing is filled outside
+    (--extend N: N slices more on each side)."""
     f = sub.add_parser("fill", help="fill a structure drawn on a few slices onto every slice in between",
-                       description="Fill every class between its first and last drawn slice: by ITK contour "
-                                   "interpolation, or by a pairwise C2FCN learnt from the drawn slices of this volume "
-                                   "(alone or fused with the interpolation): --method. Drawn voxels come back exactly as drawn; "
-                                   "nothing is filled outside (--extend N: N slices more on each side).")
+                       description=_add_fill_parser.__doc__)
     f.add_argument("--image", required=True, help="image file (.nii.gz, .nrrd, .mha) or DICOM folder")
     f.add_argument("--label", required=True, help="the sparse label on the image's grid (.nii.gz, .nrrd, .seg.nrrd)")
     f.add_argument("--out", required=True, help="filled label file (.nii.gz, .nrrd, .seg.nrrd), image's geometry")
