@@ -229,3 +229,41 @@ def test_every_engine_package_is_packaged():
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"]
     found = sorted(".".join(p.parent.relative_to(ENGINE.parent).parts) for p in ENGINE.rglob("__init__.py"))
     assert sorted(packages) == found
+
+
+# ---- the torch-free engine modules the Slicer side reads ----------------------------------------
+
+
+def _torch_free_names() -> set[str]:
+    """The module names Slicer-side code passes to ``torchFreeEngineModule("...")``."""
+    names = set()
+    for top in SLICER_SIDE:
+        for path in _python_files(ROOT / top):
+            for node in ast.walk(_tree(path)):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) \
+                        == "torchFreeEngineModule" and node.args and isinstance(node.args[0], ast.Constant):
+                    names.add(node.args[0].value)
+    return names
+
+
+# The homes of the shared facts: standard library only (no numpy either).
+STANDARD_LIBRARY_ONLY = {"constants", "architectures", "config", "events", "atomic", "errors", "paths",
+                         "modelfiles.fileformat", "modelfiles.catalog"}
+
+
+def test_torch_free_engine_modules_import_without_torch():
+    """Every module the Slicer side asks for by name imports with torch blocked; the fact homes
+    with numpy blocked too."""
+    import subprocess
+    import sys
+
+    names = _torch_free_names()
+    assert {"constants", "modelfiles.catalog", "modelfiles.fileformat", "events"} <= names
+    script = (f"import importlib, sys\nsys.path.insert(0, {str(ROOT / 'src')!r})\n"
+              "blocked = sys.argv[1].split(',')\n"
+              "for name in blocked: sys.modules[name] = None\n"
+              "for name in sys.argv[2].split(','): importlib.import_module('pairseg.' + name)\n")
+    for blocked, modules in (("torch,monai", names), ("torch,monai,numpy,SimpleITK", STANDARD_LIBRARY_ONLY)):
+        done = subprocess.run([sys.executable, "-c", script, blocked, ",".join(sorted(modules))],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
