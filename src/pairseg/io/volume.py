@@ -20,9 +20,7 @@ from pairseg.errors import PairSegInputError, PairSegWarning
 
 __all__ = ["IDENTITY_DIRECTION", "Volume", "same_geometry", "GeometryWarning"]
 
-
 PathLike = Union[str, os.PathLike]
-
 
 IDENTITY_DIRECTION: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -144,6 +142,7 @@ class GeometryWarning(PairSegWarning):
     """A readable input whose geometry is ambiguous (a NIfTI whose qform and sform disagree)."""
 
 
+#: Bytes per block when a file's voxel data is streamed (NIfTI scans, gzip checks, probability maps).
 _CHUNK = 1 << 24
 
 
