@@ -71,7 +71,7 @@ def chaos_model(chaos_dir, tmp_path_factory) -> Path:
 
 
 def _save_format1(path: Path, model, metadata: dict, with_readout: bool = True) -> Path:
-    """A format-1 model file written exactly as the engine wrote it before format 2 (modelfile.py as
+    """A format-1 model file written exactly as the engine wrote it before format 2 (pairseg/modelfiles/weights.py as
     of commit 04ba74e): ``torch.save`` of {"format", "format_version": 1, "metadata": JSON text,
     "state_dict"}, the metadata's ``sha256`` over the weights only. ``with_readout=False``: as
     before commit 3fc3b62, when a C2FCN's options had no ``readout`` (the engine read out AND)."""
@@ -81,7 +81,7 @@ def _save_format1(path: Path, model, metadata: dict, with_readout: bool = True) 
     import torch
 
     from pairseg import __version__
-    from pairseg.modelfile import weights_sha256
+    from pairseg.modelfiles.weights import weights_sha256
 
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     meta = dict(metadata)
@@ -108,7 +108,7 @@ def untrained_mr_model(tmp_path_factory) -> Path:
     file for plumbing tests (bad input, output checks), not for accuracy."""
     import torch
 
-    from pairseg.modelfile import save_model
+    from pairseg.modelfiles.weights import save_model
     from pairseg.networks import build_model
 
     torch.manual_seed(0)

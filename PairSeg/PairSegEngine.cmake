@@ -14,9 +14,9 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/__init__.py
   pairseg/__main__.py
   pairseg/annotation.py
+  pairseg/architectures.py
   pairseg/atomic.py
   pairseg/augment.py
-  pairseg/catalog.py
   pairseg/cli.py
   pairseg/config.py
   pairseg/constants.py
@@ -29,11 +29,22 @@ set(PAIRSEG_ENGINE_PYTHON_SCRIPTS
   pairseg/events.py
   pairseg/fill.py
   pairseg/infer.py
-  pairseg/io.py
+  pairseg/io/__init__.py
+  pairseg/io/dicom.py
+  pairseg/io/locations.py
+  pairseg/io/nifti.py
+  pairseg/io/nrrd_mha.py
+  pairseg/io/problems.py
+  pairseg/io/read.py
+  pairseg/io/segmentation.py
+  pairseg/io/volume.py
+  pairseg/io/write.py
   pairseg/losses.py
   pairseg/metrics.py
-  pairseg/modelfile.py
-  pairseg/modelformat.py
+  pairseg/modelfiles/__init__.py
+  pairseg/modelfiles/catalog.py
+  pairseg/modelfiles/fileformat.py
+  pairseg/modelfiles/weights.py
   pairseg/networks/__init__.py
   pairseg/networks/base.py
   pairseg/networks/deeplab.py

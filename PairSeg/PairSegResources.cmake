@@ -1,6 +1,6 @@
 # The ready-model catalog (Resources/Models) and the embedded sample case (Resources/SampleData,
 # CC BY-SA 4.0 with its README) of the repository's top level, placed where the engine looks for
-# them (pairseg.catalog.catalog_folder / sample_folder: Resources/<kind> beside the pairseg
+# them (pairseg.modelfiles.catalog.catalog_folder / sample_folder: Resources/<kind> beside the pairseg
 # package, i.e. in the scripted-modules folder):
 # - build tree: copied at build time by the PairSegResources target (copy_if_different, so an
 #   edited catalog is copied again), so that the ctest self-tests run from the build tree find them;

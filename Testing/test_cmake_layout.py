@@ -4,7 +4,7 @@ Without a Slicer SDK here, a plain CMake project includes the extension's own .c
 (PairSeg/PairSegEngine.cmake, which includes PairSeg/PairSegResources.cmake, and
 PairSeg/PairSegPytest.cmake) with the two Slicer variables they read. Covered: the catalog and the
 sample case are copied into the BUILD tree at build time and installed into the install tree, the
-engine's catalog/sample lookup (``pairseg.catalog``, run from each tree with nothing else on
+engine's catalog/sample lookup (``pairseg.modelfiles.catalog``, run from each tree with nothing else on
 sys.path) finds them and verifies the shipped model, and ctest lists the pytest suite. Not
 covered: Slicer's and CTK's own macros (``slicerMacroBuildScriptedModule``, and
 ``ctkMacroCompilePythonScript``, replaced below by a stand-in that copies the scripts the same
@@ -56,7 +56,7 @@ include("{root}/PairSeg/PairSegPytest.cmake")
 LOOKUP = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import pairseg.catalog as catalog
+import pairseg.modelfiles.catalog as catalog
 assert catalog.__file__.startswith(sys.argv[1]), catalog.__file__
 print(json.dumps([str(catalog.catalog_folder()), str(catalog.sample_folder()),
                   str(catalog.resolve_model(catalog.load_catalog().default))]))

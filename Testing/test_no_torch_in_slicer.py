@@ -65,7 +65,7 @@ def engineVolume(volumeNode):
     import slicer
     import vtk
 
-    from pairseg.io import Volume
+    from pairseg.io.volume import Volume
 
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)

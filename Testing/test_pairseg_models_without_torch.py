@@ -16,12 +16,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MARKER = Path(os.environ.get("TMPDIR", "/tmp")) / "pairseg-models-pwned"
 
 READER = r"""
-import importlib.util, json, sys
+import importlib, json, sys
 sys.modules["torch"] = None  # any "import torch" now fails
 sys.modules["safetensors"] = None
-spec = importlib.util.spec_from_file_location("models", sys.argv[1])
-models = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(models)
+sys.path.insert(0, sys.argv[1])  # the PairSeg module folder: PairSegLib as Slicer imports it
+models = importlib.import_module("PairSegLib.models")
 results = {}
 for path in sys.argv[2:]:
     try:
@@ -34,7 +33,7 @@ print(json.dumps({"results": results, "loaded": loaded}))
 
 
 def _readWithoutTorch(*paths):
-    done = subprocess.run([sys.executable, "-c", READER, str(ROOT / "PairSeg" / "PairSegLib" / "models.py")]
+    done = subprocess.run([sys.executable, "-c", READER, str(ROOT / "PairSeg")]
                           + [str(p) for p in paths], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -49,7 +48,7 @@ class _Exploit:
 
 def test_every_format_read_without_torch_as_the_engine_reads_it(tmp_path, save_format1):
     torch = pytest.importorskip("torch")
-    from pairseg.modelfile import read_metadata, save_model
+    from pairseg.modelfiles.weights import read_metadata, save_model
     from pairseg.networks import build_model
 
     torch.manual_seed(0)
@@ -75,7 +74,7 @@ def test_every_format_read_without_torch_as_the_engine_reads_it(tmp_path, save_f
 
 def test_edited_truncated_and_malicious_files_refused_without_torch(tmp_path):
     torch = pytest.importorskip("torch")
-    from pairseg.modelfile import save_model
+    from pairseg.modelfiles.weights import save_model
     from pairseg.networks import build_model
 
     good = save_model(tmp_path / "good.pairseg", build_model("unet", 2, 3, width=4),

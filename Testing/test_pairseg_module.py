@@ -34,7 +34,7 @@ def engineLabels(modelPath, volumeNode, keepLargest=True):
     import vtk
 
     from pairseg.infer import Predictor
-    from pairseg.io import Volume
+    from pairseg.io.volume import Volume
 
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)
@@ -162,7 +162,7 @@ def test_top_level_cmake_and_catalog_entry():
 
 
 def test_metadata_without_torch_matches_engine(pairseg, phantom_model):
-    from pairseg.modelfile import read_metadata
+    from pairseg.modelfiles.weights import read_metadata
 
     assert pairseg.PairSegLib.readModelMetadata(phantom_model) == read_metadata(phantom_model)
     lines = pairseg.PairSegLib.describeModel(read_metadata(phantom_model))
@@ -475,7 +475,7 @@ def test_engine_failure_is_reported_and_scene_unchanged(pairseg, logic, harness,
                                                         phantom_model, tmp_path):
     from safetensors.torch import load
 
-    from pairseg.modelfile import read_metadata, write_model_file
+    from pairseg.modelfiles.weights import read_metadata, write_model_file
 
     volume, _ = _phantomVolume(harness, phantom_dir)
     # valid metadata and checksum, one weight missing: only the engine notices, after it started

@@ -125,7 +125,7 @@ def checkLoaded(sampledata, volumeNode, segmentationNode, labelPath, physical=Fa
     segmentation = segmentationNode.GetSegmentation()
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
     assert names == ["liver", "right kidney", "left kidney", "spleen"]
-    from pairseg.io import NAMED_COLORS  # the sample's colours are the engine's
+    from pairseg.constants import NAMED_COLORS  # the sample's colours are the engine's
 
     for index, name in enumerate(names):
         segment = segmentation.GetNthSegment(index)

@@ -58,7 +58,7 @@ def test_export_real_chaos_case_maps_classes_by_name(trainerLogic, mrml_scene, t
     np.testing.assert_allclose(exported.GetDirection(), original.GetDirection(), atol=1e-6)
     # The engine reads the exported set as a dataset with the same classes.
     pytest.importorskip("pairseg.data")
-    from pairseg.data import load_dataset
+    from pairseg.datasets import load_dataset
 
     dataset = load_dataset(tmp_path / "chaos")
     assert dataset.class_names == CHAOS_CLASSES and dataset.modality == "MR"

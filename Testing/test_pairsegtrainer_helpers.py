@@ -128,13 +128,13 @@ def engineAvailable():
 
 def makeCatalog(folder, modelPath, name="phantom-organs", modality="MR"):
     """A model catalog in ``folder`` (models.json + the model file, with its real size and SHA-256,
-    as ``pairseg.catalog`` checks them) holding ``modelPath`` as ``name``; set
+    as ``pairseg.modelfiles.catalog`` checks them) holding ``modelPath`` as ``name``; set
     ``PAIRSEG_MODELS_DIR`` to ``folder`` to use it. Returns the catalog's copy of the model."""
     import hashlib
     import json
     import shutil
 
-    from pairseg.modelfile import read_metadata
+    from pairseg.modelfiles.weights import read_metadata
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

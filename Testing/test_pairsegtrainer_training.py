@@ -230,7 +230,7 @@ def test_fine_tune_starts_from_a_catalog_model_by_name(trainerLogic, mrml_scene,
     import os
     import subprocess
 
-    from pairseg.modelfile import read_metadata
+    from pairseg.modelfiles.weights import read_metadata
 
     from test_pairsegtrainer_helpers import makeCatalog
 

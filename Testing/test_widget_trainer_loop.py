@@ -399,7 +399,7 @@ def test_scene_close_during_runs(loop, mrml_scene, phantom_model, tmp_path):
 
 def test_catalog_name_and_model_pickers(loop, mrml_scene, phantom_model, tmp_path, monkeypatch):
     """Item 8: "Segment with current model" with a catalog model's name runs the engine on the
-    shipped file (pairseg.catalog resolution, as the PairSeg module); the pickers list the
+    shipped file (pairseg.modelfiles.catalog resolution, as the PairSeg module); the pickers list the
     catalog and registered models and set the current model / fine-tune-from path."""
     from test_pairsegtrainer_helpers import makeCatalog
 

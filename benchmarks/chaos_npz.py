@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     from common import chaos_dir
-    from pairseg.data import load_case, load_dataset
+    from pairseg.datasets import load_case, load_dataset
 
     dataset = load_dataset(chaos_dir())
     arrays, meta = {}, {"modality": dataset.modality, "class_names": dataset.class_names, "cases": []}

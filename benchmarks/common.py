@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from pairseg.constants import PAIRWISE_ARCHITECTURES
-from pairseg.data import SliceStore, load_case, load_dataset, normalize
+from pairseg.data import normalize, SliceStore
+from pairseg.datasets import load_case, load_dataset
 from pairseg.distributed import DistributedContext
 from pairseg.infer import predict_volume
 from pairseg.metrics import dice as dice_of

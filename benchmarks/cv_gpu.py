@@ -232,7 +232,7 @@ def run_job(job: dict, args) -> None:
             os.replace(weights.with_suffix(".part"), weights)
         result["scores"] = score_cases(model, cases, test, class_names, device, full=True)
     else:  # fine-tune on one transformed case of the fold
-        from pairseg.io import Volume
+        from pairseg.io.volume import Volume
 
         test = folds[job["fold"]]
         weights = Path(args.work) / f"{job['base']}-f{job['fold']}.pt"

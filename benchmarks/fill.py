@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from pairseg.fill import combine, fill_problem, learn, mci_fill, network_probabilities  # noqa: E402
-from pairseg.io import read_label_volume, read_volume  # noqa: E402
+from pairseg.io.read import read_label_volume, read_volume  # noqa: E402
 from pairseg.metrics import dice  # noqa: E402
 from pairseg.orientation import Orientation  # noqa: E402
 

@@ -56,11 +56,11 @@ CONFIGS = {  # name: (size, output stride, lr, augment)
 
 def load_cases(npz: Path | None, names: list[str] | None = None):
     """{name: (Volume, labels)} from the npz or, without one, from the CHAOS folder."""
-    from pairseg.io import Volume
+    from pairseg.io.volume import Volume
 
     if npz is None:
         from common import chaos_dir
-        from pairseg.data import load_case, load_dataset
+        from pairseg.datasets import load_case, load_dataset
 
         dataset = load_dataset(chaos_dir())
         cases = {c.name: load_case(c, dataset) for c in dataset.cases if names is None or c.name in names}

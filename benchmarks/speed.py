@@ -42,11 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH, WORK, Cases, chaos_dir, machine_facts, make_config, write_json  # noqa: E402
-from pairseg.data import Orientation, normalize  # noqa: E402
+from pairseg.data import normalize  # noqa: E402
+from pairseg.orientation import Orientation  # noqa: E402
 from pairseg.infer import Predictor, predict_volume  # noqa: E402
-from pairseg.io import Volume, read_volume, write_labels, write_volume  # noqa: E402
+from pairseg.io.read import read_volume  # noqa: E402
+from pairseg.io.volume import Volume  # noqa: E402
+from pairseg.io.write import write_labels, write_volume  # noqa: E402
 from pairseg.losses import criterion_for  # noqa: E402
-from pairseg.modelfile import save_model  # noqa: E402
+from pairseg.modelfiles.weights import save_model  # noqa: E402
 from pairseg.networks import build_model  # noqa: E402
 from pairseg.postprocess import keep_largest_component  # noqa: E402
 from pairseg.train import EpochPlan, batch_iterator, prepare_batch  # noqa: E402

@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "uncertainty.json")
     args = parser.parse_args()
     from common import chaos_dir
-    from pairseg.data import load_case, load_dataset
+    from pairseg.datasets import load_case, load_dataset
     from pairseg.infer import Predictor
 
     predictor = Predictor(args.model, "cpu", precision=args.precision)

@@ -30,11 +30,12 @@ sys.path.insert(0, str(ROOT / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pairseg.catalog import CATALOG_FILE, file_sha256  # noqa: E402
+from pairseg.modelfiles.catalog import CATALOG_FILE, file_sha256  # noqa: E402
 from pairseg.data import widen_field_of_view  # noqa: E402
-from pairseg.io import read_label, read_volume, write_volume  # noqa: E402
+from pairseg.io.read import read_label, read_volume  # noqa: E402
+from pairseg.io.write import write_volume  # noqa: E402
 from pairseg.metrics import evaluate_case  # noqa: E402
-from pairseg.modelfile import load_model, read_metadata, write_model_file  # noqa: E402
+from pairseg.modelfiles.weights import load_model, read_metadata, write_model_file  # noqa: E402
 
 NAME = "chaos-mr-t2-c2fcn"
 MODELS = ROOT / "Resources" / "Models"

@@ -38,7 +38,7 @@ def install_npz_reader(npz: Path) -> Path:
     """Make the dataset reader take volumes and labels from ``npz``; returns a dataset folder
     whose dataset.json lists the cases (the files themselves are never opened)."""
     import pairseg.datasets as datasets
-    from pairseg.io import Volume
+    from pairseg.io.volume import Volume
 
     meta = json.loads(npz.with_suffix(".json").read_text())
     arrays = np.load(npz)
@@ -77,7 +77,7 @@ def main() -> None:
 
     from pairseg.config import TrainConfig
     from pairseg.events import HumanEvents
-    from pairseg.modelfile import load_model
+    from pairseg.modelfiles.weights import load_model
     from pairseg.train import train
 
     config = TrainConfig.read(args.config)

@@ -13,7 +13,8 @@ import SimpleITK as sitk
 import torch
 
 from pairseg.cli import EXIT_BAD_INPUT, main
-from pairseg.io import Volume, write_labels, write_volume
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_labels, write_volume
 
 CLASSES = "liver,spleen"
 

@@ -1,4 +1,4 @@
-"""pairseg.catalog: the ready-model catalog, `pairseg models`, and catalog names as --model."""
+"""pairseg.modelfiles.catalog: the ready-model catalog, `pairseg models`, and catalog names as --model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pairseg.catalog import CATALOG_FILE, file_sha256, load_catalog, resolve_model
+from pairseg.modelfiles.catalog import CATALOG_FILE, file_sha256, load_catalog, resolve_model
 from pairseg.cli import EXIT_BAD_INPUT, main
 from pairseg.errors import PairSegInputError
 
@@ -101,7 +101,7 @@ def test_cli_models_and_catalog_names_as_model(catalog_dir, phantom_dir, tmp_pat
 def test_catalog_module_needs_no_torch(catalog_dir):
     """The Slicer modules read the catalog in Slicer's process, where torch is never imported."""
     code = ("import sys; sys.modules['torch'] = None; sys.modules['numpy'] = None\n"
-            "from pairseg.catalog import load_catalog, resolve_model\n"
+            "from pairseg.modelfiles.catalog import load_catalog, resolve_model\n"
             "print(load_catalog().default, resolve_model('phantom-mr').name)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["phantom-mr", "phantom.pairseg"]

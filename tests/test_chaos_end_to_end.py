@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pairseg.cli import main
-from pairseg.io import read_label, read_volume
+from pairseg.io.read import read_label, read_volume
 from pairseg.metrics import evaluate_case
 
 TRAIN_CASES = "case_002,case_003"

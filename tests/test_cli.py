@@ -16,8 +16,10 @@ import torch
 
 from pairseg import __version__
 from pairseg.cli import EXIT_BAD_INPUT, EXIT_STOPPED, main
-from pairseg.io import Volume, read_label, write_labels, write_volume
-from pairseg.modelfile import read_metadata, save_model
+from pairseg.io.read import read_label
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_labels, write_volume
+from pairseg.modelfiles.weights import read_metadata, save_model
 from pairseg.networks import build_model
 from pairseg.phantoms import make_phantom_dataset
 from pairseg.uncertainty import rank_slices, uncertainty_map

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pairseg import constants, infer, networks, pairs
+from pairseg import constants, networks, pairs
 from pairseg.config import TrainConfig, setting
 from pairseg.constants import class_key, is_device_name, same_class_names
-from pairseg.data import IMAGE_SUFFIXES, MODALITIES, case_name, load_dataset, parse_classes
+from pairseg.constants import MODALITIES
+from pairseg.datasets import case_name, load_dataset, parse_classes
 from pairseg.devices import resolve_device
 from pairseg.errors import PairSegInputError
 from pairseg.phantoms import make_phantom_dataset
@@ -34,15 +35,11 @@ def test_class_rule_in_dataset_checks(tmp_path):
 
 
 def test_shared_facts_agree_with_their_users():
-    assert set(constants.ARCHITECTURES) == set(networks.ARCHITECTURES)
-    assert set(constants.BASES) == set(networks.BASES)
+    assert set(constants.ARCHITECTURES) == set(networks.ENCODER_DECODERS) | set(networks.PAIRWISE_WRAPPERS)
+    assert set(constants.BASES) == set(networks.ENCODER_DECODERS)
     assert set(constants.PAIR_MODES) == set(pairs.MODES)
     assert {m: pairs.default_offsets(m) for m in constants.MODALITIES} == constants.DEFAULT_OFFSETS
-    assert IMAGE_SUFFIXES == infer.IMAGE_SUFFIXES == constants.READABLE_IMAGE_SUFFIXES
     assert MODALITIES == constants.MODALITIES
-    from pairseg import modelfile
-
-    assert (modelfile.SUFFIX, modelfile.FORMAT) == (constants.MODEL_SUFFIX, constants.MODEL_FORMAT)
     assert setting("arch").choices == constants.ARCHITECTURES and setting("pair_mode").default == "intra+inter"
     assert setting("precision").choices == constants.TRAIN_PRECISIONS
     assert TrainConfig(data="d", out="o").budget() == (constants.DEFAULT_EPOCHS, None)
@@ -74,7 +71,10 @@ def test_segments_match_classes_by_the_same_rule(tmp_path):
     .seg.nrrd label is read, and gets that organ's default colour."""
     import numpy as np
 
-    from pairseg.io import Volume, default_colors, read_label, write_labels
+    from pairseg.constants import default_colors
+    from pairseg.io.read import read_label
+    from pairseg.io.volume import Volume
+    from pairseg.io.write import write_labels
 
     image = Volume(np.zeros((3, 8, 8), np.float32), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0),
                    (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pairseg.data import (crop_or_pad, default_spacing, intensity_window, resampled_shape,
-                          CT_WINDOW, SliceStore, check_image, load_case, load_dataset, normalize,
-                          parse_classes, resize_slices, stack_25d, stacks_25d)
+from pairseg.data import (crop_or_pad, CT_WINDOW, default_spacing, intensity_window, normalize, resampled_shape,
+                          resize_slices, SliceStore, stack_25d, stacks_25d)
+from pairseg.datasets import check_image, load_case, load_dataset, parse_classes
 from pairseg.errors import PairSegInputError
-from pairseg.io import Volume, write_labels, write_volume
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_labels, write_volume
 
 
 def _case(folder, name, shape=(6, 20, 28), classes=2, suffix=".nrrd", seed=0):

@@ -249,7 +249,8 @@ class Emulation:
     (a run stopped and resumed with another number of ranks has two segments)."""
 
     def __init__(self, data: Path):
-        from pairseg.data import SliceStore, load_dataset
+        from pairseg.data import SliceStore
+        from pairseg.datasets import load_dataset
         from pairseg.train import EpochPlan, _load_arrays
 
         dataset = load_dataset(str(data))
@@ -452,7 +453,7 @@ def test_ddp_stop_then_resume_single(data, emulation, tmp_path):
     """2 ranks x BATCH: rank 1 alone asks to stop after STOP_AT steps, both stop there; rank 0
     alone wrote the checkpoint and the events; the ranks hold identical weights equal to the
     emulation. One process with batch 2 x BATCH then resumes the checkpoint to STEPS."""
-    from pairseg.modelfile import load_model, safe_torch_load
+    from pairseg.modelfiles.weights import load_model, safe_torch_load
     from pairseg.train import checkpoint_path, train
 
     out = tmp_path / "model.pairseg"
@@ -512,7 +513,7 @@ def test_single_stop_then_resume_ddp(data, emulation, tmp_path, monkeypatch):
     """One process stops after STOP_AT steps; 2 ranks resume its checkpoint (each rank reads it)
     and end with identical weights equal to the emulation; rank 0 alone writes the model."""
     import pairseg.train as train_module
-    from pairseg.modelfile import load_model
+    from pairseg.modelfiles.weights import load_model
     from pairseg.train import checkpoint_path, train
 
     out = tmp_path / "model.pairseg"

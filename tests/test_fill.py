@@ -10,7 +10,9 @@ import pytest
 
 from pairseg.cli import main
 from pairseg.fill import combine, fill_problem
-from pairseg.io import Volume, read_label, read_volume, write_labels, write_volume
+from pairseg.io.read import read_label, read_volume
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_labels, write_volume
 from pairseg.phantoms import PHANTOM_CLASSES, make_phantom_case
 
 
@@ -142,7 +144,7 @@ def test_combine_extends_and_never_paints_over_an_annotated_class(case):
 
 
 def test_auto_base_is_the_catalog_default_for_its_modality_only(tmp_path, monkeypatch):
-    from pairseg.catalog import load_catalog
+    from pairseg.modelfiles.catalog import load_catalog
     from pairseg.fill import resolve_base
 
     default = load_catalog().default

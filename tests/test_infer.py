@@ -8,12 +8,15 @@ import SimpleITK as sitk
 import slicerio
 import torch
 
-from pairseg.data import Orientation, intensity_window, normalize, stacks_25d
+from pairseg.data import intensity_window, normalize, stacks_25d
+from pairseg.orientation import Orientation
 from pairseg.errors import PairSegInputError
 from pairseg.infer import (Predictor, bf16_supported, inference_memory_format, list_inputs, predict_volume,
                            resolve_device)
-from pairseg.io import Volume, read_volume, write_volume
-from pairseg.modelfile import save_model
+from pairseg.io.read import read_volume
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_volume
+from pairseg.modelfiles.weights import save_model
 from pairseg.networks import build_model
 from pairseg.postprocess import keep_largest_component
 from pairseg.proxy import decode_labels

@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pairseg import io
+from pairseg import constants
+from pairseg.atomic import remove_stale_temporaries, write_together
 from pairseg.errors import PairSegInputError, PairSegOutputError
-from pairseg.io import (
-    Volume,
-    read_label,
-    read_label_volume,
-    read_volume,
-    same_geometry,
-    write_labels,
-    write_volume,
-)
+from pairseg.io.locations import check_distinct, check_output
+from pairseg.io.read import read_label, read_label_volume, read_volume
+from pairseg.io.segmentation import OverlapWarning
+from pairseg.io.volume import GeometryWarning, same_geometry, Volume
+from pairseg.io.write import write_labels, write_probabilities, write_volume
 
 
 def _rotation(ax: float, az: float) -> np.ndarray:
@@ -219,7 +216,7 @@ def test_seg_nrrd_overlapping_layers_and_unordered_segments(tmp_path):
     assert seg["voxels"].ndim == 4
     out = tmp_path / "layers.seg.nrrd"
     slicerio.write_segmentation(str(out), seg)
-    with pytest.warns(io.OverlapWarning, match=r"layers\.seg\.nrrd: segments overlap \('liver' and 'spleen' "
+    with pytest.warns(OverlapWarning, match=r"layers\.seg\.nrrd: segments overlap \('liver' and 'spleen' "
                       r"in 4 voxel\(s\)\)"):
         back, names = read_label(out, ["liver", "left kidney", "spleen"], reference=image)
     zyx = lambda m: m.transpose(2, 1, 0)  # noqa: E731
@@ -330,7 +327,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         Path(path).write_bytes(b"partial")
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(io.sitk, "WriteImage", failing_write)
+    monkeypatch.setattr(sitk, "WriteImage", failing_write)
     # The writer's error names the user's path, never the hidden temporary.
     with pytest.raises(PairSegOutputError, match=r"result\.nii\.gz: cannot write output \(disk full\)") as caught:
         write_labels(out, np.zeros(image.shape, np.uint8), image)
@@ -512,11 +509,11 @@ def test_nifti_qform_sform_disagreement_warns_and_outputs_keep_both(tmp_path, su
     srow[3] += 50.0  # the sform's origin 50 mm to the side of the qform's
     struct.pack_into("<12f", header, 280, *srow)
     path.write_bytes(bytes(header))
-    with pytest.warns(io.GeometryWarning, match=r"scan\.nii: the NIfTI qform and sform disagree by up to 50 mm"):
+    with pytest.warns(GeometryWarning, match=r"scan\.nii: the NIfTI qform and sform disagree by up to 50 mm"):
         volume = read_volume(path)
     out = Path(write_labels(tmp_path / f"labels{suffix}", _labels((6, 8, 10)), volume, ["a", "b", "c"]))
     assert _nifti_forms(out) == _nifti_forms(path)  # the input's own qform and sform, codes included
-    with pytest.warns(io.GeometryWarning):
+    with pytest.warns(GeometryWarning):
         labels = read_label_volume(out, reference=volume)[0]
     np.testing.assert_array_equal(labels.array, _labels((6, 8, 10)))
     # Agreeing forms: no warning, and outputs as ITK writes them.
@@ -542,30 +539,30 @@ def test_failed_cleanup_does_not_mask_the_write_error(tmp_path, monkeypatch):
     def failing_unlink(self, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(self))
 
-    monkeypatch.setattr(io.sitk, "WriteImage", failing_write)
+    monkeypatch.setattr(sitk, "WriteImage", failing_write)
     monkeypatch.setattr(Path, "unlink", failing_unlink)
     with pytest.raises(PairSegOutputError, match=r"out\.nrrd: cannot write output \(No space left on device\)"):
         write_volume(tmp_path / "out.nrrd", image)
 
 
 def test_check_output_refuses_before_any_work(tmp_path):
-    suffixes = io.LABEL_SUFFIXES
-    assert io.check_output(tmp_path / "new" / "deeper" / "labels.nii.gz", suffixes) == \
+    suffixes = constants.LABEL_SUFFIXES
+    assert check_output(tmp_path / "new" / "deeper" / "labels.nii.gz", suffixes) == \
         tmp_path / "new" / "deeper" / "labels.nii.gz"
     assert not (tmp_path / "new").exists()  # checking creates nothing
     with pytest.raises(PairSegOutputError, match=r"labels\.png: unsupported output file type '\.png'"):
-        io.check_output(tmp_path / "labels.png", suffixes)
+        check_output(tmp_path / "labels.png", suffixes)
     (tmp_path / "folder.nii.gz").mkdir()
     with pytest.raises(PairSegOutputError, match=r"folder\.nii\.gz: output is an existing folder"):
-        io.check_output(tmp_path / "folder.nii.gz", suffixes)
+        check_output(tmp_path / "folder.nii.gz", suffixes)
     (tmp_path / "afile").write_text("x")
     with pytest.raises(PairSegOutputError, match=r"afile.*is a file, not a folder"):
-        io.check_output(tmp_path / "afile" / "labels.nii.gz", suffixes)
+        check_output(tmp_path / "afile" / "labels.nii.gz", suffixes)
     with pytest.raises(PairSegOutputError, match=r"afile: output folder is an existing file"):
-        io.check_output(tmp_path / "afile", folder=True)
+        check_output(tmp_path / "afile", folder=True)
     # A place no process can create files in (even root): /proc.
     with pytest.raises(PairSegOutputError, match=r"labels\.nii\.gz: cannot write output in /proc"):
-        io.check_output("/proc/labels.nii.gz", suffixes)
+        check_output("/proc/labels.nii.gz", suffixes)
     assert sorted(os.listdir(tmp_path)) == ["afile", "folder.nii.gz"]  # the write test left nothing
 
 
@@ -574,12 +571,12 @@ def test_check_distinct_sees_through_links_and_dots(tmp_path):
     scan.write_bytes(b"")
     (tmp_path / "link.nii.gz").symlink_to(scan)
     with pytest.raises(PairSegOutputError, match=r"--output is the input .*scan\.nii\.gz"):
-        io.check_distinct([scan], [("--output", tmp_path / "sub" / ".." / "scan.nii.gz")])
+        check_distinct([scan], [("--output", tmp_path / "sub" / ".." / "scan.nii.gz")])
     with pytest.raises(PairSegOutputError, match="--output is the input"):
-        io.check_distinct([scan], [("--output", tmp_path / "link.nii.gz")])
+        check_distinct([scan], [("--output", tmp_path / "link.nii.gz")])
     with pytest.raises(PairSegOutputError, match=r"--probabilities is the same file as --output"):
-        io.check_distinct([scan], [("--output", tmp_path / "a.nii.gz"), ("--probabilities", tmp_path / "a.nii.gz")])
-    io.check_distinct([scan], [("--output", tmp_path / "a.nii.gz"), ("--probabilities", None)])
+        check_distinct([scan], [("--output", tmp_path / "a.nii.gz"), ("--probabilities", tmp_path / "a.nii.gz")])
+    check_distinct([scan], [("--output", tmp_path / "a.nii.gz"), ("--probabilities", None)])
 
 
 def test_write_together_commits_all_or_none(tmp_path, monkeypatch):
@@ -588,21 +585,21 @@ def test_write_together_commits_all_or_none(tmp_path, monkeypatch):
     write_labels(first, _labels(), image)
     write_volume(second, image)
     before = first.read_bytes(), second.read_bytes()
-    real_write = io.sitk.WriteImage
+    real_write = sitk.WriteImage
 
     def second_fails(img, path, *args):
         if "probs" in str(path):
             raise RuntimeError("disk full")
         real_write(img, path, *args)
 
-    monkeypatch.setattr(io.sitk, "WriteImage", second_fails)
+    monkeypatch.setattr(sitk, "WriteImage", second_fails)
     with pytest.raises(PairSegOutputError, match=r"probs\.nii\.gz: cannot write output"):
-        with io.write_together():
+        with write_together():
             write_labels(first, np.zeros(image.shape, np.uint8), image)
             write_volume(second, image)
     assert (first.read_bytes(), second.read_bytes()) == before  # the earlier output is not replaced
     assert sorted(os.listdir(tmp_path)) == ["labels.nii.gz", "probs.nii.gz"]
-    monkeypatch.setattr(io.sitk, "WriteImage", real_write)
+    monkeypatch.setattr(sitk, "WriteImage", real_write)
     # A rename that fails half way puts the replaced outputs back.
     real_replace = os.replace
     failures = []
@@ -613,15 +610,15 @@ def test_write_together_commits_all_or_none(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device", str(dst))
         real_replace(src, dst)
 
-    monkeypatch.setattr(io.os, "replace", replace_fails_for_probs)
+    monkeypatch.setattr(os, "replace", replace_fails_for_probs)
     with pytest.raises(PairSegOutputError, match=r"probs\.nii\.gz: cannot write output .*no output of this case"):
-        with io.write_together():
+        with write_together():
             write_labels(first, np.zeros(image.shape, np.uint8), image)
             write_volume(second, image)
-    monkeypatch.setattr(io.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert (first.read_bytes(), second.read_bytes()) == before
     assert sorted(os.listdir(tmp_path)) == ["labels.nii.gz", "probs.nii.gz"]
-    with io.write_together():
+    with write_together():
         write_labels(first, np.zeros(image.shape, np.uint8), image)
         write_volume(second, image)
         assert first.read_bytes() == before[0]  # nothing replaced before the block ends
@@ -629,7 +626,7 @@ def test_write_together_commits_all_or_none(tmp_path, monkeypatch):
 
 
 def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
-    from pairseg.modelfile import atomic_torch_save
+    from pairseg.modelfiles.weights import atomic_torch_save
 
     out = tmp_path / "labels.nii.gz"
     mine = [tmp_path / ".labels.tmp-0123abcd.nii.gz", tmp_path / ".labels.tmp-0123abcd.nii.gz.forms"]
@@ -637,7 +634,7 @@ def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
               tmp_path / ".labels.tmp-notours.nii.gz", tmp_path / "keep.txt"]
     for path in mine + others:
         path.write_bytes(b"x")
-    assert sorted(io.remove_stale_temporaries(out)) == sorted(mine)
+    assert sorted(remove_stale_temporaries(out)) == sorted(mine)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in others)
     # The temporary a real checkpoint write uses, caught while it is being written: while its
     # process runs, another run's clean-up leaves it alone; once that process is gone it is stale.
@@ -652,7 +649,7 @@ def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
 
     def save_and_look(obj, stream, *args, **kwargs):
         seen.extend(p for p in tmp_path.iterdir() if p.name.startswith(".m.pairseg.tmp-"))
-        assert io.remove_stale_temporaries(model) == []  # our own, live temporary is kept
+        assert remove_stale_temporaries(model) == []  # our own, live temporary is kept
         return real_save(obj, stream, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -670,11 +667,11 @@ def test_stale_temporaries_of_the_same_output_are_removed(tmp_path):
     elsewhere = tmp_path / dead.name.replace(f"-{atomic._HOST}", f"-{other_host}")  # same pid, other machine
     for path in (dead, alive, elsewhere):
         path.write_bytes(b"half a checkpoint")
-    assert io.remove_stale_temporaries(model) == [dead]
+    assert remove_stale_temporaries(model) == [dead]
     assert alive.exists() and elsewhere.exists()  # another machine's writer may still be at work
     old = elsewhere.stat().st_mtime - atomic.STALE_AFTER_S - 1
     os.utime(elsewhere, (old, old))
-    assert io.remove_stale_temporaries(model) == [elsewhere]
+    assert remove_stale_temporaries(model) == [elsewhere]
 
 
 def test_segment_series_option_picks_one_of_several(tmp_path, capsys):
@@ -684,7 +681,7 @@ def test_segment_series_option_picks_one_of_several(tmp_path, capsys):
     import torch
 
     from pairseg.cli import main
-    from pairseg.modelfile import save_model
+    from pairseg.modelfiles.weights import save_model
     from pairseg.networks import build_model
 
     torch.manual_seed(0)
@@ -721,10 +718,11 @@ def test_write_probabilities_streams_the_file_write_volume_writes(tmp_path, suff
     like = _volume(DIRECTIONS["oblique"], shape=(60, 64, 96))
     expected = write_volume(tmp_path / f"expected{suffix}",
                             like.like(np.moveaxis(probabilities, 1, -1).astype(np.float32)))
-    monkeypatch.setattr(io, "_CHUNK", 1 << 16)  # slabs of a few slices
+    for module in ("nifti", "nrrd_mha", "write"):  # slabs of a few slices, written and read back
+        monkeypatch.setattr(f"pairseg.io.{module}._CHUNK", 1 << 16)
     tracemalloc.start()
     try:
-        written = io.write_probabilities(tmp_path / f"probs{suffix}", probabilities, like)
+        written = write_probabilities(tmp_path / f"probs{suffix}", probabilities, like)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

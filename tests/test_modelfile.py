@@ -1,4 +1,4 @@
-"""pairseg.modelfile / modelformat: format-2 files (safetensors + JSON metadata, one checksum over
+"""pairseg.modelfiles (weights / fileformat): format-2 files (safetensors + JSON metadata, one checksum over
 both), format-1 files written as the old engine wrote them and migrated, refusals, umask."""
 
 from __future__ import annotations
@@ -15,12 +15,15 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from pairseg import __version__, modelformat
+from pairseg import __version__
 from pairseg.cli import main
+from pairseg.constants import MODEL_FORMAT as FORMAT
+from pairseg.constants import default_colors
 from pairseg.errors import PairSegInputError
-from pairseg.io import default_colors
-from pairseg.modelfile import (FORMAT, FORMAT_VERSION, atomic_torch_save, load_model, read_metadata, safe_torch_load,
-                               save_model, write_model_file)
+from pairseg.modelfiles import fileformat
+from pairseg.modelfiles.fileformat import FORMAT_VERSION
+from pairseg.modelfiles.weights import (atomic_torch_save, load_model, read_metadata, safe_torch_load, save_model,
+                                        write_model_file)
 from pairseg.networks import build_model
 
 MARKER = Path(os.environ.get("TMPDIR", "/tmp")) / "pairseg-modelfile-pwned"
@@ -62,8 +65,8 @@ def _resign(source: Path, target: Path, edit_meta=None, edit_state=None) -> Path
         edit_meta(meta)
     if edit_state:
         edit_state(state)
-    meta["sha256"] = modelformat.content_sha256(st_save(state, modelformat.header_metadata(meta)))
-    target.write_bytes(st_save(state, modelformat.header_metadata(meta)))
+    meta["sha256"] = fileformat.content_sha256(st_save(state, fileformat.header_metadata(meta)))
+    target.write_bytes(st_save(state, fileformat.header_metadata(meta)))
     return target
 
 
@@ -93,7 +96,7 @@ def test_round_trip_and_metadata(model_file):
     assert meta["options"] == {"base": "unet", "width": 4, "aggregate": "sum", "readout": "union"}
     assert meta["class_names"] == ["liver", "spleen"] and meta["modality"] == "MR"
     assert meta["spacing"] is None and meta["weights_dtype"] == "float32" and meta["created"]
-    assert read_metadata(path) == meta == modelformat.read_metadata(path)
+    assert read_metadata(path) == meta == fileformat.read_metadata(path)
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], tensor)
     # Nothing is left beside the file (atomic write through a temporary name).
@@ -107,7 +110,7 @@ def test_metadata_is_plain_json_in_the_header(model_file):
     assert record["format"] == FORMAT == "pairseg-model" and record["format_version"] == str(FORMAT_VERSION) == "2"
     meta = json.loads(record["metadata"])
     assert meta == read_metadata(path)
-    assert meta["sha256"] == modelformat.content_sha256(path.read_bytes())
+    assert meta["sha256"] == fileformat.content_sha256(path.read_bytes())
     tensors = {k: v for k, v in header.items() if k != "__metadata__"}
     assert {v["dtype"] for v in tensors.values()} == {"F32", "I64"}  # weights; BN batch counters
     with pytest.raises(Exception):  # not a PyTorch archive at all: nothing for pickle to run
@@ -164,7 +167,7 @@ def test_missing_colours_get_the_defaults_and_non_finite_numbers_become_null(tmp
 def test_spacing_round_trip(tmp_path, spacing, stored, rowcol):
     path = save_model(tmp_path / "m.pairseg", _model(), {**_metadata(), "spacing": spacing})
     meta = read_metadata(path)
-    assert meta["spacing"] == stored and modelformat.inplane_spacing(meta) == rowcol
+    assert meta["spacing"] == stored and fileformat.inplane_spacing(meta) == rowcol
     assert load_model(path)[1]["spacing"] == stored
 
 
@@ -209,7 +212,7 @@ def test_half_precision_refuses_weights_out_of_range(tmp_path):
 def test_edited_metadata_is_refused_everywhere(model_file, tmp_path, capsys, edit, what):
     path, _ = model_file
     edited = _edit_header(path, tmp_path / "edited.pairseg", edit)
-    for read in (load_model, read_metadata, modelformat.read_metadata):
+    for read in (load_model, read_metadata, fileformat.read_metadata):
         with pytest.raises(PairSegInputError, match=r"edited\.pairseg: model file does not match its checksum"):
             read(edited)
     assert main(["info", str(edited)]) == 2
@@ -221,7 +224,7 @@ def test_metadata_that_is_not_strict_json_is_refused(model_file, tmp_path):
     path, _ = model_file
     edited = _edit_header(path, tmp_path / "nan.pairseg", lambda m: m.update(size=float("nan")))
     assert "NaN" in _header(edited)[0]["__metadata__"]["metadata"]
-    for read in (load_model, read_metadata, modelformat.read_metadata):
+    for read in (load_model, read_metadata, fileformat.read_metadata):
         with pytest.raises(PairSegInputError, match=r"nan\.pairseg: model metadata is missing or corrupt"):
             read(edited)
 
@@ -246,7 +249,7 @@ def test_tampered_weights_fail_checksum(model_file, tmp_path):
     data[-3] ^= 0x40  # one byte of the last tensor
     tampered = tmp_path / "tampered.pairseg"
     tampered.write_bytes(bytes(data))
-    for read in (load_model, read_metadata, modelformat.read_metadata):
+    for read in (load_model, read_metadata, fileformat.read_metadata):
         with pytest.raises(PairSegInputError, match=r"tampered\.pairseg.*checksum"):
             read(tampered)
 
@@ -262,7 +265,7 @@ def test_tampered_weights_fail_checksum(model_file, tmp_path):
 def test_inconsistent_metadata_refused_at_load(model_file, tmp_path, edit, message):
     path, _ = model_file
     bad = _resign(path, tmp_path / "bad.pairseg", edit_meta=edit)
-    for read in (load_model, read_metadata, modelformat.read_metadata):
+    for read in (load_model, read_metadata, fileformat.read_metadata):
         with pytest.raises(PairSegInputError, match=rf"bad\.pairseg: invalid model metadata: .*{message}"):
             read(bad)
 
@@ -273,7 +276,7 @@ def test_architecture_and_options_checked_at_load(model_file, tmp_path):
     with pytest.raises(PairSegInputError, match=r"misfit\.pairseg: weights do not fit"):
         load_model(misfit)
     unknown = _resign(path, tmp_path / "unknown.pairseg", edit_meta=lambda m: m.update(arch="vit"))
-    for read in (load_model, read_metadata, modelformat.read_metadata):
+    for read in (load_model, read_metadata, fileformat.read_metadata):
         with pytest.raises(PairSegInputError, match=r"unknown\.pairseg: invalid model metadata: unknown architecture 'vit'"):
             read(unknown)
     option = _resign(path, tmp_path / "option.pairseg", edit_meta=lambda m: m["options"].update(readout="xor"))
@@ -291,7 +294,7 @@ def test_truncated_files(model_file, tmp_path, save_format1):
     for cut in (12, start - 5, start + 10, len(data) - 1):
         short = tmp_path / f"cut{cut}.pairseg"
         short.write_bytes(data[:cut])
-        for read in (load_model, read_metadata, modelformat.read_metadata):
+        for read in (load_model, read_metadata, fileformat.read_metadata):
             with pytest.raises(PairSegInputError, match=rf"cut{cut}\.pairseg: model file is truncated"):
                 read(short)
     old = save_format1(tmp_path / "old.pairseg", model, _metadata())
@@ -301,7 +304,7 @@ def test_truncated_files(model_file, tmp_path, save_format1):
         with pytest.raises(PairSegInputError, match=r"oldcut\.pairseg: model file is damaged or truncated"):
             read(short)
     with pytest.raises(PairSegInputError, match=r"oldcut\.pairseg: model file is damaged or truncated"):
-        modelformat.read_metadata(short)
+        fileformat.read_metadata(short)
 
 
 def test_random_bytes_foreign_files_and_missing(tmp_path):
@@ -316,10 +319,10 @@ def test_random_bytes_foreign_files_and_missing(tmp_path):
     empty = tmp_path / "empty.pairseg"
     empty.write_bytes(b"")
     for path in (junk, foreign_torch, foreign_list, foreign_st, empty):
-        for read in (load_model, read_metadata, modelformat.read_metadata):
+        for read in (load_model, read_metadata, fileformat.read_metadata):
             with pytest.raises(PairSegInputError, match=rf"{path.name}: not a PairSeg model file \(.*\); refused"):
                 read(path)
-    for read in (load_model, read_metadata, modelformat.read_metadata):
+    for read in (load_model, read_metadata, fileformat.read_metadata):
         with pytest.raises(PairSegInputError, match=r"absent\.pairseg: model file does not exist"):
             read(tmp_path / "absent.pairseg")
 
@@ -348,7 +351,7 @@ def test_pickled_code_is_refused_without_running(tmp_path):
     evil_pickle.write_bytes(pickle.dumps({"format": FORMAT, "x": _Exploit()}))
     assert not MARKER.exists()
     for path in (evil_zip, evil_open, evil_pickle):
-        for read in (load_model, read_metadata, modelformat.read_metadata):
+        for read in (load_model, read_metadata, fileformat.read_metadata):
             with pytest.raises(PairSegInputError) as caught:
                 read(path)
             message = str(caught.value)
@@ -373,7 +376,7 @@ def test_newer_format(model_file, tmp_path):
     old_newer = tmp_path / "newzip.pairseg"
     torch.save({"format": FORMAT, "format_version": 99, "metadata": "{}", "state_dict": {}}, old_newer)
     for target in (newer, old_newer):
-        for read in (load_model, read_metadata, modelformat.read_metadata):
+        for read in (load_model, read_metadata, fileformat.read_metadata):
             with pytest.raises(PairSegInputError, match=rf"{target.name}: model file format .* is newer.*update PairSeg"):
                 read(target)
 
@@ -388,7 +391,7 @@ def test_format1_before_the_readout_option_reads_out_and(tmp_path, save_format1)
     assert "readout" not in json.loads(torch.load(path, weights_only=True)["metadata"])["options"]
     loaded, meta = load_model(path)
     assert meta["options"]["readout"] == "and" and loaded.readout == "and"
-    assert read_metadata(path) == meta == modelformat.read_metadata(path)
+    assert read_metadata(path) == meta == fileformat.read_metadata(path)
     # and it segments as the engine that wrote it did: the AND channels, not today's default union
     reference = build_model("c2fcn", 2, 3, base="unet", width=4, readout="and")
     reference.load_state_dict(model.state_dict())
@@ -417,12 +420,12 @@ def test_format1_migration_fills_what_old_files_lacked(tmp_path, save_format1):
     read = read_metadata(path)
     assert read["class_colors"] == [list(c) for c in default_colors(["liver", "spleen"])]
     assert read["spacing"] is None and read["weights_dtype"] == "float32" and read["options"] == {"width": 4}
-    assert modelformat.read_metadata(path) == read == load_model(path)[1]
-    assert modelformat.stored_format_version(path.read_bytes(), path) == 1
+    assert fileformat.read_metadata(path) == read == load_model(path)[1]
+    assert fileformat.stored_format_version(path.read_bytes(), path) == 1
     # re-saving writes the current format, with the migrated metadata
     model, _ = load_model(path)
     new = save_model(tmp_path / "new.pairseg", model, read)
-    assert modelformat.stored_format_version(new.read_bytes(), new) == FORMAT_VERSION
+    assert fileformat.stored_format_version(new.read_bytes(), new) == FORMAT_VERSION
     assert {k: v for k, v in read_metadata(new).items() if k != "sha256"} == {
         k: v for k, v in read.items() if k != "sha256"}
 
@@ -448,17 +451,17 @@ def test_format1_tampered_weights_and_invalid_metadata(tmp_path, save_format1):
     stored = json.loads(payload["metadata"])
     stored["class_names"] = ["liver"]
     torch.save({**payload, "metadata": json.dumps(stored)}, tmp_path / "names.pairseg")
-    for read in (load_model, read_metadata, modelformat.read_metadata):
+    for read in (load_model, read_metadata, fileformat.read_metadata):
         with pytest.raises(PairSegInputError, match=r"names\.pairseg: invalid model metadata: class_names lists 1"):
             read(tmp_path / "names.pairseg")
     torch.save({**payload, "metadata": "{broken"}, tmp_path / "meta.pairseg")
-    for read in (load_model, read_metadata, modelformat.read_metadata):
+    for read in (load_model, read_metadata, fileformat.read_metadata):
         with pytest.raises(PairSegInputError, match=r"meta\.pairseg: model metadata is missing or corrupt"):
             read(tmp_path / "meta.pairseg")
 
 
 def test_every_earlier_version_has_a_migration():
-    assert sorted(modelformat.MIGRATIONS) == list(range(1, FORMAT_VERSION))
+    assert sorted(fileformat.MIGRATIONS) == list(range(1, FORMAT_VERSION))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from pairseg.losses import criterion_for
-from pairseg.networks import ARCH_OPTIONS, ARCHITECTURES, BASES, PairSegModel, build_model
+from pairseg.architectures import default_options
+from pairseg.constants import ARCHITECTURES, BASES
+from pairseg.networks import PairSegModel, build_model
 from pairseg.proxy import proxy_channels, proxy_probabilities, segmentation_from_proxy
 
 CASES = [
@@ -255,7 +257,7 @@ def test_registry_is_consistent():
     forms = {arch: build_model(arch, 1, **({"width": 4} if arch == "unet" else {})).training_form
              for arch in ("unet", "c2fcn")}
     assert forms == {"unet": "single", "c2fcn": "proxy"}
-    assert ARCH_OPTIONS["c2fcn"]["aggregate"] == "sum"
+    assert default_options("c2fcn")["aggregate"] == "sum"
 
 
 @pytest.mark.parametrize("arch, num_classes, options, message", [

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import SimpleITK as sitk
 
-from pairseg.data import Orientation
-from pairseg.io import Volume
+from pairseg.orientation import Orientation
+from pairseg.io.volume import Volume
 
 
 def _volume(permutation, signs, rng):
@@ -49,7 +49,7 @@ def test_segmentation_is_the_same_however_the_volume_is_stored(phantom_dir, phan
     """Reverse the slices and mirror the columns in storage (geometry adjusted so every voxel keeps
     its physical place): the predicted label of every physical voxel must not change."""
     from pairseg.infer import Predictor
-    from pairseg.io import read_volume
+    from pairseg.io.read import read_volume
 
     volume = read_volume(sorted(phantom_dir.glob("*_image.nii.gz"))[-1])
     direction = np.asarray(volume.direction).reshape(3, 3)

@@ -14,9 +14,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pairseg import io
+
 from pairseg.cli import EXIT_BAD_INPUT, EXIT_TERMINATED, main
-from pairseg.io import Volume, write_labels, write_volume
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_labels, write_volume
 
 SHAPE = (6, 24, 28)
 
@@ -117,14 +118,14 @@ def test_bad_output_locations_refused_before_the_model_loads(scan, tmp_path, cap
 def test_a_failing_later_output_leaves_the_earlier_one_untouched(model, scan, tmp_path, capsys, monkeypatch):
     out, probs = tmp_path / "labels.nii.gz", tmp_path / "probs.nrrd"
     out.write_bytes(b"an earlier result")
-    real = io.sitk.WriteImage
+    real = sitk.WriteImage
 
     def probabilities_fail(image, path, *args):
         if "probs" in str(path):
             raise RuntimeError(f"ITK ERROR: could not write {path}: No space left on device")
         real(image, path, *args)
 
-    monkeypatch.setattr(io.sitk, "WriteImage", probabilities_fail)
+    monkeypatch.setattr(sitk, "WriteImage", probabilities_fail)
     message = refused(capsys, *_segment(model, scan, "--output", out, "--probabilities", probs))
     assert message.startswith(f"{probs}: cannot write output") and ".tmp-" not in message
     assert out.read_bytes() == b"an earlier result"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from pairseg.io import read_label, read_volume, same_geometry
+from pairseg.io.read import read_label, read_volume
+from pairseg.io.volume import same_geometry
 from pairseg.phantoms import PHANTOM_CLASSES, make_phantom_case, make_phantom_dataset
 
 SHAPE = (12, 48, 48)

@@ -10,8 +10,9 @@ import SimpleITK as sitk
 import torch
 
 from pairseg.cli import EXIT_BAD_INPUT, main
-from pairseg.io import Volume, write_labels, write_volume
-from pairseg.modelfile import save_model
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_labels, write_volume
+from pairseg.modelfiles.weights import save_model
 from pairseg.networks import build_model
 
 SPACING = (0.8, 0.9, 5.0)

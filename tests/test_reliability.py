@@ -17,10 +17,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from pairseg import atomic, io
+from pairseg import atomic, constants
 from pairseg.cli import EXIT_BAD_INPUT, main
 from pairseg.errors import PairSegOutputError
-from pairseg.io import Volume, read_label, write_labels, write_probabilities, write_volume
+from pairseg.io.locations import check_output
+from pairseg.io.read import read_label, read_volume
+from pairseg.io.volume import GeometryWarning, Volume
+from pairseg.io.write import _verify_written, _write_image, write_labels, write_probabilities, write_text, write_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (16, 48, 56)
@@ -116,7 +119,7 @@ def test_probabilities_and_volumes_onto_a_full_disk(small_disk, suffix):
 
 def test_models_checkpoints_json_and_settings_onto_a_full_disk(small_disk, untrained_mr_model):
     from pairseg.config import TrainConfig
-    from pairseg.modelfile import atomic_torch_save, load_model, save_model
+    from pairseg.modelfiles.weights import atomic_torch_save, load_model, save_model
 
     network, meta = load_model(untrained_mr_model)
     kept = {name: small_disk / name for name in ("m.pairseg", "m.pairseg.ckpt", "r.json", "settings.json")}
@@ -126,7 +129,7 @@ def test_models_checkpoints_json_and_settings_onto_a_full_disk(small_disk, untra
     writes = {
         "m.pairseg": lambda p: save_model(p, network, {k: meta[k] for k in ("class_names", "modality", "size")}),
         "m.pairseg.ckpt": lambda p: atomic_torch_save({"state": network.state_dict()}, p),
-        "r.json": lambda p: io.write_text(p, json.dumps({"x": list(range(5000))})),
+        "r.json": lambda p: write_text(p, json.dumps({"x": list(range(5000))})),
         "settings.json": lambda p: TrainConfig(data="d", out="o.pairseg").write(p),
     }
     for name, write in writes.items():
@@ -165,13 +168,13 @@ def test_a_silently_truncated_gzip_is_caught_before_it_replaces_anything(tmp_pat
     out = tmp_path / "seg.nii.gz"
     write_labels(out, np.zeros(SHAPE, np.uint8), image)
     before = out.read_bytes()
-    real = io.sitk.WriteImage
+    real = sitk.WriteImage
 
     def truncating(img, path, *args):
         real(img, path, *args)
         os.truncate(path, os.path.getsize(path) // 2)
 
-    monkeypatch.setattr(io.sitk, "WriteImage", truncating)
+    monkeypatch.setattr(sitk, "WriteImage", truncating)
     for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".seg.nrrd"):
         target = out if suffix == ".nii.gz" else tmp_path / f"other{suffix}"
         if suffix == ".seg.nrrd":
@@ -187,7 +190,7 @@ def test_a_silently_truncated_gzip_is_caught_before_it_replaces_anything(tmp_pat
             write_labels(target, _labels(), image)
     assert out.read_bytes() == before and _listing(tmp_path) == ["seg.nii.gz"]
     monkeypatch.setattr(torch, "save", lambda obj, stream: stream.write(b"PK\x03\x04 not a whole archive"))
-    from pairseg.modelfile import atomic_torch_save
+    from pairseg.modelfiles.weights import atomic_torch_save
 
     with pytest.raises(PairSegOutputError, match=r"m\.ckpt: cannot write checkpoint \(the written archive"):
         atomic_torch_save({"a": 1}, tmp_path / "m.ckpt")
@@ -195,7 +198,7 @@ def test_a_silently_truncated_gzip_is_caught_before_it_replaces_anything(tmp_pat
 
 
 def test_a_failed_cleanup_never_hides_the_first_error(tmp_path, monkeypatch):
-    from pairseg.modelfile import atomic_torch_save
+    from pairseg.modelfiles.weights import atomic_torch_save
 
     def full(obj, stream):
         raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
@@ -218,7 +221,7 @@ def test_a_name_whose_temporary_is_too_long_is_refused_before_any_work(tmp_path,
     (tmp_path / name).write_bytes(b"x")
     (tmp_path / name).unlink()
     with pytest.raises(PairSegOutputError, match="too long for the file system"):
-        io.check_output(tmp_path / name, io.LABEL_SUFFIXES)
+        check_output(tmp_path / name, constants.LABEL_SUFFIXES)
     scan = Path(write_volume(tmp_path / "scan.nii.gz", _image()))
     for argv in (["segment", "--model", str(tmp_path / "no-model.pairseg"), "--input", str(scan),
                   "--output", str(tmp_path / name), "--events", "json"],
@@ -261,11 +264,11 @@ def test_another_run_onto_the_same_output_keeps_this_runs_temporary(tmp_path):
     seen = []
 
     def write(tmp):
-        io._write_image(tmp, image.like(_labels()))
+        _write_image(tmp, image.like(_labels()))
         done = subprocess.run(other, capture_output=True, text=True, check=True, env={**os.environ})
         seen.append((done.stdout.strip(), Path(tmp).exists()))
 
-    atomic.atomic_write(out, write, io._verify_written)
+    atomic.atomic_write(out, write, _verify_written)
     assert seen == [("0", True)]
     np.testing.assert_array_equal(read_label(out)[0], _labels())
     assert _listing(tmp_path) == ["seg.nii.gz"]
@@ -359,7 +362,7 @@ def _enhanced_mr_series(folder: Path, skip: int | None) -> Path:
 
 def test_a_missing_slice_is_found_wherever_the_positions_are_stored(tmp_path):
     from pairseg.errors import PairSegInputError
-    from pairseg.io import read_volume
+    from pairseg.io.read import read_volume
 
     whole = read_volume(_enhanced_mr_series(tmp_path / "whole", None))
     assert whole.shape == (9, 24, 24) and whole.spacing[2] == pytest.approx(2.5)
@@ -463,8 +466,8 @@ def test_outputs_carry_the_inputs_geometry_in_every_readers_view(tmp_path, case)
     assert disagree == (case != "negative_pixdim_forms_agree")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        volume = io.read_volume(path)
-    geometry = [w for w in caught if issubclass(w.category, io.GeometryWarning)]
+        volume = read_volume(path)
+    geometry = [w for w in caught if issubclass(w.category, GeometryWarning)]
     itk_differs = not all(np.allclose(_sitk_affine(path), m, atol=1e-3) for m in source.values())
     assert itk_differs  # each of these headers is one that SimpleITK and nibabel read differently
     assert len(geometry) == 1, [str(w.message) for w in caught]
@@ -486,7 +489,7 @@ def test_outputs_carry_the_inputs_geometry_in_every_readers_view(tmp_path, case)
     sitk.WriteImage(volume.to_sitk(), str(plain))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert io.read_volume(plain).nifti_forms is None
+        assert read_volume(plain).nifti_forms is None
 
 
 def test_train_onto_a_full_disk_ends_in_one_error_line(small_disk, phantom_dir, capsys):

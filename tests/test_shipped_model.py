@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pairseg.catalog import load_catalog
+from pairseg.modelfiles.catalog import load_catalog
 from pairseg.data import widen_field_of_view
-from pairseg.io import read_label, read_volume
+from pairseg.io.read import read_label, read_volume
 from pairseg.metrics import evaluate_case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +85,7 @@ def test_mr_model_fine_tunes_on_real_ct_only_when_asked(tmp_path, shipped, capsy
     """Adapting the shipped MR model to CT (a site with CT and one annotated case): refused by
     default, allowed with --cross-modality; the new model is a CT model with CT normalisation."""
     from pairseg.cli import EXIT_BAD_INPUT, main
-    from pairseg.modelfile import read_metadata
+    from pairseg.modelfiles.weights import read_metadata
 
     data = _ct_examples()
     if not (data / "dataset.json").is_file():

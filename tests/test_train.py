@@ -10,7 +10,7 @@ import torch
 
 from pairseg.augment import AugmentConfig
 from pairseg.errors import PairSegInputError
-from pairseg.modelfile import load_model, read_metadata, safe_torch_load
+from pairseg.modelfiles.weights import load_model, read_metadata, safe_torch_load
 from pairseg.phantoms import make_phantom_dataset
 from pairseg.train import TrainConfig, checkpoint_path, train
 

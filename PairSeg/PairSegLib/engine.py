@@ -115,7 +115,7 @@ def pythonExecutable():
 
 
 def torchFreeEngineModule(name):
-    """A torch-free module of the engine (``pairseg.catalog``, ``pairseg.constants``) imported in
+    """A torch-free module of the engine (``pairseg.modelfiles.catalog``, ``pairseg.constants``) imported in
     Slicer's process. The extension installs the ``pairseg`` package beside the modules, which
     Slicer has on sys.path; a source checkout added through "Additional module paths" has it in
     ``src/``, which is then appended to sys.path (``engineRoot()``)."""
@@ -133,13 +133,13 @@ def torchFreeEngineModule(name):
 
 def resolveModel(spec):
     """A model argument as a file path: an existing file as it is, else the file of the catalog
-    model of that name (``pairseg.catalog.resolve_model``: size and sha256 checked). ValueError
+    model of that name (``pairseg.modelfiles.catalog.resolve_model``: size and sha256 checked). ValueError
     (the engine's PairSegInputError) naming the spec and the catalog's models otherwise."""
     if spec is None or not str(spec).strip():
         raise ValueError("No model selected.")
     if os.path.isfile(os.fspath(spec)):
         return os.path.abspath(os.fspath(spec))
-    return str(torchFreeEngineModule("catalog").resolve_model(str(spec)))
+    return str(torchFreeEngineModule("modelfiles.catalog").resolve_model(str(spec)))
 
 
 def engineEnvironment():
@@ -634,15 +634,6 @@ def friendlyEngineError(message) -> str:
 
 
 def formatDuration(seconds) -> str:
-    """``75`` -> ``1m15s`` (progress texts); ``None`` or junk -> ``?``."""
-    if seconds is None:
-        return "?"
-    try:
-        seconds = int(round(float(seconds)))
-    except (TypeError, ValueError):
-        return "?"
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
+    """``75`` -> ``1m15s`` (progress texts); ``None`` or junk -> ``?``: the engine's one duration
+    format (``pairseg.events.format_duration``, standard library only)."""
+    return torchFreeEngineModule("events").format_duration(seconds)

@@ -2,7 +2,7 @@
 
 ``readModelMetadata(path)`` reads, verifies and validates the JSON metadata of a ``.pairseg``
 model file WITHOUT torch (so the module can describe a model before torch is installed), through
-the engine's standard-library-only reader ``pairseg.modelformat`` (shipped with this module): a
+the engine's standard-library-only reader ``pairseg.modelfiles.fileformat`` (shipped with this module): a
 format-2 file is a safetensors file whose JSON header holds the metadata, and its SHA-256 over
 weights and metadata is checked; a format-1 file (a PyTorch archive) has its metadata string read
 from the pickle's opcodes without building any object, and is migrated to the current format.
@@ -38,12 +38,13 @@ def readModelMetadata(path):
         raise ModelFileError("No model file selected.")
     if not os.path.isfile(path):
         raise ModelFileError(f"Model file not found: {path}")
-    from pairseg import modelformat  # the engine's torch-free reader (standard library only)
-    from pairseg.errors import PairSegInputError
+    from .engine import torchFreeEngineModule
 
+    modelformat = torchFreeEngineModule("modelfiles.fileformat")  # the engine's reader (standard library only)
+    errors = torchFreeEngineModule("errors")
     try:
         return modelformat.read_metadata(path)
-    except PairSegInputError as error:
+    except errors.PairSegInputError as error:
         raise ModelFileError(str(error)) from error
 
 
@@ -114,7 +115,7 @@ class ModelRegistry:
         return data
 
     def _save(self, data):
-        from PairSegLib.engine import torchFreeEngineModule
+        from .engine import torchFreeEngineModule
 
         try:  # written whole or not at all, as every PairSeg output
             torchFreeEngineModule("atomic").write_json(self.path, data, "model registry", indent=2)
@@ -165,8 +166,8 @@ class ModelRegistry:
 def modelChoices(registry, catalog=None):
     """What a model picker offers, catalog (ready) models first, then the registry's
     ``knownModels()``: ``[(label, path, toolTip)]``; ``path`` is the model file (a catalog model's
-    shipped file, the one ``pairseg.catalog.resolve_model`` checks and returns). ``catalog``: a
-    ``pairseg.catalog.Catalog`` (default: ``load_catalog()``; an unreadable catalog is left out
+    shipped file, the one ``pairseg.modelfiles.catalog.resolve_model`` checks and returns). ``catalog``: a
+    ``pairseg.modelfiles.catalog.Catalog`` (default: ``load_catalog()``; an unreadable catalog is left out
     with a warning, so a damaged catalog cannot break a panel)."""
     import logging
 
@@ -174,7 +175,7 @@ def modelChoices(registry, catalog=None):
         from .engine import torchFreeEngineModule
 
         try:
-            catalog = torchFreeEngineModule("catalog").load_catalog()
+            catalog = torchFreeEngineModule("modelfiles.catalog").load_catalog()
         except Exception as error:
             logging.warning(f"PairSeg: model catalog not readable: {error}")
             catalog = None

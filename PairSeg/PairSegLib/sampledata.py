@@ -52,8 +52,8 @@ CHAOS_ARCHIVE_MD5 = "df21053002a1cc86df918a87da3b2c19"
 CHAOS_MR_LABELS = ((1, "liver", 55, 70), (2, "right kidney", 110, 135), (3, "left kidney", 175, 200),
                    (4, "spleen", 240, 255))
 CHAOS_MR_CLASSES = [name for _, name, _, _ in CHAOS_MR_LABELS]
-# The engine's colours of these organs (pairseg.io.NAMED_COLORS; the engine is not imported here).
-CHAOS_MR_COLORS = [(0.867, 0.510, 0.396), (0.725, 0.400, 0.325), (0.580, 0.290, 0.220), (0.616, 0.424, 0.635)]
+# The engine's colours of these organs (pairseg.constants.NAMED_COLORS, the one colour table).
+CHAOS_MR_COLORS = [engine.torchFreeEngineModule("constants").NAMED_COLORS[name] for name in CHAOS_MR_CLASSES]
 SAMPLE_PATIENT = 2          # the embedded case
 SAMPLE_NAME = "CHAOSMRT2Case002"
 DOWNLOAD_PATIENT = 1        # the Sample Data entry that downloads the archive
@@ -201,10 +201,10 @@ def _removeNodes(scene, nodes):
 
 
 def embeddedCaseFolder():
-    """The folder of the embedded sample case (``pairseg.catalog.sample_folder``:
+    """The folder of the embedded sample case (``pairseg.modelfiles.catalog.sample_folder``:
     ``$PAIRSEG_SAMPLE_DATA_DIR``, else ``Resources/SampleData`` of the extension or the source
     checkout); SampleDataError when it holds no dataset.json."""
-    folder = str(engine.torchFreeEngineModule("catalog").sample_folder())
+    folder = str(engine.torchFreeEngineModule("modelfiles.catalog").sample_folder())
     if not os.path.isfile(os.path.join(folder, "dataset.json")):
         raise SampleDataError(f"PairSeg's embedded sample case was not found ({folder} has no dataset.json).")
     return folder

@@ -33,7 +33,7 @@ POLL_MS = 100
 def readCatalog():
     """The ready-model catalog (``pairseg.catalog.load_catalog``, standard library only); an
     absent or damaged catalog gives an empty one with a warning, so it cannot break the panel."""
-    catalogModule = torchFreeEngineModule("catalog")
+    catalogModule = torchFreeEngineModule("modelfiles.catalog")
     try:
         return catalogModule.load_catalog()
     except Exception as error:

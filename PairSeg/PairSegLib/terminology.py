@@ -5,7 +5,7 @@ Entry format (Slicer >= 5.x): ``context~category~type~typeModifier~anatomicConte
 with each code written ``scheme^value^meaning``.
 """
 
-import re
+from . import engine
 
 CATEGORY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
@@ -29,9 +29,10 @@ def _code(code):
 
 
 def normalizedClassName(name):
-    """'Kidney_R', 'right-kidney', 'Right Kidney' -> 'right kidney' style tokens (lower case)."""
-    text = re.sub(r"[_\-\s]+", " ", str(name).strip().lower())
-    tokens = text.split()
+    """'Kidney_R', 'right-kidney', 'Right Kidney' -> (side or None, organ words): the engine's one
+    class-name rule (``pairseg.constants.class_key``: case, ``_``, ``-`` and spaces ignored), then
+    the side words ("right"/"r"/"rt", "left"/"l"/"lt") taken out."""
+    tokens = engine.torchFreeEngineModule("constants").class_key(str(name)).split()
     side = None
     rest = []
     for token in tokens:

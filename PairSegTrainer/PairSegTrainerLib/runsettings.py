@@ -67,18 +67,9 @@ _constants = engine.torchFreeEngineModule("constants")
 PAIR_MODES = _constants.PAIR_MODES
 MODALITIES = _constants.MODALITIES
 MODEL_SUFFIX = _constants.MODEL_SUFFIX
-# The labels the UI shows for the engine's architectures (pairseg.constants.ARCHITECTURES, whose
-# first one is the default); an architecture without a label here is shown by its name. The
-# Trainer reads labels from ARCHITECTURES only (one place to point at the engine's table).
-ARCHITECTURE_LABELS = {
-    "c2fcn": "C2FCN (compact conjugate FCN)",
-    "cfcn": "CFCN (conjugate FCN)",
-    "deeplabv3plus": "DeepLabv3+ (single-slice baseline)",
-    "unet": "U-Net (single-slice baseline)",
-    "siamfcn": "SiamFCN (Siamese ablation)",
-}
-ARCHITECTURE_NAMES = tuple(_constants.ARCHITECTURES)
-ARCHITECTURES = tuple((name, ARCHITECTURE_LABELS.get(name, name)) for name in ARCHITECTURE_NAMES)
+# (name, label) of the engine's architectures, from its one architecture table
+# (pairseg.architectures, read through constants; the first is the default).
+ARCHITECTURES = tuple(_constants.ARCHITECTURE_LABELS.items())
 
 #: The engine's settings (``pairseg.config`` names) a Trainer run sets, in the pack's order.
 PACK_SETTINGS = ("data", "out", "arch", "epochs", "steps", "size", "batch_size", "lr", "device", "seed",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 from pairseg import __version__
+from pairseg.architectures import architecture
 from pairseg.config import add_arguments as add_train_arguments
 from pairseg.config import from_arguments as train_config_from_arguments
 from pairseg.config import setting
@@ -81,20 +82,36 @@ def _add_common(parser: argparse.ArgumentParser, device: bool = True) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `pairseg` command line: each sub-command's options in its ``_add_<command>_parser``; its
+    work in ``cmd_<command>``, called from ``_run``."""
     parser = argparse.ArgumentParser(
         prog="pairseg", description="Pairwise medical image segmentation (CFCN, C2FCN; Wang et al., MedIA 2021).")
     parser.add_argument("--version", action="version", version=f"pairseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_parser(sub)
+    _add_segment_parser(sub)
+    _add_evaluate_parser(sub)
+    _add_proxy_maps_parser(sub)
+    _add_info_parser(sub)
+    _add_models_parser(sub)
+    _add_demo_parser(sub)
+    _add_fill_parser(sub)
+    return parser
 
+
+def _add_train_parser(sub) -> None:
+    """Train a pairwise model (or a single-image baseline) on a dataset folder: a dataset.json
+    (Medical Segmentation Decathlon style) or <case>_image/<case>_label files with --classes and
+    --modality."""
     t = sub.add_parser("train", help="train a model on an annotated dataset folder",
-                       description="Train a pairwise model (or a single-image baseline) on a dataset folder: "
-                                   "a dataset.json (Medical Segmentation Decathlon style) or <case>_image/<case>_label "
-                                   "files with --classes and --modality.")
+                       description=_add_train_parser.__doc__)
     add_train_arguments(t)
     _add_common(t, device=False)  # --device is a training setting
 
-    s = sub.add_parser("segment", help="segment images with a model",
-                       description="Segment an image, a DICOM series folder, or a folder of images.")
+
+def _add_segment_parser(sub) -> None:
+    """Segment an image, a DICOM series folder, or a folder of images."""
+    s = sub.add_parser("segment", help="segment images with a model", description=_add_segment_parser.__doc__)
     s.add_argument("--model", default=None,
                    help="model file or catalog model name (see `pairseg models`; default: the catalog's default model)")
     s.add_argument("--input", required=True, help="image file, DICOM folder, or folder of images")
@@ -109,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "slices to check first")
     s.add_argument("--modality", choices=MODALITIES, type=str.upper, help="refuse a model of another modality")
     s.add_argument("--batch-size", type=positive_int, default=16, help="slices per inference batch (default 16)")
-    s.add_argument("--readout", choices=["and", "union"],
+    s.add_argument("--readout", choices=architecture("c2fcn").choices["readout"],
                    help="override a C2FCN model's read-out of f(x, x) (default: the model's own)")
     s.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="bf16: bfloat16 autocast, about 1.9x faster on CPUs with AVX-512 BF16 or AMX, Dice "
@@ -118,17 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output extension for folder inputs: .nii.gz (default), .nii, .nrrd, .mha or .seg.nrrd")
     _add_common(s)
 
+
+def _add_evaluate_parser(sub) -> None:
+    """Per case and class Dice and ASSD (mm); files or folders matched by case name."""
     e = sub.add_parser("evaluate", help="Dice and ASSD of predictions against references",
-                       description="Per case and class Dice and ASSD (mm); files or folders matched by case name.")
+                       description=_add_evaluate_parser.__doc__)
     e.add_argument("--pred", required=True, help="predicted label file or folder")
     e.add_argument("--ref", required=True, help="reference label file or folder")
     e.add_argument("--classes", help="class names (default: the reference folder's dataset.json, else label values)")
     e.add_argument("--hd95", action="store_true", help="also report the 95th-percentile Hausdorff distance")
     e.add_argument("--json", help="write the full results as JSON here (.json)")
 
+
+def _add_proxy_maps_parser(sub) -> None:
+    """Ground-truth AND/XOR proxy maps (g_proxy) of two slices, and with --model the predicted ones,
+    as PNG pictures and NIfTI images in slice A's geometry."""
     p = sub.add_parser("proxy-maps", help="write the AND/XOR proxy maps of two labelled slices",
-                       description="Ground-truth AND/XOR proxy maps (g_proxy) of two slices, and with --model the "
-                                   "predicted ones, as PNG pictures and NIfTI images in slice A's geometry.")
+                       description=_add_proxy_maps_parser.__doc__)
     p.add_argument("--label-a", required=True, help="label volume of slice A")
     p.add_argument("--slice-a", type=nonnegative_int, required=True)
     p.add_argument("--label-b", help="label volume of slice B (default: the same as A)")
@@ -140,20 +163,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     _add_common(p)
 
+
+def _add_info_parser(sub) -> None:
+    """The models that ship with PairSeg (Resources/Models/models.json): name, modality, classes,
+    pixel spacing, held-out Dice. Use a name wherever a model file is taken."""
     i = sub.add_parser("info", help="verify a model file (checksum of weights and metadata) and print its metadata")
     i.add_argument("model", help="model file or catalog model name")
     i.add_argument("--json", action="store_true", help="print the metadata as JSON")
 
-    m = sub.add_parser("models", help="list the ready models of the catalog",
-                       description="The models that ship with PairSeg (Resources/Models/models.json): name, modality, "
-                                   "classes, pixel spacing, held-out Dice. Use a name wherever a model file is taken.")
+
+def _add_models_parser(sub) -> None:
+    """`pairseg models` and its options."""
+    m = sub.add_parser("models", help="list the ready models of the catalog", description=_add_info_parser.__doc__)
     m.add_argument("--json", action="store_true", help="print the catalog entries as JSON")
 
+
+def _add_demo_parser(sub) -> None:
+    """With no arguments: segment the embedded CHAOS MR case (Resources/SampleData, never seen by
+    the shipped model) with the catalog's default model, print Dice/ASSD per organ against the
+    expert label, write the .seg.nrrd and an overlay PNG. --train first fine-tunes the model briefly
+    (the annotate-then-retrain loop)."""
     d = sub.add_parser("demo", help="segment the embedded sample case with the shipped model and report Dice/ASSD",
-                       description="With no arguments: segment the embedded CHAOS MR case (Resources/SampleData, never "
-                                   "seen by the shipped model) with the catalog's default model, print Dice/ASSD per "
-                                   "organ against the expert label, write the .seg.nrrd and an overlay PNG. --train "
-                                   "first fine-tunes the model briefly (the annotate-then-retrain loop).")
+                       description=_add_demo_parser.__doc__)
     d.add_argument("--out", default="pairseg-demo-output", help="output folder (default pairseg-demo-output)")
     d.add_argument("--model", help="model file or catalog name (default: the catalog's default model)")
     d.add_argument("--data", help="dataset folder: its last case is segmented, the others fine-tune with --train "
@@ -162,11 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=positive_int, default=60, help="fine-tuning steps with --train (default 60)")
     _add_common(d)
 
+
+def _add_fill_parser(sub) -> None:
+    """Fill every class between its first and last drawn slice: by ITK contour interpolation, or by
+    a pairwise C2FCN learnt from the drawn slices of this volume (alone or fused with the
+    interpolation): --method. Drawn voxels come back exactly as drawn; nothing is filled outside
+    (--extend N: N slices more on each side)."""
     f = sub.add_parser("fill", help="fill a structure drawn on a few slices onto every slice in between",
-                       description="Fill every class between its first and last drawn slice: by ITK contour "
-                                   "interpolation, or by a pairwise C2FCN learnt from the drawn slices of this volume "
-                                   "(alone or fused with the interpolation): --method. Drawn voxels come back exactly as drawn; "
-                                   "nothing is filled outside (--extend N: N slices more on each side).")
+                       description=_add_fill_parser.__doc__)
     f.add_argument("--image", required=True, help="image file (.nii.gz, .nrrd, .mha) or DICOM folder")
     f.add_argument("--label", required=True, help="the sparse label on the image's grid (.nii.gz, .nrrd, .seg.nrrd)")
     f.add_argument("--out", required=True, help="filled label file (.nii.gz, .nrrd, .seg.nrrd), image's geometry")
@@ -187,7 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--save-model", help="also write the learned model (.pairseg), to segment the next volume")
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out or --save-model file")
     _add_common(f)
-    return parser
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +250,9 @@ def _segment_outputs(args, inputs: list[Path], many: bool) -> list[tuple[Path, P
     """(input, label output, {attribute: map output}) per case, every location checked before
     any model or image is loaded: file types, folders, writability, and no output that is an
     input or another output (two inputs of one case name included). Stale temporaries are removed."""
-    from pairseg.io import IMAGE_SUFFIXES, LABEL_SUFFIXES, check_distinct, check_output, remove_stale_temporaries
+    from pairseg.constants import LABEL_SUFFIXES, WRITABLE_IMAGE_SUFFIXES
+    from pairseg.atomic import remove_stale_temporaries
+    from pairseg.io.locations import check_distinct, check_output
 
     output = Path(args.output)  # folders are made by the (atomic) writes: a refused run leaves none
     maps = [(option, name, suffix, Path(getattr(args, name)))
@@ -233,7 +268,7 @@ def _segment_outputs(args, inputs: list[Path], many: bool) -> list[tuple[Path, P
         extra = {}
         for option, name, suffix, where in maps:
             extra[name] = _output_for(path, where, suffix, many)
-            check_output(extra[name], IMAGE_SUFFIXES, option)
+            check_output(extra[name], WRITABLE_IMAGE_SUFFIXES, option)
         cases.append((path, target, extra))
     options = {name: option for option, name, _ in SEGMENT_MAPS}
     check_distinct([Path(args.input), *inputs, Path(args.model)],
@@ -254,7 +289,7 @@ def cmd_segment(args, events) -> int:
         raise PairSegInputError(f"{args.input}: --series picks a series of a DICOM folder; this input is "
                                 f"{'a folder of image files' if many else 'an image file'}")
     if args.model is None:
-        from pairseg.catalog import load_catalog
+        from pairseg.modelfiles.catalog import load_catalog
 
         catalog = load_catalog()
         if catalog.default is None:
@@ -302,7 +337,7 @@ def cmd_segment(args, events) -> int:
 
 
 def _class_names_for(ref: Path, given: str | None) -> list[str] | None:
-    from pairseg.data import parse_classes
+    from pairseg.datasets import parse_classes
 
     if given:
         return parse_classes(given)
@@ -327,7 +362,7 @@ def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
         raise PairSegInputError(f"--pred and --ref must both be files or both folders ({pred}, {ref})")
 
     def index(folder: Path) -> dict[str, Path]:
-        from pairseg.io import refuse_dangling_links
+        from pairseg.io.locations import refuse_dangling_links
 
         refuse_dangling_links(folder, lambda name: name.endswith(READABLE_IMAGE_SUFFIXES) and "_image" not in name)
         found = {}
@@ -344,7 +379,9 @@ def _pair_files(pred: Path, ref: Path) -> list[tuple[str, Path, Path]]:
 
 
 def cmd_evaluate(args) -> int:
-    from pairseg.io import check_distinct, check_output, read_label, read_label_volume, remove_stale_temporaries
+    from pairseg.atomic import remove_stale_temporaries
+    from pairseg.io.locations import check_distinct, check_output
+    from pairseg.io.read import read_label, read_label_volume
     from pairseg.metrics import evaluate_case, format_table, summarize
 
     pred_root, ref_root = Path(args.pred), Path(args.ref)
@@ -367,7 +404,7 @@ def cmd_evaluate(args) -> int:
     print(format_table(summary, cases))
     if args.json:
         from pairseg.events import jsonable
-        from pairseg.io import write_text
+        from pairseg.io.write import write_text
 
         write_text(args.json, json.dumps(jsonable({"cases": cases, "summary": summary}), indent=1))
     return 0
@@ -379,7 +416,8 @@ PROXY_MAP_FILES = ("and.nii.gz", "xor.nii.gz", "proxy_truth.png", "and_predicted
 
 
 def cmd_proxy_maps(args, events) -> int:
-    from pairseg.io import check_distinct, check_output, remove_stale_temporaries, write_together
+    from pairseg.atomic import remove_stale_temporaries, write_together
+    from pairseg.io.locations import check_distinct, check_output
     from pairseg.proxymaps import write_proxy_maps
 
     folder = check_output(args.out, what="--out", folder=True)
@@ -397,9 +435,9 @@ def cmd_proxy_maps(args, events) -> int:
 
 
 def cmd_info(args) -> int:
-    from pairseg.catalog import resolve_model
-    from pairseg.modelfile import read_metadata
-    from pairseg.modelformat import read_model_bytes, stored_format_version
+    from pairseg.modelfiles.catalog import resolve_model
+    from pairseg.modelfiles.weights import read_metadata
+    from pairseg.modelfiles.fileformat import read_model_bytes, stored_format_version
 
     path = resolve_model(args.model)
     meta = read_metadata(path)  # checksum verified, metadata migrated and validated
@@ -426,7 +464,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from pairseg.catalog import load_catalog
+    from pairseg.modelfiles.catalog import load_catalog
 
     catalog = load_catalog()
     if args.json:

@@ -33,9 +33,15 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from pairseg.constants import (ARCHITECTURES, BASES, DEFAULT_EPOCHS, DEVICE_PATTERN, LR_SCHEDULES, MODALITIES,
                                PAIR_MODES, TRAIN_PRECISIONS)
+from pairseg.architectures import architecture
 from pairseg.errors import PairSegInputError
 
 __all__ = ["AugmentConfig", "TrainConfig", "Setting", "settings", "setting", "add_arguments", "from_arguments"]
+
+# The architectures whose options are settings of a training run (their defaults and choices:
+# the one architecture table, pairseg.architectures).
+_C2FCN = architecture("c2fcn")
+_DEEPLAB = architecture("deeplabv3plus")
 
 
 def _meta(help: Optional[str] = None, **keys: Any) -> Dict[str, Any]:
@@ -144,13 +150,14 @@ class TrainConfig:
     annotated_slices: Optional[str] = field(default=None, metadata=_meta(
         "fully annotated slices per case (every class absent there is background), e.g. "
         "'case_002:3,7,12;case_005:4,9'; as dataset.json's \"annotated_slices\"", group="pair sampling"))
-    output_stride: int = field(default=8, metadata=_meta(
-        "DeepLabv3+ encoder output stride (default 8)", choices=(8, 16), group="network"))
-    aggregate: str = field(default="sum", metadata=_meta("C2FCN feature aggregation", choices=("sum", "max"),
-                                                          group="network"))
+    output_stride: int = field(default=_DEEPLAB.options["output_stride"], metadata=_meta(
+        f"DeepLabv3+ encoder output stride (default {_DEEPLAB.options['output_stride']})",
+        choices=_DEEPLAB.choices["output_stride"], group="network"))
+    aggregate: str = field(default=_C2FCN.options["aggregate"], metadata=_meta(
+        "C2FCN feature aggregation", choices=_C2FCN.choices["aggregate"], group="network"))
     readout: Optional[str] = field(default=None, metadata=_meta(
         "C2FCN read-out of f(x, x): AND or XOR (union; the default) or the AND channels alone (paper Eq. 12; "
-        "the default with --pair-mode identical); see benchmarks/RESULTS.md", choices=("union", "and"),
+        "the default with --pair-mode identical); see benchmarks/RESULTS.md", choices=_C2FCN.choices["readout"],
         group="network"))
     base: str = field(default=BASES[0], metadata=_meta("network a pairwise model wraps", choices=BASES,
                                                         group="network"))
@@ -252,18 +259,20 @@ class TrainConfig:
         carry nothing to read ("and")."""
         if self.readout is not None:
             return self.readout
-        return "and" if self.pair_mode == "identical" else "union"
+        return "and" if self.pair_mode == "identical" else _C2FCN.options["readout"]
 
     def model_options(self, arch: str) -> dict:
-        """``build_model`` options of a new ``arch`` network from this configuration."""
-        uses_deeplab = arch == "deeplabv3plus" or (arch != "unet" and self.base == "deeplabv3plus")
-        options = {"output_stride": self.output_stride} if uses_deeplab else {}
-        if arch == "c2fcn":
-            options["aggregate"] = self.aggregate
-            options["readout"] = self.model_readout()
-        if arch in ("c2fcn", "cfcn", "siamfcn") and self.base != "deeplabv3plus":
-            options["base"] = self.base
-        return options
+        """``build_model`` options of a new ``arch`` network from this configuration: each option of
+        the architecture (``pairseg.architectures``) and of its base that is a setting here, with
+        this configuration's value (``readout``: :meth:`model_readout`); the others keep their
+        defaults. ValueError: unknown architecture."""
+        row = architecture(arch)
+        if row is None:
+            raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
+        base = architecture(self.base) if row.pairwise else row
+        settings = {f.name for f in dataclasses.fields(self)}
+        names = [name for name in (*row.options, *(base.options if base is not None else ())) if name in settings]
+        return {name: (self.model_readout() if name == "readout" else getattr(self, name)) for name in names}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import re
 
+from pairseg.architectures import ARCHITECTURE_TABLE
+
 __all__ = [
-    "ARCHITECTURES", "PAIRWISE_ARCHITECTURES", "DEFAULT_ARCHITECTURE", "BASES", "PAIR_MODES", "MODALITIES",
-    "DEFAULT_OFFSETS", "DEVICES", "DEVICE_PATTERN", "is_device_name", "PRECISIONS", "TRAIN_PRECISIONS",
-    "LR_SCHEDULES",
-    "READABLE_IMAGE_SUFFIXES", "LABEL_SUFFIXES", "MODEL_SUFFIX", "MODEL_FORMAT", "CHECKPOINT_SUFFIX",
-    "DEFAULT_EPOCHS", "class_key", "same_class_names",
+    "ARCHITECTURES", "ARCHITECTURE_LABELS", "PAIRWISE_ARCHITECTURES", "DEFAULT_ARCHITECTURE", "BASES",
+    "PAIR_MODES", "MODALITIES", "DEFAULT_OFFSETS", "DEVICES", "DEVICE_PATTERN", "is_device_name", "PRECISIONS",
+    "TRAIN_PRECISIONS", "LR_SCHEDULES",
+    "READABLE_IMAGE_SUFFIXES", "WRITABLE_IMAGE_SUFFIXES", "LABEL_SUFFIXES", "MODEL_SUFFIX", "MODEL_FORMAT",
+    "CHECKPOINT_SUFFIX", "DEFAULT_EPOCHS", "NAMED_COLORS", "PALETTE", "class_key", "default_colors",
+    "same_class_names",
 ]
 
-# Network architectures, in the order the command line and the Trainer list them (first: default).
-ARCHITECTURES = ("c2fcn", "cfcn", "deeplabv3plus", "unet", "siamfcn")
+# Network architectures, read from the one table (pairseg.architectures), in the order the command
+# line and the Trainer list them (first: default); the labels are what a GUI shows for each.
+ARCHITECTURES = tuple(row.name for row in ARCHITECTURE_TABLE)
+ARCHITECTURE_LABELS = {row.name: row.label for row in ARCHITECTURE_TABLE}
 DEFAULT_ARCHITECTURE = ARCHITECTURES[0]
-PAIRWISE_ARCHITECTURES = ("c2fcn", "cfcn", "siamfcn")
-BASES = ("deeplabv3plus", "unet")  # encoder-decoders a pairwise architecture can wrap
+PAIRWISE_ARCHITECTURES = tuple(row.name for row in ARCHITECTURE_TABLE if row.pairwise)
+BASES = tuple(row.name for row in ARCHITECTURE_TABLE if not row.pairwise)  # what a pairwise one can wrap
 
 # Pair sampling (pairseg.pairs); the first mode is the default.
 PAIR_MODES = ("intra+inter", "intra", "inter", "identical")
@@ -40,8 +45,11 @@ TRAIN_PRECISIONS = ("auto",) + PRECISIONS
 # Learning-rate schedules of a training run (pairseg.train.learning_rate); the first is the default.
 LR_SCHEDULES = ("constant", "poly", "cosine")
 
-# Files: images the engine reads as volumes (plus DICOM folders), label files it reads and writes.
+# Files: images the engine reads as volumes (plus DICOM folders); images it writes (probability
+# and uncertainty maps, volumes: a one-file format each, so that the write is atomic, hence no
+# ".mhd", whose voxels go to a second file); label files it reads and writes.
 READABLE_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+WRITABLE_IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 LABEL_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
 MODEL_SUFFIX = ".pairseg"
 MODEL_FORMAT = "pairseg-model"
@@ -49,6 +57,30 @@ CHECKPOINT_SUFFIX = ".ckpt"  # a run's resumable checkpoint: <model file> + this
 
 # The training budget when neither epochs nor steps is given.
 DEFAULT_EPOCHS = 20
+
+#: Colours (RGB 0..1) of common abdominal structures, close to 3D Slicer's anatomy colours, by
+#: ``class_key`` of the class name (the engine's label files and the Slicer sample data use them).
+NAMED_COLORS = {
+    "liver": (0.867, 0.510, 0.396),
+    "right kidney": (0.725, 0.400, 0.325),
+    "left kidney": (0.580, 0.290, 0.220),
+    "kidney": (0.725, 0.400, 0.325),
+    "spleen": (0.616, 0.424, 0.635),
+    "pancreas": (0.976, 0.706, 0.435),
+    "tumor": (0.902, 0.863, 0.275),
+    "tumour": (0.902, 0.863, 0.275),
+}
+#: Colours of the classes ``NAMED_COLORS`` does not know, by class position (cycled).
+PALETTE = (
+    (0.502, 0.682, 0.502),
+    (0.945, 0.839, 0.569),
+    (0.694, 0.478, 0.396),
+    (0.435, 0.722, 0.824),
+    (0.847, 0.396, 0.310),
+    (0.867, 0.510, 0.396),
+    (0.565, 0.933, 0.565),
+    (0.753, 0.408, 0.690),
+)
 
 
 def is_device_name(name: str) -> bool:
@@ -66,6 +98,13 @@ def class_key(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"class name must be a string, got {type(name).__name__}")
     return " ".join(re.split(r"[\s_\-]+", name.strip().lower())).strip()
+
+
+def default_colors(class_names) -> list:
+    """One RGB (0..1) colour per class: ``NAMED_COLORS`` for known organ names (``class_key``
+    rule: ``Right_Kidney`` is ``right kidney``), else ``PALETTE`` by the class's position."""
+    return [NAMED_COLORS.get(class_key(str(name)), PALETTE[i % len(PALETTE)])
+            for i, name in enumerate(class_names)]
 
 
 def same_class_names(first, second) -> bool:

@@ -1,6 +1,6 @@
 """Slice preprocessing (checks, intensity normalisation, 2.5D stacks, resampling) and the in-memory
-slice store. Datasets on disk live in ``pairseg.datasets``, canonical orientation in
-``pairseg.orientation``; their names are re-exported here.
+slice store. Datasets on disk (and the image check ``check_image``) live in ``pairseg.datasets``,
+canonical orientation in ``pairseg.orientation``.
 
 A training set is read from disk once: every volume is normalised (CT window or MR percentile
 clip), cut into 2.5D stacks (slices z-1, z, z+1 as channels, edges replicated) and resampled to
@@ -16,22 +16,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pairseg.constants import MODALITIES, READABLE_IMAGE_SUFFIXES
-from pairseg.datasets import Case, Dataset, case_name, load_case, load_dataset, parse_classes  # noqa: F401
+from pairseg.constants import MODALITIES
 from pairseg.errors import PairSegInputError
-from pairseg.io import Volume
-from pairseg.orientation import Orientation, canonical_arrays, in_plane_spacing  # noqa: F401
+from pairseg.io.volume import Volume
+from pairseg.orientation import canonical_arrays, in_plane_spacing
 
 __all__ = [
-    "Volume",
     "CT_WINDOW",
     "MR_PERCENTILES",
-    "Case",
-    "Dataset",
-    "load_dataset",
-    "load_case",
-    "case_name",
-    "parse_classes",
     "normalize",
     "intensity_window",
     "apply_window",
@@ -43,39 +35,17 @@ __all__ = [
     "to_model_grid",
     "default_spacing",
     "widen_field_of_view",
-    "in_plane_spacing",
     "MR_WINDOW_RULES",
     "SliceStore",
-    "check_image",
-    "Orientation",
-    "canonical_arrays",
 ]
 
 CT_WINDOW = (-200.0, 250.0)
 MR_PERCENTILES = (2.0, 98.0)
 MR_WINDOW_RULES = ("above-minimum", "volume")
-IMAGE_SUFFIXES = READABLE_IMAGE_SUFFIXES
 
 # ---------------------------------------------------------------------------------------------
 # Checks and normalisation
 # ---------------------------------------------------------------------------------------------
-
-
-def check_image(volume: Volume, min_slices: int = 3) -> None:
-    """Reject images the engine cannot segment, naming the file and the problem."""
-    name = volume.path or "image"
-    array = volume.array
-    if array.ndim != 3:
-        raise PairSegInputError(f"{name}: expected a 3D image, got {array.ndim} dimensions")
-    if array.shape[0] < min_slices:
-        raise PairSegInputError(
-            f"{name}: has {array.shape[0]} slice(s); at least {min_slices} are needed for 2.5D input"
-        )
-    if not np.isfinite(array).all():
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise PairSegInputError(f"{name}: contains {bad} NaN or infinite voxel(s)")
-    if array.size == 0 or float(array.max()) == float(array.min()):
-        raise PairSegInputError(f"{name}: image is empty or constant (nothing to segment)")
 
 
 def normalize(array: np.ndarray, modality: str, mr_rule: str = "above-minimum") -> np.ndarray:

@@ -15,10 +15,28 @@ import numpy as np
 
 from pairseg.constants import LABEL_SUFFIXES, MODALITIES, READABLE_IMAGE_SUFFIXES, class_key, same_class_names
 from pairseg.errors import PairSegInputError
-from pairseg.io import Volume, read_label, read_volume, refuse_dangling_links
+from pairseg.io.locations import refuse_dangling_links
+from pairseg.io.read import read_label, read_volume
+from pairseg.io.volume import Volume
 
-__all__ = ["Case", "Dataset", "case_name", "parse_classes", "load_dataset", "load_case"]
+__all__ = ["Case", "Dataset", "case_name", "parse_classes", "load_dataset", "load_case", "check_image"]
 
+
+def check_image(volume: Volume, min_slices: int = 3) -> None:
+    """Reject images the engine cannot segment, naming the file and the problem."""
+    name = volume.path or "image"
+    array = volume.array
+    if array.ndim != 3:
+        raise PairSegInputError(f"{name}: expected a 3D image, got {array.ndim} dimensions")
+    if array.shape[0] < min_slices:
+        raise PairSegInputError(
+            f"{name}: has {array.shape[0]} slice(s); at least {min_slices} are needed for 2.5D input"
+        )
+    if not np.isfinite(array).all():
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise PairSegInputError(f"{name}: contains {bad} NaN or infinite voxel(s)")
+    if array.size == 0 or float(array.max()) == float(array.min()):
+        raise PairSegInputError(f"{name}: image is empty or constant (nothing to segment)")
 
 
 @dataclass
@@ -146,8 +164,6 @@ def load_dataset(folder: str | Path, classes: str | Sequence[str] | None = None,
 
 def load_case(case: Case, dataset: Dataset) -> tuple[Volume, np.ndarray]:
     """Read and check one annotated case: (image volume, label map z, y, x uint8)."""
-    from pairseg.data import check_image  # pairseg.data re-exports this module
-
     image = read_volume(case.image)
     check_image(image)
     if case.label is None:

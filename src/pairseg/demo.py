@@ -50,7 +50,7 @@ def overlay_picture(path: Path, image: np.ndarray, predicted: np.ndarray, refere
     rows = max(1, int(round(picture.shape[0] * spacing_zyx[1] / spacing_zyx[2])))  # square pixels on screen
     resampled = sitk.Resample(itk, [picture.shape[1], rows], sitk.Transform(), sitk.sitkLinear, (0.0, 0.0),
                               (float(spacing_zyx[2]), float(spacing_zyx[2])), (1.0, 0.0, 0.0, 1.0))
-    from pairseg.io import write_png
+    from pairseg.io.write import write_png
 
     return write_png(path, resampled)
 
@@ -63,10 +63,11 @@ def run_demo(*, out: str, model: str | None = None, data: str | None = None, tra
     fine-tuning cases (a one-case dataset, like the default sample, fine-tunes on that case).
     Returns the report also written to ``<out>/metrics.json``. Raises ``PairSegInputError``.
     """
-    from pairseg.catalog import load_catalog, resolve_model, sample_folder
+    from pairseg.modelfiles.catalog import load_catalog, resolve_model, sample_folder
     from pairseg.datasets import load_dataset
     from pairseg.infer import Predictor
-    from pairseg.io import check_output, read_label, read_volume
+    from pairseg.io.locations import check_output
+    from pairseg.io.read import read_label, read_volume
     from pairseg.metrics import evaluate_case, format_table, summarize
     from pairseg.orientation import Orientation
 

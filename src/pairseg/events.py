@@ -46,10 +46,17 @@ class JsonEvents:
         self.stream.flush()
 
 
-def _duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
+def format_duration(seconds: Any) -> str:
+    """The one duration format of the engine and the Slicer modules: ``75`` -> ``1m15s``,
+    ``7300`` -> ``2h01m``, ``42`` -> ``42s`` (seconds, rounded); ``None``, a non-number or a
+    non-finite value -> ``?``."""
+    try:
+        value = float(seconds)
+    except (TypeError, ValueError):
         return "?"
-    seconds = int(round(seconds))
+    if not math.isfinite(value):
+        return "?"
+    seconds = int(round(value))
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
@@ -90,7 +97,7 @@ class HumanEvents:
             if fields.get("loss") is not None:
                 parts.append(f"loss {fields['loss']:.4f}")
             if fields.get("eta_s") is not None:
-                parts.append(f"ETA {_duration(fields['eta_s'])}")
+                parts.append(f"ETA {format_duration(fields['eta_s'])}")
             self.stream.write("\r" + " ".join(parts))
             self.stream.flush()
             self._bar_open = True

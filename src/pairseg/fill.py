@@ -33,7 +33,7 @@ import numpy as np
 from pairseg.annotation import annotated_mask, class_extents
 from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.events import EventSink, null_events
-from pairseg.io import Volume
+from pairseg.io.volume import Volume
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "PRIOR_MM", "FillProblem", "FillResult", "fill_problem", "mci_fill",
            "mci_prior", "learn", "network_probabilities", "combine", "fill_volume", "fill_files", "resolve_base",
@@ -54,7 +54,7 @@ def resolve_base(base: str | None, modality: str | None) -> str | None:
         return None
     if str(base).lower() != "auto":
         return base
-    from pairseg.catalog import load_catalog
+    from pairseg.modelfiles.catalog import load_catalog
 
     try:
         catalog = load_catalog()
@@ -112,7 +112,7 @@ def fill_problem(image: Volume, label_volume: Volume, class_names: Sequence[str]
     ``PairSegInputError`` naming ``name``: no annotated slice; a class drawn on one slice only
     (nothing to fill between) or on every slice of the volume, or none; no class with an
     unannotated slice between its first and last annotated slice (nothing to fill)."""
-    from pairseg.io import same_geometry
+    from pairseg.io.volume import same_geometry
     from pairseg.orientation import Orientation
 
     if label_volume.array.shape != image.array.shape or not same_geometry(label_volume, image):
@@ -202,12 +202,14 @@ def learn(problem: FillProblem, *, base: str | None = None, modality: str | None
     Returns (model, (TrainConfig, TrainingData, TrainingState, samples per epoch), seconds)."""
     import torch
 
-    from pairseg.catalog import resolve_model
+    from pairseg.modelfiles.catalog import resolve_model
     from pairseg.config import TrainConfig
-    from pairseg.data import Case, Dataset, SliceStore, default_spacing, in_plane_spacing
+    from pairseg.data import default_spacing, SliceStore
+    from pairseg.datasets import Case, Dataset
+    from pairseg.orientation import in_plane_spacing
     from pairseg.devices import resolve_device
     from pairseg.infer import model_preprocessing
-    from pairseg.modelfile import load_model
+    from pairseg.modelfiles.weights import load_model
     from pairseg.networks import build_model
     from pairseg.train import EpochPlan, TrainingData, TrainingLoop
 
@@ -330,7 +332,7 @@ def fill_volume(image: Volume, label_volume: Volume, class_names: Sequence[str],
         raise PairSegInputError("--modality MR or CT is needed to train from scratch (--base none, or no catalog "
                                 "model for this image); it sets the intensity window")
     if method != "mci" and base is not None:
-        from pairseg.catalog import resolve_model
+        from pairseg.modelfiles.catalog import resolve_model
 
         resolve_model(base)  # a missing model file is refused before any work
     start = time.monotonic()
@@ -365,10 +367,12 @@ def fill_files(image_path: str | Path, label_path: str | Path, out_path: str | P
     model (``.pairseg``). Output locations are checked before anything is read (an existing file is
     replaced only with ``overwrite``); every input problem
     is a ``PairSegInputError`` before any training. ``options``: those of ``fill_volume``."""
-    from pairseg.constants import MODEL_SUFFIX
-    from pairseg.data import check_image
-    from pairseg.io import (LABEL_SUFFIXES, check_distinct, check_output, default_colors, read_label_volume,
-                            read_volume, remove_stale_temporaries, write_labels)
+    from pairseg.constants import LABEL_SUFFIXES, MODEL_SUFFIX, default_colors
+    from pairseg.datasets import check_image
+    from pairseg.atomic import remove_stale_temporaries
+    from pairseg.io.locations import check_distinct, check_output
+    from pairseg.io.read import read_label_volume, read_volume
+    from pairseg.io.write import write_labels
 
     out = check_output(out_path, LABEL_SUFFIXES, "--out")
     model_out = check_output(save_model, (MODEL_SUFFIX,), "--save-model") if save_model else None
@@ -387,7 +391,7 @@ def fill_files(image_path: str | Path, label_path: str | Path, out_path: str | P
     result = fill_volume(image, label_volume, names, events=events, name=str(label_path), **options)
     written = [Path(write_labels(out, result.labels, image, names, default_colors(names)))]
     if model_out is not None:
-        from pairseg.modelfile import save_model as write_model
+        from pairseg.modelfiles.weights import save_model as write_model
 
         written.append(Path(write_model(model_out, result.model, result.metadata)))
     events("done", outputs=[str(p) for p in written], method=result.method, seconds=round(result.seconds, 2),

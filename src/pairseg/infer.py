@@ -15,24 +15,26 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pairseg.data import (Orientation, apply_window, check_image, in_plane_spacing, intensity_window, resampled_shape,
-                          resize_slices, stacks_25d)
+from pairseg.data import apply_window, intensity_window, resampled_shape, resize_slices, stacks_25d
+from pairseg.datasets import check_image
+from pairseg.orientation import in_plane_spacing, Orientation
 from pairseg.constants import READABLE_IMAGE_SUFFIXES, same_class_names
 from pairseg.devices import bf16_supported, check_precision, resolve_device  # noqa: F401 (re-exported)
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
-from pairseg.io import (Volume, read_volume, refuse_dangling_links, write_labels, write_probabilities,
-                        write_together, write_volume)
-from pairseg.catalog import resolve_model
-from pairseg.modelfile import load_model
+from pairseg.atomic import write_together
+from pairseg.io.locations import refuse_dangling_links
+from pairseg.io.read import read_volume
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_labels, write_probabilities, write_volume
+from pairseg.modelfiles.catalog import resolve_model
+from pairseg.modelfiles.weights import load_model
 from pairseg.postprocess import keep_largest_component
 from pairseg.proxy import decode_labels
 from pairseg.uncertainty import rank_slices, uncertainty_map
 
 __all__ = ["resolve_device", "predict_volume", "predict_native", "model_preprocessing", "model_grid_shape",
-           "Prediction", "Predictor", "IMAGE_SUFFIXES"]
-
-IMAGE_SUFFIXES = READABLE_IMAGE_SUFFIXES
+           "Prediction", "Predictor"]
 
 
 def inference_memory_format(device: torch.device) -> torch.memory_format:
@@ -291,7 +293,7 @@ def list_inputs(path: str | Path) -> list[Path]:
     if not path.is_dir():
         raise PairSegInputError(f"{path}: input does not exist")
     def counts(name: str) -> bool:
-        return name.lower().endswith(IMAGE_SUFFIXES) and not name.lower().endswith(".seg.nrrd")
+        return name.lower().endswith(READABLE_IMAGE_SUFFIXES) and not name.lower().endswith(".seg.nrrd")
 
     refuse_dangling_links(path, counts)
     images = sorted(p for p in path.iterdir() if p.is_file() and counts(p.name))

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from pairseg.io import Volume
+from pairseg.io.volume import Volume
 
 __all__ = ["Orientation", "in_plane_spacing", "canonical_arrays"]
 

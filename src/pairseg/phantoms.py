@@ -21,7 +21,8 @@ import numpy as np
 from scipy import ndimage
 
 from .atomic import write_json
-from .io import IDENTITY_DIRECTION, Volume, write_labels, write_volume
+from pairseg.io.volume import IDENTITY_DIRECTION, Volume
+from pairseg.io.write import write_labels, write_volume
 
 __all__ = ["PHANTOM_CLASSES", "make_phantom_case", "make_phantom_dataset"]
 
@@ -53,6 +54,33 @@ def _ellipsoid(u, v, w, center, radii, angle: float = 0.0) -> np.ndarray:
     c, s = np.cos(angle), np.sin(angle)
     ru, rv = c * du + s * dv, -s * du + c * dv
     return (ru / radii[0]) ** 2 + (rv / radii[1]) ** 2 + (dw / radii[2]) ** 2
+
+
+def _render_image(rng: np.random.Generator, modality: str, masks: dict, coords: tuple) -> np.ndarray:
+    """The phantom's intensities (z, y, x) float32: each tissue's value of the modality's table
+    (``masks``: tissue name -> boolean mask, painted in order), smooth texture, in-plane blur, then
+    MR: a bias field and Rician noise (scaled to about 800); CT: Gaussian noise (HU)."""
+    u, v, w = coords
+    table = _MR if modality == "MR" else _CT
+    scale = {k: val * (rng.uniform(0.9, 1.1) if modality == "MR" else 1.0) for k, val in table.items()}
+    image = np.full(masks["body"].shape, scale["air"], dtype=np.float32)
+    for key, mask in masks.items():  # in this order: later tissues paint over earlier ones
+        image[mask] = scale[key]
+    texture = _smooth_field(rng, (u * 6, v * 6, w * 3), 1.0)
+    if modality == "MR":
+        image *= 1.0 + 0.06 * texture
+        image = ndimage.gaussian_filter(image, sigma=(0.0, 0.7, 0.7))
+        bias = np.exp(_smooth_field(rng, (u, v, w), 0.35, waves=3) + 0.25 * rng.uniform(-1, 1) * v)
+        image *= bias.astype(np.float32)
+        sigma = 0.03
+        n1 = rng.normal(0.0, sigma, image.shape).astype(np.float32)
+        n2 = rng.normal(0.0, sigma, image.shape).astype(np.float32)
+        image = np.sqrt((image + n1) ** 2 + n2**2) * np.float32(800.0)
+    else:
+        image += 8.0 * texture
+        image = ndimage.gaussian_filter(image, sigma=(0.0, 0.7, 0.7))
+        image += rng.normal(0.0, 12.0, image.shape).astype(np.float32)
+    return image
 
 
 def make_phantom_case(
@@ -121,27 +149,9 @@ def make_phantom_case(
         bowel |= _ellipsoid(u, v, w, c, rng.uniform(0.06, 0.12, 3) * (1, 1, 2.5)) < 1.0
     bowel &= inner & (labels == 0)
 
-    table = _MR if modality == "MR" else _CT
-    scale = {k: val * (rng.uniform(0.9, 1.1) if modality == "MR" else 1.0) for k, val in table.items()}
-    image = np.full(labels.shape, scale["air"], dtype=np.float32)
-    for mask, key in ((body, "body"), (wall, "wall"), (spine, "spine"), (csf & body, "csf"), (aorta, "aorta"),
-                      (bowel, "bowel"), (labels == 1, "liver"), (labels == 4, "spleen"), (labels == 2, "rk"),
-                      (labels == 3, "lk"), (medulla, "medulla")):
-        image[mask] = scale[key]
-    texture = _smooth_field(rng, (u * 6, v * 6, w * 3), 1.0)
-    if modality == "MR":
-        image *= 1.0 + 0.06 * texture
-        image = ndimage.gaussian_filter(image, sigma=(0.0, 0.7, 0.7))
-        bias = np.exp(_smooth_field(rng, (u, v, w), 0.35, waves=3) + 0.25 * rng.uniform(-1, 1) * v)
-        image *= bias.astype(np.float32)
-        sigma = 0.03
-        n1 = rng.normal(0.0, sigma, image.shape).astype(np.float32)
-        n2 = rng.normal(0.0, sigma, image.shape).astype(np.float32)
-        image = np.sqrt((image + n1) ** 2 + n2**2) * np.float32(800.0)
-    else:
-        image += 8.0 * texture
-        image = ndimage.gaussian_filter(image, sigma=(0.0, 0.7, 0.7))
-        image += rng.normal(0.0, 12.0, image.shape).astype(np.float32)
+    masks = {"body": body, "wall": wall, "spine": spine, "csf": csf & body, "aorta": aorta, "bowel": bowel,
+             "liver": labels == 1, "spleen": labels == 4, "rk": labels == 2, "lk": labels == 3, "medulla": medulla}
+    image = _render_image(rng, modality, masks, (u, v, w))
     volume = Volume(image.astype(np.float32), (sx, sy, sz), origin, IDENTITY_DIRECTION)
     return volume, labels
 

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Union
 
 import numpy as np
 
+from pairseg.architectures import architecture
+
 if TYPE_CHECKING:
     import torch
 
@@ -163,7 +165,7 @@ def proxy_probabilities(logits: Array, num_classes: int) -> Array:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)  # overflow-free sigmoid
 
 
-READOUTS = ("and", "union")
+READOUTS = architecture("c2fcn").choices["readout"]  # the read-outs of the proxy maps (C2FCN option)
 
 
 def segmentation_from_proxy(proxy_probs: Array, num_classes: int, readout: str = "and") -> Array:

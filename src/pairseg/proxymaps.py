@@ -14,10 +14,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from pairseg.data import Orientation, normalize, parse_classes, resize_slices, stack_25d
+from pairseg.data import normalize, resize_slices, stack_25d
+from pairseg.datasets import parse_classes
+from pairseg.orientation import Orientation
 from pairseg.errors import PairSegInputError
-from pairseg.io import Volume, read_label, read_volume, write_volume
-from pairseg.io import write_png as io_write_png
+from pairseg.io.read import read_label, read_volume
+from pairseg.io.volume import Volume
+from pairseg.io.write import write_volume
+from pairseg.io.write import write_png as io_write_png
 from pairseg.proxy import proxy_probabilities, proxy_targets
 
 AND_COLOR = np.array([40, 90, 255], dtype=np.float32)
@@ -63,8 +67,8 @@ def predicted_and_xor(model_path: str, image_a: Volume, slice_a: int, image_b: V
                       device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """A pairwise model's AND and XOR probability maps (max over classes) on slice A's grid."""
     from pairseg.devices import resolve_device
-    from pairseg.catalog import resolve_model
-    from pairseg.modelfile import load_model
+    from pairseg.modelfiles.catalog import resolve_model
+    from pairseg.modelfiles.weights import load_model
 
     dev = resolve_device(device)
     model, meta = load_model(resolve_model(model_path), dev)
@@ -95,8 +99,8 @@ def write_proxy_maps(*, label_a: str, slice_a: int, label_b: str | None, slice_b
                      image_a: str | None = None, image_b: str | None = None, model: str | None = None,
                      classes: str | None = None, device: str = "auto") -> list[Path]:
     """Write the ground-truth (and predicted) AND/XOR maps of slice A and slice B into ``out``."""
-    from pairseg.catalog import resolve_model
-    from pairseg.modelfile import read_metadata
+    from pairseg.modelfiles.catalog import resolve_model
+    from pairseg.modelfiles.weights import read_metadata
 
     names = parse_classes(classes) if classes else (read_metadata(resolve_model(model))["class_names"] if model else None)
     labels_a, names_a = read_label(label_a, class_names=names)

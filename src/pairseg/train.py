@@ -29,19 +29,20 @@ import torch
 from pairseg import __version__
 from pairseg.augment import augment_batch
 from pairseg.config import AugmentConfig, TrainConfig
-from pairseg.constants import CHECKPOINT_SUFFIX, DEFAULT_ARCHITECTURE, MODEL_SUFFIX, TRAIN_PRECISIONS, same_class_names
-from pairseg.data import (CT_WINDOW, MR_PERCENTILES, Dataset, Orientation, SliceStore, default_spacing,
-                          in_plane_spacing, load_case, load_dataset)
+from pairseg.constants import (CHECKPOINT_SUFFIX, DEFAULT_ARCHITECTURE, MODEL_SUFFIX, TRAIN_PRECISIONS, default_colors,
+                               same_class_names)
+from pairseg.data import CT_WINDOW, default_spacing, MR_PERCENTILES, SliceStore
+from pairseg.datasets import Dataset, load_case, load_dataset
+from pairseg.orientation import in_plane_spacing, Orientation
 from pairseg.distributed import DistributedContext, tensor_digest
 from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.events import EventSink, null_events
 from pairseg.devices import check_precision
 from pairseg.infer import model_preprocessing, predict_native
-from pairseg.io import default_colors
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
-from pairseg.catalog import resolve_model
-from pairseg.modelfile import atomic_torch_save, load_model, safe_torch_load, save_model
+from pairseg.modelfiles.catalog import resolve_model
+from pairseg.modelfiles.weights import atomic_torch_save, load_model, safe_torch_load, save_model
 from pairseg.networks import build_model
 from pairseg.pairs import default_offsets, sample_pairs
 from pairseg.annotation import annotated_offsets, canonical_annotation, empty_slices_inside, summarize_annotation
@@ -93,7 +94,8 @@ def check_output_location(config: TrainConfig) -> Path:
     replaces them as it writes its own. Stale temporaries of both files (from a write killed half
     way) are removed. Raises ``PairSegOutputError`` (a ``PairSegInputError``) naming the path.
     """
-    from pairseg.io import check_output, remove_stale_temporaries
+    from pairseg.atomic import remove_stale_temporaries
+    from pairseg.io.locations import check_output
 
     model = check_output(config.out, (MODEL_SUFFIX,), "model")
     ckpt = check_output(checkpoint_path(model), None, "checkpoint")
@@ -688,7 +690,7 @@ def _check_ranks_agree(config: TrainConfig, data: TrainingData, model: torch.nn.
 
 def model_metadata(config: TrainConfig, data: TrainingData, state: TrainingState, samples_per_epoch: int,
                    world_size: int = 1) -> dict:
-    """The metadata of the trained model file (``modelfile.save_model`` adds format, weights hash,
+    """The metadata of the trained model file (``modelfiles.weights.save_model`` adds format, weights hash,
     architecture and options): classes, colours, modality, grid, preprocessing and training record."""
     dataset, train_set = data.dataset, data.train_set
     seen = list(dict.fromkeys((data.init_meta or {}).get("training", {}).get("seen_cases", []) +

@@ -114,7 +114,7 @@ class PairSegModel(nn.Module):
     """Base of every PairSeg network: carries the description needed to rebuild it.
 
     Attributes:
-        arch: architecture name (a key of :data:`pairseg.networks.ARCHITECTURES`).
+        arch: architecture name (a row of :data:`pairseg.architectures.ARCHITECTURE_TABLE`).
         num_classes: K, the number of foreground classes.
         in_channels: input channels (3 for 2.5D stacks).
         options: architecture options; ``build_model(arch, num_classes, in_channels, **options)``

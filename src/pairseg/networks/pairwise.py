@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..architectures import architecture
 from ..proxy import READOUTS, proxy_channels, proxy_probabilities, segmentation_from_proxy
 from .base import (ConvBNReLU, Decoder, Encoder, EncoderDecoderCore, ModelSpec,
                    foreground_probabilities, initialize_weights)
@@ -42,7 +43,7 @@ class C2FCN(EncoderDecoderCore):
     ``"max"``.
     """
 
-    training_form = "proxy"
+    training_form = architecture("c2fcn").training_form  # the architecture table's
 
     def __init__(self, spec: ModelSpec, encoder: Encoder, decoder: Decoder,
                  aggregate: str = "sum", readout: str = "union") -> None:
@@ -118,7 +119,7 @@ class CFCN(EncoderDecoderCore):
     DeepLabv3+), its high-level input the decoder output.
     """
 
-    training_form = "conjugate"
+    training_form = architecture("cfcn").training_form  # the architecture table's
 
     def __init__(self, spec: ModelSpec, encoder: Encoder, decoder: Decoder) -> None:
         super().__init__(spec, encoder, decoder, spec.num_classes + 1)
@@ -151,7 +152,7 @@ class SiamFCN(EncoderDecoderCore):
     branch's and fused back to their own width by a shared 1x1 convolution.
     """
 
-    training_form = "siamese"
+    training_form = architecture("siamfcn").training_form  # the architecture table's
 
     def __init__(self, spec: ModelSpec, encoder: Encoder, decoder: Decoder) -> None:
         super().__init__(spec, encoder, decoder, spec.num_classes + 1)

@@ -40,7 +40,7 @@ def _resource_folder(kind: str, marker: str, override_variable: str) -> Path:
     override = os.environ.get(override_variable)
     if override:
         return Path(override)
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parent.parent  # the pairseg package folder
     for root in (package.parent, package.parent.parent):
         candidate = root / "Resources" / kind
         if (candidate / marker).is_file():

@@ -1,13 +1,13 @@
 """Model files: network weights plus JSON metadata, loaded without executing code.
 
-A model file (format 2, see :mod:`pairseg.modelformat` for the layout, the checksum and the
+A model file (format 2, see :mod:`pairseg.modelfiles.fileformat` for the layout, the checksum and the
 metadata fields) is a safetensors file: a JSON header that holds the metadata, then raw tensor
 bytes. Reading it never unpickles anything; the metadata can be read with the Python standard
 library alone. A SHA-256 over the weights AND the metadata is verified on every read.
 
 Format-1 files (PyTorch zip archives) still load: their weights through
 ``torch.load(..., weights_only=True)``, which refuses arbitrary pickled objects, their weights
-checksum is verified, and their metadata is migrated (:data:`pairseg.modelformat.MIGRATIONS`).
+checksum is verified, and their metadata is migrated (:data:`pairseg.modelfiles.fileformat.MIGRATIONS`).
 
 Checkpoints (``<model>.ckpt``, optimiser and RNG state for resuming) stay PyTorch archives written
 by :func:`atomic_torch_save` and read by :func:`safe_torch_load`.
@@ -26,11 +26,13 @@ from typing import Any
 
 import torch
 
-from pairseg import __version__, atomic, modelformat
+from pairseg import __version__, atomic
+from pairseg.constants import MODEL_FORMAT
+from pairseg.modelfiles import fileformat
 from pairseg.errors import PairSegInputError
-from pairseg.modelformat import FORMAT, FORMAT_VERSION, SUFFIX
+from pairseg.modelfiles.fileformat import FORMAT_VERSION
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SUFFIX", "save_model", "write_model_file", "load_model",
+__all__ = ["save_model", "write_model_file", "load_model",
            "read_metadata", "weights_sha256", "atomic_torch_save", "safe_torch_load"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -38,7 +40,7 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """The format-1 checksum of the weights alone (format 2 uses
-    :func:`pairseg.modelformat.content_sha256`, which also covers the metadata)."""
+    :func:`pairseg.modelfiles.fileformat.content_sha256`, which also covers the metadata)."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -130,9 +132,9 @@ def save_model(path: str | Path, model: torch.nn.Module, metadata: dict[str, Any
         model: a network from :func:`pairseg.networks.build_model`; ``arch``, ``num_classes``,
             ``in_channels`` and ``options`` are taken from it.
         metadata: ``class_names``, ``modality``, ``size`` (required), ``class_colors`` (default:
-            :func:`pairseg.io.default_colors`), ``spacing`` (in-plane mm: a number or [row, col];
+            :func:`pairseg.constants.default_colors`), ``spacing`` (in-plane mm: a number or [row, col];
             default None = slices resized), ``preprocessing``, ``training``, ``validation`` ...
-            (see :func:`pairseg.modelformat.validate_metadata`). Non-finite numbers are stored as
+            (see :func:`pairseg.modelfiles.fileformat.validate_metadata`). Non-finite numbers are stored as
             null (JSON has none).
         weights_dtype: None or ``torch.float32`` (as trained), ``torch.float16`` or
             ``torch.bfloat16`` (half the file; :func:`load_model` returns float32 weights).
@@ -157,7 +159,7 @@ def write_model_file(path: str | Path, state_dict: dict[str, torch.Tensor], meta
     state = _stored_weights(state_dict, dtype_name, path)
     meta = {k: v for k, v in metadata.items() if k != "sha256"}
     if "class_colors" not in meta and isinstance(meta.get("class_names"), (list, tuple)):
-        from pairseg.io import default_colors
+        from pairseg.constants import default_colors
 
         meta["class_colors"] = default_colors(meta["class_names"])
     spacing = meta.pop("spacing", None)
@@ -167,34 +169,34 @@ def write_model_file(path: str | Path, state_dict: dict[str, torch.Tensor], meta
         weights_dtype=dtype_name,
         sha256="",
     )
-    meta = modelformat.plain_json(meta)
+    meta = fileformat.plain_json(meta)
     meta["spacing"] = _floats(spacing)  # not through plain_json: a NaN spacing is an error, not "none"
-    modelformat.validate_metadata(meta, path)
+    fileformat.validate_metadata(meta, path)
 
     from safetensors.torch import save as encode
 
-    meta["sha256"] = modelformat.content_sha256(encode(state, modelformat.header_metadata(meta)), path)
-    data = encode(state, modelformat.header_metadata(meta))
-    modelformat.verified_metadata(data, path)  # what is written reads back, checksum included
+    meta["sha256"] = fileformat.content_sha256(encode(state, fileformat.header_metadata(meta)), path)
+    data = encode(state, fileformat.header_metadata(meta))
+    fileformat.verified_metadata(data, path)  # what is written reads back, checksum included
     return atomic.write_bytes(path, data, "model")
 
 
 def _read(path: str | Path, weights: bool) -> tuple[dict, dict[str, torch.Tensor] | None]:
     """Verified, migrated metadata and (when ``weights``) the float32 state dict of a model file."""
-    data = modelformat.read_model_bytes(path)
+    data = fileformat.read_model_bytes(path)
     if data[:4] == b"PK\x03\x04":  # format 1: a PyTorch archive
         payload = safe_torch_load(path, "model file")
-        if payload.get("format") != FORMAT:
-            raise modelformat.not_a_model(path, f"format {payload.get('format')!r}")
-        raw = modelformat.format1_metadata(payload, path)
+        if payload.get("format") != MODEL_FORMAT:
+            raise fileformat.not_a_model(path, f"format {payload.get('format')!r}")
+        raw = fileformat.format1_metadata(payload, path)
         state = payload.get("state_dict")
         if (not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values())
                 or weights_sha256(state) != raw.get("sha256")):
             raise PairSegInputError(f"{path}: weights do not match their checksum (file damaged or edited); "
                                     "refused")
-        meta = modelformat.upgrade(raw, 1, path)
+        meta = fileformat.upgrade(raw, 1, path)
     else:
-        meta = modelformat.verified_metadata(data, path)
+        meta = fileformat.verified_metadata(data, path)
         state = None
         if weights:
             from safetensors.torch import load as decode

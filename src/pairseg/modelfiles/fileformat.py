@@ -2,7 +2,7 @@
 
 This module is the one definition of what a ``.pairseg`` file holds: its layout, its checksum,
 its metadata fields and their validation, and the migrations from earlier format versions. The
-engine (:mod:`pairseg.modelfile`, which adds the weights through torch and safetensors) and the
+engine (:mod:`pairseg.modelfiles.weights`, which adds the weights through torch and safetensors) and the
 Slicer modules (which describe a model before torch is installed) both read metadata through it.
 
 Format 2 (current) is a `safetensors <https://github.com/huggingface/safetensors>`_ file::
@@ -44,16 +44,15 @@ import zlib
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from pairseg.constants import ARCHITECTURES, MODALITIES, MODEL_FORMAT, MODEL_SUFFIX, class_key
+from pairseg.architectures import architecture
+from pairseg.constants import ARCHITECTURES, MODALITIES, MODEL_FORMAT, class_key
 from pairseg.errors import PairSegInputError
 
-FORMAT = MODEL_FORMAT
 FORMAT_VERSION = 2
-SUFFIX = MODEL_SUFFIX
 #: How the floating-point weights may be stored (``weights_dtype``); they load as float32.
 WEIGHTS_DTYPES = ("float32", "float16", "bfloat16")
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SUFFIX", "MODALITIES", "WEIGHTS_DTYPES", "MIGRATIONS",
+__all__ = ["FORMAT_VERSION", "WEIGHTS_DTYPES", "MIGRATIONS",
            "read_metadata", "read_model_bytes", "stored_format_version", "verified_metadata",
            "header_metadata", "content_sha256", "format1_metadata", "upgrade", "validate_metadata",
            "inplane_spacing", "plain_json", "not_a_model"]
@@ -114,7 +113,7 @@ def _header(data: bytes, path: PathLike) -> tuple[dict, int]:
 def _record(header: dict, path: PathLike) -> tuple[int, dict]:
     """(format version, metadata as stored) of a format-2 header."""
     record = header.get("__metadata__")
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    if not isinstance(record, dict) or record.get("format") != MODEL_FORMAT:
         raise not_a_model(path, "a safetensors file without PairSeg metadata")
     version = _check_version(record.get("format_version"), path)
     if version < 2:  # format 1 was a PyTorch archive
@@ -179,7 +178,7 @@ def content_sha256(data: bytes, path: PathLike = "model file") -> str:
 def _content_sha256(data: bytes, header: dict, start: int, path: PathLike) -> str:
     version, metadata = _record(header, path)
     digest = hashlib.sha256()
-    digest.update(_canonical({"format": FORMAT, "format_version": version,
+    digest.update(_canonical({"format": MODEL_FORMAT, "format_version": version,
                               "metadata": {k: v for k, v in metadata.items() if k != "sha256"}}))
     for name, dtype, shape, raw in _tensors(header, memoryview(data)[start:], path):
         digest.update(_canonical([name, dtype, shape]))
@@ -189,7 +188,7 @@ def _content_sha256(data: bytes, header: dict, start: int, path: PathLike) -> st
 
 def header_metadata(metadata: dict) -> dict[str, str]:
     """The safetensors ``__metadata__`` of a format-2 file holding ``metadata``."""
-    return {"format": FORMAT, "format_version": str(FORMAT_VERSION),
+    return {"format": MODEL_FORMAT, "format_version": str(FORMAT_VERSION),
             "metadata": json.dumps(metadata, sort_keys=True, allow_nan=False)}
 
 
@@ -249,7 +248,7 @@ def _legacy_record(data: bytes, path: PathLike) -> dict:
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, KeyError, OSError, NotImplementedError) as error:
         raise PairSegInputError(f"{path}: model file is damaged or truncated (an archive that cannot be "
                                 f"read: {type(error).__name__}); refused") from error
-    if found.get("format") != FORMAT:
+    if found.get("format") != MODEL_FORMAT:
         raise not_a_model(path, f"format {found.get('format')!r}")
     return found
 
@@ -270,12 +269,15 @@ def _from_1(metadata: dict) -> dict:
     """Format 1 -> 2: fill what format-1 files could lack, as the engine that wrote them did."""
     meta = dict(metadata)
     options = meta.get("options")
-    if meta.get("arch") == "c2fcn" and isinstance(options, dict) and "readout" not in options:
-        # written before the read-out option: that engine read out the AND channels (Eq. 12)
-        meta["options"] = {**options, "readout": "and"}
+    row = architecture(meta["arch"]) if isinstance(meta.get("arch"), str) else None
+    if row is not None and isinstance(options, dict):
+        # options written before they existed: the values that engine used (C2FCN: the AND read-out, Eq. 12)
+        missing = {name: value for name, value in row.legacy_options.items() if name not in options}
+        if missing:
+            meta["options"] = {**options, **missing}
     names = meta.get("class_names")
     if "class_colors" not in meta and isinstance(names, list) and all(isinstance(n, str) for n in names):
-        from pairseg.io import default_colors  # numpy + SimpleITK (Slicer ships both), no torch
+        from pairseg.constants import default_colors  # standard library only
 
         meta["class_colors"] = [[float(c) for c in rgb] for rgb in default_colors(names)]
     if isinstance(meta.get("modality"), str):
