@@ -160,7 +160,7 @@ def test_segment_precision_option(small_data, untrained_model, tmp_path, capsys,
     error (exit 2, nothing written) where not."""
     import torch
 
-    from pairseg.infer import bf16_supported
+    from pairseg.devices import bf16_supported
 
     image = small_data / "case_002_image.nii.gz"
     out = tmp_path / "bf16" / "case.nii.gz"
@@ -168,6 +168,11 @@ def test_segment_precision_option(small_data, untrained_model, tmp_path, capsys,
         code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input", image, "--output", out,
                               "--precision", "bf16", "--events", "json", "--device", "cpu")
         assert code == 0 and out.is_file()
+    default = tmp_path / "default" / "case.nii.gz"
+    code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input", image, "--output", default,
+                          "--events", "json", "--device", "cpu")
+    start = next(e for e in events if e["event"] == "start")
+    assert code == 0 and start["precision"] == ("bf16" if bf16_supported(torch.device("cpu")) else "fp32")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
     refused = tmp_path / "refused" / "case.nii.gz"
     code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input", image, "--output", refused,

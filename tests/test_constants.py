@@ -37,7 +37,6 @@ def test_class_rule_in_dataset_checks(tmp_path):
 def test_shared_facts_agree_with_their_users():
     assert set(constants.ARCHITECTURES) == set(networks.ENCODER_DECODERS) | set(networks.PAIRWISE_WRAPPERS)
     assert set(constants.BASES) == set(networks.ENCODER_DECODERS)
-    assert set(constants.PAIR_MODES) == set(pairs.MODES)
     assert {m: pairs.default_offsets(m) for m in constants.MODALITIES} == constants.DEFAULT_OFFSETS
     assert MODALITIES == constants.MODALITIES
     assert setting("arch").choices == constants.ARCHITECTURES and setting("pair_mode").default == "intra+inter"

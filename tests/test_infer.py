@@ -11,7 +11,8 @@ import torch
 from pairseg.data import intensity_window, normalize, stacks_25d
 from pairseg.orientation import Orientation
 from pairseg.errors import PairSegInputError
-from pairseg.infer import (Predictor, bf16_supported, inference_memory_format, list_inputs, predict_volume,
+from pairseg.devices import bf16_supported
+from pairseg.infer import (Predictor, inference_memory_format, list_inputs, predict_volume,
                            resolve_device)
 from pairseg.io.read import read_volume
 from pairseg.io.volume import Volume
@@ -210,7 +211,7 @@ def test_bf16_precision_runs_bfloat16_and_agrees_with_fp32(phantom_model, phanto
     """--precision bf16: the convolutions really run in bfloat16 and the probabilities stay close to
     fp32's (the Dice cost on real data is measured in benchmarks/results/dice_cost.json)."""
     volume = read_volume(sorted(phantom_dir.glob("*_image.nii.gz"))[0])
-    fp32 = Predictor(phantom_model, "cpu").segment(volume, keep_largest=False, keep_probabilities=True)
+    fp32 = Predictor(phantom_model, "cpu", precision="fp32").segment(volume, keep_largest=False, keep_probabilities=True)
     predictor = Predictor(phantom_model, "cpu", precision="bf16")
     dtypes = []
     first_conv = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d))
@@ -220,6 +221,16 @@ def test_bf16_precision_runs_bfloat16_and_agrees_with_fp32(phantom_model, phanto
     assert bf16.labels.array.shape == fp32.labels.array.shape
     difference = np.abs(bf16.probabilities.astype(np.float32) - fp32.probabilities.astype(np.float32))
     assert difference.mean() < 0.005 and np.percentile(difference, 99) < 0.05
+
+
+def test_auto_precision_is_bf16_only_where_native(untrained_model, monkeypatch):
+    """The default precision "auto" runs bf16 where the CPU has a native bfloat16 path and fp32
+    elsewhere (never refused); an explicit fp32 stays fp32."""
+    native = bf16_supported(torch.device("cpu"))
+    assert Predictor(untrained_model, "cpu").precision == ("bf16" if native else "fp32")
+    assert Predictor(untrained_model, "cpu", precision="fp32").precision == "fp32"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert Predictor(untrained_model, "cpu").precision == "fp32"
 
 
 def test_precision_refused_where_unsupported(untrained_model, monkeypatch):

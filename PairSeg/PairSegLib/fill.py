@@ -25,7 +25,9 @@ from .engine import RunState
 from .mrml import InputError
 from .segmentlogic import WorkFolderRun
 
-METHODS = ("mci", "fusion", "pairwise")  # the engine's (pairseg.fill.METHODS); mci measured best on a CPU
+_constants = engineModule.torchFreeEngineModule("constants")
+METHODS = _constants.FILL_METHODS  # the engine's methods; the first, mci, measured best on a CPU
+DEFAULT_METHOD = _constants.DEFAULT_FILL_METHOD
 METHOD_LABELS = {"mci": "contour interpolation (as Fill between slices; no training)",
                  "fusion": "a PairSeg network learnt from the drawn slices + contour interpolation",
                  "pairwise": "the PairSeg network only"}
@@ -66,7 +68,7 @@ class FillRun(WorkFolderRun):
     name = "fill"
     inputErrorClass = InputError
 
-    def __init__(self, logic, volumeNode, segmentationNode, labels, segmentIds, names, colors, method="mci",
+    def __init__(self, logic, volumeNode, segmentationNode, labels, segmentIds, names, colors, method=DEFAULT_METHOD,
                  budgetSeconds=180, device="auto", base=None, modality=None, **options):
         super().__init__(logic, **options)
         self.volumeNode, self.segmentationNode = volumeNode, segmentationNode
@@ -114,7 +116,7 @@ class FillLogic:
         self.history = None  # vtkSegmentationHistory of the last Apply (one undo step)
         self.historyNode = None
 
-    def previewAsync(self, volumeNode, segmentationNode, method="mci", budgetSeconds=180, device="auto",
+    def previewAsync(self, volumeNode, segmentationNode, method=DEFAULT_METHOD, budgetSeconds=180, device="auto",
                      base=None, onProgress=None, onFinished=None):
         """Start ``pairseg fill`` on the segmentation's strokes; returns the running FillRun.
         InputError at once (nothing starts) for a missing volume or segmentation, no stroke, or an
@@ -215,7 +217,7 @@ def parameterNodeClass():
         class PairSegFillParameterNode:
             volume: vtkMRMLScalarVolumeNode
             segmentation: vtkMRMLSegmentationNode
-            method: Annotated[str, Choice(list(METHODS))] = "mci"
+            method: Annotated[str, Choice(list(METHODS))] = DEFAULT_METHOD
             budgetSeconds: Annotated[int, Minimum(5), Maximum(3600)] = 180
 
         _parameterClasses[key] = wrapperModule.parameterNodeWrapper(PairSegFillParameterNode)

@@ -29,7 +29,7 @@ from pairseg.architectures import architecture
 from pairseg.config import add_arguments as add_train_arguments
 from pairseg.config import from_arguments as train_config_from_arguments
 from pairseg.config import setting
-from pairseg.constants import MODALITIES, PRECISIONS
+from pairseg.constants import DEFAULT_FILL_METHOD, FILL_METHODS, INFERENCE_PRECISIONS, MODALITIES
 from pairseg.errors import PairSegInputError, PairSegOutputError, PairSegWarning
 from pairseg.events import HumanEvents, JsonEvents
 
@@ -128,9 +128,10 @@ def _add_segment_parser(sub) -> None:
     s.add_argument("--batch-size", type=positive_int, default=16, help="slices per inference batch (default 16)")
     s.add_argument("--readout", choices=architecture("c2fcn").choices["readout"],
                    help="override a C2FCN model's read-out of f(x, x) (default: the model's own)")
-    s.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="bf16: bfloat16 autocast, about 1.9x faster on CPUs with AVX-512 BF16 or AMX, Dice "
-                        "within 0.2 points of fp32 on CHAOS (benchmarks/RESULTS.md); refused where unsupported")
+    s.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
+                   help="auto (default): bf16 where the CPU (AVX-512 BF16 or AMX) or GPU runs bfloat16 natively, "
+                        "else fp32; bf16: bfloat16 autocast, 1.75-2.1x faster on such a CPU, Dice of the shipped "
+                        "model within 0.02 points of fp32 (benchmarks/RESULTS.md); refused where unsupported")
     s.add_argument("--format", default=".nii.gz",
                    help="output extension for folder inputs: .nii.gz (default), .nii, .nrrd, .mha or .seg.nrrd")
     _add_common(s)
@@ -209,7 +210,7 @@ def _add_fill_parser(sub) -> None:
                         "as unknown), none (from scratch; needs --modality), or auto (the default: the catalog's "
                         "default model when --modality is absent or its own, else from scratch)")
     f.add_argument("--modality", choices=MODALITIES, type=str.upper, help="the image's modality (with --base none)")
-    f.add_argument("--method", choices=("mci", "fusion", "pairwise"), default="mci",
+    f.add_argument("--method", choices=FILL_METHODS, default=DEFAULT_FILL_METHOD,
                    help="mci (ITK contour interpolation, as Slicer's Fill between slices; no training; the default: "
                         "it measured best within a CPU budget, benchmarks/RESULTS.md), fusion (a pairwise network "
                         "trained on the drawn slices + the contour-interpolation prior), pairwise (the network alone)")
@@ -299,8 +300,8 @@ def cmd_segment(args, events) -> int:
     predictor = Predictor(args.model, args.device, batch_size=args.batch_size, readout=args.readout,
                           precision=args.precision)
     predictor.check_request(args.modality)
-    events("start", model=args.model, device=str(predictor.device), inputs=[str(p) for p in inputs],
-           classes=predictor.class_names)
+    events("start", model=args.model, device=str(predictor.device), precision=predictor.precision,
+           inputs=[str(p) for p in inputs], classes=predictor.class_names)
     written: list[Path] = []
     failed: list[tuple[Path, str, bool]] = []  # (input, message, bad input?)
     for number, (path, target, extra) in enumerate(cases, 1):

@@ -13,7 +13,7 @@ from pairseg.architectures import ARCHITECTURE_TABLE
 
 __all__ = [
     "ARCHITECTURES", "ARCHITECTURE_LABELS", "PAIRWISE_ARCHITECTURES", "DEFAULT_ARCHITECTURE", "BASES",
-    "PAIR_MODES", "MODALITIES", "DEFAULT_OFFSETS", "DEVICES", "DEVICE_PATTERN", "is_device_name", "PRECISIONS",
+    "PAIR_MODES", "MODALITIES", "DEFAULT_OFFSETS", "DEVICES", "DEVICE_PATTERN", "is_device_name", "PRECISIONS", "INFERENCE_PRECISIONS", "FILL_METHODS", "DEFAULT_FILL_METHOD",
     "TRAIN_PRECISIONS", "LR_SCHEDULES",
     "READABLE_IMAGE_SUFFIXES", "WRITABLE_IMAGE_SUFFIXES", "LABEL_SUFFIXES", "MODEL_SUFFIX", "MODEL_FORMAT",
     "CHECKPOINT_SUFFIX", "DEFAULT_EPOCHS", "NAMED_COLORS", "PALETTE", "class_key", "default_colors",
@@ -38,9 +38,17 @@ DEFAULT_OFFSETS = {"MR": (3, 5, 7), "CT": (5, 9, 13)}
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 
-# Floating-point precisions: inference takes PRECISIONS, training also "auto" (CUDA: mixed precision).
+# Floating-point precisions. PRECISIONS are the two a network runs in. Inference also takes "auto"
+# (its default): bf16 where the device runs bfloat16 natively (devices.bf16_supported), else fp32;
+# training also takes "auto" (its default): CUDA mixed precision, fp32 elsewhere.
 PRECISIONS = ("fp32", "bf16")
+INFERENCE_PRECISIONS = ("auto",) + PRECISIONS
 TRAIN_PRECISIONS = ("auto",) + PRECISIONS
+
+# `pairseg fill` methods (pairseg.fill); the first is the default: it measured best within the CPU
+# budget (benchmarks/RESULTS.md, section 5).
+FILL_METHODS = ("mci", "fusion", "pairwise")
+DEFAULT_FILL_METHOD = FILL_METHODS[0]
 
 # Learning-rate schedules of a training run (pairseg.train.learning_rate); the first is the default.
 LR_SCHEDULES = ("constant", "poly", "cosine")

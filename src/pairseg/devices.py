@@ -14,7 +14,7 @@ import torch
 from pairseg.constants import DEVICES, PRECISIONS, is_device_name
 from pairseg.errors import PairSegInputError
 
-__all__ = ["resolve_device", "bf16_supported", "check_precision", "PRECISIONS", "cuda_arch_supported",
+__all__ = ["resolve_device", "bf16_supported", "check_precision", "resolve_inference_precision", "PRECISIONS", "cuda_arch_supported",
            "unusable_cuda_reason"]
 
 #: what the engine prints on stderr before a message the Slicer modules show after the run
@@ -126,3 +126,19 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise PairSegInputError(f"unknown precision {precision!r}; use {' or '.join(PRECISIONS)}")
     if precision == "bf16" and not bf16_supported(device):
         raise PairSegInputError(f"precision bf16 is not supported on this {device.type} device; use fp32")
+
+
+def resolve_inference_precision(precision: str, device: torch.device) -> str:
+    """The precision inference runs in: ``"auto"`` is ``"bf16"`` where ``device`` runs bfloat16
+    natively (``bf16_supported``) and ``"fp32"`` elsewhere; ``"fp32"``/``"bf16"`` are checked by
+    ``check_precision``. On the shipped model bf16 changed no case's mean Dice by more than 0.02
+    points and ran 1.75-2.1x faster on an AVX-512 BF16 CPU (benchmarks/RESULTS.md, inference
+    precision).
+
+    Raises:
+        PairSegInputError: an unknown precision, or bf16 asked for where it is not supported.
+    """
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    check_precision(precision, device)
+    return precision

@@ -31,16 +31,15 @@ from typing import Sequence
 import numpy as np
 
 from pairseg.annotation import annotated_mask, class_extents
+from pairseg.constants import DEFAULT_FILL_METHOD, FILL_METHODS
 from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.events import EventSink, null_events
 from pairseg.io.volume import Volume
 
-__all__ = ["METHODS", "DEFAULT_METHOD", "PRIOR_MM", "FillProblem", "FillResult", "fill_problem", "mci_fill",
+__all__ = ["PRIOR_MM", "FillProblem", "FillResult", "fill_problem", "mci_fill",
            "mci_prior", "learn", "network_probabilities", "combine", "fill_volume", "fill_files", "resolve_base",
            "default_budget_s"]
 
-METHODS = ("mci", "fusion", "pairwise")
-DEFAULT_METHOD = "mci"  # measured best within the CPU budget (benchmarks/RESULTS.md, pairseg fill)
 PRIOR_MM = 3.0  # width of the contour-interpolation prior's fall-off across its boundary (mm)
 FUSION_WEIGHT = 0.5  # the network's share of the fused score (the prior has the rest)
 
@@ -292,8 +291,8 @@ def combine(problem: FillProblem, method: str, probabilities: np.ndarray | None 
     slices between the class's first and last annotated slice (``extend`` more each side) that are
     not annotated for it; one label per voxel (the highest score >= 0.5); drawn voxels on top.
     ``weight``: the network's share of the fusion score (``weight * p + (1 - weight) * prior``)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown fill method {method!r}; expected one of {METHODS}")
+    if method not in FILL_METHODS:
+        raise ValueError(f"unknown fill method {method!r}; expected one of {FILL_METHODS}")
     k = problem.num_classes
     if method == "pairwise":
         scores = np.array(probabilities, dtype=np.float32)
@@ -315,7 +314,7 @@ def combine(problem: FillProblem, method: str, probabilities: np.ndarray | None 
     return out
 
 
-def fill_volume(image: Volume, label_volume: Volume, class_names: Sequence[str], *, method: str = DEFAULT_METHOD,
+def fill_volume(image: Volume, label_volume: Volume, class_names: Sequence[str], *, method: str = DEFAULT_FILL_METHOD,
                 base: str | None = None, modality: str | None = None, budget_s: float | None = None,
                 device: str = "auto", extend: int = 0, size: int = 128, seed: int = 0,
                 events: EventSink = null_events, name: str = "label") -> FillResult:
@@ -323,8 +322,8 @@ def fill_volume(image: Volume, label_volume: Volume, class_names: Sequence[str],
     See ``fill_problem`` (checks, before any training), ``learn``, ``combine``."""
     from pairseg.orientation import Orientation
 
-    if method not in METHODS:
-        raise PairSegInputError(f"unknown fill method {method!r}; expected one of {', '.join(METHODS)}")
+    if method not in FILL_METHODS:
+        raise PairSegInputError(f"unknown fill method {method!r}; expected one of {', '.join(FILL_METHODS)}")
     base = resolve_base(base, modality) if method != "mci" else None
     if extend < 0:
         raise PairSegInputError(f"--extend must be >= 0, got {extend}")
@@ -376,7 +375,7 @@ def fill_files(image_path: str | Path, label_path: str | Path, out_path: str | P
 
     out = check_output(out_path, LABEL_SUFFIXES, "--out")
     model_out = check_output(save_model, (MODEL_SUFFIX,), "--save-model") if save_model else None
-    if model_out is not None and options.get("method", DEFAULT_METHOD) == "mci":
+    if model_out is not None and options.get("method", DEFAULT_FILL_METHOD) == "mci":
         raise PairSegInputError("--save-model: the mci method trains no model (use --method fusion or pairwise)")
     check_distinct([Path(image_path), Path(label_path)], [("--out", out), ("--save-model", model_out)])
     for option, path in (("--out", out), ("--save-model", model_out)):

@@ -19,7 +19,7 @@ from pairseg.data import apply_window, intensity_window, resampled_shape, resize
 from pairseg.datasets import check_image
 from pairseg.orientation import in_plane_spacing, Orientation
 from pairseg.constants import READABLE_IMAGE_SUFFIXES, same_class_names
-from pairseg.devices import bf16_supported, check_precision, resolve_device  # noqa: F401 (re-exported)
+from pairseg.devices import resolve_device, resolve_inference_precision
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
 from pairseg.atomic import write_together
@@ -217,10 +217,9 @@ class Predictor:
     """In-process predictor: load a model file once, segment many volumes."""
 
     def __init__(self, model_path: str | Path, device: str = "auto", batch_size: int = 16,
-                 readout: str | None = None, precision: str = "fp32"):
+                 readout: str | None = None, precision: str = "auto"):
         self.device = resolve_device(device)
-        check_precision(precision, self.device)
-        self.precision = precision
+        self.precision = resolve_inference_precision(precision, self.device)  # "auto": bf16 where native
         model_path = resolve_model(model_path)
         self.model, self.metadata = load_model(model_path, self.device)
         self.model.to(memory_format=inference_memory_format(self.device))

@@ -16,9 +16,8 @@ import numpy as np
 
 from pairseg.constants import DEFAULT_OFFSETS, PAIR_MODES
 
-__all__ = ["MODES", "default_offsets", "sample_pairs"]
+__all__ = ["default_offsets", "sample_pairs"]
 
-MODES = PAIR_MODES
 
 VolumeSpec = Union[int, Sequence[int], np.ndarray]
 
@@ -168,8 +167,8 @@ def sample_pairs(
     ``labelled_ranges[v] = (first, last)`` are used (an entry None keeps all of that volume).
     Deterministic for a given seed. Rows are ordered by kind (intra, then inter), not shuffled.
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown pair mode {mode!r}; expected one of {MODES}")
+    if mode not in PAIR_MODES:
+        raise ValueError(f"unknown pair mode {mode!r}; expected one of {PAIR_MODES}")
     slices = _apply_margin(_usable_slices(volumes), labelled_ranges, margin)
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     parts = []
