@@ -175,6 +175,10 @@ def test_config_command_lines_and_validation(tmp_path):
         cfg.copy(data=str(tmp_path / "nothing")).validate()
     with pytest.raises(config.ConfigError, match="offsets"):
         config.parseOffsets("3,x")
+    # fine-tune from: a model file or a catalog name (as the engine's --init-from); else refused
+    assert cfg.copy(init_from="chaos-mr-t2-c2fcn").validate().init_from == "chaos-mr-t2-c2fcn"
+    with pytest.raises(config.ConfigError, match="fine-tune model no-such-model does not exist"):
+        cfg.copy(init_from="no-such-model").validate()
     assert config.versionedModelPath(str(tmp_path / "liver.pairseg")).endswith("liver_v2.pairseg")
     assert config.versionedModelPath(str(tmp_path / "liver_v7.pairseg")).endswith("liver_v8.pairseg")
 

@@ -574,14 +574,14 @@ def test_uncertainty_overlay_and_uncertain_slices(pairsegWidget, mrml_scene, har
     assert ui.nextUncertainButton.enabled and ui.uncertainSlicesLabel.text == f"{count} slices to check, most uncertain first"
     for position in list(range(count)) + [0]:
         ui.nextUncertainButton.click()
-        assert ui.uncertainSlicesLabel.text == f"slice {position + 1} of {count} to check (K = {ranked[position]})"
+        assert ui.uncertainSlicesLabel.text == f"slice {position + 1} of {count} to check (IJK slice index K = {ranked[position]})"
         sliceToRas = sliceNode.GetSliceToRAS()
         np.testing.assert_allclose([sliceToRas.GetElement(row, 3) for row in range(3)],
                                    sliceCentre(volume, ranked[position]), atol=1e-6)
     ui.previousUncertainButton.click()  # from the first, Previous goes round to the last
-    assert ui.uncertainSlicesLabel.text == f"slice {count} of {count} to check (K = {ranked[-1]})"
+    assert ui.uncertainSlicesLabel.text == f"slice {count} of {count} to check (IJK slice index K = {ranked[-1]})"
     ui.previousUncertainButton.click()
-    assert ui.uncertainSlicesLabel.text == f"slice {count - 1} of {count} to check (K = {ranked[-2]})"
+    assert ui.uncertainSlicesLabel.text == f"slice {count - 1} of {count} to check (IJK slice index K = {ranked[-2]})"
 
     # a second run replaces the map: the same node, one of its name, one colour table
     segmentOnce(widget)

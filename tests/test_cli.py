@@ -325,3 +325,22 @@ def test_uncertainty_output_checked_before_the_model_loads(small_data, tmp_path,
     message = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")][-1]["message"]
     assert code == 2 and "--uncertainty is the same file as --output" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_segment_empty_folder_is_an_input_error_before_the_model_loads(untrained_model, tmp_path, capsys):
+    """A folder with neither image files nor DICOM files is named as the input's problem (exit 2),
+    before any model is read, whatever the --output."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for output in (tmp_path / "out", tmp_path / "out.seg.nrrd"):
+        code, events, text = run(capsys, "segment", "--model", untrained_model, "--input", empty, "--output", output,
+                                 "--events", "json", "--device", "cpu")
+        assert code == 2 and "holds no image files" in events[-1]["message"] and str(empty) in events[-1]["message"]
+        assert not any(e["event"] == "start" for e in events) and not output.exists()
+
+
+def test_info_and_models_help_describe_their_own_command(capsys):
+    for command, words in (("info", "Verify a model file"), ("models", "The models that ship with PairSeg")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert words in " ".join(capsys.readouterr().out.split())

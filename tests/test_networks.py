@@ -16,7 +16,7 @@ import torch
 from pairseg.losses import criterion_for
 from pairseg.architectures import default_options
 from pairseg.constants import ARCHITECTURES, BASES
-from pairseg.networks import PairSegModel, build_model
+from pairseg.networks import ENCODER_DECODERS, PAIRWISE_WRAPPERS, PairSegModel, build_model
 from pairseg.proxy import proxy_channels, proxy_probabilities, segmentation_from_proxy
 
 CASES = [
@@ -251,7 +251,8 @@ def test_in_channels_option():
 
 
 def test_registry_is_consistent():
-    assert set(ARCHITECTURES) == {"deeplabv3plus", "unet", "c2fcn", "cfcn", "siamfcn"}
+    assert set(ARCHITECTURES) == set(ENCODER_DECODERS) | set(PAIRWISE_WRAPPERS)  # every row has its builder
+    assert {"deeplabv3plus", "unet", "c2fcn", "cfcn", "siamfcn"} <= set(ARCHITECTURES)
     assert set(BASES) <= set(ARCHITECTURES)
     assert {case.values[0] for case in CASES} == set(ARCHITECTURES)
     forms = {arch: build_model(arch, 1, **({"width": 4} if arch == "unet" else {})).training_form

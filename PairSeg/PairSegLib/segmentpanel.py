@@ -24,14 +24,15 @@ from .engine import RunState, torchFreeEngineModule
 from .install import DependencyError
 from .mrml import InputError
 
-#: the device menu: engine device name, label
-DEVICE_LABELS = (("auto", "Automatic (GPU when available)"), ("cpu", "CPU"),
-                 ("cuda", "CUDA (NVIDIA GPU)"), ("mps", "MPS (Apple GPU)"))
+#: what the device menu shows for the engine's device names (pairseg.constants.DEVICES, the one
+#: list; a device without a label here is shown by its name)
+DEVICE_LABELS = {"auto": "Automatic (GPU when available)", "cpu": "CPU", "cuda": "CUDA (NVIDIA GPU)",
+                 "mps": "MPS (Apple GPU)"}
 POLL_MS = 100
 
 
 def readCatalog():
-    """The ready-model catalog (``pairseg.catalog.load_catalog``, standard library only); an
+    """The ready-model catalog (``pairseg.modelfiles.catalog.load_catalog``, standard library only); an
     absent or damaged catalog gives an empty one with a warning, so it cannot break the panel."""
     catalogModule = torchFreeEngineModule("modelfiles.catalog")
     try:
@@ -88,8 +89,8 @@ class SegmentPanel:
 
     def _connect(self):
         ui = self.ui
-        for value, label in DEVICE_LABELS:
-            ui.deviceComboBox.addItem(label, value)
+        for value in torchFreeEngineModule("constants").DEVICES:
+            ui.deviceComboBox.addItem(DEVICE_LABELS.get(value, value), value)
         ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Files
         ui.modelPathLineEdit.nameFilters = ["PairSeg model (*.pairseg)", "All files (*)"]
         ui.modelPathLineEdit.settingKey = "PairSeg/ModelPath"
@@ -350,7 +351,7 @@ class SegmentPanel:
             ui.uncertainSlicesLabel.text = f"{count} slices to check, most uncertain first"
         else:
             ui.uncertainSlicesLabel.text = (f"slice {self.checkPosition + 1} of {count} to check "
-                                            f"(K = {self.checkSlices[self.checkPosition]})")
+                                            f"(IJK slice index K = {self.checkSlices[self.checkPosition]})")
 
     def stepUncertainSlice(self, step):
         """Next (+1) or previous (-1) slice of the ranking, going round at both ends (Next after

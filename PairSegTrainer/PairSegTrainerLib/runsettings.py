@@ -53,15 +53,6 @@ def parameterBounds(name, resolution=None):
     return tuple(bounds)
 
 
-def parameterRange(name, resolution=None):
-    """``parameterBounds`` of a setting bounded on both sides (a spin box's range, the parameter
-    node's ``WithinRange``); ValueError when a side is unbounded."""
-    low, high = parameterBounds(name, resolution)
-    if low is None or high is None:
-        raise ValueError(f"training setting {name!r} has no {'lower' if low is None else 'upper'} bound")
-    return low, high
-
-
 # The engine's names (pairseg.constants), under the names the widget reads them by.
 _constants = engine.torchFreeEngineModule("constants")
 PAIR_MODES = _constants.PAIR_MODES
@@ -79,7 +70,7 @@ PACK_SETTINGS = ("data", "out", "arch", "epochs", "steps", "size", "batch_size",
 #: unset, the budget is in epochs).
 STEPS_SHOWN = 2000
 #: The smallest steps of the float spin boxes (their decimals in the .ui: 6 and 2); an exclusive
-#: engine bound is moved inwards by one of them (``parameterRange``).
+#: engine bound is moved inwards by one of them (``parameterBounds``).
 SPIN_BOX_STEPS = {"lr": 1e-6, "val_fraction": 0.01}
 #: Trainer-only fields of the pack: name -> (type, validator arguments or None, default).
 #: ``use_steps``: the budget is ``steps`` (else ``epochs``); ``gpus`` > 1: one process per GPU
@@ -293,8 +284,11 @@ class TrainingSettingsMethods:
         if not self.out:
             raise ConfigError("no output model file given")
         engineConfig = self.engineConfig()
-        if self.init_from and not Path(self.init_from).is_file():
-            raise ConfigError(f"fine-tune model {self.init_from} does not exist")
+        if self.init_from:  # a model file or a catalog name, as the engine's --init-from takes
+            try:
+                engine.resolveModel(self.init_from)
+            except (ValueError, OSError) as error:
+                raise ConfigError(f"fine-tune model {self.init_from} does not exist ({error})")
         if self.resume and not Path(self.checkpointPath).is_file():
             raise ConfigError(f"nothing to resume: {self.checkpointPath} does not exist")
         return engineConfig

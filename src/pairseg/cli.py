@@ -118,7 +118,7 @@ def _add_segment_parser(sub) -> None:
     s.add_argument("--series", metavar="UID",
                    help="the DICOM series to segment when the --input folder holds several (the error lists them)")
     s.add_argument("--output", required=True,
-                   help="label file (.nii.gz, .nrrd, .seg.nrrd) or, for a folder input, an output folder")
+                   help="label file (.seg.nrrd, .nii.gz, .nii, .nrrd or .mha) or, for a folder input, an output folder")
     s.add_argument("--no-largest-component", action="store_true", help="keep every connected component")
     s.add_argument("--probabilities", help="also write per-class probabilities (file, or folder for a folder input)")
     s.add_argument("--uncertainty", help="also write an uncertainty map (summed binary entropy of the class "
@@ -128,10 +128,11 @@ def _add_segment_parser(sub) -> None:
     s.add_argument("--batch-size", type=positive_int, default=16, help="slices per inference batch (default 16)")
     s.add_argument("--readout", choices=architecture("c2fcn").choices["readout"],
                    help="override a C2FCN model's read-out of f(x, x) (default: the model's own)")
-    s.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
+    s.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", type=str.lower,
                    help="auto (default): bf16 where the CPU (AVX-512 BF16 or AMX) or GPU runs bfloat16 natively, "
-                        "else fp32; bf16: bfloat16 autocast, 1.75-2.1x faster on such a CPU, Dice of the shipped "
-                        "model within 0.02 points of fp32 (benchmarks/RESULTS.md); refused where unsupported")
+                        "else fp32 (train's auto differs: CUDA mixed precision, else fp32); bf16: bfloat16 "
+                        "autocast, the network 1.75-2.1x faster on such a CPU, Dice of the shipped model within "
+                        "0.02 points of fp32 (benchmarks/RESULTS.md); refused where unsupported")
     s.add_argument("--format", default=".nii.gz",
                    help="output extension for folder inputs: .nii.gz (default), .nii, .nrrd, .mha or .seg.nrrd")
     _add_common(s)
@@ -166,16 +167,19 @@ def _add_proxy_maps_parser(sub) -> None:
 
 
 def _add_info_parser(sub) -> None:
-    """The models that ship with PairSeg (Resources/Models/models.json): name, modality, classes,
-    pixel spacing, held-out Dice. Use a name wherever a model file is taken."""
-    i = sub.add_parser("info", help="verify a model file (checksum of weights and metadata) and print its metadata")
+    """Verify a model file (the checksum covers its weights and its metadata) and print what it
+    records: architecture and options, classes and colours, modality, pixel spacing, training
+    settings and validation. Takes a file or a catalog name."""
+    i = sub.add_parser("info", help="verify a model file (checksum of weights and metadata) and print its metadata",
+                       description=_add_info_parser.__doc__)
     i.add_argument("model", help="model file or catalog model name")
     i.add_argument("--json", action="store_true", help="print the metadata as JSON")
 
 
 def _add_models_parser(sub) -> None:
-    """`pairseg models` and its options."""
-    m = sub.add_parser("models", help="list the ready models of the catalog", description=_add_info_parser.__doc__)
+    """The models that ship with PairSeg (Resources/Models/models.json): name, modality, classes,
+    pixel spacing, held-out Dice. Use a name wherever a model file is taken."""
+    m = sub.add_parser("models", help="list the ready models of the catalog", description=_add_models_parser.__doc__)
     m.add_argument("--json", action="store_true", help="print the catalog entries as JSON")
 
 

@@ -298,4 +298,7 @@ def list_inputs(path: str | Path) -> list[Path]:
     images = sorted(p for p in path.iterdir() if p.is_file() and counts(p.name))
     if not images:
         refuse_dangling_links(path, what="DICOM folder")  # every entry of a DICOM folder counts
+        if not any(p.is_file() for p in path.iterdir()):
+            raise PairSegInputError(f"{path}: folder holds no image files ({', '.join(READABLE_IMAGE_SUFFIXES)}) "
+                                    "and no DICOM files")
     return images or [path]  # no image files: treat the folder as one DICOM series

@@ -1,7 +1,8 @@
-"""Synthetic abdominal MR phantoms: PairSeg's built-in demo and test dataset.
+"""Synthetic abdominal MR phantoms: the engine's test dataset (the demo uses the embedded real
+CHAOS case instead).
 
-Real patient data cannot ship with PairSeg, so the default dataset is generated: axial volumes
-with a body outline, spine, aorta, a few bright fluid-filled bowel loops and four labelled
+The tests need many small labelled volumes fast and without any data beside the project, so
+they are generated: axial volumes with a body outline, spine, aorta, a few bright fluid-filled bowel loops and four labelled
 organs placed as in a patient (LPS): the liver large on the patient's right (low x, the left of
 the screen in radiological display) and superior, both kidneys posterior beside the spine (the
 right one a little lower), the spleen posterolateral on the left. Each case gets its own smooth
