@@ -39,6 +39,8 @@ def _reloadLibInDeveloperMode():
         fullName = "PairSegTrainerLib." + name
         if fullName in sys.modules:
             importlib.reload(sys.modules[fullName])
+    if "PairSegTrainerLib" in sys.modules:  # its names (TrainingSetError, ...) are the reloaded classes too
+        importlib.reload(sys.modules["PairSegTrainerLib"])
 
 
 _reloadLibInDeveloperMode()

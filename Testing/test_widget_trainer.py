@@ -252,6 +252,9 @@ def test_developer_reload_keeps_isinstance(slicer_release, module_widget, mrml_s
         reloaded = sys.modules["PairSegTrainerLib.trainerlogic"].PairSegTrainerCoreLogic
         assert reloaded is not first  # the Lib was reloaded
         assert isinstance(widget.logic, reloaded)
+        package = sys.modules["PairSegTrainerLib"]  # and the package's names are the reloaded classes
+        assert package.TrainingSetError is sys.modules["PairSegTrainerLib.trainingset"].TrainingSetError
+        assert package.PairSegTrainerCoreLogic is reloaded
     finally:
         qt.QSettings().remove("Developer/DeveloperMode")
 

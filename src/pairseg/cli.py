@@ -456,10 +456,12 @@ def cmd_info(args) -> int:
     print(f"modality     {meta['modality']}   size {meta['size']}   spacing "
           + (f"{meta['spacing']} mm" if meta["spacing"] else "none (slices resized)"))
     print(f"trained on   {len(training.get('cases', []))} case(s), {training.get('slices')} slices, "
-          f"{training.get('steps')} steps, {training.get('epochs')} epochs")
+          f"{training.get('steps')} steps, {training.get('epochs')} epoch{'' if training.get('epochs') == 1 else 's'}")
     val = meta.get("validation") or {}
     if val.get("dice"):
-        print("validation   " + ", ".join(f"{k} {v:.3f}" for k, v in val["dice"].items() if v is not None))
+        dice, order = val["dice"], list(meta.get("class_names", []))  # the model's class order
+        names = [n for n in order if n in dice] + [n for n in dice if n not in order]
+        print("validation   " + ", ".join(f"{n} {dice[n]:.3f}" for n in names if dice[n] is not None))
     print(f"engine       {meta.get('engine_version')}   created {meta.get('created')}")
     version = stored_format_version(read_model_bytes(path), path)
     print(f"file         format {version}, {meta['weights_dtype']} weights, " +
