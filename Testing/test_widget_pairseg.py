@@ -635,4 +635,17 @@ def test_uncertainty_cancel_failure_and_off_leave_no_nodes(pairsegWidget, mrml_s
     assert "--uncertainty" not in run.command and run.uncertaintyPath is None
     ui.applyButton.click()  # Cancel: the command is what this part checks
     pump(lambda: run.done and not panel.timer.isActive())
+
+    # "Only these structures": the uncertainty and its ranking are of those structures only
+    ui.showUncertaintyCheckBox.checked = True
+    from PairSegLib import models
+
+    names = models.readModelMetadata(panel._parameterNode.modelPath)["class_names"]
+    panel._parameterNode.structures = names[-1]
+    ui.applyButton.click()
+    run = panel.run
+    option = run.command.index("--uncertainty-classes")
+    assert run.command[option + 1] == names[-1] and "--uncertainty" in run.command
+    ui.applyButton.click()  # Cancel
+    pump(lambda: run.done and not panel.timer.isActive())
     assert harness.sceneSnapshot() == before and not slotErrors

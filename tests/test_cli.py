@@ -344,3 +344,28 @@ def test_info_and_models_help_describe_their_own_command(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert words in " ".join(capsys.readouterr().out.split())
+
+
+def test_segment_uncertainty_over_chosen_classes(small_data, untrained_model, tmp_path, capsys):
+    """--uncertainty-classes: the map sums only those classes' entropies (the probabilities file
+    says what they are), the event names them; an unknown class, or the option without
+    --uncertainty, is refused (exit 2) before any output is written."""
+    image = small_data / "case_002_image.nii.gz"
+    out, unc, probs = tmp_path / "seg.nii.gz", tmp_path / "unc.nrrd", tmp_path / "p.nii.gz"
+    code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input", image, "--output", out,
+                          "--uncertainty", unc, "--probabilities", probs, "--uncertainty-classes", "Spleen",
+                          "--events", "json", "--device", "cpu")
+    assert code == 0
+    classes = next(e for e in events if e["event"] == "start")["classes"]
+    reported = next(e for e in events if e["event"] == "uncertainty")
+    assert reported["classes"] == ["spleen"] and reported["max_bits"] == 1.0
+    probabilities = np.moveaxis(sitk.GetArrayFromImage(sitk.ReadImage(str(probs))), -1, 1).astype(np.float16)
+    expected = uncertainty_map(probabilities, [classes.index("spleen")])
+    np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(unc))), expected, atol=2e-3)
+    for extra, words in ((["--uncertainty", tmp_path / "u2.nrrd", "--uncertainty-classes", "pancreas"],
+                          "no class 'pancreas'"),
+                         (["--uncertainty-classes", "liver"], "--uncertainty-classes needs --uncertainty")):
+        target = tmp_path / "refused" / "seg.nii.gz"
+        code, events, _ = run(capsys, "segment", "--model", untrained_model, "--input", image, "--output", target,
+                              *extra, "--events", "json", "--device", "cpu")
+        assert code == 2 and words in events[-1]["message"] and not target.exists()

@@ -34,3 +34,17 @@ def test_slices_ranked_by_summed_uncertainty():
     assert [r["slice"] for r in ranked] == [2, 4, 1]  # zero slices left out
     assert ranked[0]["uncertainty"] == pytest.approx(12.5)
     assert rank_slices(volume, count=1) == ranked[:1]
+
+
+def test_map_over_chosen_classes_only():
+    probs = np.zeros((2, 3, 4, 4), np.float16)
+    probs[:, 0] = 0.5  # class 0 undecided everywhere: 1 bit
+    probs[1, 2] = 0.5  # class 2 undecided on slice 1
+    np.testing.assert_allclose(uncertainty_map(probs, [0]), 1.0, atol=1e-4)
+    only2 = uncertainty_map(probs, [2])
+    np.testing.assert_allclose(only2[0], 0.0, atol=1e-4) and np.testing.assert_allclose(only2[1], 1.0, atol=1e-4)
+    np.testing.assert_allclose(uncertainty_map(probs, [2, 0, 2]), uncertainty_map(probs, [0]) + only2, atol=1e-4)
+    np.testing.assert_array_equal(uncertainty_map(probs, None), uncertainty_map(probs, [0, 1, 2]))
+    for bad in ([], [3], [-1]):
+        with pytest.raises(ValueError, match="must pick some of the 3 classes"):
+            uncertainty_map(probs, bad)

@@ -103,6 +103,8 @@ class SegmentationRun(WorkFolderRun):
         if self.uncertainty:
             self.uncertaintyPath = self.path("uncertainty.nrrd")
             arguments += ["--uncertainty", self.uncertaintyPath]
+            if self.structures:  # rank only what is being segmented ("Only these structures")
+                arguments += ["--uncertainty-classes", ",".join(self.structures)]
         self.command = engineModule.engineCommand(*arguments, python=self.python)
 
     def failure(self, code):

@@ -124,6 +124,9 @@ def _add_segment_parser(sub) -> None:
     s.add_argument("--uncertainty", help="also write an uncertainty map (summed binary entropy of the class "
                                          "probabilities, bits; file, or folder for a folder input) and list the "
                                          "slices to check first")
+    s.add_argument("--uncertainty-classes", metavar="NAMES",
+                   help="comma-separated classes the uncertainty map and slice ranking sum over (default: all; "
+                        "for instance the structures being corrected)")
     s.add_argument("--modality", choices=MODALITIES, type=str.upper, help="refuse a model of another modality")
     s.add_argument("--batch-size", type=positive_int, default=16, help="slices per inference batch (default 16)")
     s.add_argument("--readout", choices=architecture("c2fcn").choices["readout"],
@@ -304,6 +307,10 @@ def cmd_segment(args, events) -> int:
     predictor = Predictor(args.model, args.device, batch_size=args.batch_size, readout=args.readout,
                           precision=args.precision)
     predictor.check_request(args.modality)
+    if args.uncertainty_classes and not args.uncertainty:
+        raise PairSegInputError("--uncertainty-classes needs --uncertainty")
+    uncertainty_classes = [n.strip() for n in (args.uncertainty_classes or "").split(",") if n.strip()]
+    predictor.class_indices(uncertainty_classes)  # an unknown class is refused before any image is read
     events("start", model=args.model, device=str(predictor.device), precision=predictor.precision,
            inputs=[str(p) for p in inputs], classes=predictor.class_names)
     written: list[Path] = []
@@ -318,6 +325,7 @@ def cmd_segment(args, events) -> int:
         try:
             written += predictor.segment_file(path, target, probabilities_path=extra.get("probabilities"),
                                               uncertainty_path=extra.get("uncertainty"), series_id=args.series,
+                                              uncertainty_classes=uncertainty_classes,
                                               keep_largest=not args.no_largest_component, events=progress)
         except Exception as error:  # a folder run goes on with the other cases
             if not many:

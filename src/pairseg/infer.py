@@ -18,7 +18,7 @@ import torch
 from pairseg.data import apply_window, intensity_window, resampled_shape, resize_slices, stacks_25d
 from pairseg.datasets import check_image
 from pairseg.orientation import in_plane_spacing, Orientation
-from pairseg.constants import READABLE_IMAGE_SUFFIXES, same_class_names
+from pairseg.constants import READABLE_IMAGE_SUFFIXES, class_key, same_class_names
 from pairseg.devices import resolve_device, resolve_inference_precision
 from pairseg.errors import PairSegInputError
 from pairseg.events import EventSink, null_events
@@ -244,6 +244,18 @@ class Predictor:
             raise PairSegInputError(
                 f"{self.model_path}: model classes {self.class_names} differ from the requested {list(classes)}")
 
+    def class_indices(self, names: Sequence[str] | None = None) -> list[int]:
+        """0-based indices of the model's classes ``names`` (the class-name rule ``class_key``);
+        all classes for None or empty. PairSegInputError names an unknown one and the classes."""
+        if not names:
+            return list(range(len(self.class_names)))
+        keys = [class_key(n) for n in self.class_names]
+        unknown = [n for n in names if class_key(n) not in keys]
+        if unknown:
+            raise PairSegInputError(f"{self.model_path}: no class {', '.join(map(repr, unknown))}; "
+                                    f"its classes are {', '.join(self.class_names)}")
+        return sorted({keys.index(class_key(n)) for n in names})
+
     def segment(self, volume: Volume, *, keep_largest: bool = True, keep_probabilities: bool = False,
                 events: EventSink = null_events) -> Prediction:
         check_image(volume)
@@ -258,12 +270,13 @@ class Predictor:
 
     def segment_file(self, input_path: str | Path, output_path: str | Path, *,
                      probabilities_path: str | Path | None = None, uncertainty_path: str | Path | None = None,
-                     keep_largest: bool = True, modality: str | None = None, series_id: str | None = None,
+                     uncertainty_classes: Sequence[str] | None = None, keep_largest: bool = True, modality: str | None = None, series_id: str | None = None,
                      events: EventSink = null_events) -> list[Path]:
         """Read, segment and write one image (``series_id``: the DICOM series of a folder holding
         several). With ``uncertainty_path``, also the uncertainty map (``pairseg.uncertainty``,
-        float32, bits) and an ``uncertainty`` event naming the slices (first array axis, the
-        file's k index) to check first. The outputs appear only once complete, and together: when
+        float32, bits; over ``uncertainty_classes`` only when given: names of the model's classes)
+        and an ``uncertainty`` event naming the slices (first array axis, the file's k index) to
+        check first. The outputs appear only once complete, and together: when
         one cannot be written, none replaces an existing file."""
         self.check_request(modality)
         volume = read_volume(input_path, series_id)
@@ -271,9 +284,10 @@ class Predictor:
         prediction = self.segment(volume, keep_largest=keep_largest, keep_probabilities=keep, events=events)
         uncertainty = None
         if uncertainty_path is not None:
-            uncertainty = uncertainty_map(prediction.probabilities)
+            chosen = self.class_indices(uncertainty_classes)
+            uncertainty = uncertainty_map(prediction.probabilities, chosen)
             events("uncertainty", path=str(uncertainty_path), check_slices=rank_slices(uncertainty),
-                   max_bits=float(self.model.num_classes))
+                   max_bits=float(len(chosen)), classes=[self.class_names[k] for k in chosen])
         with write_together():
             written = [Path(write_labels(output_path, prediction.labels.array, volume,
                                          class_names=prediction.class_names, colors=prediction.class_colors))]

@@ -13,6 +13,8 @@ user who corrects a segmentation looks there first.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 __all__ = ["uncertainty_map", "rank_slices", "SLAB"]
@@ -26,27 +28,32 @@ def _entropy_bits(p: np.ndarray) -> np.ndarray:
     return -(p * np.log2(p) + (1.0 - p) * np.log2(1.0 - p))
 
 
-def uncertainty_map(probabilities: np.ndarray) -> np.ndarray:
+def uncertainty_map(probabilities: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
     """Per-voxel uncertainty of a segmentation.
 
     Args:
         probabilities: (Z, K, H, W) per-class foreground probabilities in [0, 1] (any float
             type, e.g. the float16 maps ``Predictor.segment`` keeps).
+        classes: the class indices (0-based, into K) to sum over; None: all K.
 
     Returns:
-        (Z, H, W) float32, the sum over the K classes of the binary entropy of p_k, in bits
-        (range [0, K]). Computed a slab of ``SLAB`` slices at a time: no float32 copy of the
+        (Z, H, W) float32, the sum over the K classes (or the chosen ones) of the binary entropy
+        of p_k, in bits (range [0, K]). Computed a slab of ``SLAB`` slices at a time: no float32 copy of the
         probabilities is made.
 
     Raises:
-        ValueError: ``probabilities`` is not 4-dimensional.
+        ValueError: ``probabilities`` is not 4-dimensional, or ``classes`` picks none or one
+            outside 0..K-1.
     """
     if probabilities.ndim != 4:
         raise ValueError(f"probabilities must be (Z, K, H, W), got shape {probabilities.shape}")
-    depth, _, height, width = probabilities.shape
+    depth, count, height, width = probabilities.shape
+    chosen = list(range(count)) if classes is None else sorted({int(k) for k in classes})
+    if not chosen or not all(0 <= k < count for k in chosen):
+        raise ValueError(f"classes {classes} must pick some of the {count} classes (0-based)")
     out = np.empty((depth, height, width), dtype=np.float32)
     for first in range(0, depth, SLAB):
-        out[first:first + SLAB] = _entropy_bits(probabilities[first:first + SLAB]).sum(axis=1)
+        out[first:first + SLAB] = _entropy_bits(probabilities[first:first + SLAB, chosen]).sum(axis=1)
     return out
 
 
