@@ -47,6 +47,7 @@ _reloadLibInDeveloperMode()
 
 import PairSegTrainerLib.runsettings as _runSettings  # noqa: E402
 import PairSegTrainerLib.trainerlogic as _trainerLogic  # noqa: E402
+from PairSegLib.gui import PanelModuleWidget  # noqa: E402
 
 #: The training settings: a parameter pack generated from the engine's schema, built by this
 #: Slicer's own ``@parameterPack`` (``PairSegTrainerLib.runsettings.settingsPack``).
@@ -94,39 +95,20 @@ class PairSegTrainerParameterNode:
     proxySliceB: Annotated[int, WithinRange(0, 10000)] = 3
 
 
-class PairSegTrainerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """Loads the .ui file and hands it to PairSegTrainerLib.widget.TrainerPanel."""
+class PairSegTrainerWidget(PanelModuleWidget, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Loads the .ui file and hands it to PairSegTrainerLib.widget.TrainerPanel (``self.panel``)."""
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.panel = None
-        self.logic = None
-        self.ui = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         from PairSegTrainerLib import widget as panelModule
 
-        uiWidget = slicer.util.loadUI(self.resourcePath("UI/PairSegTrainer.ui"))
-        self.layout.addWidget(uiWidget)
-        self.ui = ui = slicer.util.childWidgetVariables(uiWidget)
-        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.loadUi("PairSegTrainer.ui")
         self.logic = PairSegTrainerLogic()  # what slicer.util.getModuleLogic("PairSegTrainer") returns
-        self.panel = panelModule.TrainerPanel(ui, self.logic, PairSegTrainerParameterNode, self)
-
-    def enter(self):
-        if self.panel:
-            self.panel.enter()
-
-    def exit(self):
-        if self.panel:
-            self.panel.exit()
-
-    def cleanup(self):
-        if self.panel:
-            self.panel.cleanup()
-        self.removeObservers()
+        self.panel = panelModule.TrainerPanel(self.ui, self.logic, PairSegTrainerParameterNode, self)
 
 
 class PairSegTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogic.PairSegTrainerCoreLogic):

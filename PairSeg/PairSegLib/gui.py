@@ -39,7 +39,7 @@ def fillModelCombo(combo, prompt, choices):
 
 class PanelModuleWidget:
     """What a module widget shell does when its GUI lives in a panel object of the module's Lib
-    (``PairSegLib.segmentpanel.SegmentPanel``): mixed into a ``ScriptedLoadableModuleWidget``
+    (``PairSegLib.segmentpanel.SegmentPanel``, ``PairSegTrainerLib.widget.TrainerPanel``): mixed into a ``ScriptedLoadableModuleWidget``
     with ``VTKObservationMixin`` (listed first, so that its methods are the ones Slicer calls).
     ``loadUi(name)`` loads ``Resources/UI/<name>`` into the module panel and returns its widget
     variables (``self.ui``); ``setup()`` then sets ``self.logic`` and ``self.panel``, whose
