@@ -272,8 +272,8 @@ def test_another_run_onto_the_same_output_keeps_this_runs_temporary(tmp_path):
     assert seen == [("0", True)]
     np.testing.assert_array_equal(read_label(out)[0], _labels())
     assert _listing(tmp_path) == ["seg.nii.gz"]
-    names = {atomic.temporary_name(out).name for _ in range(50)}
-    assert len(names) == 50 and all(n.startswith(f".seg.tmp-{os.getpid()}-") for n in names)
+    names = {atomic.temporary_name(out).name for _ in range(5000)}
+    assert len(names) == 5000 and all(n.startswith(f".seg.tmp-{os.getpid()}-") for n in names)
 
 
 # ---- closed pipes ----------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -54,6 +55,7 @@ STALE_AFTER_S = 3600.0
 
 #: 4 hex digits of this machine's name, in every temporary name: whose process ids they hold.
 _HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:4]
+_SERIAL = itertools.count(uuid.uuid4().int & 0xFFFF)  # temporary names of this process (next() is atomic)
 
 _COMPOUND_SUFFIXES = (".seg.nrrd", ".nii.gz")
 
@@ -79,11 +81,13 @@ def _split(target: Path) -> tuple[str, str]:
 
 def temporary_name(target: PathLike, kind: str = "tmp") -> Path:
     """``.<stem>.<kind>-<pid>-<8 hex><suffix>`` beside ``target`` (the hex: 4 of this machine's
-    name, 4 random). ``kind="old"`` names the copy of an existing output that
-    :func:`write_together` keeps until its outputs are all in place."""
+    name, then 4 of a per-process counter that starts at a random value, so 65,536 names in a row
+    of one process differ; the process id and the machine part tell processes apart).
+    ``kind="old"`` names the copy of an existing output that :func:`write_together` keeps until
+    its outputs are all in place."""
     target = Path(target)
     stem, suffix = _split(target)
-    return target.parent / f".{stem}.{kind}-{os.getpid()}-{_HOST}{uuid.uuid4().hex[:4]}{suffix}"
+    return target.parent / f".{stem}.{kind}-{os.getpid()}-{_HOST}{next(_SERIAL) & 0xFFFF:04x}{suffix}"
 
 
 def _longest_temporary_name(target: Path) -> str:
