@@ -143,7 +143,8 @@ def test_other_connected_signals_exist(slicer_harness):
     import slicer
 
     found = []
-    for path in ["PairSeg/PairSeg.py", "PairSeg/PairSegLib/segmentpanel.py", "PairSegTrainer/PairSegTrainer.py", "PairSegTrainer/PairSegTrainerLib/widget.py"]:
+    for path in ["PairSeg/PairSeg.py", "PairSeg/PairSegLib/segmentpanel.py", "PairSegTrainer/PairSegTrainer.py", "PairSegTrainer/PairSegTrainerLib/widget.py",
+                 "PairSeg/PairSegLib/gui.py", "PairSeg/PairSegLib/fill.py"]:
         text = open(_path(path), encoding="utf-8").read()
         for owner, signal in re.findall(r"(\w+)\.connect\(\"([^\"]+)\"", text):
             if owner in ("timer",):

@@ -20,7 +20,7 @@ import slicer
 import vtk
 
 from . import engine as engineModule
-from . import mrml
+from . import gui, mrml
 from .engine import RunState
 from .mrml import InputError
 from .segmentlogic import WorkFolderRun
@@ -32,6 +32,7 @@ METHOD_LABELS = {"mci": "contour interpolation (as Fill between slices; no train
                  "fusion": "a PairSeg network learnt from the drawn slices + contour interpolation",
                  "pairwise": "the PairSeg network only"}
 PARAMETER_NODE_TAG = "PairSegFill"
+POLL_MS = 100  # how often the running fill is polled
 
 
 def segmentationLabels(segmentationNode, volumeNode):
@@ -248,9 +249,7 @@ class FillPanel:
         self.device = device
         self.run = None
         self._parameterNode, self._tag, self._observation = None, None, None
-        self.timer = qt.QTimer()
-        self.timer.setInterval(100)
-        self.timer.connect("timeout()", self.onTimer)
+        self.timer = gui.pollTimer(POLL_MS, self.onTimer)
 
         self.section = ctk.ctkCollapsibleButton()
         self.section.text = "Fill between slices"

@@ -37,6 +37,17 @@ def fillModelCombo(combo, prompt, choices):
         combo.setItemData(combo.count - 1, tip, qt.Qt.ToolTipRole)
 
 
+def pollTimer(intervalMs, onTimeout):
+    """The Qt timer a panel polls its running engine runs with (every ``intervalMs``
+    milliseconds; not started)."""
+    import qt
+
+    timer = qt.QTimer()
+    timer.setInterval(intervalMs)
+    timer.connect("timeout()", onTimeout)
+    return timer
+
+
 class PanelModuleWidget:
     """What a module widget shell does when its GUI lives in a panel object of the module's Lib
     (``PairSegLib.segmentpanel.SegmentPanel``, ``PairSegTrainerLib.widget.TrainerPanel``): mixed into a ``ScriptedLoadableModuleWidget``

@@ -86,10 +86,11 @@ def boundaryDistanceMap(predictedLabels, referenceLabels, spacingZyx, numberOfCl
     return distances
 
 
-def colorTableNode(name, colors):
-    """The scene's colour table node ``name`` (reused when present, else made from ``colors``:
-    ``[(entry name, red, green, blue, alpha)]``, components 0..1)."""
-    scene = slicer.mrmlScene
+def colorTableNode(name, colors, scene=None):
+    """The colour table node ``name`` of ``scene`` (default: ``slicer.mrmlScene``), reused when
+    present, else made from ``colors``: ``[(entry name, red, green, blue, alpha)]``, components
+    0..1."""
+    scene = scene or slicer.mrmlScene
     existing = scene.GetFirstNodeByName(name)
     if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
         return existing

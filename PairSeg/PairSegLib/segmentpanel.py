@@ -15,7 +15,6 @@ import logging
 import os
 
 import ctk
-import qt
 import slicer
 import vtk
 
@@ -75,9 +74,7 @@ class SegmentPanel:
         self.checkSlices = []       # the last uncertainty ranking: K indices, most uncertain first
         self.checkVolume = None     # the volume it ranks
         self.checkPosition = None   # index into checkSlices of the slice shown, None before the first
-        self.timer = qt.QTimer()
-        self.timer.setInterval(POLL_MS)
-        self.timer.connect("timeout()", self.onTimer)
+        self.timer = gui.pollTimer(POLL_MS, self.onTimer)
         self._connect()
         self.refreshKnownModels()
         self.initializeParameterNode()

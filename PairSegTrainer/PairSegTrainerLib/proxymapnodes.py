@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-from PairSegLib import engine, mrml
+from PairSegLib import engine, mrml, overlays
 from PairSegLib.segmentlogic import WorkFolderRun
 
 AND_COLOR = (0.16, 0.35, 1.0)     # blue
@@ -133,33 +133,18 @@ def sliceGeometry(volumeNode, sliceIndex: int):
 
 def proxyColorTable(scene):
     """The fixed colour table (0 transparent, 1 AND blue, 2 XOR red), made once per scene."""
-    nodes = scene.GetNodesByClassByName("vtkMRMLColorTableNode", COLOR_TABLE_NAME)
-    if nodes.GetNumberOfItems() > 0:
-        return nodes.GetItemAsObject(0)
-    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", COLOR_TABLE_NAME)
-    table.SetTypeToUser()
-    table.SetNumberOfColors(3)
-    table.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
-    table.SetColor(AND_VALUE, "AND", *AND_COLOR, 1.0)
-    table.SetColor(XOR_VALUE, "XOR", *XOR_COLOR, 1.0)
-    return table
+    entries = {0: ("background", 0.0, 0.0, 0.0, 0.0), AND_VALUE: ("AND", *AND_COLOR, 1.0),
+               XOR_VALUE: ("XOR", *XOR_COLOR, 1.0)}
+    return overlays.colorTableNode(COLOR_TABLE_NAME, [entries[value] for value in sorted(entries)], scene)
 
 
 def predictedColorTable(scene):
     """The colour table of the predicted overlay, made once per scene: entries 0..PREDICTED_LEVELS-1
     are AND (blue), the next PREDICTED_LEVELS XOR (red), each with opacity rising from 0 (fully
     transparent: the image shows through where the model predicts nothing) to 1."""
-    nodes = scene.GetNodesByClassByName("vtkMRMLColorTableNode", PREDICTED_COLOR_TABLE_NAME)
-    if nodes.GetNumberOfItems() > 0:
-        return nodes.GetItemAsObject(0)
-    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", PREDICTED_COLOR_TABLE_NAME)
-    table.SetTypeToUser()
-    table.SetNumberOfColors(2 * PREDICTED_LEVELS)
-    for offset, name, color in ((0, "AND", AND_COLOR), (PREDICTED_LEVELS, "XOR", XOR_COLOR)):
-        for level in range(PREDICTED_LEVELS):
-            alpha = level / (PREDICTED_LEVELS - 1)
-            table.SetColor(offset + level, f"{name} {alpha:.2f}", *color, alpha)
-    return table
+    entries = [(f"{name} {alpha:.2f}", *color, alpha) for name, color in (("AND", AND_COLOR), ("XOR", XOR_COLOR))
+               for alpha in (level / (PREDICTED_LEVELS - 1) for level in range(PREDICTED_LEVELS))]
+    return overlays.colorTableNode(PREDICTED_COLOR_TABLE_NAME, entries, scene)
 
 
 def predictedOverlayValues(pAnd: np.ndarray, pXor: np.ndarray) -> np.ndarray:

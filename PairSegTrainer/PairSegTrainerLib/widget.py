@@ -40,9 +40,7 @@ class TrainerPanel:
         self.runs = []  # every run the timer follows (one runner)
         # the run started last (any kind), the training of self.runs if any, the last training (Resume)
         self.latestRun = self.trainingRun = self.lastTrainingRun = None
-        self.timer = qt.QTimer()
-        self.timer.setInterval(POLL_MS)
-        self.timer.connect("timeout()", self.onTimer)
+        self.timer = gui.pollTimer(POLL_MS, self.onTimer)
         self._fillCombos()
         self._connect()
         self.initializeParameterNode()

@@ -269,9 +269,9 @@ class TrainConfig:
         row = architecture(arch)
         if row is None:
             raise ValueError(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHITECTURES)}")
-        base = architecture(self.base) if row.pairwise else row
+        base = architecture(self.base) if row.pairwise else None
         settings = {f.name for f in dataclasses.fields(self)}
-        names = [name for name in (*row.options, *(base.options if base is not None else ())) if name in settings]
+        names = [name for name in (*row.options, *(base.options if base else ())) if name in settings]
         return {name: (self.model_readout() if name == "readout" else getattr(self, name)) for name in names}
 
 
