@@ -29,7 +29,7 @@ from pairseg.architectures import architecture
 from pairseg.config import add_arguments as add_train_arguments
 from pairseg.config import from_arguments as train_config_from_arguments
 from pairseg.config import setting
-from pairseg.constants import DEFAULT_FILL_METHOD, FILL_METHODS, INFERENCE_PRECISIONS, MODALITIES
+from pairseg.constants import DEFAULT_FILL_METHOD, FILL_METHODS, INFERENCE_PRECISIONS, LABEL_SUFFIXES, MODALITIES
 from pairseg.errors import PairSegInputError, PairSegOutputError, PairSegWarning
 from pairseg.events import HumanEvents, JsonEvents
 
@@ -118,7 +118,7 @@ def _add_segment_parser(sub) -> None:
     s.add_argument("--series", metavar="UID",
                    help="the DICOM series to segment when the --input folder holds several (the error lists them)")
     s.add_argument("--output", required=True,
-                   help="label file (.seg.nrrd, .nii.gz, .nii, .nrrd or .mha) or, for a folder input, an output folder")
+                   help=f"label file ({', '.join(LABEL_SUFFIXES)}) or, for a folder input, an output folder")
     s.add_argument("--no-largest-component", action="store_true", help="keep every connected component")
     s.add_argument("--probabilities", help="also write per-class probabilities (file, or folder for a folder input)")
     s.add_argument("--uncertainty", help="also write an uncertainty map (summed binary entropy of the class "
@@ -137,7 +137,7 @@ def _add_segment_parser(sub) -> None:
                         "autocast, the network 1.75-2.1x faster on such a CPU, Dice of the shipped model within "
                         "0.02 points of fp32 (benchmarks/RESULTS.md); refused where unsupported")
     s.add_argument("--format", default=".nii.gz",
-                   help="output extension for folder inputs: .nii.gz (default), .nii, .nrrd, .mha or .seg.nrrd")
+                   help=f"output extension for folder inputs: {', '.join(LABEL_SUFFIXES)} (default .nii.gz)")
     _add_common(s)
 
 
@@ -258,7 +258,7 @@ def _segment_outputs(args, inputs: list[Path], many: bool) -> list[tuple[Path, P
     """(input, label output, {attribute: map output}) per case, every location checked before
     any model or image is loaded: file types, folders, writability, and no output that is an
     input or another output (two inputs of one case name included). Stale temporaries are removed."""
-    from pairseg.constants import LABEL_SUFFIXES, WRITABLE_IMAGE_SUFFIXES
+    from pairseg.constants import WRITABLE_IMAGE_SUFFIXES
     from pairseg.atomic import remove_stale_temporaries
     from pairseg.io.locations import check_distinct, check_output
 
