@@ -64,11 +64,15 @@ def test_the_settings_file_is_what_trained_the_shipped_model(shipped):
                                         "device": settings["device"]}).to_dict()
     for name in ("resume", "stop_file", "overwrite"):  # run control, not recorded
         as_trained[name] = settings[name]
+    # "auto" in the file; in the model the device it resolved to, and the precision it was asked
+    # for (bf16, what "auto" resolves to on the bf16-native CPU that trained it)
+    assert settings["device"] == settings["precision"] == "auto" and recorded["settings"]["precision"] == "bf16"
+    as_trained["precision"] = settings["precision"]
     assert settings == as_trained
     for name, value in recorded["settings"].items():
         if name == "augment":  # every recorded range is the file's (newer ranges: their defaults, above)
             assert {key: settings[name][key] for key in value} == value, name
-        elif name != "device":   # "auto" in the file; the device it resolved to in the model
+        elif name not in ("device", "precision"):
             assert settings[name] == value, name
     assert recorded["steps"] == settings["steps"]
     assert recorded["seen_cases"] == settings["cases"] == entry.training_data["cases"]

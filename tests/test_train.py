@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pairseg.augment import AugmentConfig
+from pairseg.devices import bf16_supported
 from pairseg.errors import PairSegInputError
 from pairseg.modelfiles.weights import load_model, read_metadata, safe_torch_load
 from pairseg.phantoms import make_phantom_dataset
@@ -65,6 +66,7 @@ def test_events_sequence_and_model_metadata(full_run):
     start = recorder.of("start")[0]
     assert start["total_steps"] == 6 and start["steps_per_epoch"] == 3 and start["val_cases"] == 1
     assert start["classes"] == CLASSES and start["modality"] == "MR"
+    assert start["precision"] == ("bf16" if bf16_supported(torch.device("cpu")) else "fp32")  # auto on this CPU
     progress = recorder.of("progress")
     assert [p["step"] for p in progress] == [1, 2, 3, 4, 5, 6]
     assert [p["epoch"] for p in progress] == [1, 1, 1, 2, 2, 2]
@@ -321,7 +323,10 @@ def test_bf16_training_runs_bfloat16_autocast_or_is_refused(small_data, tmp_path
     from pairseg.train import training_autocast
 
     cpu = torch.device("cpu")
-    assert training_autocast(_config(small_data, tmp_path / "a.pairseg"), cpu) == (False, torch.float16)  # auto: fp32
+    native = devices.bf16_supported(cpu)
+    # auto: bf16 where the CPU runs it natively, else (and with --no-amp) fp32
+    assert training_autocast(_config(small_data, tmp_path / "a.pairseg"), cpu) == (native, torch.bfloat16)
+    assert training_autocast(_config(small_data, tmp_path / "a.pairseg", amp=False), cpu)[0] is False
     if devices.bf16_supported(cpu):
         seen = []
         hook = torch.nn.Conv2d.forward
@@ -338,6 +343,7 @@ def test_bf16_training_runs_bfloat16_autocast_or_is_refused(small_data, tmp_path
         assert all(torch.isfinite(h["loss"]) if isinstance(h["loss"], torch.Tensor) else h["loss"] == h["loss"]
                    for h in result.history) and read_metadata(result.model_path)["spacing"] > 0
     monkeypatch.setattr(devices, "bf16_supported", lambda device: False)
+    assert training_autocast(_config(small_data, tmp_path / "a.pairseg"), cpu) == (False, torch.bfloat16)
     with pytest.raises(PairSegInputError, match="bf16 is not supported"):
         train(_config(small_data.parent / "missing", tmp_path / "no.pairseg", steps=2, precision="bf16"))
     assert not (tmp_path / "no.pairseg").exists()

@@ -133,7 +133,7 @@ def _add_segment_parser(sub) -> None:
                    help="override a C2FCN model's read-out of f(x, x) (default: the model's own)")
     s.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", type=str.lower,
                    help="auto (default): bf16 where the CPU (AVX-512 BF16 or AMX) or GPU runs bfloat16 natively, "
-                        "else fp32 (train's auto differs: CUDA mixed precision, else fp32); bf16: bfloat16 "
+                        "else fp32 (as train's auto, which runs CUDA in mixed precision); bf16: bfloat16 "
                         "autocast, the network 1.75-2.1x faster on such a CPU, Dice of the shipped model within "
                         "0.02 points of fp32 (benchmarks/RESULTS.md); refused where unsupported")
     s.add_argument("--format", default=".nii.gz",

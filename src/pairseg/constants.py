@@ -40,7 +40,7 @@ DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
 
 # Floating-point precisions. PRECISIONS are the two a network runs in. Inference also takes "auto"
 # (its default): bf16 where the device runs bfloat16 natively (devices.bf16_supported), else fp32;
-# training also takes "auto" (its default): CUDA mixed precision, fp32 elsewhere.
+# training also takes "auto" (its default): CUDA mixed precision, elsewhere as inference's auto.
 PRECISIONS = ("fp32", "bf16")
 INFERENCE_PRECISIONS = ("auto",) + PRECISIONS
 TRAIN_PRECISIONS = ("auto",) + PRECISIONS

@@ -37,7 +37,7 @@ from pairseg.orientation import in_plane_spacing, Orientation
 from pairseg.distributed import DistributedContext, tensor_digest
 from pairseg.errors import PairSegInputError, PairSegOutputError
 from pairseg.events import EventSink, null_events
-from pairseg.devices import check_precision
+from pairseg import devices
 from pairseg.infer import model_preprocessing, predict_native
 from pairseg.losses import criterion_for
 from pairseg.metrics import evaluate_case, summarize
@@ -63,18 +63,26 @@ class TrainResult:
 
 
 def training_autocast(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
-    """(autocast enabled, dtype) of the forward pass. ``precision="auto"``: CUDA mixed precision
-    (bfloat16 where the GPU has it, else float16 with a gradient scaler) unless ``amp`` is off, and
-    fp32 elsewhere; ``"bf16"``: bfloat16 autocast on any device with a native bfloat16 path
-    (``devices.bf16_supported``: AVX-512 BF16/AMX CPUs, Ampere or newer GPUs), refused elsewhere;
-    ``"fp32"``: no autocast."""
+    """(autocast enabled, dtype) of the forward pass. ``precision="auto"`` (unless ``amp`` is off,
+    which means fp32): on CUDA mixed precision (bfloat16 where the GPU has it, else float16 with a
+    gradient scaler), elsewhere bfloat16 autocast where the device runs it natively
+    (``devices.bf16_supported``: AVX-512 BF16/AMX CPUs; about 2x faster training at the same Dice,
+    benchmarks/RESULTS.md section 3) and fp32 on other CPUs; ``"bf16"``: bfloat16 autocast on any
+    device with a native bfloat16 path (AVX-512 BF16/AMX CPUs, Ampere or newer GPUs), refused
+    elsewhere; ``"fp32"``: no autocast."""
     if config.precision not in TRAIN_PRECISIONS:
         raise PairSegInputError(f"unknown precision {config.precision!r}; use one of {', '.join(TRAIN_PRECISIONS)}")
     if config.precision == "auto":
-        use_amp = config.amp and device.type == "cuda"
-        return use_amp, (torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16)
-    check_precision(config.precision, device)
+        if device.type == "cuda":
+            return config.amp, (torch.bfloat16 if config.amp and torch.cuda.is_bf16_supported() else torch.float16)
+        return config.amp and devices.bf16_supported(device), torch.bfloat16
+    devices.check_precision(config.precision, device)
     return config.precision == "bf16", torch.bfloat16
+
+
+def precision_name(enabled: bool, dtype: torch.dtype) -> str:
+    """"fp32", "bf16" or "fp16": what ``training_autocast``'s answer runs the forward pass in."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype] if enabled else "fp32"
 
 
 def _as_float32(outputs):
@@ -742,7 +750,8 @@ def _train(config: TrainConfig, events: EventSink, dist: DistributedContext) -> 
            cases=len(data.train_set.cases), val_cases=len(data.val_set.cases) if data.val_set else 0,
            slices=data.store.num_slices, samples_per_epoch=samples_per_epoch, steps_per_epoch=loop.steps_per_epoch,
            total_steps=total_steps, start_step=state.step, classes=data.dataset.class_names,
-           modality=data.dataset.modality, size=config.size, batch_size=config.batch_size)
+           modality=data.dataset.modality, size=config.size, batch_size=config.batch_size,
+           precision=precision_name(loop.use_amp, loop.amp_dtype))
 
     start_time, start_step = time.monotonic(), state.step
 
