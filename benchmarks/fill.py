@@ -101,25 +101,35 @@ def run(args) -> None:
             _write(out, record)
             for base in args.bases:
                 tick = time.monotonic()
-                model, rec, train_s = learn(problem, base=str(SHIPPED) if base == "shipped" else None,
-                                            modality="MR", budget_s=args.budget_s, device="cpu", size=args.size,
-                                            seed=args.seed)
-                probs = network_probabilities(model, problem, rec, "cpu")
+                saved = Path(args.from_probabilities or args.save_probabilities or ".") / f"{case}_{mm:g}mm_{base}.npz"
+                if args.from_probabilities:  # rescore a saved run: same sparse label, no training
+                    stored = np.load(saved)
+                    if not np.array_equal(stored["sparse"], problem.label):
+                        raise SystemExit(f"{saved}: its sparse label is not this run's")
+                    probs, steps, train_s = stored["probabilities"].astype(np.float32), int(stored["steps"]), \
+                        float(stored["train_seconds"])
+                else:
+                    model, rec, train_s = learn(problem, base=str(SHIPPED) if base == "shipped" else None,
+                                                modality="MR", budget_s=args.budget_s, device="cpu",
+                                                size=args.size, seed=args.seed)
+                    probs, steps = network_probabilities(model, problem, rec, "cpu"), rec[2].step
                 net_s = time.monotonic() - tick
                 if args.save_probabilities:
-                    folder = Path(args.save_probabilities)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    np.savez_compressed(folder / f"{case}_{mm:g}mm_{base}.npz", probabilities=probs.astype(np.float16),
-                                        mci=mci, sparse=problem.label)
-                variants = [("pairwise", None)] + [("fusion" if w == 0.5 else f"fusion@{w:g}", w)
-                                                   for w in args.fusion_weights]
-                for method, weight in variants:
+                    saved.parent.mkdir(parents=True, exist_ok=True)
+                    np.savez_compressed(saved, probabilities=probs.astype(np.float16), mci=mci, sparse=problem.label,
+                                        steps=steps, train_seconds=train_s)
+                variants = [("pairwise", None, None)]
+                for w in args.fusion_weights:
+                    variants.append(("fusion" if w == 0.5 else f"fusion@{w:g}", w, None))
+                    variants += [(f"fusion@{w:g}~{r:g}mm", w, r) for r in args.fusion_ramps]
+                for method, weight, ramp in variants:
                     tick = time.monotonic()
                     pred = combine(problem, "pairwise" if weight is None else "fusion", probs, mci,
-                                   weight=weight if weight is not None else 0.5)
+                                   weight=weight if weight is not None else 0.5, ramp_mm=ramp)
                     extra = time.monotonic() - tick + (mci_s if weight is not None else 0.0)
-                    _write(out, {**common, "method": method, "base": base, "steps": rec[2].step,
+                    _write(out, {**common, "method": method, "base": base, "steps": steps,
                                  "train_seconds": round(train_s, 1), "seconds": round(net_s + extra, 1),
+                                 "rescored": bool(args.from_probabilities),
                                  "dice": score(pred, full_canonical, problem.annotated, names)})
 
 
@@ -191,7 +201,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fusion-weights", nargs="+", type=float, default=[0.5],
                         help="network shares of the fusion score to score (0.5 is the method 'fusion')")
+    parser.add_argument("--fusion-ramps", nargs="*", type=float, default=[],
+                        help="also fuse with each weight growing from 0 at a drawn slice to full at this many mm "
+                             "from the nearest one (pairseg.fill.network_share)")
     parser.add_argument("--save-probabilities", help="folder for the network probabilities, MCI and sparse labels")
+    parser.add_argument("--from-probabilities", help="rescore the runs saved in this folder (no training; the "
+                                                     "seconds are then those of the rescoring)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fill.jsonl"))
     parser.add_argument("--plot", nargs="+", help="print the tables of results files (and draw --png) instead of running")
     parser.add_argument("--png")

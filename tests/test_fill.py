@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pairseg.cli import main
-from pairseg.fill import combine, fill_problem
+from pairseg.fill import combine, fill_problem, network_share
 from pairseg.io.read import read_label, read_volume
 from pairseg.io.volume import Volume
 from pairseg.io.write import write_labels, write_volume
@@ -141,6 +141,72 @@ def test_combine_extends_and_never_paints_over_an_annotated_class(case):
     assert on.min() == max(0, first - 1) and on.max() == min(len(out) - 1, last + 1)
     for z in np.flatnonzero(problem.annotated[:, 0]):
         assert np.array_equal(out[z] == 1, sparse[z] == 1)
+
+
+_MCI_IN_A_TORCH_PROCESS = """
+import numpy as np, torch  # torch first, as in pairseg fill
+from pairseg.fill import mci_fill
+from pairseg.io.read import read_label
+from pairseg.modelfiles.catalog import sample_folder
+label, _ = read_label(sample_folder() / "case_002_label.nii.gz")
+sparse = np.zeros_like(label)
+for k in range(1, int(label.max()) + 1):
+    rows = np.flatnonzero((label == k).reshape(len(label), -1).any(axis=1))
+    for z in list(rows[::4]) + [rows[-1]]:
+        sparse[z][label[z] == k] = k
+for _ in range(5):
+    filled = mci_fill(sparse, (7.7, 1.25, 1.25))
+print("filled", int((filled > 0).sum()))
+"""
+
+
+def test_contour_interpolation_leaves_the_process_sound():
+    """ITK's multithreaded MorphologicalContourInterpolator corrupted the heap of a process that
+    had loaded torch (the embedded CHAOS case, 5 runs: exit 139 every time before the fix; also
+    ``pairseg fill`` exited 134 after writing its output). The process must end cleanly."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", _MCI_IN_A_TORCH_PROCESS], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert int(done.stdout.split()[-1]) > 0
+
+
+def test_network_share_grows_with_the_distance_to_the_nearest_drawn_slice():
+    annotated = np.zeros((9, 2), bool)
+    annotated[[0, 8], 0] = True  # class 1 drawn on slices 0 and 8, slices 5 mm apart
+    annotated[[0, 2], 1] = True
+    constant = network_share(annotated, 5.0, 0.5, None)
+    assert constant.shape == (2, 9) and np.all(constant == 0.5)
+    ramp = network_share(annotated, 5.0, 0.6, 20.0)
+    # class 1: distances 0, 5, 10, 15, 20, 15, 10, 5, 0 mm -> 0.6 * min(1, d / 20)
+    assert np.allclose(ramp[0], 0.6 * np.array([0, 5, 10, 15, 20, 15, 10, 5, 0]) / 20.0)
+    # class 2: slice 1 is 5 mm from both drawn slices; beyond slice 2 the distance keeps growing, capped
+    assert np.allclose(ramp[1], 0.6 * np.minimum(1.0, np.array([0, 5, 0, 5, 10, 15, 20, 25, 30]) / 20.0))
+
+
+def test_ramped_fusion_follows_the_interpolation_next_to_drawn_slices(case):
+    """With the ramp, a network that says 'everywhere' cannot move the interpolated contour on a
+    slice next to a drawn one (share 0), while the constant fusion at weight 1 follows it."""
+    from pairseg.fill import mci_fill
+
+    folder, image, labels, sparse = case
+    problem = fill_problem(image, Volume(sparse, image.spacing, image.origin, image.direction), PHANTOM_CLASSES)
+    mci = mci_fill(problem.label, problem.spacing_zyx)
+    everywhere = np.zeros((problem.num_classes,) + sparse.shape, np.float32)
+    everywhere[0] = 1.0
+    ramped = combine(problem, "fusion", everywhere, mci, weight=1.0, ramp_mm=1e6)
+    plain = combine(problem, "fusion", everywhere, mci, weight=1.0)
+    first, last = problem.extents[0]
+    gap = [z for z in range(first, last + 1) if not problem.annotated[z, 0]]
+    assert np.array_equal(ramped[gap] == 1, mci[gap] == 1)  # share ~ 0 everywhere: the interpolation
+    undrawn = problem.label[gap] == 0
+    assert np.all(plain[gap][undrawn] == 1)  # share 1: the network's "everywhere" (other classes' strokes kept)
 
 
 def test_auto_base_is_the_catalog_default_for_its_modality_only(tmp_path, monkeypatch):

@@ -37,11 +37,12 @@ from pairseg.events import EventSink, null_events
 from pairseg.io.volume import Volume
 
 __all__ = ["PRIOR_MM", "FillProblem", "FillResult", "fill_problem", "mci_fill",
-           "mci_prior", "learn", "network_probabilities", "combine", "fill_volume", "fill_files", "resolve_base",
+           "mci_prior", "network_share", "learn", "network_probabilities", "combine", "fill_volume", "fill_files", "resolve_base",
            "default_budget_s"]
 
 PRIOR_MM = 3.0  # width of the contour-interpolation prior's fall-off across its boundary (mm)
 FUSION_WEIGHT = 0.5  # the network's share of the fused score (the prior has the rest)
+FUSION_RAMP_MM = None  # None: the network's share is FUSION_WEIGHT everywhere; else see network_share
 
 
 def resolve_base(base: str | None, modality: str | None) -> str | None:
@@ -160,7 +161,16 @@ def mci_fill(label: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)) 
                                     "package (pip install itk-morphologicalcontourinterpolation)") from error
         image = itk.image_from_array(np.ascontiguousarray(label.astype(np.uint8)))
         image.SetSpacing([float(spacing_zyx[2]), float(spacing_zyx[1]), float(spacing_zyx[0])])
-        filled = itk.morphological_contour_interpolator(image, axis=2)  # ITK axis 2 = array axis 0
+        # One ITK thread: the filter's parallel sections corrupted the heap in a process that had
+        # loaded torch first (crashes at or before exit, exit code 134/139, on an AVX2 EPYC;
+        # tests/test_fill.py runs it 5 times in such a process). It takes well under a second.
+        threader = itk.MultiThreaderBase
+        threads = threader.GetGlobalDefaultNumberOfThreads()
+        threader.SetGlobalDefaultNumberOfThreads(1)
+        try:
+            filled = itk.morphological_contour_interpolator(image, axis=2)  # ITK axis 2 = array axis 0
+        finally:
+            threader.SetGlobalDefaultNumberOfThreads(threads)
         return np.asarray(itk.array_from_image(filled)).astype(label.dtype)
 
 
@@ -284,13 +294,36 @@ def network_probabilities(model, problem: FillProblem, record, device: str = "au
     return np.ascontiguousarray(canonical, dtype=np.float32)
 
 
+def network_share(annotated: np.ndarray, slice_mm: float, weight: float = FUSION_WEIGHT,
+                  ramp_mm: float | None = FUSION_RAMP_MM) -> np.ndarray:
+    """(K, Z) float32 share of the network in the fused score, per class and slice: ``weight``
+    everywhere when ``ramp_mm`` is None; otherwise ``weight * min(1, d / ramp_mm)``, d the distance
+    (mm, ``slice_mm`` per slice) from the slice to the nearest slice annotated for the class, so that
+    the contour interpolation decides next to the drawn slices and the network between distant ones.
+
+    ``annotated``: (Z, K) bool, as ``FillProblem.annotated``."""
+    depth, k = annotated.shape
+    share = np.full((k, depth), float(weight), dtype=np.float32)
+    if ramp_mm is None:
+        return share
+    z = np.arange(depth)
+    for c in range(k):
+        drawn = np.flatnonzero(annotated[:, c])
+        if drawn.size:
+            nearest = np.abs(z[:, None] - drawn[None, :]).min(axis=1) * float(slice_mm)
+            share[c] *= np.minimum(1.0, nearest / max(float(ramp_mm), 1e-6)).astype(np.float32)
+    return share
+
+
 def combine(problem: FillProblem, method: str, probabilities: np.ndarray | None = None,
-            mci: np.ndarray | None = None, extend: int = 0, weight: float = FUSION_WEIGHT) -> np.ndarray:
+            mci: np.ndarray | None = None, extend: int = 0, weight: float = FUSION_WEIGHT,
+            ramp_mm: float | None = FUSION_RAMP_MM) -> np.ndarray:
     """The filled (Z, H, W) canonical label map: per class a score ((K, Z, H, W): the network's
     probability, the contour interpolation (0/1) or their fusion, see the module), kept only on the
     slices between the class's first and last annotated slice (``extend`` more each side) that are
     not annotated for it; one label per voxel (the highest score >= 0.5); drawn voxels on top.
-    ``weight``: the network's share of the fusion score (``weight * p + (1 - weight) * prior``)."""
+    ``weight``, ``ramp_mm``: the network's share w of the fusion score (``w * p + (1 - w) * prior``),
+    constant or growing with the distance to the drawn slices (``network_share``)."""
     if method not in FILL_METHODS:
         raise ValueError(f"unknown fill method {method!r}; expected one of {FILL_METHODS}")
     k = problem.num_classes
@@ -299,8 +332,9 @@ def combine(problem: FillProblem, method: str, probabilities: np.ndarray | None 
     elif method == "mci":
         scores = np.stack([(mci == c) for c in range(1, k + 1)]).astype(np.float32)
     else:
-        scores = (weight * np.asarray(probabilities, dtype=np.float32)
-                  + (1.0 - weight) * mci_prior(mci, k, problem.spacing_zyx))
+        share = network_share(problem.annotated, problem.spacing_zyx[0], weight, ramp_mm)[:, :, None, None]
+        scores = (share * np.asarray(probabilities, dtype=np.float32)
+                  + (1.0 - share) * mci_prior(mci, k, problem.spacing_zyx))
     depth = problem.label.shape[0]
     for c, (first, last) in enumerate(problem.extents):
         window = np.zeros(depth, dtype=bool)
