@@ -109,9 +109,10 @@ def run(args) -> None:
                     probs, steps, train_s = stored["probabilities"].astype(np.float32), int(stored["steps"]), \
                         float(stored["train_seconds"])
                 else:
-                    model, rec, train_s = learn(problem, base=str(SHIPPED) if base == "shipped" else None,
+                    model, rec, train_s = learn(problem, base=str(SHIPPED) if base.startswith("shipped") else None,
                                                 modality="MR", budget_s=args.budget_s, device="cpu",
-                                                size=args.size, seed=args.seed)
+                                                size=args.size, seed=args.seed,
+                                                freeze_encoder=base == "shipped-frozen")
                     probs, steps = network_probabilities(model, problem, rec, "cpu"), rec[2].step
                 net_s = time.monotonic() - tick
                 if args.save_probabilities:
@@ -194,8 +195,9 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "chaos_t2"))
     parser.add_argument("--cases", nargs="+", default=["case_002"])
     parser.add_argument("--mm", nargs="+", type=float, default=[15.0, 30.0, 45.0])
-    parser.add_argument("--bases", nargs="*", choices=["none", "shipped"], default=["none", "shipped"],
-                        help="network arms to train (none given: ITK MCI alone)")
+    parser.add_argument("--bases", nargs="*", choices=["none", "shipped", "shipped-frozen"], default=["none", "shipped"],
+                        help="network arms to train (none given: ITK MCI alone); shipped-frozen: the shipped "
+                             "encoder kept as it is, decoder and new head trained")
     parser.add_argument("--budget-s", type=float, default=180.0)
     parser.add_argument("--size", type=int, default=128, help="training size with --base none")
     parser.add_argument("--seed", type=int, default=0)

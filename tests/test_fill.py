@@ -209,6 +209,30 @@ def test_ramped_fusion_follows_the_interpolation_next_to_drawn_slices(case):
     assert np.all(plain[gap][undrawn] == 1)  # share 1: the network's "everywhere" (other classes' strokes kept)
 
 
+def test_freezing_the_encoder_trains_only_decoder_and_head(case, tmp_path):
+    import torch
+
+    from pairseg.fill import learn
+    from pairseg.modelfiles.weights import save_model
+    from pairseg.networks import build_model
+
+    folder, image, labels, sparse = case
+    torch.manual_seed(3)
+    base = build_model("c2fcn", 2, 3, base="unet", width=4)
+    base_file = save_model(tmp_path / "base.pairseg", base, {"class_names": ["a", "b"], "modality": "MR", "size": 32,
+                                                          "class_colors": [[1, 0, 0], [0, 1, 0]]})
+    problem = fill_problem(image, Volume(sparse, image.spacing, image.origin, image.direction), PHANTOM_CLASSES)
+    with pytest.raises(Exception, match="needs a base model"):
+        learn(problem, modality="MR", budget_s=1, device="cpu", freeze_encoder=True)
+    model, record, _ = learn(problem, base=str(base_file), budget_s=3, device="cpu", freeze_encoder=True)
+    assert record[2].step > 0
+    before, after = base.state_dict(), model.state_dict()
+    weights = [k for k in before if k.startswith("encoder.") and k.endswith("weight")]
+    assert weights and all(torch.equal(before[k], after[k].cpu()) for k in weights)  # encoder kept
+    decoder = [k for k in before if k.startswith("decoder.") and k.endswith("weight")]
+    assert any(not torch.equal(before[k], after[k].cpu()) for k in decoder)  # decoder learned
+
+
 def test_auto_base_is_the_catalog_default_for_its_modality_only(tmp_path, monkeypatch):
     from pairseg.modelfiles.catalog import load_catalog
     from pairseg.fill import resolve_base

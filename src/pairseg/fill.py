@@ -203,11 +203,14 @@ def _head_keys(arch: str, options: dict) -> set:
 
 def learn(problem: FillProblem, *, base: str | None = None, modality: str | None = None,
           budget_s: float | None = None, device: str = "auto", size: int = 128, batch_size: int = 4,
-          lr: float | None = None, seed: int = 0, events: EventSink = null_events):
+          lr: float | None = None, seed: int = 0, freeze_encoder: bool = False, events: EventSink = null_events):
     """Train a pairwise C2FCN on ``problem``'s annotated slices for ``budget_s`` seconds (default
     ``default_budget_s``). ``base``: a model file or catalog name whose weights start the network,
     all but the class-dependent head (new, random), with its modality, pixel spacing and size; None
     trains from scratch at ``size`` pixels on the volume's field of view (``modality`` required).
+    ``freeze_encoder`` (with ``base``): train the decoder and head only; the base's encoder weights
+    stay as they are (its BatchNorm statistics still follow this volume), and with no gradient
+    through the encoder a step costs less, so the budget buys more steps.
     Returns (model, (TrainConfig, TrainingData, TrainingState, samples per epoch), seconds)."""
     import torch
 
@@ -260,6 +263,10 @@ def learn(problem: FillProblem, *, base: str | None = None, modality: str | None
         missing = model.load_state_dict(init_state, strict=False).missing_keys
         if set(missing) != _head_keys("c2fcn", options):
             raise PairSegInputError(f"{base}: its weights do not fit a c2fcn network (missing {sorted(missing)[:3]})")
+    if freeze_encoder:
+        if init_state is None:
+            raise PairSegInputError("freezing the encoder needs a base model (its weights), not --base none")
+        model.encoder.requires_grad_(False)
     model.to(torch_device)
     plan = EpochPlan(store, model.training_form, config, modality)
     loop = TrainingLoop(model, plan, config)
