@@ -29,6 +29,8 @@ a run that is cut short keeps what finished.
 
     python benchmarks/cv_gpu.py --data-npz .gpu/chaos.npz --out $OUT --final benchmarks/configs/X.train.json
     .venv/bin/python benchmarks/cv_gpu.py --dry-run        # CPU, tiny: checks the plumbing
+    .venv/bin/python benchmarks/cv_gpu.py --device cpu --sequential --only shipped-f0,ft-today-f0 \
+        --fold-model 0=benchmarks/work/cv-cpu/shipped-f0.pairseg   # a CPU, one fold model from pairseg train
 """
 
 from __future__ import annotations
@@ -224,7 +226,12 @@ def run_job(job: dict, args) -> None:
         test = folds[job["fold"]]
         train = [n for n in cases if n not in test]
         config, steps = make_training_config(RECIPES[job["recipe"]], args.dry_run)
-        model, info = train_model(cases, train, class_names, config, steps, device, tag=job["name"])
+        trained = args.fold_models.get(job["fold"]) if job["recipe"] == args.recipes.split(",")[0] else None
+        if trained:  # a fold model trained elsewhere (pairseg train, e.g. on a CPU): scored, not retrained
+            model, meta = _fold_model(trained, train, device)
+            info = {"model_file": str(trained), "steps": meta["training"]["steps"]}
+        else:
+            model, info = train_model(cases, train, class_names, config, steps, device, tag=job["name"])
         result.update(train=info, training_cases=train, test_cases=test, settings=config.to_dict())
         if job.get("keep"):  # for the fine-tune jobs, which wait for it
             weights = Path(args.work) / f"{job['recipe']}-f{job['fold']}.pt"
@@ -236,9 +243,13 @@ def run_job(job: dict, args) -> None:
 
         test = folds[job["fold"]]
         weights = Path(args.work) / f"{job['base']}-f{job['fold']}.pt"
-        while not weights.exists() and time.time() - args.t0 < args.deadline + 300:
-            time.sleep(2)
-        init = torch.load(weights, map_location="cpu", weights_only=True)
+        if job["fold"] in args.fold_models:
+            init = _fold_model(args.fold_models[job["fold"]], [n for n in cases if n not in test],
+                               torch.device("cpu"))[0].state_dict()
+        else:
+            while not weights.exists() and time.time() - args.t0 < args.deadline + 300:
+                time.sleep(2)
+            init = torch.load(weights, map_location="cpu", weights_only=True)
         moved = {n: (Volume(new_sequence(v.array), v.spacing, v.origin, v.direction), lab)
                  for n, (v, lab) in cases.items() if n in test}
         source, targets = test[0], test[1:]
@@ -259,6 +270,22 @@ def run_job(job: dict, args) -> None:
     result["seconds"] = time.time() - started
     write_json(path, result)
     print(f"[{job['name']}] done in {result['seconds']:.0f} s", flush=True)
+
+
+def _fold_model(path: Path, training_cases: list[str], device):
+    """A fold's model file (``pairseg train --cases`` with the fold's training cases): loaded safely,
+    in float32, refused unless it saw exactly those cases (so no test case leaks into it)."""
+    from pairseg.modelfiles.weights import load_model
+
+    model, meta = load_model(path, device)
+    seen = sorted(meta["training"]["seen_cases"])
+    if seen != sorted(training_cases):
+        raise SystemExit(f"{path}: trained on {seen}, not on this fold's training cases {sorted(training_cases)}")
+    grid = (meta["size"], round(float(meta["spacing"]), 4), meta["preprocessing"]["mr_window_rule"])
+    if grid != (SIZE, round(SPACING, 4), "above-minimum"):
+        raise SystemExit(f"{path}: size, spacing and MR window rule {grid}; this benchmark scores "
+                         f"{(SIZE, round(SPACING, 4), 'above-minimum')}")
+    return model.float().eval(), meta
 
 
 def run_final(args) -> None:
@@ -295,7 +322,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(HERE / "results" / "cv_gpu"))
     parser.add_argument("--work", default="/tmp/pairseg-cv-work")
     parser.add_argument("--dry-run", action="store_true", help="CPU, 3 steps, 8 cases")
+    parser.add_argument("--only", help="run only these jobs (comma-separated names, e.g. shipped-f0,ft-today-f0)")
+    parser.add_argument("--sequential", action="store_true",
+                        help="one job after the other, no deadline (a CPU: each job has the cores to itself)")
+    parser.add_argument("--fold-model", action="append", default=[], metavar="FOLD=MODEL.pairseg",
+                        help="fold FOLD's model of the first recipe, trained elsewhere with pairseg train: scored "
+                             "instead of trained, and the fine-tune jobs of that fold start from it")
     args = parser.parse_args()
+    args.fold_models = {int(spec.split("=", 1)[0]): Path(spec.split("=", 1)[1]) for spec in args.fold_model}
     args.t0 = time.time()
     if args.dry_run:
         args.device, args.out = "cpu", str(HERE / "work" / "cv-dry")
@@ -309,6 +343,17 @@ def main() -> None:
              for f in ft_folds for r in FINE_TUNES]
     if args.dry_run:
         jobs = jobs[:1] + [j for j in jobs if j["kind"] == "ft"][:2]
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {j["name"] for j in jobs})
+        if unknown:
+            raise SystemExit(f"--only: no job named {', '.join(unknown)}; jobs: {', '.join(j['name'] for j in jobs)}")
+        jobs = [j for j in jobs if j["name"] in wanted]
+    if args.sequential:
+        for job in jobs:
+            run_job(job, args)
+        print(f"{len(merge(Path(args.out))['jobs'])} jobs recorded; {time.time() - args.t0:.0f} s", flush=True)
+        return
     context = mp.get_context("spawn")
     workers = []
     if args.final and not args.dry_run:
