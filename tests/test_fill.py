@@ -16,17 +16,23 @@ from pairseg.io.write import write_labels, write_volume
 from pairseg.phantoms import PHANTOM_CLASSES, make_phantom_case
 
 
+def _every_kth_slice(labels: np.ndarray, every: int) -> np.ndarray:
+    """Each class kept on every ``every``-th slice of its own extent, its last slice included."""
+    sparse = np.zeros_like(labels)
+    for k in range(1, int(labels.max()) + 1):
+        rows = np.flatnonzero((labels == k).reshape(len(labels), -1).any(axis=1))
+        for z in sorted(set(range(rows[0], rows[-1] + 1, every)) | {rows[-1]}):
+            sparse[z][labels[z] == k] = k
+    return sparse
+
+
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
     """A small phantom and its label kept on every third slice of each class's extent."""
     folder = tmp_path_factory.mktemp("fill")
     image, labels = make_phantom_case(2, 0, (14, 32, 32), (1.5, 1.5, 6.0), "MR")
     write_volume(folder / "image.nii.gz", image)
-    sparse = np.zeros_like(labels)
-    for k in range(1, len(PHANTOM_CLASSES) + 1):
-        rows = np.flatnonzero((labels == k).reshape(len(labels), -1).any(axis=1))
-        for z in sorted(set(range(rows[0], rows[-1] + 1, 3)) | {rows[-1]}):
-            sparse[z][labels[z] == k] = k
+    sparse = _every_kth_slice(labels, 3)
     write_labels(folder / "sparse.nii.gz", sparse, image, PHANTOM_CLASSES)
     return folder, image, labels, sparse
 
@@ -144,23 +150,17 @@ def test_combine_extends_and_never_paints_over_an_annotated_class(case):
 
 
 _MCI_IN_A_TORCH_PROCESS = """
+import sys
 import numpy as np, torch  # torch first, as in pairseg fill
 from pairseg.fill import mci_fill
-from pairseg.io.read import read_label
-from pairseg.modelfiles.catalog import sample_folder
-label, _ = read_label(sample_folder() / "case_002_label.nii.gz")
-sparse = np.zeros_like(label)
-for k in range(1, int(label.max()) + 1):
-    rows = np.flatnonzero((label == k).reshape(len(label), -1).any(axis=1))
-    for z in list(rows[::4]) + [rows[-1]]:
-        sparse[z][label[z] == k] = k
+sparse = np.load(sys.argv[1])
 for _ in range(5):
     filled = mci_fill(sparse, (7.7, 1.25, 1.25))
 print("filled", int((filled > 0).sum()))
 """
 
 
-def test_contour_interpolation_leaves_the_process_sound():
+def test_contour_interpolation_leaves_the_process_sound(tmp_path):
     """ITK's multithreaded MorphologicalContourInterpolator corrupted the heap of a process that
     had loaded torch (the embedded CHAOS case, 5 runs: exit 139 every time before the fix; also
     ``pairseg fill`` exited 134 after writing its output). The process must end cleanly."""
@@ -169,10 +169,14 @@ def test_contour_interpolation_leaves_the_process_sound():
     import sys
     from pathlib import Path
 
+    from pairseg.modelfiles.catalog import sample_folder
+
+    label, _ = read_label(sample_folder() / "case_002_label.nii.gz")
+    np.save(tmp_path / "sparse.npy", _every_kth_slice(np.asarray(label), 4))
     src = Path(__file__).resolve().parents[1] / "src"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", _MCI_IN_A_TORCH_PROCESS], capture_output=True, text=True,
-                          timeout=300, env=env)
+    done = subprocess.run([sys.executable, "-c", _MCI_IN_A_TORCH_PROCESS, str(tmp_path / "sparse.npy")],
+                          capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     assert int(done.stdout.split()[-1]) > 0
 

@@ -164,12 +164,13 @@ class TrainConfig:
     sync_batchnorm: bool = field(default=False, metadata=_meta("synchronise BatchNorm across GPUs (torchrun)",
                                                                group="network"))
     channels_last: bool = field(default=False, metadata=_meta("channels-last memory format", group="network"))
-    amp: bool = field(default=True, metadata=_meta("no mixed precision: --precision auto then trains in fp32", flag="--no-amp",
-                                                   negate=True, group="network"))
+    amp: bool = field(default=True, metadata=_meta("no mixed precision: --precision auto then trains in fp32",
+                                                   flag="--no-amp", negate=True, group="network"))
     precision: str = field(default="auto", metadata=_meta(
         "auto: mixed precision on CUDA, bf16 autocast on a CPU that runs bfloat16 natively (AVX-512 BF16/AMX: "
         "about 2x faster training, same Dice; benchmarks/RESULTS.md), fp32 elsewhere or with --no-amp; bf16: "
-        "bfloat16 autocast, refused where the CPU or GPU has no native bfloat16 path; fp32: no autocast", choices=TRAIN_PRECISIONS, group="network"))
+        "bfloat16 autocast, refused where the CPU or GPU has no native bfloat16 path; fp32: no autocast",
+        choices=TRAIN_PRECISIONS, group="network"))
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=_meta(
         "training augmentation", group="augmentation"))
     validate_every: int = field(default=1, metadata=_meta("validate every N epochs (default 1)", minimum=1))

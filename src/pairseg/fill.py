@@ -201,6 +201,24 @@ def _head_keys(arch: str, options: dict) -> set:
     return {key for key in one if one[key].shape != two[key].shape}
 
 
+def _base_start(base: str, modality: str | None) -> tuple[dict, dict, dict, str]:
+    """(metadata, weights without the class-dependent head, network options, modality) of a c2fcn
+    base model; refuses another architecture or a modality other than ``modality`` (when given)."""
+    from pairseg.modelfiles.catalog import resolve_model
+    from pairseg.modelfiles.weights import load_model
+
+    base_model, meta = load_model(resolve_model(base))
+    if base_model.arch != "c2fcn":
+        raise PairSegInputError(f"{base}: fill starts from a c2fcn model, not {base_model.arch}")
+    options = dict(meta.get("options", {}))
+    head = _head_keys("c2fcn", options)
+    state = {key: value for key, value in base_model.state_dict().items() if key not in head}
+    base_modality = str(meta["modality"]).upper()
+    if modality is not None and modality.upper() != base_modality:
+        raise PairSegInputError(f"{base}: an {base_modality} model; the image is said to be {modality.upper()}")
+    return meta, state, options, base_modality
+
+
 def learn(problem: FillProblem, *, base: str | None = None, modality: str | None = None,
           budget_s: float | None = None, device: str = "auto", size: int = 128, batch_size: int = 4,
           lr: float | None = None, seed: int = 0, freeze_encoder: bool = False, events: EventSink = null_events):
@@ -214,31 +232,22 @@ def learn(problem: FillProblem, *, base: str | None = None, modality: str | None
     Returns (model, (TrainConfig, TrainingData, TrainingState, samples per epoch), seconds)."""
     import torch
 
-    from pairseg.modelfiles.catalog import resolve_model
     from pairseg.config import TrainConfig
     from pairseg.data import default_spacing, SliceStore
     from pairseg.datasets import Case, Dataset
     from pairseg.orientation import in_plane_spacing
     from pairseg.devices import resolve_device
     from pairseg.infer import model_preprocessing
-    from pairseg.modelfiles.weights import load_model
     from pairseg.networks import build_model
     from pairseg.train import EpochPlan, TrainingData, TrainingLoop
 
+    if freeze_encoder and base is None:
+        raise PairSegInputError("freezing the encoder needs a base model (its weights), not --base none")
     torch_device = resolve_device(device)
     budget = float(budget_s) if budget_s is not None else default_budget_s(torch_device.type)
     init_meta, init_state, options = None, None, {"output_stride": 16, "aggregate": "sum", "readout": "union"}
     if base is not None:
-        base_model, init_meta = load_model(resolve_model(base))
-        if base_model.arch != "c2fcn":
-            raise PairSegInputError(f"{base}: fill starts from a c2fcn model, not {base_model.arch}")
-        options = dict(init_meta.get("options", {}))
-        head = _head_keys("c2fcn", options)
-        init_state = {key: value for key, value in base_model.state_dict().items() if key not in head}
-        base_modality = str(init_meta["modality"]).upper()
-        if modality is not None and modality.upper() != base_modality:
-            raise PairSegInputError(f"{base}: an {base_modality} model; the image is said to be {modality.upper()}")
-        modality = base_modality
+        init_meta, init_state, options, modality = _base_start(base, modality)
         pre = model_preprocessing(init_meta)
         size, model_spacing, mr_rule = pre["size"], pre["model_spacing"], pre["mr_rule"]
     if modality is None:
@@ -264,8 +273,6 @@ def learn(problem: FillProblem, *, base: str | None = None, modality: str | None
         if set(missing) != _head_keys("c2fcn", options):
             raise PairSegInputError(f"{base}: its weights do not fit a c2fcn network (missing {sorted(missing)[:3]})")
     if freeze_encoder:
-        if init_state is None:
-            raise PairSegInputError("freezing the encoder needs a base model (its weights), not --base none")
         model.encoder.requires_grad_(False)
     model.to(torch_device)
     plan = EpochPlan(store, model.training_form, config, modality)
@@ -309,15 +316,15 @@ def network_share(annotated: np.ndarray, slice_mm: float, weight: float = FUSION
     the contour interpolation decides next to the drawn slices and the network between distant ones.
 
     ``annotated``: (Z, K) bool, as ``FillProblem.annotated``."""
+    from scipy import ndimage
+
     depth, k = annotated.shape
     share = np.full((k, depth), float(weight), dtype=np.float32)
     if ramp_mm is None:
         return share
-    z = np.arange(depth)
     for c in range(k):
-        drawn = np.flatnonzero(annotated[:, c])
-        if drawn.size:
-            nearest = np.abs(z[:, None] - drawn[None, :]).min(axis=1) * float(slice_mm)
+        if annotated[:, c].any():
+            nearest = ndimage.distance_transform_edt(~annotated[:, c], sampling=float(slice_mm))
             share[c] *= np.minimum(1.0, nearest / max(float(ramp_mm), 1e-6)).astype(np.float32)
     return share
 
